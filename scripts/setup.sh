@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything twill's demo and tests need on a fresh Debian machine, then builds.
+# Idempotent: packages already present are not reinstalled, node_modules is reused when the lockfile matches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: command to look for -> package that provides it.
+declare -A needs=(
+  [etcd]=etcd-server
+  [etcdctl]=etcd-client
+  [ip]=iproute2
+  [bridge]=iproute2
+  [iptables-restore]=iptables
+  [ping]=iputils-ping
+  [openssl]=openssl
+)
+missing=()
+for cmd in "${!needs[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install Debian packages: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing Debian packages: $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2046
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+fi
+
+# npm packages: reinstall only when package-lock.json changed since the last install.
+stamp=node_modules/.twill-lock-hash
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing npm packages"
+  npm ci --no-fund --no-audit --loglevel=error
+  echo "$want" >"$stamp"
+fi
+
+npm run --silent build

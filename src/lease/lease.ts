@@ -1,0 +1,28 @@
+// The lease model shared by the codec, the allocator, the registry and the peer view.
+import type { IPv4, Subnet } from "../ip/ipv4.js";
+
+/** flannel's LeaseAttrs: what a node publishes about itself in its subnet key's value. */
+export interface LeaseAttrs {
+  readonly publicIP: IPv4;
+  /** Always null in twill (IPv6 not supported yet); flannel writes "PublicIPv6":null for IPv4-only. */
+  readonly publicIPv6: string | null;
+  /** e.g. "vxlan", "host-gw"; undefined when the writer omitted it (flannel's udp/alloc backends). */
+  readonly backendType: string | undefined;
+  /** BackendData as compact JSON text (Go's json.RawMessage), undefined when omitted. */
+  readonly backendData: string | undefined;
+  /** BackendV6Data as compact JSON text, undefined when omitted. */
+  readonly backendV6Data: string | undefined;
+}
+
+/** A lease as read from etcd. */
+export interface Lease {
+  readonly subnet: Subnet;
+  readonly attrs: LeaseAttrs;
+  /** The full etcd key, e.g. /coreos.com/network/subnets/10.244.3.0-24. */
+  readonly key: string;
+  /** etcd lease ID bound to the key, as a decimal string ("0" = no lease: a reservation). */
+  readonly etcdLeaseId: string;
+  /** etcd revisions: creation orders leases (the older of two overlapping keys wins). */
+  readonly createRevision: number;
+  readonly modRevision: number;
+}
