@@ -1,0 +1,208 @@
+// The lease value (flannel's LeaseAttrs JSON) and the vxlan BackendData inside it. Encoding must be
+// byte-identical to Go's encoding/json so that flannel and twill nodes can share one etcd.
+import { formatIPv4, tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
+import type { LeaseAttrs } from "./lease.js";
+
+/** A lease value that cannot be used; `field` is the JSON field at fault ("(root)" for the whole value). */
+export class LeaseDecodeError extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "LeaseDecodeError";
+  }
+}
+
+/**
+ * A string as Go's encoding/json writes it: like JSON.stringify (Go ≥ 1.22 also writes \b and \f),
+ * plus Go's HTML-safe escapes of <, > and & and of U+2028/U+2029.
+ */
+function goEscape(json: string): string {
+  return json.replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+function goString(text: string): string {
+  return goEscape(JSON.stringify(text));
+}
+
+/** flannel's LeaseAttrs JSON: PublicIP, PublicIPv6 (null when unused), then the omitempty fields. */
+export function encodeLeaseAttrs(attrs: LeaseAttrs): string {
+  let out = `{"PublicIP":${goString(formatIPv4(attrs.publicIP))},"PublicIPv6":`;
+  out += attrs.publicIPv6 === null ? "null" : goString(attrs.publicIPv6);
+  if (attrs.backendType !== undefined && attrs.backendType !== "") {
+    out += `,"BackendType":${goString(attrs.backendType)}`;
+  }
+  // json.RawMessage is embedded as is; Go compacts it and applies the HTML escapes (they can only
+  // occur inside JSON strings, so a global replace is exact).
+  if (attrs.backendData !== undefined) out += `,"BackendData":${goEscape(attrs.backendData)}`;
+  if (attrs.backendV6Data !== undefined) out += `,"BackendV6Data":${goEscape(attrs.backendV6Data)}`;
+  return out + "}";
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Go's field matching: keys are compared case-insensitively, the last matching key wins,
+ * unknown keys are ignored. Returns the values of the wanted fields (absent = not present).
+ */
+function pickFields<K extends string>(obj: Record<string, unknown>, names: readonly K[]): Map<K, unknown> {
+  const byLower = new Map(names.map((n) => [n.toLowerCase(), n] as const));
+  const found = new Map<K, unknown>();
+  for (const [key, value] of Object.entries(obj)) {
+    const name = byLower.get(key.toLowerCase());
+    if (name !== undefined) found.set(name, value);
+  }
+  return found;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") return "an object";
+  return `${typeof value} ${JSON.stringify(value)}`;
+}
+
+const ATTR_FIELDS = ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"] as const;
+
+/** Decodes a lease value; throws LeaseDecodeError naming the field at fault. */
+export function decodeLeaseAttrs(text: string): LeaseAttrs {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new LeaseDecodeError("(root)", `lease value is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!isPlainObject(parsed)) {
+    throw new LeaseDecodeError("(root)", `lease value is ${describe(parsed)}, not a JSON object`);
+  }
+  const fields = pickFields(parsed, ATTR_FIELDS);
+
+  if (!fields.has("PublicIP")) throw new LeaseDecodeError("PublicIP", "PublicIP is missing");
+  const publicIPText = fields.get("PublicIP");
+  if (typeof publicIPText !== "string") {
+    throw new LeaseDecodeError("PublicIP", `PublicIP is ${describe(publicIPText)}, not a string`);
+  }
+  const publicIP = tryParseIPv4(publicIPText);
+  if (publicIP === undefined) {
+    throw new LeaseDecodeError("PublicIP", `PublicIP "${publicIPText}" is not an IPv4 address`);
+  }
+
+  // Absent and null are the same to Go (a nil *IP6).
+  const publicIPv6 = fields.get("PublicIPv6") ?? null;
+  if (publicIPv6 !== null && typeof publicIPv6 !== "string") {
+    throw new LeaseDecodeError("PublicIPv6", `PublicIPv6 is ${describe(publicIPv6)}, not null or a string`);
+  }
+
+  // Go leaves a string untouched for null, so null reads as absent.
+  const backendType = fields.get("BackendType") ?? undefined;
+  if (backendType !== undefined && typeof backendType !== "string") {
+    throw new LeaseDecodeError("BackendType", `BackendType is ${describe(backendType)}, not a string`);
+  }
+
+  return {
+    publicIP,
+    publicIPv6,
+    backendType: backendType === "" ? undefined : backendType,
+    backendData: rawField(fields, "BackendData"),
+    backendV6Data: rawField(fields, "BackendV6Data"),
+  };
+}
+
+// A json.RawMessage field as compact JSON text; JSON null is kept as "null", as Go does.
+function rawField(fields: Map<string, unknown>, name: string): string | undefined {
+  return fields.has(name) ? JSON.stringify(fields.get(name)) : undefined;
+}
+
+/** Why an address cannot be a node's PublicIP (naming it), or undefined if it can. */
+export function publicIpProblem(ip: IPv4): string | undefined {
+  const reason = unusableUnicastReason(ip);
+  return reason === undefined ? undefined : `PublicIP ${formatIPv4(ip)} is ${reason}`;
+}
+
+// ---- vxlan BackendData: {"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"} --------------------------------
+
+/** Largest VXLAN network identifier (24 bits). */
+export const MAX_VNI = 0xffffff;
+
+/**
+ * Parses a MAC in the forms Go's net.ParseMAC accepts for 6 octets (aa:bb:…, aa-bb-…, aabb.ccdd.eeff)
+ * and returns the lower-case colon form, or undefined.
+ */
+function normaliseMac(text: string): string | undefined {
+  let hex: string;
+  if (/^[\da-f]{2}([:-])[\da-f]{2}(\1[\da-f]{2}){4}$/i.test(text)) hex = text.replace(/[:-]/g, "");
+  else if (/^[\da-f]{4}\.[\da-f]{4}\.[\da-f]{4}$/i.test(text)) hex = text.replace(/\./g, "");
+  else return undefined;
+  return hex.toLowerCase().replace(/(..)(?!$)/g, "$1:");
+}
+
+/** Why a (normalised) MAC cannot be a VTEP address, or undefined if it can. */
+function vtepMacProblem(mac: string): string | undefined {
+  if (mac === "00:00:00:00:00:00") return "the all-zero address";
+  if (parseInt(mac.slice(0, 2), 16) & 1) return "a multicast/broadcast address";
+  return undefined;
+}
+
+/** The BackendData a vxlan node publishes. Throws on a bad VNI or MAC (a bug in the caller). */
+export function vxlanBackendData(vni: number, mac: string): string {
+  if (!Number.isInteger(vni) || vni < 0 || vni > MAX_VNI) throw new RangeError(`VNI ${vni} is out of range`);
+  const normal = normaliseMac(mac);
+  if (normal === undefined || vtepMacProblem(normal) !== undefined) {
+    throw new RangeError(`"${mac}" is not a unicast MAC address`);
+  }
+  return `{"VNI":${vni},"VtepMAC":"${normal}"}`;
+}
+
+/**
+ * Reads a peer's vxlan BackendData. VtepMAC is required (6 octets, unicast), returned lower-case
+ * colon form. VNI defaults to 0 when absent (older flannel releases did not publish it; flannel itself
+ * never reads a peer's VNI) and must otherwise be an integer 0–2^24−1.
+ */
+export function parseVxlanBackendData(text: string | undefined): { vni: number; vtepMac: string } {
+  if (text === undefined) {
+    throw new LeaseDecodeError("BackendData", "BackendData is missing (vxlan needs VtepMAC)");
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new LeaseDecodeError("BackendData", `BackendData is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!isPlainObject(parsed)) {
+    throw new LeaseDecodeError("BackendData", `BackendData is ${describe(parsed)}, not a JSON object`);
+  }
+  const fields = pickFields(parsed, ["VNI", "VtepMAC"] as const);
+
+  const vni = fields.get("VNI") ?? 0;
+  if (typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 || vni > MAX_VNI) {
+    throw new LeaseDecodeError(
+      "BackendData.VNI",
+      `BackendData.VNI is ${describe(vni)}, not an integer 0–${MAX_VNI}`,
+    );
+  }
+
+  if (!fields.has("VtepMAC"))
+    throw new LeaseDecodeError("BackendData.VtepMAC", "BackendData.VtepMAC is missing");
+  const macText = fields.get("VtepMAC");
+  if (typeof macText !== "string") {
+    throw new LeaseDecodeError(
+      "BackendData.VtepMAC",
+      `BackendData.VtepMAC is ${describe(macText)}, not a string`,
+    );
+  }
+  const vtepMac = normaliseMac(macText);
+  if (vtepMac === undefined) {
+    throw new LeaseDecodeError(
+      "BackendData.VtepMAC",
+      `BackendData.VtepMAC "${macText}" is not a 6-octet MAC address`,
+    );
+  }
+  const problem = vtepMacProblem(vtepMac);
+  if (problem !== undefined) {
+    throw new LeaseDecodeError("BackendData.VtepMAC", `BackendData.VtepMAC "${macText}" is ${problem}`);
+  }
+  return { vni, vtepMac };
+}

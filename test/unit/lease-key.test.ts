@@ -1,0 +1,81 @@
+import { describe, it, expect } from "vitest";
+import { formatCidr, parseCidr } from "../../src/ip/ipv4.js";
+import {
+  parseSubnetKey,
+  SubnetKeyError,
+  subnetKey,
+  subnetsPrefix,
+  tryParseSubnetKey,
+} from "../../src/lease/key.js";
+
+const P = "/coreos.com/network";
+
+describe("subnetsPrefix / subnetKey", () => {
+  it.each([
+    [P, "/coreos.com/network/subnets/"],
+    ["/coreos.com/network/", "/coreos.com/network/subnets/"],
+    ["/twill", "/twill/subnets/"],
+  ])("subnetsPrefix(%s) = %s", (prefix, expected) => {
+    expect(subnetsPrefix(prefix)).toBe(expected);
+  });
+
+  it.each([
+    ["10.244.3.0/24", "/coreos.com/network/subnets/10.244.3.0-24"],
+    ["10.5.52.0/24", "/coreos.com/network/subnets/10.5.52.0-24"],
+    ["10.0.0.0/8", "/coreos.com/network/subnets/10.0.0.0-8"],
+    ["192.168.0.64/26", "/coreos.com/network/subnets/192.168.0.64-26"],
+  ])("subnetKey(%s)", (cidr, key) => {
+    expect(subnetKey(P, parseCidr(cidr))).toBe(key);
+    expect(formatCidr(parseSubnetKey(key))).toBe(cidr);
+  });
+});
+
+describe("parseSubnetKey", () => {
+  it.each([
+    ["/coreos.com/network/subnets/10.5.52.0-24", "10.5.52.0/24"],
+    ["10.5.52.0-24", "10.5.52.0/24"],
+    ["/other/prefix/subnets/10.244.3.0-24", "10.244.3.0/24"],
+    ["/a/subnets/b/subnets/10.1.2.0-24", "10.1.2.0/24"],
+    ["/coreos.com/network/subnets/10.0.0.0-8", "10.0.0.0/8"],
+    ["/coreos.com/network/subnets/0.0.0.0-0", "0.0.0.0/0"],
+    ["/coreos.com/network/subnets/10.1.2.4-31", "10.1.2.4/31"],
+    // Go's ParseUint accepts leading zeros.
+    ["/coreos.com/network/subnets/10.5.52.0-024", "10.5.52.0/24"],
+  ])("%s → %s", (key, cidr) => {
+    expect(formatCidr(parseSubnetKey(key))).toBe(cidr);
+  });
+
+  it.each([
+    ["/coreos.com/network/subnets/10.5.52.0-32", "out of range 0–31"],
+    ["/coreos.com/network/subnets/10.5.52.1-32", "out of range 0–31"],
+    ["/coreos.com/network/subnets/10.5.52.0-99999999999999999999", "out of range 0–31"],
+    ["/coreos.com/network/subnets/garbage", "does not have the form A.B.C.D-LEN"],
+    ["/coreos.com/network/subnets/", "does not have the form"],
+    ["/coreos.com/network/subnets/10.5.52.0/24", "does not have the form"],
+    ["/coreos.com/network/subnets/10.5.52.0-24x", "does not have the form"],
+    ["/coreos.com/network/subnets/foo10.5.52.0-24", "does not have the form"],
+    ["/coreos.com/network/subnets/10.5.52.0--24", "does not have the form"],
+    ["/coreos.com/network/subnets/300.5.52.0-24", '"300.5.52.0" is not an IPv4 address'],
+    ["/coreos.com/network/subnets/10.05.52.0-24", '"10.05.52.0" is not an IPv4 address'],
+    ["/coreos.com/network/subnets/10.5.52x0-24", '"10.5.52x0" is not an IPv4 address'],
+    [
+      "/coreos.com/network/subnets/10.244.3.1-24",
+      "10.244.3.1 has host bits set for /24 (the network address is 10.244.3.0)",
+    ],
+    ["/coreos.com/network/subnets/10.244.3.0-16", "has host bits set for /16"],
+    ["/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-56", "IPv6 not supported by twill yet"],
+  ])("rejects %s (%s)", (key, why) => {
+    let caught: unknown;
+    try {
+      parseSubnetKey(key);
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(SubnetKeyError);
+    const err = caught as SubnetKeyError;
+    expect(err.key).toBe(key);
+    expect(err.message).toContain(key);
+    expect(err.message).toContain(why);
+    expect(tryParseSubnetKey(key)).toBeUndefined();
+  });
+});

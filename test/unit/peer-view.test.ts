@@ -1,0 +1,368 @@
+import { describe, it, expect } from "vitest";
+import { formatCidr, parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import type { NetworkConfig } from "../../src/config/network-config.js";
+import {
+  computeView,
+  diffViews,
+  ParseCache,
+  type PeerEvent,
+  type PeerView,
+  type RawEntry,
+  type ViewContext,
+} from "../../src/lease/peer-view.js";
+
+const PREFIX = "/coreos.com/network";
+const K = (tail: string): string => `${PREFIX}/subnets/${tail}`;
+
+const CONFIG: NetworkConfig = {
+  network: parseCidr("10.244.0.0/16"),
+  subnetLen: 24,
+  subnetMin: parseIPv4("10.244.1.0"),
+  subnetMax: parseIPv4("10.244.255.0"),
+  backend: {
+    type: "vxlan",
+    vni: 1,
+    port: 8472,
+    mtu: undefined,
+    gbp: false,
+    learning: false,
+    directRouting: false,
+  },
+};
+
+const OWN_KEY = K("10.244.1.0-24");
+const CTX: ViewContext = {
+  prefix: PREFIX,
+  config: CONFIG,
+  ownKey: OWN_KEY,
+  ownSubnet: parseCidr("10.244.1.0/24"),
+};
+
+function vxlanValue(publicIP: string, mac = "02:00:00:00:00:01"): string {
+  return `{"PublicIP":"${publicIP}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`;
+}
+
+let revision = 100;
+function entry(key: string, value: string, over: Partial<RawEntry> = {}): RawEntry {
+  revision++;
+  return { key, value, etcdLeaseId: "42", createRevision: revision, modRevision: revision, ...over };
+}
+
+/** A valid peer entry for 10.244.<n>.0/24 at 192.168.0.<n>. */
+function peer(n: number, over: Partial<RawEntry> = {}): RawEntry {
+  return entry(K(`10.244.${n}.0-24`), vxlanValue(`192.168.0.${n}`), over);
+}
+
+function peerKeys(view: PeerView): string[] {
+  return [...view.peers.keys()];
+}
+
+function eventSummary(events: PeerEvent[]): string[] {
+  return events.map((e) => `${e.type} ${formatCidr(e.lease.subnet)}`);
+}
+
+describe("computeView", () => {
+  it("turns valid entries into peers, keyed by key, and never lists the own key", () => {
+    const own = entry(OWN_KEY, vxlanValue("192.168.0.1"));
+    const view = computeView([peer(2), own, peer(3)], CTX);
+    expect(peerKeys(view)).toEqual([K("10.244.2.0-24"), K("10.244.3.0-24")]);
+    expect(view.invalid.size).toBe(0);
+    const lease = view.peers.get(K("10.244.2.0-24"));
+    expect(lease?.subnet).toEqual(parseCidr("10.244.2.0/24"));
+    expect(lease?.attrs.publicIP).toBe(parseIPv4("192.168.0.2"));
+    expect(lease?.attrs.backendData).toBe('{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}');
+    expect(lease?.etcdLeaseId).toBe("42");
+  });
+
+  it("accepts host-gw and backend-less leases without BackendData, and any lease length inside the network", () => {
+    const view = computeView(
+      [
+        entry(K("10.244.2.0-24"), '{"PublicIP":"10.0.0.2","PublicIPv6":null,"BackendType":"host-gw"}'),
+        entry(K("10.244.3.0-24"), '{"PublicIP":"10.0.0.3","PublicIPv6":null}'),
+        entry(K("10.244.4.0-24"), '{"PublicIP":"10.0.0.4","BackendType":"udp","BackendData":"junk"}'),
+        entry(K("10.244.8.0-22"), '{"PublicIP":"10.0.0.5","BackendType":"host-gw"}'),
+      ],
+      { ...CTX, ownKey: undefined, ownSubnet: undefined },
+    );
+    expect(view.peers.size).toBe(4);
+    expect(view.invalid.size).toBe(0);
+  });
+
+  it.each<[string, RawEntry, string]>([
+    [
+      "key outside the prefix",
+      entry("/other/subnets/10.244.5.0-24", vxlanValue("192.168.0.5")),
+      "key is not under /coreos.com/network/subnets/",
+    ],
+    [
+      "garbage key",
+      entry(K("garbage"), vxlanValue("192.168.0.5")),
+      '"garbage" does not have the form A.B.C.D-LEN',
+    ],
+    [
+      "/32 key",
+      entry(K("10.244.5.1-32"), vxlanValue("192.168.0.5")),
+      "prefix length 32 is out of range 0–31",
+    ],
+    [
+      "host bits in key",
+      entry(K("10.244.5.1-24"), vxlanValue("192.168.0.5")),
+      "10.244.5.1 has host bits set for /24",
+    ],
+    [
+      "dual-stack key",
+      entry(K("10.244.5.0-24&fd00:5::-64"), vxlanValue("192.168.0.5")),
+      "IPv6 not supported by twill yet",
+    ],
+    ["bad JSON", entry(K("10.244.5.0-24"), "{nope"), "bad value: lease value is not valid JSON"],
+    [
+      "PublicIP missing",
+      entry(K("10.244.5.0-24"), '{"BackendType":"host-gw"}'),
+      "bad value: PublicIP is missing",
+    ],
+    [
+      "PublicIP not IPv4",
+      entry(K("10.244.5.0-24"), '{"PublicIP":"nope"}'),
+      'bad value: PublicIP "nope" is not an IPv4 address',
+    ],
+    [
+      "BackendType not a string",
+      entry(K("10.244.5.0-24"), '{"PublicIP":"10.0.0.5","BackendType":1}'),
+      "bad value: BackendType is number 1, not a string",
+    ],
+    [
+      "outside the network",
+      entry(K("10.9.5.0-24"), vxlanValue("192.168.0.5")),
+      "subnet 10.9.5.0/24 is outside the network 10.244.0.0/16",
+    ],
+    [
+      "larger than the network",
+      entry(K("10.0.0.0-8"), vxlanValue("192.168.0.5")),
+      "subnet 10.0.0.0/8 is outside the network 10.244.0.0/16",
+    ],
+    [
+      "loopback PublicIP",
+      entry(K("10.244.5.0-24"), vxlanValue("127.0.0.1")),
+      "PublicIP 127.0.0.1 is a loopback address",
+    ],
+    [
+      "unspecified PublicIP",
+      entry(K("10.244.5.0-24"), vxlanValue("0.0.0.0")),
+      "PublicIP 0.0.0.0 is the unspecified address",
+    ],
+    [
+      "vxlan without BackendData",
+      entry(K("10.244.5.0-24"), '{"PublicIP":"10.0.0.5","BackendType":"vxlan"}'),
+      "bad vxlan BackendData: BackendData is missing",
+    ],
+    [
+      "vxlan with a bad VtepMAC",
+      entry(K("10.244.5.0-24"), vxlanValue("10.0.0.5", "01:00:5e:00:00:01")),
+      'bad vxlan BackendData: BackendData.VtepMAC "01:00:5e:00:00:01" is a multicast/broadcast address',
+    ],
+    [
+      "same subnet as ours under another key",
+      entry(K("10.244.1.0-024"), vxlanValue("192.168.0.5")),
+      "overlaps this node's own subnet 10.244.1.0/24",
+    ],
+    [
+      "inside our subnet",
+      entry(K("10.244.1.128-25"), vxlanValue("192.168.0.5")),
+      "overlaps this node's own subnet 10.244.1.0/24",
+    ],
+    [
+      "containing our subnet",
+      entry(K("10.244.0.0-23"), vxlanValue("192.168.0.5")),
+      "overlaps this node's own subnet 10.244.1.0/24",
+    ],
+  ])("invalid: %s", (_name, bad, reason) => {
+    const good = peer(2);
+    const view = computeView([good, bad], CTX);
+    expect(peerKeys(view)).toEqual([good.key]);
+    expect([...view.invalid.keys()]).toEqual([bad.key]);
+    expect(view.invalid.get(bad.key)?.modRevision).toBe(bad.modRevision);
+    expect(view.invalid.get(bad.key)?.reason).toContain(reason);
+  });
+
+  it("an invalid entry never removes or changes valid peers", () => {
+    const a = peer(2);
+    const before = computeView([a], CTX);
+    const after = computeView([a, entry(K("10.244.3.0-24"), "garbage"), entry(K("x"), "")], CTX);
+    expect(peerKeys(after)).toEqual([a.key]);
+    expect(after.invalid.size).toBe(2);
+    expect(diffViews(before, after)).toEqual([]);
+  });
+
+  describe("overlapping leases: the older (lower createRevision) wins", () => {
+    it("same subnet under two spellings of the key", () => {
+      const older = entry(K("10.244.5.0-24"), vxlanValue("192.168.0.5"), { createRevision: 7 });
+      const newer = entry(K("10.244.5.0-024"), vxlanValue("192.168.0.6"), { createRevision: 9 });
+      const view = computeView([newer, older], CTX);
+      expect(peerKeys(view)).toEqual([older.key]);
+      expect(view.invalid.get(newer.key)?.reason).toBe(
+        `subnet 10.244.5.0/24 overlaps 10.244.5.0/24 of older key ${older.key} (createRevision 7 < 9)`,
+      );
+    });
+
+    it.each<[string, string, number, string, number, string]>([
+      ["an older /23 beats a newer /24 inside it", "10.244.4.0-23", 5, "10.244.5.0-24", 8, "10.244.4.0-23"],
+      ["an older /24 beats a newer /23 around it", "10.244.4.0-23", 8, "10.244.5.0-24", 5, "10.244.5.0-24"],
+      ["an older /26 beats a newer /24 around it", "10.244.5.64-26", 3, "10.244.5.0-24", 4, "10.244.5.64-26"],
+      ["equal createRevision: the lower key wins", "10.244.5.0-24", 6, "10.244.5.0-024", 6, "10.244.5.0-024"],
+    ])("%s", (_name, keyA, revA, keyB, revB, winner) => {
+      const a = entry(K(keyA), vxlanValue("192.168.0.5"), { createRevision: revA });
+      const b = entry(K(keyB), vxlanValue("192.168.0.6"), { createRevision: revB });
+      for (const order of [
+        [a, b],
+        [b, a],
+      ]) {
+        const view = computeView(order, CTX);
+        expect(peerKeys(view)).toEqual([K(winner)]);
+        const loser = winner === keyA ? b : a;
+        expect(view.invalid.get(loser.key)?.reason).toContain(`of older key ${K(winner)}`);
+      }
+    });
+
+    it("a losing entry does not block others it overlaps", () => {
+      const a = entry(K("10.244.4.0-24"), vxlanValue("192.168.0.4"), { createRevision: 1 });
+      const big = entry(K("10.244.4.0-23"), vxlanValue("192.168.0.9"), { createRevision: 2 }); // loses to a
+      const c = entry(K("10.244.5.0-24"), vxlanValue("192.168.0.5"), { createRevision: 3 }); // only overlaps big
+      const view = computeView([a, big, c], CTX);
+      expect(peerKeys(view)).toEqual([a.key, c.key]);
+      expect([...view.invalid.keys()]).toEqual([big.key]);
+    });
+
+    it("an invalid entry (bad value) does not take part in overlap resolution", () => {
+      const bad = entry(K("10.244.5.0-24"), "garbage", { createRevision: 1 });
+      const good = entry(K("10.244.5.0-024"), vxlanValue("192.168.0.5"), { createRevision: 2 });
+      const view = computeView([bad, good], CTX);
+      expect(peerKeys(view)).toEqual([good.key]);
+    });
+  });
+
+  it("handles 5,000 leases, sharing the cache between passes", () => {
+    const ctx: ViewContext = { ...CTX, config: { ...CONFIG, network: parseCidr("10.0.0.0/8") } };
+    const entries: RawEntry[] = [];
+    for (let n = 2; n < 5002; n++) {
+      entries.push(entry(K(`10.${n >> 8}.${n & 255}.0-24`), vxlanValue(`192.168.${n >> 8}.${n & 255}`)));
+    }
+    entries.push(entry(K(`10.0.2.0-024`), vxlanValue("192.168.9.9"))); // duplicate of the first, newer
+    const cache = new ParseCache();
+    const first = computeView(entries, ctx, cache);
+    expect(first.peers.size).toBe(5000);
+    expect(first.invalid.size).toBe(1);
+    const second = computeView(entries, ctx, cache);
+    expect(second.peers.size).toBe(5000);
+    expect(diffViews(first, second)).toEqual([]);
+  });
+});
+
+describe("ParseCache", () => {
+  it("reuses the parse of unchanged entries and re-parses changed ones", () => {
+    const cache = new ParseCache();
+    const a = peer(2);
+    const b = peer(3);
+    const v1 = computeView([a, b], CTX, cache);
+    const v2 = computeView([a, { ...b, modRevision: b.modRevision + 10, etcdLeaseId: "43" }], CTX, cache);
+    expect(v2.peers.get(a.key)).toBe(v1.peers.get(a.key));
+    expect(v2.peers.get(b.key)).not.toBe(v1.peers.get(b.key));
+    expect(v2.peers.get(b.key)?.etcdLeaseId).toBe("43");
+  });
+
+  it("forgets entries that are gone", () => {
+    const cache = new ParseCache();
+    computeView([peer(2), peer(3), entry(K("x"), "")], CTX, cache);
+    expect(cache.size).toBe(3);
+    computeView([peer(2)], CTX, cache);
+    expect(cache.size).toBe(1);
+  });
+
+  it("re-evaluates config-dependent validity even for cached entries", () => {
+    const cache = new ParseCache();
+    const e = entry(K("10.245.2.0-24"), vxlanValue("192.168.0.2"));
+    expect(computeView([e], CTX, cache).invalid.size).toBe(1);
+    const wider = { ...CTX, config: { ...CONFIG, network: parseCidr("10.0.0.0/8") } };
+    expect(computeView([e], wider, cache).peers.size).toBe(1);
+  });
+});
+
+describe("diffViews", () => {
+  const a = peer(2);
+  const b = peer(3);
+  const c = peer(4);
+
+  it.each<[string, RawEntry[], RawEntry[], string[]]>([
+    ["nothing → peers: added", [], [a, b], ["added 10.244.2.0/24", "added 10.244.3.0/24"]],
+    ["peers → nothing: removed", [a, b], [], ["removed 10.244.2.0/24", "removed 10.244.3.0/24"]],
+    [
+      "renewal (new etcd lease, new modRevision): no event",
+      [a],
+      [{ ...a, etcdLeaseId: "99", modRevision: 999 }],
+      [],
+    ],
+    ["same value rewritten: no event", [a], [{ ...a, value: a.value, modRevision: 998 }], []],
+    [
+      "new VtepMAC: changed",
+      [a],
+      [{ ...a, value: vxlanValue("192.168.0.2", "02:00:00:00:00:09"), modRevision: 997 }],
+      ["changed 10.244.2.0/24"],
+    ],
+    [
+      "new PublicIP: changed",
+      [a],
+      [{ ...a, value: vxlanValue("192.168.0.77"), modRevision: 996 }],
+      ["changed 10.244.2.0/24"],
+    ],
+    [
+      "new BackendType: changed",
+      [a],
+      [
+        {
+          ...a,
+          value: '{"PublicIP":"192.168.0.2","PublicIPv6":null,"BackendType":"host-gw"}',
+          modRevision: 995,
+        },
+      ],
+      ["changed 10.244.2.0/24"],
+    ],
+    ["re-encoded but equal JSON: no event", [a], [{ ...a, value: `${a.value}\n`, modRevision: 994 }], []],
+    [
+      "valid → invalid: removed",
+      [a, b],
+      [a, { ...b, value: "garbage", modRevision: 993 }],
+      ["removed 10.244.3.0/24"],
+    ],
+    [
+      "mixed events sorted by key",
+      [c, a],
+      [b, { ...c, value: vxlanValue("192.168.0.44"), modRevision: 992 }],
+      ["removed 10.244.2.0/24", "added 10.244.3.0/24", "changed 10.244.4.0/24"],
+    ],
+  ])("%s", (_name, before, after, expected) => {
+    const cache = new ParseCache();
+    const v1 = computeView(before, CTX, cache);
+    const v2 = computeView(after, CTX, cache);
+    expect(eventSummary(diffViews(v1, v2))).toEqual(expected);
+  });
+
+  it("removed events carry the old lease and changed events both", () => {
+    const a2 = { ...a, value: vxlanValue("192.168.0.2", "02:00:00:00:00:09"), modRevision: 1000 };
+    const v1 = computeView([a, b], CTX);
+    const v2 = computeView([a2], CTX);
+    const events = diffViews(v1, v2);
+    expect(events).toEqual([
+      { type: "changed", lease: v2.peers.get(a.key), previous: v1.peers.get(a.key) },
+      { type: "removed", lease: v1.peers.get(b.key) },
+    ]);
+  });
+
+  it("orders by key in code-unit order, not insertion order", () => {
+    const keys = ["10.244.10.0-24", "10.244.9.0-24", "10.244.100.0-24", "10.244.2.0-24"];
+    const view = computeView(
+      keys.map((k) => entry(K(k), vxlanValue("192.168.0.5"))),
+      CTX,
+    );
+    const events = diffViews({ peers: new Map(), invalid: new Map() }, view);
+    expect(events.map((e) => e.lease.key)).toEqual([...keys].sort().map(K));
+  });
+});
