@@ -1,0 +1,342 @@
+// A test cluster made of network namespaces (see design.md, "Test topology"):
+//
+//   switch "tw-<tag>-sw": bridge br-ul 198.18.0.254/24 (etcd listens here), bridge br-rm (remote segment, no
+//                         address: it only switches)
+//   host i  "tw-<tag>-h<i>": eth0 198.18.0.i/24 (veth to br-ul), default via 198.18.0.254, ip_forward=1
+//   router  "tw-<tag>-rt":   eth0 198.18.0.253/24 on br-ul, eth1 198.19.0.254/24 on br-rm, ip_forward=1
+//   remote host i:           eth0 198.19.0.i/24 on br-rm, default via 198.19.0.254
+//   pod     "tw-<tag>-h<i>-<name>": eth0 (veth), peer end attached to a bridge in its host namespace
+//
+// Nothing here touches the root namespace: every link is created with `ip -n <ns>`, every sysctl is written
+// from inside a namespace. destroy() ends tracked processes by PID and deletes every namespace it made.
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { execa } from "execa";
+import { netnsRunner, type CommandRunner } from "../../src/dataplane/kernel/runner.js";
+import { startEtcd, type EtcdServer } from "./etcd.js";
+import { startProcess, waitFor, type Started } from "./processes.js";
+
+export const UNDERLAY_GATEWAY = "198.18.0.254";
+export const ROUTER_LOCAL = "198.18.0.253";
+export const REMOTE_GATEWAY = "198.19.0.254";
+export const LOCAL_SEGMENT = "198.18.0.0/24";
+export const REMOTE_SEGMENT = "198.19.0.0/24";
+
+export interface ExecResult {
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly exitCode: number;
+}
+
+export interface Host {
+  /** Namespace name, e.g. "tw-1a2b3-h1". */
+  readonly ns: string;
+  readonly index: number;
+  readonly segment: "local" | "remote";
+  /** Underlay address without prefix, e.g. "198.18.0.1". */
+  readonly address: string;
+  /** Underlay interface inside the namespace: always "eth0". */
+  readonly dev: "eth0";
+  /** Runs kernel commands inside this host (for src/dataplane/kernel). */
+  readonly runner: CommandRunner;
+}
+
+export interface Pod {
+  readonly ns: string;
+  readonly name: string;
+  readonly host: Host;
+  /** Address without prefix, e.g. "10.244.5.2". */
+  readonly address: string;
+  /** Address with prefix as given, e.g. "10.244.5.2/24". */
+  readonly cidr: string;
+  /** Host-side veth name (attached to the bridge). */
+  readonly hostVeth: string;
+}
+
+export interface PodOptions {
+  /** Bridge in the host namespace to attach to, e.g. "cni0". */
+  readonly bridge: string;
+  readonly address: string;
+  readonly gateway: string;
+  readonly mtu?: number;
+  /** How long to wait for the bridge to appear (it may be created by the agent); default 20 s. */
+  readonly bridgeTimeoutMs?: number;
+}
+
+export interface PingOptions {
+  readonly count?: number;
+  /** ICMP payload size in bytes (ping -s). */
+  readonly size?: number;
+  /** Set DF and forbid local fragmentation (ping -M do). */
+  readonly dontFragment?: boolean;
+  /** Seconds to wait for each reply; default 1. */
+  readonly waitSeconds?: number;
+}
+
+export interface PingResult {
+  /** At least one reply came back. */
+  readonly ok: boolean;
+  readonly transmitted: number;
+  readonly received: number;
+  readonly output: string;
+}
+
+export interface Cluster {
+  readonly tag: string;
+  readonly switchNs: string;
+  readonly hosts: ReadonlyMap<number, Host>;
+  addHost(index: number, options?: { segment?: "local" | "remote" }): Promise<Host>;
+  /** Adds the router and the 198.19.0.0/24 segment; idempotent. */
+  addRemoteSegment(): Promise<{ ns: string }>;
+  addPod(host: Host, name: string, options: PodOptions): Promise<Pod>;
+  /** Runs `argv` inside `ns`; never throws on a non-zero exit. */
+  exec(ns: string, argv: readonly string[], input?: string): Promise<ExecResult>;
+  /** Like exec, but throws with the command's stderr when it fails. */
+  run(ns: string, argv: readonly string[], input?: string): Promise<string>;
+  ping(fromNs: string, toIp: string, options?: PingOptions): Promise<PingResult>;
+  /** A long-running process inside `ns`, ended by its PID on destroy(). */
+  spawn(ns: string, command: string, args: readonly string[], env?: NodeJS.ProcessEnv): Started;
+  /** etcd inside the switch namespace on 198.18.0.254, destroyed with the cluster. */
+  startEtcd(): Promise<EtcdServer>;
+  /** Ends tracked processes by PID and deletes every namespace made; idempotent, never throws. */
+  destroy(): Promise<void>;
+}
+
+/** Clusters not yet destroyed, for the last-resort exit hook below. */
+const live = new Set<{ namespaces: string[]; pids: () => number[] }>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Last resort only (a worker killed mid-test); every test must still destroy() in afterAll/afterEach.
+  process.on("exit", () => {
+    for (const cluster of live) {
+      for (const pid of cluster.pids()) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+      for (const ns of [...cluster.namespaces].reverse()) {
+        try {
+          execFileSync("ip", ["netns", "del", ns], { stdio: "ignore" });
+        } catch {
+          // already gone
+        }
+      }
+    }
+  });
+}
+
+function randomTag(): string {
+  return randomBytes(3).toString("hex").slice(0, 5);
+}
+
+async function exec(ns: string, argv: readonly string[], input?: string): Promise<ExecResult> {
+  const [cmd, ...args] = argv;
+  if (cmd === undefined) throw new Error("exec: empty command");
+  const result = await execa("ip", ["netns", "exec", ns, cmd, ...args], {
+    reject: false,
+    ...(input === undefined ? { stdin: "ignore" as const } : { input }),
+  });
+  const exitCode = result.exitCode ?? -1;
+  const stderr =
+    result.exitCode === undefined ? `${result.stderr}\n${result.shortMessage ?? ""}` : result.stderr;
+  return { stdout: result.stdout, stderr, exitCode };
+}
+
+/** `ip <args>` in the root mount/net context; only ever used with `-n <ns>` or `netns add/del`. */
+async function ip(args: readonly string[]): Promise<void> {
+  const result = await execa("ip", args, { reject: false, stdin: "ignore" });
+  if (result.exitCode !== 0)
+    throw new Error(`ip ${args.join(" ")} failed: ${result.stderr || result.shortMessage}`);
+}
+
+/** Creates the switch namespace and its underlay bridge. Call destroy() in teardown, on failure too. */
+export async function createUnderlay(options: { tag?: string } = {}): Promise<Cluster> {
+  const tag = options.tag ?? randomTag();
+  if (!/^[0-9a-z]{1,5}$/.test(tag)) throw new Error(`tag must be 1-5 lowercase alphanumerics: ${tag}`);
+  const prefix = `tw-${tag}`;
+  const switchNs = `${prefix}-sw`;
+  // Creation order; deleted in reverse (pods before hosts before router before switch).
+  const namespaces: string[] = [];
+  const processes: Started[] = [];
+  const etcds: EtcdServer[] = [];
+  const hosts = new Map<number, Host>();
+  let routerNs: string | undefined;
+  let destroyed = false;
+  const tracked = { namespaces, pids: () => processes.map((p) => p.pid) };
+  live.add(tracked);
+  installExitHook();
+
+  const run = async (ns: string, argv: readonly string[], input?: string): Promise<string> => {
+    const result = await exec(ns, argv, input);
+    if (result.exitCode !== 0) {
+      throw new Error(`[${ns}] ${argv.join(" ")} failed (exit ${result.exitCode}): ${result.stderr.trim()}`);
+    }
+    return result.stdout;
+  };
+
+  const addNamespace = async (ns: string): Promise<void> => {
+    if (namespaces.includes(ns)) throw new Error(`namespace ${ns} already exists in this cluster`);
+    await ip(["netns", "add", ns]);
+    namespaces.push(ns); // tracked as soon as it exists, so a failure below still cleans it up
+    await ip(["-n", ns, "link", "set", "lo", "up"]);
+  };
+
+  /** A veth from `ns` ("eth0" inside) to `bridge` in the switch namespace, switch end named `switchEnd`. */
+  const plugIntoSwitch = async (
+    ns: string,
+    inside: string,
+    switchEnd: string,
+    bridge: string,
+  ): Promise<void> => {
+    await ip(["-n", switchNs, "link", "add", switchEnd, "type", "veth", "peer", "name", inside, "netns", ns]);
+    await ip(["-n", switchNs, "link", "set", switchEnd, "master", bridge, "up"]);
+  };
+
+  const destroy = async (): Promise<void> => {
+    if (destroyed) return;
+    destroyed = true;
+    await Promise.allSettled(processes.map((p) => p.stop(3000)));
+    await Promise.allSettled(etcds.map((e) => e.destroy()));
+    for (const ns of [...namespaces].reverse()) {
+      const result = await execa("ip", ["netns", "del", ns], { reject: false, stdin: "ignore" });
+      if (result.exitCode !== 0 && !/No such file/.test(result.stderr)) {
+        // Never throw from teardown; say why something may be left behind.
+        console.warn(`twill test cleanup: ip netns del ${ns}: ${result.stderr.trim()}`);
+      }
+    }
+    live.delete(tracked);
+  };
+
+  const cluster: Cluster = {
+    tag,
+    switchNs,
+    hosts,
+    exec,
+    run,
+
+    async addRemoteSegment() {
+      if (routerNs !== undefined) return { ns: routerNs };
+      const ns = `${prefix}-rt`;
+      await addNamespace(ns);
+      routerNs = ns;
+      await ip(["-n", switchNs, "link", "add", "br-rm", "type", "bridge"]);
+      await ip(["-n", switchNs, "link", "set", "br-rm", "up"]);
+      await plugIntoSwitch(ns, "eth0", `v${tag}r0`, "br-ul");
+      await plugIntoSwitch(ns, "eth1", `v${tag}r1`, "br-rm");
+      await ip(["-n", ns, "address", "add", `${ROUTER_LOCAL}/24`, "dev", "eth0"]);
+      await ip(["-n", ns, "address", "add", `${REMOTE_GATEWAY}/24`, "dev", "eth1"]);
+      await ip(["-n", ns, "link", "set", "eth0", "up"]);
+      await ip(["-n", ns, "link", "set", "eth1", "up"]);
+      await run(ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+      // Everything on the local segment (the switch itself, for etcd, and every host) routes via the router.
+      await ip(["-n", switchNs, "route", "add", REMOTE_SEGMENT, "via", ROUTER_LOCAL]);
+      for (const host of hosts.values()) {
+        if (host.segment === "local")
+          await ip(["-n", host.ns, "route", "add", REMOTE_SEGMENT, "via", ROUTER_LOCAL]);
+      }
+      return { ns };
+    },
+
+    async addHost(index, options = {}) {
+      const segment = options.segment ?? "local";
+      if (!Number.isInteger(index) || index < 1 || index > 252)
+        throw new Error(`host index out of 1..252: ${index}`);
+      if (hosts.has(index)) throw new Error(`host ${index} already exists`);
+      if (segment === "remote" && routerNs === undefined) throw new Error("addRemoteSegment() first");
+      const ns = `${prefix}-h${index}`;
+      await addNamespace(ns);
+      const remote = segment === "remote";
+      const address = `${remote ? "198.19.0" : "198.18.0"}.${index}`;
+      await plugIntoSwitch(ns, "eth0", `v${tag}h${index}`, remote ? "br-rm" : "br-ul");
+      await ip(["-n", ns, "address", "add", `${address}/24`, "dev", "eth0"]);
+      await ip(["-n", ns, "link", "set", "eth0", "up"]);
+      await ip(["-n", ns, "route", "add", "default", "via", remote ? REMOTE_GATEWAY : UNDERLAY_GATEWAY]);
+      if (!remote && routerNs !== undefined) {
+        await ip(["-n", ns, "route", "add", REMOTE_SEGMENT, "via", ROUTER_LOCAL]);
+      }
+      await run(ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+      const host: Host = { ns, index, segment, address, dev: "eth0", runner: netnsRunner(ns) };
+      hosts.set(index, host);
+      return host;
+    },
+
+    async addPod(host, name, options) {
+      if (!/^[a-z0-9]{1,8}$/.test(name))
+        throw new Error(`pod name must be 1-8 lowercase alphanumerics: ${name}`);
+      const ns = `${host.ns}-${name}`;
+      const hostVeth = `vp${tag}${name}`.slice(0, 15);
+      const timeout = options.bridgeTimeoutMs ?? 20_000;
+      await waitFor(
+        `bridge ${options.bridge} in ${host.ns} (is the agent running and has it set up the bridge?)`,
+        async () => (await exec(host.ns, ["ip", "link", "show", "dev", options.bridge])).exitCode === 0,
+        timeout,
+        100,
+      );
+      await addNamespace(ns);
+      await ip(["-n", host.ns, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+      if (options.mtu !== undefined) {
+        await ip(["-n", host.ns, "link", "set", hostVeth, "mtu", String(options.mtu)]);
+        await ip(["-n", ns, "link", "set", "eth0", "mtu", String(options.mtu)]);
+      }
+      await ip(["-n", host.ns, "link", "set", hostVeth, "master", options.bridge, "up"]);
+      await ip(["-n", ns, "address", "add", options.address, "dev", "eth0"]);
+      await ip(["-n", ns, "link", "set", "eth0", "up"]);
+      await ip(["-n", ns, "route", "add", "default", "via", options.gateway]);
+      const address = options.address.split("/")[0] ?? options.address;
+      return { ns, name, host, address, cidr: options.address, hostVeth };
+    },
+
+    async ping(fromNs, toIp, options = {}) {
+      const count = options.count ?? 1;
+      const args = ["ping", "-n", "-c", String(count), "-i", "0.2", "-W", String(options.waitSeconds ?? 1)];
+      if (options.size !== undefined) args.push("-s", String(options.size));
+      if (options.dontFragment === true) args.push("-M", "do");
+      const result = await exec(fromNs, [...args, toIp]);
+      const output = `${result.stdout}\n${result.stderr}`;
+      const stats = /(\d+) packets transmitted, (\d+) received/.exec(output);
+      const transmitted = Number(stats?.[1] ?? 0);
+      const received = Number(stats?.[2] ?? 0);
+      return { ok: received > 0, transmitted, received, output };
+    },
+
+    spawn(ns, command, args, env) {
+      const started = startProcess("ip", ["netns", "exec", ns, command, ...args], env);
+      processes.push(started);
+      return started;
+    },
+
+    async startEtcd() {
+      const server = await startEtcd({ netns: switchNs, host: UNDERLAY_GATEWAY });
+      etcds.push(server);
+      tracked.pids = () => [...processes.map((p) => p.pid), ...etcds.map((e) => e.process.pid)];
+      return server;
+    },
+
+    destroy,
+  };
+
+  try {
+    await addNamespace(switchNs);
+    await ip(["-n", switchNs, "link", "add", "br-ul", "type", "bridge"]);
+    await ip(["-n", switchNs, "address", "add", `${UNDERLAY_GATEWAY}/24`, "dev", "br-ul"]);
+    await ip(["-n", switchNs, "link", "set", "br-ul", "up"]);
+  } catch (error) {
+    await destroy();
+    throw error;
+  }
+  return cluster;
+}
+
+/** Names of the network namespaces that currently exist (`ip netns list`). */
+export async function listNamespaces(): Promise<string[]> {
+  const { stdout } = await execa("ip", ["netns", "list"], { stdin: "ignore" });
+  return stdout
+    .split("\n")
+    .map((line) => line.split(" ")[0] ?? "")
+    .filter((name) => name !== "");
+}
