@@ -76,7 +76,7 @@ export function nextSubnetAddress(subnet: Subnet): IPv4 {
 }
 
 export function containsIp(subnet: Subnet, ip: IPv4): boolean {
-  return ((ip & maskOf(subnet.prefixLen)) >>> 0) === subnet.ip;
+  return (ip & maskOf(subnet.prefixLen)) >>> 0 === subnet.ip;
 }
 
 /** True when `inner` lies wholly inside `outer`. */

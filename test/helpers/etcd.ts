@@ -53,12 +53,16 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
   const ctl = (ctlArgs: readonly string[], input?: string): string => {
     const prefix = options.netns === undefined ? [] : ["netns", "exec", options.netns];
     const command = options.netns === undefined ? "etcdctl" : "ip";
-    return execFileSync(command, [...prefix, ...(options.netns ? ["etcdctl"] : []), `--endpoints=${endpoint}`, ...ctlArgs], {
-      env: { ...process.env, ETCDCTL_API: "3" },
-      input,
-      encoding: "utf8",
-      stdio: ["pipe", "pipe", "pipe"],
-    });
+    return execFileSync(
+      command,
+      [...prefix, ...(options.netns ? ["etcdctl"] : []), `--endpoints=${endpoint}`, ...ctlArgs],
+      {
+        env: { ...process.env, ETCDCTL_API: "3" },
+        input,
+        encoding: "utf8",
+        stdio: ["pipe", "pipe", "pipe"],
+      },
+    );
   };
   const waitHealthy = () =>
     waitFor(`etcd at ${endpoint} to be healthy`, () => {
@@ -87,7 +91,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
     await waitHealthy();
   } catch (error) {
     await server.destroy();
-    throw new Error(`etcd did not start: ${String(error)}\n${server.process.output()}`);
+    throw new Error(`etcd did not start: ${String(error)}\n${server.process.output()}`, { cause: error });
   }
   return server;
 }

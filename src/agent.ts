@@ -1,0 +1,343 @@
+// The agent: the one place that knows every room. It wires etcd (config, own lease, peer view) to
+// the node (subnet file, interface) and runs until SIGTERM/SIGINT. It never exits on bad input or an
+// etcd outage: it reports, waits and retries.
+import type { AgentOptions } from "./config/agent-options.js";
+import type { NetworkConfig } from "./config/network-config.js";
+import { formatCidr, formatIPv4, subnetEquals, type Subnet } from "./ip/ipv4.js";
+import { ConfigWatch, type ConfigState } from "./lease/config-watch.js";
+import { decodeLeaseAttrs, vxlanBackendData } from "./lease/attrs.js";
+import { isCompatible } from "./lease/allocate.js";
+import { LeaseKeeper, type KeeperObserver, type OwnLease } from "./lease/keeper.js";
+import type { LeaseAttrs } from "./lease/lease.js";
+import type { InvalidEntry, PeerEvent, PeerView, RawEntry } from "./lease/peer-view.js";
+import { EtcdRegistry } from "./lease/registry.js";
+import { SubnetWatch } from "./lease/subnet-watch.js";
+import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
+import { loadOrCreateVtepMac } from "./node/state-store.js";
+import { formatSubnetEnv, readPreviousSubnet, writeFileAtomic } from "./node/subnet-env.js";
+import type { Logger } from "./util/log.js";
+import { errorMessage } from "./util/log.js";
+import { Backoff, Wakeup, sleep, stopped } from "./util/time.js";
+
+/** What the agent knows right now; read by status, health and metrics. */
+export interface AgentStatus {
+  config: ConfigState;
+  external: ExternalInterface | undefined;
+  ownLease: OwnLease | undefined;
+  subnetFileWritten: boolean;
+  view: PeerView | undefined;
+  /** Why the agent is not ready, empty when ready. */
+  notReady: string[];
+}
+
+/** Hooks for the rooms that consume the lease room (data plane, metrics); all optional. */
+export interface AgentHooks extends KeeperObserver {
+  peers?(events: PeerEvent[], view: PeerView): void;
+  invalid?(entries: InvalidEntry[]): void;
+  ownLeaseChanged?(own: OwnLease, config: NetworkConfig, external: ExternalInterface): void;
+  watchState?(state: "watching" | "broken", reason?: string): void;
+}
+
+/** The MTU the backend gives pods: VXLAN takes 50 bytes of the (configured or interface) MTU. */
+export function backendMtu(config: NetworkConfig, external: ExternalInterface): number {
+  return config.backend.type === "vxlan" ? (config.backend.mtu ?? external.mtu) - 50 : external.mtu;
+}
+
+export class Agent {
+  readonly status: AgentStatus = {
+    config: { kind: "unknown" },
+    external: undefined,
+    ownLease: undefined,
+    subnetFileWritten: false,
+    view: undefined,
+    notReady: ["starting"],
+  };
+  private registry: EtcdRegistry | undefined;
+  private keeper: LeaseKeeper | undefined;
+  private readonly ownKeyChanged = new Wakeup();
+  private lastOwnKeyEntry: RawEntry | undefined | null = null;
+
+  constructor(
+    private readonly options: AgentOptions,
+    private readonly log: Logger,
+    private readonly hooks: AgentHooks = {},
+  ) {}
+
+  /** Runs until `signal` aborts; resolves after a clean stop. */
+  async run(signal: AbortSignal): Promise<void> {
+    const registry = new EtcdRegistry(
+      {
+        endpoints: this.options.etcd.endpoints,
+        caFile: this.options.etcd.caFile,
+        certFile: this.options.etcd.certFile,
+        keyFile: this.options.etcd.keyFile,
+        username: this.options.etcd.username,
+        password: this.options.etcd.password,
+      },
+      this.options.etcd.prefix,
+    );
+    this.registry = registry;
+    const background: Promise<void>[] = [];
+    try {
+      const configWatch = new ConfigWatch(registry, this.log);
+      configWatch.onChange((state) => {
+        this.status.config = state;
+        this.refreshReadiness();
+      });
+      background.push(configWatch.run(signal));
+
+      const external = await this.detectInterface(signal);
+      this.status.external = external;
+      this.setNotReady("waiting for a valid network config");
+      let config = await configWatch.waitForValid(signal);
+      const keeper = new LeaseKeeper(
+        registry,
+        {
+          publicIP: external.publicIp,
+          ttlSeconds: this.options.leaseTtlSeconds,
+          renewMarginSeconds: this.options.renewMarginSeconds,
+        },
+        this.log,
+        this.hooks,
+      );
+      this.keeper = keeper;
+      let attrs = await this.leaseAttrs(config, external);
+      const previous = await readPreviousSubnet(this.options.subnetFile);
+      if (previous)
+        this.log.info({ subnet: formatCidr(previous) }, "previous subnet found in the subnet file");
+      this.setNotReady("acquiring a subnet lease");
+      let own = await keeper.acquire(config, attrs, previous, signal);
+      await this.adopt(own, config, external);
+
+      const watch = new SubnetWatch(
+        registry,
+        { prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet },
+        {
+          onPeers: (events, view) => this.onPeers(events, view),
+          onInvalid: (entries) => this.onInvalid(entries),
+          onOwnKey: (entry) => {
+            this.lastOwnKeyEntry = entry;
+            this.ownKeyChanged.wake();
+          },
+          onWatchState: (state, reason) => this.hooks.watchState?.(state, reason),
+        },
+        this.log,
+      );
+      background.push(watch.run(signal));
+
+      // A later valid config (e.g. a wider Network) is adopted; one the own lease no longer fits
+      // triggers re-acquisition below.
+      const pending = { configChanged: false };
+      configWatch.onChange((state) => {
+        if (state.kind === "valid") {
+          config = state.config;
+          pending.configChanged = true;
+          this.ownKeyChanged.wake();
+        }
+      });
+
+      // The keeping loop: renew before expiry, re-acquire when the own key is lost.
+      while (!stopped(signal)) {
+        const renewAt = keeper.renewAt(own);
+        await this.ownKeyChanged.wait(Math.max(0, Math.min(renewAt - Date.now(), 2 ** 31 - 1)), signal);
+        if (stopped(signal)) break;
+        let lost = false;
+        if (pending.configChanged) {
+          pending.configChanged = false;
+          watch.setContext({ prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet });
+          if (!isCompatible(own.subnet, config)) {
+            this.log.warn(
+              { subnet: formatCidr(own.subnet) },
+              "the own lease no longer fits the network config; re-acquiring",
+            );
+            lost = true;
+          }
+        }
+        const entry = this.lastOwnKeyEntry;
+        this.lastOwnKeyEntry = null;
+        if (!lost && entry !== null) lost = this.ownKeyLost(own, entry, (updated) => (own = updated));
+        if (!lost && Date.now() >= keeper.renewAt(own)) {
+          try {
+            const renewed = await keeper.renew(own);
+            if (renewed === "lost") lost = true;
+            else {
+              own = renewed;
+              this.status.ownLease = own;
+              this.log.info(
+                { subnet: formatCidr(own.subnet), expiresAt: new Date(own.expiresAt).toISOString() },
+                "lease renewed",
+              );
+            }
+          } catch (error) {
+            this.hooks.renewFailed?.(errorMessage(error));
+            this.log.warn(
+              { err: errorMessage(error), subnet: formatCidr(own.subnet) },
+              "lease renewal failed; retrying",
+            );
+            if (Date.now() >= own.expiresAt) lost = true;
+            else await sleep(keeper.renewRetryMs(), signal);
+          }
+        }
+        if (lost && !stopped(signal)) {
+          this.setNotReady("re-acquiring the subnet lease");
+          attrs = await this.leaseAttrs(config, external);
+          own = await keeper.acquire(config, attrs, own.subnet, signal);
+          await this.adopt(own, config, external);
+          watch.setContext({ prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet });
+        }
+      }
+    } catch (error) {
+      if (!stopped(signal)) throw error;
+    } finally {
+      await Promise.allSettled(background);
+      await this.shutdown();
+    }
+  }
+
+  /** Decides whether a change of the own key means the lease is lost; adopts harmless rewrites. */
+  private ownKeyLost(own: OwnLease, entry: RawEntry | undefined, update: (own: OwnLease) => void): boolean {
+    if (entry === undefined) {
+      this.log.warn({ key: own.key }, "own lease disappeared from etcd (deleted or expired); re-acquiring");
+      return true;
+    }
+    if (entry.modRevision === own.modRevision) return false;
+    let publicIP: number | undefined;
+    try {
+      publicIP = decodeLeaseAttrs(entry.value).publicIP;
+    } catch {
+      publicIP = undefined;
+    }
+    if (publicIP !== this.status.external?.publicIp) {
+      this.log.warn({ key: own.key }, "own lease was overwritten by another node; acquiring another subnet");
+      return true;
+    }
+    // Rewritten with our own address (an operator re-put it, or made it a reservation): adopt it.
+    const adopted: OwnLease = {
+      ...own,
+      leaseId: entry.etcdLeaseId,
+      modRevision: entry.modRevision,
+      expiresAt: entry.etcdLeaseId === "0" ? Infinity : own.expiresAt,
+    };
+    update(adopted);
+    this.status.ownLease = adopted;
+    return false;
+  }
+
+  private async detectInterface(signal: AbortSignal): Promise<ExternalInterface> {
+    const backoff = new Backoff(1000, 10_000);
+    while (!stopped(signal)) {
+      try {
+        const external = await detectExternalInterface({
+          iface: this.options.iface,
+          ifaceRegex: this.options.ifaceRegex,
+          publicIp: this.options.publicIp,
+        });
+        this.log.info(
+          {
+            iface: external.name,
+            ifaceIp: formatIPv4(external.ifaceIp),
+            publicIP: formatIPv4(external.publicIp),
+            mtu: external.mtu,
+          },
+          "external interface selected",
+        );
+        return external;
+      } catch (error) {
+        this.setNotReady(`no external interface: ${errorMessage(error)}`);
+        this.log.error({ err: errorMessage(error) }, "cannot select the external interface; retrying");
+      }
+      await sleep(backoff.next(), signal);
+    }
+    throw new Error("stopped");
+  }
+
+  private async leaseAttrs(config: NetworkConfig, external: ExternalInterface): Promise<LeaseAttrs> {
+    const base = { publicIP: external.publicIp, publicIPv6: null, backendV6Data: undefined };
+    if (config.backend.type === "host-gw") return { ...base, backendType: "host-gw", backendData: undefined };
+    const mac = await loadOrCreateVtepMac(this.options.stateDir, config.backend.vni);
+    return { ...base, backendType: "vxlan", backendData: vxlanBackendData(config.backend.vni, mac) };
+  }
+
+  private async adopt(own: OwnLease, config: NetworkConfig, external: ExternalInterface): Promise<void> {
+    const changed = !this.status.ownLease || !subnetEquals(this.status.ownLease.subnet, own.subnet);
+    this.status.ownLease = own;
+    this.hooks.ownLeaseChanged?.(own, config, external);
+    if (changed) await this.writeSubnetFile(own.subnet, config, external);
+    this.refreshReadiness();
+  }
+
+  private async writeSubnetFile(
+    subnet: Subnet,
+    config: NetworkConfig,
+    external: ExternalInterface,
+  ): Promise<void> {
+    const content = formatSubnetEnv({
+      network: config.network,
+      subnet,
+      mtu: backendMtu(config, external),
+      ipMasq: this.options.ipMasq,
+    });
+    try {
+      await writeFileAtomic(this.options.subnetFile, content);
+      this.status.subnetFileWritten = true;
+      this.log.info({ path: this.options.subnetFile, subnet: formatCidr(subnet) }, "subnet file written");
+    } catch (error) {
+      this.status.subnetFileWritten = false;
+      this.log.error(
+        { err: errorMessage(error), path: this.options.subnetFile },
+        "cannot write the subnet file",
+      );
+    }
+  }
+
+  private onPeers(events: PeerEvent[], view: PeerView): void {
+    this.status.view = view;
+    for (const event of events) {
+      this.log.info(
+        {
+          peer: formatCidr(event.lease.subnet),
+          publicIP: formatIPv4(event.lease.attrs.publicIP),
+          backend: event.lease.attrs.backendType,
+        },
+        `peer ${event.type}`,
+      );
+    }
+    this.hooks.peers?.(events, view);
+    this.refreshReadiness();
+  }
+
+  private onInvalid(entries: InvalidEntry[]): void {
+    for (const entry of entries) {
+      this.log.warn({ key: entry.key, reason: entry.reason }, "skipping invalid subnet entry in etcd");
+    }
+    this.hooks.invalid?.(entries);
+  }
+
+  private setNotReady(reason: string): void {
+    this.status.notReady = [reason];
+  }
+
+  private refreshReadiness(): void {
+    const reasons: string[] = [];
+    const config = this.status.config;
+    if (config.kind === "missing") reasons.push(`no network config at ${config.key}`);
+    if (config.kind === "invalid") reasons.push(`invalid network config: ${config.message}`);
+    if (!this.status.ownLease) reasons.push("no subnet lease yet");
+    if (!this.status.subnetFileWritten) reasons.push("subnet file not written");
+    if (this.status.view === undefined) reasons.push("peer view not synced");
+    this.status.notReady = reasons;
+  }
+
+  private async shutdown(): Promise<void> {
+    const own = this.status.ownLease;
+    if (own && this.options.releaseLeaseOnExit && this.keeper) {
+      try {
+        await this.keeper.release(own);
+        this.log.info({ subnet: formatCidr(own.subnet) }, "lease released (--release-lease-on-exit)");
+      } catch (error) {
+        this.log.warn({ err: errorMessage(error) }, "could not release the lease; it will expire by itself");
+      }
+    }
+    this.registry?.close();
+  }
+}

@@ -1,0 +1,248 @@
+// Sub-commands. Each returns an exit code; errors are printed as one line naming what is wrong.
+import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { Agent } from "../agent.js";
+import { agentFlags, parseAgentOptions } from "../config/agent-options.js";
+import { FlagError, formatFlagHelp, parseFlags, type FlagSpec } from "../config/flags.js";
+import { ConfigError, parseNetworkConfig } from "../config/network-config.js";
+import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
+import { EtcdRegistry, EtcdSettingsError } from "../lease/registry.js";
+import { computeView } from "../lease/peer-view.js";
+import { parseVxlanBackendData } from "../lease/attrs.js";
+import { missingConfigMessage } from "../lease/config-watch.js";
+import { createLogger, errorMessage } from "../util/log.js";
+import type { LevelWithSilent } from "pino";
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function version(): string {
+  const pkg: unknown = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
+  return typeof pkg === "object" && pkg !== null && "version" in pkg ? String(pkg.version) : "unknown";
+}
+
+const etcdFlagNames = new Set([
+  "etcd-endpoints",
+  "etcd-prefix",
+  "etcd-cafile",
+  "etcd-certfile",
+  "etcd-keyfile",
+  "etcd-username",
+  "etcd-password",
+]);
+const adminFlags: readonly FlagSpec[] = agentFlags.filter((flag) => etcdFlagNames.has(flag.name));
+
+const usage = `twill ${version()} — a flannel-compatible overlay network agent
+
+Usage:
+  twill agent [flags]              run the node agent (see twill agent --help)
+  twill config get [etcd flags]    print the network config stored in etcd
+  twill config set FILE|- [etcd flags]
+                                   validate a network config and store it in etcd
+  twill leases [etcd flags]        list every subnet lease with its public IP, backend and time left
+  twill --version                  print the version
+  twill --help                     this text
+
+etcd flags (all commands):
+${formatFlagHelp(adminFlags)}
+`;
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+}
+
+function fail(message: string, code = 1): number {
+  process.stderr.write(`twill: ${message}\n`);
+  return code;
+}
+
+function openRegistry(
+  argv: readonly string[],
+  env: Env,
+): { registry: EtcdRegistry; positionals: readonly string[] } {
+  const parsed = parseFlags(adminFlags, argv, env);
+  const list = parsed.values.get("etcd-endpoints");
+  const str = (name: string): string | undefined => {
+    const value = parsed.values.get(name);
+    return typeof value === "string" && value !== "" ? value : undefined;
+  };
+  const registry = new EtcdRegistry(
+    {
+      endpoints: Array.isArray(list) ? list : [],
+      caFile: str("etcd-cafile"),
+      certFile: str("etcd-certfile"),
+      keyFile: str("etcd-keyfile"),
+      username: str("etcd-username"),
+      password: str("etcd-password"),
+    },
+    (str("etcd-prefix") ?? "/coreos.com/network").replace(/\/+$/, ""),
+  );
+  return { registry, positionals: parsed.positionals };
+}
+
+async function configCommand(argv: readonly string[], env: Env): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb !== "get" && verb !== "set")
+    return fail(`config: expected "get" or "set", got "${verb ?? ""}"`, 2);
+  const { registry, positionals } = openRegistry(rest, env);
+  try {
+    if (verb === "get") {
+      const { text } = await registry.getConfig();
+      if (text === undefined) return fail(missingConfigMessage(registry.configKey));
+      out(text);
+      return 0;
+    }
+    const source = positionals[0];
+    if (source === undefined) return fail("config set: give a file, or - for standard input", 2);
+    const text = source === "-" ? await readStdin() : await readFile(source, "utf8");
+    try {
+      const { warnings } = parseNetworkConfig(text);
+      for (const warning of warnings) process.stderr.write(`twill: warning: ${warning}\n`);
+    } catch (error) {
+      if (error instanceof ConfigError) return fail(`invalid network config: ${error.message}`);
+      throw error;
+    }
+    await registry.putConfig(text.trim());
+    out(`network config written to ${registry.configKey}`);
+    return 0;
+  } finally {
+    registry.close();
+  }
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function formatDuration(seconds: number | undefined): string {
+  if (seconds === undefined) return "never (reservation)";
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  return h > 0
+    ? `${h}h${String(m).padStart(2, "0")}m`
+    : m > 0
+      ? `${m}m${String(s).padStart(2, "0")}s`
+      : `${s}s`;
+}
+
+function table(rows: readonly (readonly string[])[]): string {
+  const widths = rows[0]?.map((_, col) => Math.max(...rows.map((row) => (row[col] ?? "").length))) ?? [];
+  return rows
+    .map((row) =>
+      row
+        .map((cell, col) => cell.padEnd(widths[col] ?? 0))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
+}
+
+async function leasesCommand(argv: readonly string[], env: Env): Promise<number> {
+  const { registry } = openRegistry(argv, env);
+  try {
+    const { text } = await registry.getConfig();
+    if (text === undefined) return fail(missingConfigMessage(registry.configKey));
+    const { config } = parseNetworkConfig(text);
+    const snapshot = await registry.listSubnets();
+    const view = computeView(snapshot.entries, {
+      prefix: registry.prefix,
+      config,
+      ownKey: undefined,
+      ownSubnet: undefined,
+    });
+    const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN"]];
+    const leases = [...view.peers.values()].sort((a, b) => a.subnet.ip - b.subnet.ip);
+    for (const lease of leases) {
+      const ttl = await registry.timeToLive(lease.etcdLeaseId);
+      let mac = "-";
+      if (lease.attrs.backendType === "vxlan") {
+        try {
+          mac = parseVxlanBackendData(lease.attrs.backendData).vtepMac;
+        } catch {
+          mac = "?";
+        }
+      }
+      rows.push([
+        formatCidr(lease.subnet),
+        formatIPv4(lease.attrs.publicIP),
+        lease.attrs.backendType ?? "-",
+        mac,
+        formatDuration(ttl),
+      ]);
+    }
+    out(table(rows));
+    out(`${leases.length} lease(s) in ${formatCidr(config.network)}`);
+    if (view.invalid.size > 0) {
+      out(`\n${view.invalid.size} invalid entr${view.invalid.size === 1 ? "y" : "ies"} (skipped by agents):`);
+      for (const entry of view.invalid.values()) out(`  ${entry.key}: ${entry.reason}`);
+    }
+    return 0;
+  } finally {
+    registry.close();
+  }
+}
+
+async function agentCommand(argv: readonly string[], env: Env): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-help") || argv.includes("-h")) {
+    out(
+      `Usage: twill agent [flags]\n\nFlags (each also settable from the environment):\n${formatFlagHelp(agentFlags)}`,
+    );
+    return 0;
+  }
+  const options = parseAgentOptions(argv, env);
+  const log = createLogger(options.logLevel as LevelWithSilent);
+  log.info(
+    { version: version(), etcd: options.etcd.endpoints, prefix: options.etcd.prefix },
+    "twill agent starting",
+  );
+  const controller = new AbortController();
+  const stop = (signal: string): void => {
+    if (controller.signal.aborted) return;
+    log.info({ signal }, "stopping; the data plane is left as it is");
+    controller.abort();
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+  const agent = new Agent(options, log);
+  try {
+    await agent.run(controller.signal);
+  } catch (error) {
+    log.fatal({ err: errorMessage(error) }, "agent failed");
+    return 1;
+  }
+  log.info("stopped cleanly");
+  return 0;
+}
+
+export async function runCli(argv: readonly string[], env: Env): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case undefined:
+      case "help":
+      case "--help":
+      case "-help":
+      case "-h":
+        out(usage);
+        return command === undefined ? 2 : 0;
+      case "--version":
+      case "-version":
+      case "version":
+        out(`twill ${version()}`);
+        return 0;
+      case "agent":
+        return await agentCommand(rest, env);
+      case "config":
+        return await configCommand(rest, env);
+      case "leases":
+        return await leasesCommand(rest, env);
+      default:
+        return fail(`unknown command "${command}"; run twill --help`, 2);
+    }
+  } catch (error) {
+    if (error instanceof FlagError || error instanceof EtcdSettingsError) return fail(error.message, 2);
+    return fail(errorMessage(error));
+  }
+}

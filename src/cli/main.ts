@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// twill's command-line entry point: `twill agent`, and the admin commands.
+import { runCli } from "./commands.js";
+
+process.exitCode = await runCli(process.argv.slice(2), process.env);

@@ -1,0 +1,231 @@
+// The agent's options: flanneld's flags (same names, defaults and meaning where they apply) plus
+// twill's own. docs/configuration.md documents this table; keep them in step.
+import { FlagError, parseFlags, type FlagSpec, type FlagValue, type ParsedFlags } from "./flags.js";
+
+export const agentFlags: readonly FlagSpec[] = [
+  // etcd
+  {
+    name: "etcd-endpoints",
+    kind: "list",
+    default: "http://127.0.0.1:4001,http://127.0.0.1:2379",
+    help: "comma-separated etcd client URLs",
+    flannel: true,
+    metavar: "URLS",
+  },
+  {
+    name: "etcd-prefix",
+    kind: "string",
+    default: "/coreos.com/network",
+    help: "etcd key prefix",
+    flannel: true,
+    metavar: "PREFIX",
+  },
+  {
+    name: "etcd-cafile",
+    kind: "string",
+    default: "",
+    help: "CA certificate to verify etcd's server certificate",
+    flannel: true,
+    metavar: "FILE",
+  },
+  {
+    name: "etcd-certfile",
+    kind: "string",
+    default: "",
+    help: "client certificate for etcd (with --etcd-keyfile)",
+    flannel: true,
+    metavar: "FILE",
+  },
+  {
+    name: "etcd-keyfile",
+    kind: "string",
+    default: "",
+    help: "client key for etcd (with --etcd-certfile)",
+    flannel: true,
+    metavar: "FILE",
+  },
+  {
+    name: "etcd-username",
+    kind: "string",
+    default: "",
+    help: "etcd username (basic auth)",
+    flannel: true,
+    metavar: "NAME",
+  },
+  {
+    name: "etcd-password",
+    kind: "string",
+    default: "",
+    help: "etcd password (basic auth)",
+    flannel: true,
+    metavar: "PASSWORD",
+  },
+  // node identity
+  {
+    name: "iface",
+    kind: "string",
+    default: "",
+    help: "external interface, by name or IP address; tried in order",
+    flannel: true,
+    repeatable: true,
+    metavar: "NAME|IP",
+  },
+  {
+    name: "iface-regex",
+    kind: "string",
+    default: "",
+    help: "regex matched against interface addresses, then names; after --iface",
+    flannel: true,
+    repeatable: true,
+    metavar: "REGEX",
+  },
+  {
+    name: "public-ip",
+    kind: "string",
+    default: "",
+    help: "IPv4 address advertised to peers (default: the external interface's)",
+    flannel: true,
+    metavar: "IP",
+  },
+  // lease
+  {
+    name: "subnet-file",
+    kind: "string",
+    default: "/run/flannel/subnet.env",
+    help: "where to write the subnet env file",
+    flannel: true,
+    metavar: "PATH",
+  },
+  {
+    name: "subnet-lease-renew-margin",
+    kind: "int",
+    default: "60",
+    min: 1,
+    max: 1439,
+    help: "renew the lease this many minutes before it expires",
+    flannel: true,
+    metavar: "MINUTES",
+  },
+  {
+    name: "lease-ttl",
+    kind: "duration",
+    default: "24h",
+    min: 5,
+    max: 30 * 24 * 3600,
+    help: "lifetime of the subnet lease in etcd (flannel: fixed 24h)",
+    metavar: "DURATION",
+  },
+  {
+    name: "release-lease-on-exit",
+    kind: "bool",
+    default: "false",
+    help: "delete the lease on SIGTERM/SIGINT (default: keep it, so a restart gets the same subnet)",
+  },
+  // traffic
+  {
+    name: "ip-masq",
+    kind: "bool",
+    default: "false",
+    help: "masquerade traffic leaving the cluster network",
+    flannel: true,
+  },
+  // operations
+  {
+    name: "log-level",
+    kind: "string",
+    default: "info",
+    choices: ["fatal", "error", "warn", "info", "debug", "trace", "silent"],
+    help: "log level",
+    metavar: "LEVEL",
+  },
+  {
+    name: "state-dir",
+    kind: "string",
+    default: "/var/lib/twill",
+    help: "directory for state kept across restarts (the VXLAN VTEP MAC)",
+    metavar: "DIR",
+  },
+];
+
+export interface AgentOptions {
+  readonly etcd: {
+    readonly endpoints: readonly string[];
+    readonly prefix: string;
+    readonly caFile: string | undefined;
+    readonly certFile: string | undefined;
+    readonly keyFile: string | undefined;
+    readonly username: string | undefined;
+    readonly password: string | undefined;
+  };
+  readonly iface: readonly string[];
+  readonly ifaceRegex: readonly string[];
+  readonly publicIp: string | undefined;
+  readonly subnetFile: string;
+  readonly renewMarginSeconds: number;
+  readonly leaseTtlSeconds: number;
+  readonly releaseLeaseOnExit: boolean;
+  readonly ipMasq: boolean;
+  readonly logLevel: string;
+  readonly stateDir: string;
+  /** Where each option came from (for `twill status` and debugging precedence). */
+  readonly sources: ReadonlyMap<string, string>;
+}
+
+function getter(parsed: ParsedFlags) {
+  const get = (name: string): FlagValue => {
+    const value = parsed.values.get(name);
+    if (value === undefined) throw new Error(`internal: flag ${name} missing from table`);
+    return value;
+  };
+  return {
+    str: (name: string) => String(get(name)),
+    opt: (name: string) => {
+      const value = String(get(name));
+      return value === "" ? undefined : value;
+    },
+    num: (name: string) => Number(get(name)),
+    bool: (name: string) => get(name) === true,
+    list: (name: string) => {
+      const value = get(name);
+      return Array.isArray(value) ? value : [String(value)];
+    },
+  };
+}
+
+/** Parses `twill agent` arguments and environment into AgentOptions; throws FlagError naming the flag. */
+export function parseAgentOptions(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): AgentOptions {
+  const parsed = parseFlags(agentFlags, argv, env);
+  if (parsed.positionals.length > 0) {
+    throw new FlagError(`unexpected argument "${parsed.positionals[0] ?? ""}"; twill agent takes only flags`);
+  }
+  const g = getter(parsed);
+  const prefix = g.str("etcd-prefix").replace(/\/+$/, "");
+  if (!prefix.startsWith("/")) throw new FlagError(`--etcd-prefix: "${prefix}" must start with /`);
+  const renewMarginSeconds = g.num("subnet-lease-renew-margin") * 60;
+  const leaseTtlSeconds = g.num("lease-ttl");
+  return {
+    etcd: {
+      endpoints: g.list("etcd-endpoints"),
+      prefix,
+      caFile: g.opt("etcd-cafile"),
+      certFile: g.opt("etcd-certfile"),
+      keyFile: g.opt("etcd-keyfile"),
+      username: g.opt("etcd-username"),
+      password: g.opt("etcd-password"),
+    },
+    iface: g.list("iface"),
+    ifaceRegex: g.list("iface-regex"),
+    publicIp: g.opt("public-ip"),
+    subnetFile: g.str("subnet-file"),
+    renewMarginSeconds,
+    leaseTtlSeconds,
+    releaseLeaseOnExit: g.bool("release-lease-on-exit"),
+    ipMasq: g.bool("ip-masq"),
+    logLevel: g.str("log-level"),
+    stateDir: g.str("state-dir"),
+    sources: parsed.sources,
+  };
+}

@@ -1,0 +1,270 @@
+// Acquiring and keeping this node's own lease. flannel exits on a lost creation race, on a revoked or
+// expired lease, and can stop renewing silently; twill retries the race with a fresh choice,
+// re-acquires a lost lease (the same subnet when still free) and renews on a loop that cannot end
+// while the agent runs.
+import type { NetworkConfig } from "../config/network-config.js";
+import { formatCidr, formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
+import type { Logger } from "../util/log.js";
+import { errorMessage } from "../util/log.js";
+import { Backoff, sleep } from "../util/time.js";
+import { chooseSubnet } from "./allocate.js";
+import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
+import { parseSubnetKey, subnetKey } from "./key.js";
+import type { Lease, LeaseAttrs } from "./lease.js";
+import type { RawEntry } from "./peer-view.js";
+import type { EtcdRegistry } from "./registry.js";
+
+export interface OwnLease {
+  readonly subnet: Subnet;
+  readonly key: string;
+  readonly attrs: LeaseAttrs;
+  /** etcd lease ID; "0" for a reservation (a key without a lease: never expires, never renewed). */
+  readonly leaseId: string;
+  readonly modRevision: number;
+  /** Expiry in ms since the epoch; Infinity for a reservation. */
+  readonly expiresAt: number;
+}
+
+export interface KeeperOptions {
+  readonly publicIP: IPv4;
+  readonly ttlSeconds: number;
+  readonly renewMarginSeconds: number;
+}
+
+export type AcquireResult = "reused" | "reserved" | "created-previous" | "created-free";
+
+/** Observations the keeper reports, for logs and metrics. */
+export interface KeeperObserver {
+  acquired?(own: OwnLease, how: AcquireResult): void;
+  raceLost?(subnet: Subnet): void;
+  exhausted?(message: string): void;
+  renewed?(own: OwnLease): void;
+  renewFailed?(error: string): void;
+}
+
+/** A clear message for an exhausted pool: names the network, pool size and count in use. */
+export function exhaustedMessage(network: Subnet, poolSize: number, inUse: number): string {
+  return (
+    `no free subnet in ${formatCidr(network)}: all ${poolSize} subnets of the pool are in use ` +
+    `(${inUse} leased); widen Network or SubnetMin/SubnetMax, or delete stale leases`
+  );
+}
+
+/** Leases for allocation: a key that parses occupies its subnet even when its value is garbage. */
+export function leasesForAllocation(entries: readonly RawEntry[]): Lease[] {
+  const leases: Lease[] = [];
+  for (const entry of entries) {
+    let subnet: Subnet;
+    try {
+      subnet = parseSubnetKey(entry.key);
+    } catch {
+      continue;
+    }
+    let attrs: LeaseAttrs;
+    try {
+      attrs = decodeLeaseAttrs(entry.value);
+    } catch {
+      attrs = {
+        publicIP: 0,
+        publicIPv6: null,
+        backendType: undefined,
+        backendData: undefined,
+        backendV6Data: undefined,
+      };
+    }
+    leases.push({
+      subnet,
+      attrs,
+      key: entry.key,
+      etcdLeaseId: entry.etcdLeaseId,
+      createRevision: entry.createRevision,
+      modRevision: entry.modRevision,
+    });
+  }
+  return leases;
+}
+
+export class LeaseKeeper {
+  constructor(
+    private readonly registry: EtcdRegistry,
+    private readonly options: KeeperOptions,
+    private readonly log: Logger,
+    private readonly observer: KeeperObserver = {},
+    private readonly random: () => number = Math.random,
+  ) {}
+
+  /**
+   * Acquires a lease, retrying until it succeeds or `signal` aborts (then throws).
+   * `preferred` is the subnet to try first when free: the subnet file's, or the one just lost.
+   */
+  async acquire(
+    config: NetworkConfig,
+    attrs: LeaseAttrs,
+    preferred: Subnet | undefined,
+    signal: AbortSignal,
+  ): Promise<OwnLease> {
+    const backoff = new Backoff(500, 30_000);
+    const value = encodeLeaseAttrs(attrs);
+    let racesLost = 0;
+    while (!signal.aborted) {
+      try {
+        const result = await this.tryAcquireOnce(config, attrs, value, preferred);
+        if (result.kind === "acquired") {
+          this.observer.acquired?.(result.own, result.how);
+          this.log.info(
+            {
+              subnet: formatCidr(result.own.subnet),
+              publicIP: formatIPv4(this.options.publicIP),
+              how: result.how,
+              leaseId: result.own.leaseId,
+            },
+            "subnet lease acquired",
+          );
+          return result.own;
+        }
+        if (result.kind === "race") {
+          racesLost += 1;
+          this.observer.raceLost?.(result.subnet);
+          this.log.info(
+            { subnet: formatCidr(result.subnet), racesLost },
+            "another node took the subnet first; retrying with a fresh choice",
+          );
+          // Immediate retry for the first few races; back off if the cluster is stampeding.
+          if (racesLost > 3) await sleep(backoff.next(), signal);
+          continue;
+        }
+        this.observer.exhausted?.(result.message);
+        this.log.error({ network: formatCidr(config.network) }, result.message);
+      } catch (error) {
+        this.log.warn({ err: errorMessage(error) }, "cannot acquire a subnet lease from etcd; retrying");
+      }
+      await sleep(backoff.next(), signal);
+    }
+    throw new Error("stopped before a lease was acquired");
+  }
+
+  private async tryAcquireOnce(
+    config: NetworkConfig,
+    attrs: LeaseAttrs,
+    value: string,
+    preferred: Subnet | undefined,
+  ): Promise<
+    | { kind: "acquired"; own: OwnLease; how: AcquireResult }
+    | { kind: "race"; subnet: Subnet }
+    | { kind: "exhausted"; message: string }
+  > {
+    const snapshot = await this.registry.listSubnets();
+    const decision = chooseSubnet({
+      config,
+      leases: leasesForAllocation(snapshot.entries),
+      publicIP: this.options.publicIP,
+      previousSubnet: preferred,
+      random: this.random,
+    });
+    for (const stale of decision.staleOwn) {
+      // A lease for our IP that the current config no longer allows (flannel deletes it too).
+      this.log.warn({ key: stale.key }, "deleting this node's lease that no longer fits the network config");
+      await this.registry.deleteIfUnchanged(stale.key, stale.modRevision);
+    }
+    const ttl = this.options.ttlSeconds;
+    switch (decision.kind) {
+      case "reuse": {
+        const { lease } = decision;
+        if (lease.etcdLeaseId === "0") {
+          // A reservation (key without a lease): keep it one, unlike flannel (flannel#1329).
+          const written = await this.registry.putReservationIfUnchanged(lease.key, value, lease.modRevision);
+          if (written === undefined) return { kind: "race", subnet: lease.subnet };
+          return {
+            kind: "acquired",
+            how: "reserved",
+            own: {
+              subnet: lease.subnet,
+              key: lease.key,
+              attrs,
+              leaseId: "0",
+              modRevision: written,
+              expiresAt: Infinity,
+            },
+          };
+        }
+        const written = await this.registry.replaceIfUnchanged(lease.key, value, ttl, lease.modRevision);
+        if (written === undefined) return { kind: "race", subnet: lease.subnet };
+        return {
+          kind: "acquired",
+          how: "reused",
+          own: this.ownFrom(lease.subnet, lease.key, attrs, written),
+        };
+      }
+      case "create": {
+        const key = subnetKey(this.registry.prefix, decision.subnet);
+        const written = await this.registry.createIfAbsent(key, value, ttl);
+        if (written === undefined) return { kind: "race", subnet: decision.subnet };
+        return {
+          kind: "acquired",
+          how: decision.reason === "previous-subnet" ? "created-previous" : "created-free",
+          own: this.ownFrom(decision.subnet, key, attrs, written),
+        };
+      }
+      case "exhausted":
+        return {
+          kind: "exhausted",
+          message: exhaustedMessage(decision.network, decision.poolSize, decision.inUse),
+        };
+    }
+  }
+
+  private ownFrom(
+    subnet: Subnet,
+    key: string,
+    attrs: LeaseAttrs,
+    written: { leaseId: string; modRevision: number },
+  ): OwnLease {
+    return {
+      subnet,
+      key,
+      attrs,
+      leaseId: written.leaseId,
+      modRevision: written.modRevision,
+      expiresAt: Date.now() + this.options.ttlSeconds * 1000,
+    };
+  }
+
+  /** When to renew: `margin` before expiry, but never later than half-way for short test TTLs. */
+  renewAt(own: OwnLease): number {
+    if (own.expiresAt === Infinity) return Infinity;
+    const ttlMs = this.options.ttlSeconds * 1000;
+    const marginMs = Math.min(this.options.renewMarginSeconds * 1000, ttlMs / 2);
+    return own.expiresAt - marginMs;
+  }
+
+  /** How long to wait before retrying a failed renewal: flannel's 1 minute, less for short TTLs. */
+  renewRetryMs(): number {
+    return Math.min(60_000, (this.options.ttlSeconds * 1000) / 10);
+  }
+
+  /**
+   * Renews the lease with a fresh etcd lease, only if the key is still the one we wrote.
+   * Returns the renewed lease, "lost" when the key changed or vanished, or throws on etcd errors.
+   */
+  async renew(own: OwnLease): Promise<OwnLease | "lost"> {
+    const value = encodeLeaseAttrs(own.attrs);
+    const written = await this.registry.replaceIfUnchanged(
+      own.key,
+      value,
+      this.options.ttlSeconds,
+      own.modRevision,
+    );
+    if (written === undefined) return "lost";
+    const renewed = this.ownFrom(own.subnet, own.key, own.attrs, written);
+    // The old etcd lease no longer holds the key; revoke it rather than leave it for 24 h.
+    await this.registry.revoke(own.leaseId);
+    this.observer.renewed?.(renewed);
+    return renewed;
+  }
+
+  /** Releases the lease on request (--release-lease-on-exit): deletes the key if it is still ours. */
+  async release(own: OwnLease): Promise<void> {
+    await this.registry.deleteIfUnchanged(own.key, own.modRevision);
+    if (own.leaseId !== "0") await this.registry.revoke(own.leaseId);
+  }
+}

@@ -1,0 +1,292 @@
+// The thin etcd shell of the lease room: every etcd call twill makes goes through here, with a
+// deadline, and nothing here decides anything (allocation and validation are pure, elsewhere).
+import { readFileSync } from "node:fs";
+import { Etcd3, type IOptions, type IKeyValue, type Watcher } from "etcd3";
+import type { RawEntry } from "./peer-view.js";
+import { sleep } from "../util/time.js";
+
+export interface EtcdConnectionOptions {
+  readonly endpoints: readonly string[];
+  readonly caFile?: string | undefined;
+  readonly certFile?: string | undefined;
+  readonly keyFile?: string | undefined;
+  readonly username?: string | undefined;
+  readonly password?: string | undefined;
+  /** Deadline of each unary call. */
+  readonly callTimeoutMs?: number;
+}
+
+/** A problem with the etcd connection settings themselves (not a passing outage): names the culprit. */
+export class EtcdSettingsError extends Error {
+  override name = "EtcdSettingsError";
+}
+
+function readTlsFile(flag: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new EtcdSettingsError(`${flag} ${path}: cannot read the file (${reason})`);
+  }
+}
+
+/** Builds etcd3 client options; TLS files are read here so a bad path fails loudly and early. */
+export function etcdClientOptions(options: EtcdConnectionOptions): IOptions {
+  if (options.endpoints.length === 0) throw new EtcdSettingsError("--etcd-endpoints: no endpoint given");
+  for (const endpoint of options.endpoints) {
+    if (!/^https?:\/\/[^/]+\/?$/.test(endpoint)) {
+      throw new EtcdSettingsError(
+        `--etcd-endpoints: "${endpoint}" is not a URL of the form http(s)://host:port`,
+      );
+    }
+  }
+  const timeout = options.callTimeoutMs ?? 5000;
+  const clientOptions: IOptions = {
+    hosts: options.endpoints.map((e) => e.replace(/\/$/, "")),
+    dialTimeout: timeout,
+    // Streams (watches) live forever; unary calls get a deadline so an outage surfaces as an error.
+    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
+  };
+  const wantsTls = options.caFile || options.certFile || options.keyFile;
+  if (wantsTls) {
+    if (Boolean(options.certFile) !== Boolean(options.keyFile)) {
+      throw new EtcdSettingsError(
+        options.certFile
+          ? "--etcd-keyfile: required when --etcd-certfile is set"
+          : "--etcd-certfile: required when --etcd-keyfile is set",
+      );
+    }
+    const plain = options.endpoints.filter((e) => e.startsWith("http://"));
+    if (plain.length > 0) {
+      throw new EtcdSettingsError(
+        `--etcd-endpoints: ${plain.join(", ")} is plaintext (http://) but TLS files are set; use https://`,
+      );
+    }
+    clientOptions.credentials = {
+      rootCertificate: options.caFile ? readTlsFile("--etcd-cafile", options.caFile) : Buffer.alloc(0),
+      ...(options.certFile ? { certChain: readTlsFile("--etcd-certfile", options.certFile) } : {}),
+      ...(options.keyFile ? { privateKey: readTlsFile("--etcd-keyfile", options.keyFile) } : {}),
+    };
+  }
+  if (options.username) {
+    clientOptions.auth = { username: options.username, password: options.password ?? "" };
+  }
+  return clientOptions;
+}
+
+function toRawEntry(kv: IKeyValue): RawEntry {
+  return {
+    key: kv.key.toString(),
+    value: kv.value.toString(),
+    etcdLeaseId: kv.lease,
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+  };
+}
+
+export interface Snapshot {
+  readonly entries: RawEntry[];
+  /** The store revision the snapshot was read at; watch from revision + 1. */
+  readonly revision: number;
+}
+
+export type WatchChange = { type: "put"; entry: RawEntry } | { type: "delete"; key: string };
+
+export interface WatchHandlers {
+  /** One batch of changes as etcd delivered them (one watch response). */
+  onChanges(changes: WatchChange[], revision: number): void;
+  /** The watch is broken (compaction, cancel, disconnect): the caller re-lists and re-watches. */
+  onBroken(reason: string): void;
+}
+
+export interface WatchHandle {
+  cancel(): Promise<void>;
+}
+
+export class EtcdRegistry {
+  readonly client: Etcd3;
+
+  constructor(
+    connection: EtcdConnectionOptions,
+    readonly prefix: string,
+  ) {
+    this.client = new Etcd3(etcdClientOptions(connection));
+  }
+
+  get configKey(): string {
+    return `${this.prefix}/config`;
+  }
+
+  get subnetsPrefix(): string {
+    return `${this.prefix}/subnets/`;
+  }
+
+  async getConfig(): Promise<{ text: string | undefined; revision: number }> {
+    const response = await this.client.get(this.configKey).exec();
+    const kv = response.kvs[0];
+    return { text: kv?.value.toString(), revision: Number(response.header.revision) };
+  }
+
+  async putConfig(text: string): Promise<void> {
+    await this.client.put(this.configKey).value(text).exec();
+  }
+
+  async listSubnets(): Promise<Snapshot> {
+    const response = await this.client.getAll().prefix(this.subnetsPrefix).exec();
+    return { entries: response.kvs.map(toRawEntry), revision: Number(response.header.revision) };
+  }
+
+  async getKey(key: string): Promise<RawEntry | undefined> {
+    const response = await this.client.get(key).exec();
+    const kv = response.kvs[0];
+    return kv ? toRawEntry(kv) : undefined;
+  }
+
+  async grant(ttlSeconds: number): Promise<string> {
+    const response = await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 });
+    return response.ID;
+  }
+
+  /** Best effort: a failed revoke only leaves an unused lease to expire on its own. */
+  async revoke(leaseId: string): Promise<void> {
+    try {
+      await this.client.leaseClient.leaseRevoke({ ID: leaseId });
+    } catch {
+      // already gone or etcd unreachable: the lease expires by itself
+    }
+  }
+
+  /** Seconds left on an etcd lease; undefined when the lease does not exist (expired, revoked, or 0). */
+  async timeToLive(leaseId: string): Promise<number | undefined> {
+    if (leaseId === "0") return undefined;
+    const response = await this.client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: false });
+    const ttl = Number(response.TTL);
+    return ttl < 0 ? undefined : ttl;
+  }
+
+  /**
+   * Creates `key` bound to a fresh lease, only if the key does not exist (flannel's createSubnet).
+   * Returns the lease ID and the key's revision, or undefined when someone else holds the key.
+   */
+  async createIfAbsent(
+    key: string,
+    value: string,
+    ttlSeconds: number,
+  ): Promise<{ leaseId: string; modRevision: number } | undefined> {
+    const leaseId = await this.grant(ttlSeconds);
+    try {
+      const result = await this.client
+        .if(key, "Version", "==", 0)
+        .then(this.client.put(key).value(value).lease(leaseId))
+        .commit();
+      if (!result.succeeded) {
+        await this.revoke(leaseId);
+        return undefined;
+      }
+      return { leaseId, modRevision: Number(result.header.revision) };
+    } catch (error) {
+      await this.revoke(leaseId);
+      throw error;
+    }
+  }
+
+  /**
+   * Rebinds `key` to a fresh lease with `value`, but only if the key is still at `expectedModRevision`
+   * (so a renewal never resurrects a key someone deleted, nor overwrites one someone else took).
+   * Returns undefined when the key changed under us.
+   */
+  async replaceIfUnchanged(
+    key: string,
+    value: string,
+    ttlSeconds: number,
+    expectedModRevision: number,
+  ): Promise<{ leaseId: string; modRevision: number } | undefined> {
+    const leaseId = await this.grant(ttlSeconds);
+    try {
+      const result = await this.client
+        .if(key, "Mod", "==", expectedModRevision)
+        .then(this.client.put(key).value(value).lease(leaseId))
+        .commit();
+      if (!result.succeeded) {
+        await this.revoke(leaseId);
+        return undefined;
+      }
+      return { leaseId, modRevision: Number(result.header.revision) };
+    } catch (error) {
+      await this.revoke(leaseId);
+      throw error;
+    }
+  }
+
+  /** Rewrites a reservation (a key without a lease) keeping it lease-less; undefined if it changed. */
+  async putReservationIfUnchanged(
+    key: string,
+    value: string,
+    expectedModRevision: number,
+  ): Promise<number | undefined> {
+    const result = await this.client
+      .if(key, "Mod", "==", expectedModRevision)
+      .then(this.client.put(key).value(value))
+      .commit();
+    return result.succeeded ? Number(result.header.revision) : undefined;
+  }
+
+  /** Deletes `key` only if it is still at `modRevision` (a stale lease of ours, or our own on release). */
+  async deleteIfUnchanged(key: string, modRevision: number): Promise<boolean> {
+    const result = await this.client
+      .if(key, "Mod", "==", modRevision)
+      .then(this.client.delete().key(key))
+      .commit();
+    return result.succeeded;
+  }
+
+  /** Watches every key under `prefix` from `fromRevision`. Any trouble ends the watch via onBroken. */
+  async watchPrefix(prefix: string, fromRevision: number, handlers: WatchHandlers): Promise<WatchHandle> {
+    const watcher: Watcher = await this.client
+      .watch()
+      .prefix(prefix)
+      .startRevision(String(fromRevision))
+      .create();
+    let broken = false;
+    // etcd3's cancel() waits for etcd to confirm; a watch that etcd already cancelled (compaction)
+    // or a dead connection never confirms, so never wait on it for long.
+    const cancelQuietly = (): Promise<void> =>
+      Promise.race([watcher.cancel().catch(() => undefined), sleep(2000)]).then(() => undefined);
+    const breakWith = (reason: string): void => {
+      if (broken) return;
+      broken = true;
+      void cancelQuietly();
+      handlers.onBroken(reason);
+    };
+    watcher.on("data", (response) => {
+      if (broken) return;
+      const changes: WatchChange[] = response.events.map((event) =>
+        event.type === "Put"
+          ? { type: "put", entry: toRawEntry(event.kv) }
+          : { type: "delete", key: event.kv.key.toString() },
+      );
+      if (changes.length > 0) handlers.onChanges(changes, Number(response.header.revision));
+    });
+    // etcd3 would resume by itself after a disconnect, but a resume can miss a compaction window;
+    // a re-list and diff is always exact, so every interruption goes through that path.
+    watcher.on("disconnected", (error: Error) => breakWith(`disconnected: ${error.message}`));
+    // etcd 3.4 cancels a compacted watch with an empty reason: say what it almost always means.
+    watcher.on("error", (error: Error) =>
+      breakWith(
+        /canceled:\s*$/.test(error.message) ? "watch cancelled by etcd (revision compacted)" : error.message,
+      ),
+    );
+    watcher.on("end", () => breakWith("watch ended"));
+    return {
+      cancel: async () => {
+        if (broken) return;
+        broken = true;
+        await cancelQuietly();
+      },
+    };
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

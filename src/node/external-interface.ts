@@ -1,0 +1,177 @@
+// Choosing the external (underlay) interface and the public IP, as flanneld does (§9.2 of the
+// reference): --iface (name or IP) in order, then --iface-regex (addresses first, then names), then
+// the interface of the IPv4 default route. The choice is a pure function of what `ip -j` reports.
+import { execa } from "execa";
+import { formatIPv4, parseIPv4, tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
+
+export interface InterfaceAddress {
+  readonly ip: IPv4;
+  readonly prefixLen: number;
+  /** "global", "link", "host"… */
+  readonly scope: string;
+  readonly dynamic: boolean;
+  readonly deprecated: boolean;
+}
+
+export interface NodeInterface {
+  readonly name: string;
+  readonly index: number;
+  readonly mtu: number;
+  readonly up: boolean;
+  readonly addresses: readonly InterfaceAddress[];
+}
+
+export interface ExternalInterface {
+  readonly name: string;
+  readonly index: number;
+  readonly mtu: number;
+  /** The interface's own IPv4 address. */
+  readonly ifaceIp: IPv4;
+  /** The address advertised to peers (--public-ip, else ifaceIp). */
+  readonly publicIp: IPv4;
+}
+
+export interface SelectionRequest {
+  readonly iface: readonly string[];
+  readonly ifaceRegex: readonly string[];
+  readonly publicIp: string | undefined;
+}
+
+export class InterfaceSelectionError extends Error {
+  override name = "InterfaceSelectionError";
+}
+
+/** flannel's address preference: global before link-local, permanent before dynamic, deprecated never. */
+function bestAddress(iface: NodeInterface, allowHostScope = false): InterfaceAddress | undefined {
+  const usable = iface.addresses.filter((a) => !a.deprecated && (allowHostScope || a.scope !== "host"));
+  const rank = (a: InterfaceAddress): number => (a.scope === "global" ? 0 : 2) + (a.dynamic ? 1 : 0);
+  return [...usable].sort((a, b) => rank(a) - rank(b))[0];
+}
+
+function chosen(
+  iface: NodeInterface,
+  address: InterfaceAddress,
+  request: SelectionRequest,
+): ExternalInterface {
+  if (iface.mtu <= 0) throw new InterfaceSelectionError(`interface ${iface.name} reports MTU ${iface.mtu}`);
+  let publicIp = address.ip;
+  if (request.publicIp !== undefined) {
+    const parsed = tryParseIPv4(request.publicIp);
+    if (parsed === undefined)
+      throw new InterfaceSelectionError(`--public-ip: "${request.publicIp}" is not an IPv4 address`);
+    const problem = unusableUnicastReason(parsed);
+    if (problem) throw new InterfaceSelectionError(`--public-ip: ${request.publicIp} is ${problem}`);
+    publicIp = parsed;
+  }
+  return { name: iface.name, index: iface.index, mtu: iface.mtu, ifaceIp: address.ip, publicIp };
+}
+
+/** Picks the external interface; throws InterfaceSelectionError saying what was tried. */
+export function selectExternalInterface(
+  interfaces: readonly NodeInterface[],
+  defaultRouteDev: string | undefined,
+  request: SelectionRequest,
+): ExternalInterface {
+  for (const wanted of request.iface) {
+    const asIp = tryParseIPv4(wanted);
+    for (const iface of interfaces) {
+      const address =
+        asIp === undefined
+          ? iface.name === wanted
+            ? bestAddress(iface, true) // named explicitly: even a host-scope address (lo) will do
+            : undefined
+          : iface.addresses.find((a) => a.ip === asIp);
+      if (address) return chosen(iface, address, request);
+    }
+  }
+  for (const pattern of request.ifaceRegex) {
+    let regex: RegExp;
+    try {
+      regex = new RegExp(pattern);
+    } catch (error) {
+      throw new InterfaceSelectionError(
+        `--iface-regex: "${pattern}" is not a valid regular expression (${String(error)})`,
+      );
+    }
+    for (const iface of interfaces) {
+      const address = iface.addresses.find(
+        (a) => !a.deprecated && a.scope !== "host" && regex.test(formatIPv4(a.ip)),
+      );
+      if (address) return chosen(iface, address, request);
+    }
+    for (const iface of interfaces) {
+      const address = regex.test(iface.name) ? bestAddress(iface) : undefined;
+      if (address) return chosen(iface, address, request);
+    }
+  }
+  if (request.iface.length > 0 || request.ifaceRegex.length > 0) {
+    const tried = [
+      ...request.iface.map((i) => `--iface ${i}`),
+      ...request.ifaceRegex.map((r) => `--iface-regex ${r}`),
+    ];
+    const available = interfaces.filter((i) => bestAddress(i)).map((i) => i.name);
+    throw new InterfaceSelectionError(
+      `no interface with an IPv4 address matches ${tried.join(", ")} (interfaces with addresses: ${available.join(", ") || "none"})`,
+    );
+  }
+  if (defaultRouteDev === undefined) {
+    throw new InterfaceSelectionError(
+      "no IPv4 default route to pick the external interface from; set --iface",
+    );
+  }
+  const iface = interfaces.find((i) => i.name === defaultRouteDev);
+  const address = iface ? bestAddress(iface) : undefined;
+  if (!iface || !address) {
+    throw new InterfaceSelectionError(
+      `the default route's interface ${defaultRouteDev} has no IPv4 address; set --iface`,
+    );
+  }
+  return chosen(iface, address, request);
+}
+
+interface IpAddrJson {
+  ifname?: unknown;
+  ifindex?: unknown;
+  mtu?: unknown;
+  flags?: unknown;
+  addr_info?: unknown;
+}
+
+function asRecordArray(value: unknown): Record<string, unknown>[] {
+  return Array.isArray(value)
+    ? value.filter((v): v is Record<string, unknown> => typeof v === "object" && v !== null)
+    : [];
+}
+
+/** Parses `ip -j -4 addr show` output. */
+export function parseIpAddrJson(text: string): NodeInterface[] {
+  const parsed: unknown = JSON.parse(text || "[]");
+  return asRecordArray(parsed).map((raw: IpAddrJson) => {
+    const flags = Array.isArray(raw.flags) ? raw.flags.map(String) : [];
+    const addresses = asRecordArray(raw.addr_info)
+      .filter((a) => a.family === "inet" && typeof a.local === "string")
+      .map((a) => ({
+        ip: parseIPv4(String(a.local)),
+        prefixLen: Number(a.prefixlen),
+        scope: typeof a.scope === "string" ? a.scope : "global",
+        dynamic: a.dynamic === true,
+        deprecated: a.deprecated === true,
+      }));
+    return {
+      name: String(raw.ifname),
+      index: Number(raw.ifindex),
+      mtu: Number(raw.mtu),
+      up: flags.includes("UP"),
+      addresses,
+    };
+  });
+}
+
+/** Reads the interfaces and default route of the current network namespace and selects. */
+export async function detectExternalInterface(request: SelectionRequest): Promise<ExternalInterface> {
+  const addrs = await execa("ip", ["-j", "-4", "addr", "show"]);
+  const routes = await execa("ip", ["-j", "-4", "route", "show", "default"]);
+  const defaultRoute = asRecordArray(JSON.parse(routes.stdout || "[]"))[0];
+  const dev = typeof defaultRoute?.dev === "string" ? defaultRoute.dev : undefined;
+  return selectExternalInterface(parseIpAddrJson(addrs.stdout), dev, request);
+}

@@ -1,0 +1,25 @@
+// State kept across agent restarts and node reboots. Today: the VXLAN VTEP MAC, so peers never see
+// it change (flannel's etcd mode makes a new random MAC whenever the device is re-created, and peers
+// keep stale neighbour entries — flannel#1795, #1330).
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { isUnicastMac, normalizeMac, randomVtepMac } from "../ip/mac.js";
+import { writeFileAtomic } from "./subnet-env.js";
+
+export function vtepMacPath(stateDir: string, vni: number): string {
+  return join(stateDir, `vtep-mac.flannel.${vni}`);
+}
+
+/** Reads the persisted VTEP MAC for this VNI, creating and persisting a random one the first time. */
+export async function loadOrCreateVtepMac(stateDir: string, vni: number): Promise<string> {
+  const path = vtepMacPath(stateDir, vni);
+  try {
+    const mac = normalizeMac(await readFile(path, "utf8"));
+    if (mac !== undefined && isUnicastMac(mac)) return mac;
+  } catch {
+    // first start on this node (or unreadable): make a new one below
+  }
+  const mac = randomVtepMac();
+  await writeFileAtomic(path, `${mac}\n`, 0o644);
+  return mac;
+}

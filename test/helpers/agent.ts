@@ -1,0 +1,100 @@
+// Runs the real agent (node dist/cli/main.js agent …) as a process, optionally inside a namespace,
+// with its own subnet file and state dir in a temp dir that teardown removes.
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startProcess, type Started } from "./processes.js";
+
+export const cliPath = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url));
+
+export interface AgentProcess {
+  readonly dir: string;
+  readonly subnetFile: string;
+  readonly stateDir: string;
+  process: Started;
+  /** Parsed JSON log lines so far. */
+  logs(): Record<string, unknown>[];
+  /** The subnet file's text, or undefined while it does not exist. */
+  subnetEnv(): string | undefined;
+  /** Stops (SIGTERM) and starts again with the same files and arguments. */
+  restart(): Promise<void>;
+  /** Ends the process and removes its temp dir. */
+  destroy(): Promise<void>;
+}
+
+export interface AgentSpec {
+  readonly netns?: string;
+  readonly etcdEndpoint: string;
+  readonly prefix?: string;
+  readonly args?: readonly string[];
+  readonly env?: Record<string, string>;
+}
+
+export function startAgent(spec: AgentSpec): AgentProcess {
+  const dir = mkdtempSync(join(tmpdir(), "twill-agent-"));
+  const subnetFile = join(dir, "subnet.env");
+  const stateDir = join(dir, "state");
+  const args = [
+    cliPath,
+    "agent",
+    `--etcd-endpoints=${spec.etcdEndpoint}`,
+    `--subnet-file=${subnetFile}`,
+    `--state-dir=${stateDir}`,
+    ...(spec.prefix ? [`--etcd-prefix=${spec.prefix}`] : []),
+    ...(spec.args ?? []),
+  ];
+  const env = { ...process.env, ...spec.env };
+  const launch = (): Started =>
+    spec.netns === undefined
+      ? startProcess(process.execPath, args, env)
+      : startProcess("ip", ["netns", "exec", spec.netns, process.execPath, ...args], env);
+  const agent: AgentProcess = {
+    dir,
+    subnetFile,
+    stateDir,
+    process: launch(),
+    logs: () =>
+      agent.process
+        .output()
+        .split("\n")
+        .filter((line) => line.startsWith("{"))
+        .map((line) => JSON.parse(line) as Record<string, unknown>),
+    subnetEnv: () => {
+      try {
+        return readFileSync(subnetFile, "utf8");
+      } catch {
+        return undefined;
+      }
+    },
+    restart: async () => {
+      await agent.process.stop();
+      agent.process = launch();
+    },
+    destroy: async () => {
+      await agent.process.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return agent;
+}
+
+/** Runs a twill admin command (config get/set, leases) and returns its exit code and output. */
+export function runTwill(
+  args: readonly string[],
+  options: { netns?: string; input?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const [command, argv] =
+    options.netns === undefined
+      ? [process.execPath, [cliPath, ...args]]
+      : ["ip", ["netns", "exec", options.netns, process.execPath, cliPath, ...args]];
+  return new Promise((resolve) => {
+    const child = execFile(command, argv, { encoding: "utf8" }, (error, stdout, stderr) => {
+      const code = error && typeof error.code === "number" ? error.code : error ? 1 : 0;
+      resolve({ code, stdout, stderr });
+    });
+    if (options.input !== undefined) child.stdin?.end(options.input);
+    else child.stdin?.end();
+  });
+}

@@ -1,0 +1,114 @@
+import { describe, expect, it } from "vitest";
+import { parseAgentOptions } from "../../src/config/agent-options.js";
+import { FlagError, parseDurationSeconds } from "../../src/config/flags.js";
+
+const noEnv = {};
+
+describe("agent options", () => {
+  it("has flanneld's defaults", () => {
+    const o = parseAgentOptions([], noEnv);
+    expect(o.etcd.endpoints).toEqual(["http://127.0.0.1:4001", "http://127.0.0.1:2379"]);
+    expect(o.etcd.prefix).toBe("/coreos.com/network");
+    expect(o.subnetFile).toBe("/run/flannel/subnet.env");
+    expect(o.renewMarginSeconds).toBe(3600);
+    expect(o.leaseTtlSeconds).toBe(86400);
+    expect(o.ipMasq).toBe(false);
+    expect(o.releaseLeaseOnExit).toBe(false);
+    expect(o.iface).toEqual([]);
+  });
+
+  it.each([
+    [["--etcd-prefix", "/x/net"], "/x/net"],
+    [["--etcd-prefix=/x/net"], "/x/net"],
+    [["-etcd-prefix", "/x/net"], "/x/net"],
+    [["-etcd-prefix=/x/net/"], "/x/net"],
+  ])("accepts Go flag syntax %j", (argv, prefix) => {
+    expect(parseAgentOptions(argv, noEnv).etcd.prefix).toBe(prefix);
+  });
+
+  it("takes booleans as bare flags or =true/=false", () => {
+    expect(parseAgentOptions(["--ip-masq"], noEnv).ipMasq).toBe(true);
+    expect(parseAgentOptions(["--ip-masq=false"], noEnv).ipMasq).toBe(false);
+    expect(parseAgentOptions(["-ip-masq=true"], noEnv).ipMasq).toBe(true);
+  });
+
+  it("accumulates repeatable flags in order", () => {
+    expect(parseAgentOptions(["--iface", "eth1", "--iface=10.0.0.5"], noEnv).iface).toEqual([
+      "eth1",
+      "10.0.0.5",
+    ]);
+  });
+
+  it("splits comma lists", () => {
+    expect(
+      parseAgentOptions(["--etcd-endpoints", "http://a:2379, http://b:2379"], noEnv).etcd.endpoints,
+    ).toEqual(["http://a:2379", "http://b:2379"]);
+  });
+
+  it("applies precedence: flag > TWILL_ > FLANNELD_ > default", () => {
+    const env = { TWILL_ETCD_PREFIX: "/from/twill", FLANNELD_ETCD_PREFIX: "/from/flanneld" };
+    expect(parseAgentOptions(["--etcd-prefix", "/from/flag"], env).etcd.prefix).toBe("/from/flag");
+    expect(parseAgentOptions([], env).etcd.prefix).toBe("/from/twill");
+    expect(parseAgentOptions([], { FLANNELD_ETCD_PREFIX: "/from/flanneld" }).etcd.prefix).toBe(
+      "/from/flanneld",
+    );
+    const o = parseAgentOptions([], env);
+    expect(o.sources.get("etcd-prefix")).toBe("TWILL_ETCD_PREFIX");
+    expect(o.sources.get("subnet-file")).toBe("default");
+  });
+
+  it("reads FLANNELD_ only for flanneld's own flags", () => {
+    expect(parseAgentOptions([], { FLANNELD_LEASE_TTL: "30s" }).leaseTtlSeconds).toBe(86400);
+    expect(parseAgentOptions([], { TWILL_LEASE_TTL: "30s" }).leaseTtlSeconds).toBe(30);
+    expect(parseAgentOptions([], { FLANNELD_IP_MASQ: "true" }).ipMasq).toBe(true);
+  });
+
+  it.each<[string[], Record<string, string>, RegExp]>([
+    [["--no-such-flag"], {}, /unknown flag --no-such-flag/],
+    [["--etcd"], {}, /unknown flag --etcd .*did you mean --etcd-endpoints/],
+    [
+      ["--subnet-lease-renew-margin", "0"],
+      {},
+      /--subnet-lease-renew-margin: 0 is out of range \(allowed: 1 to 1439\)/,
+    ],
+    [["--subnet-lease-renew-margin", "1440"], {}, /--subnet-lease-renew-margin: 1440 is out of range/],
+    [["--subnet-lease-renew-margin", "ten"], {}, /--subnet-lease-renew-margin: "ten" is not an integer/],
+    [["--ip-masq=maybe"], {}, /--ip-masq: "maybe" is not a boolean/],
+    [["--lease-ttl", "soon"], {}, /--lease-ttl: "soon" is not a duration/],
+    [["--lease-ttl", "1s"], {}, /--lease-ttl: 1s is out of range/],
+    [
+      ["--log-level", "loud"],
+      {},
+      /--log-level: "loud" is not allowed \(allowed: fatal, error, warn, info, debug, trace, silent\)/,
+    ],
+    [["--etcd-prefix"], {}, /--etcd-prefix: needs a value/],
+    [["--etcd-prefix", "relative"], {}, /--etcd-prefix: "relative" must start with \//],
+    [["--public-ip", "1.2.3.4", "--public-ip", "5.6.7.8"], {}, /--public-ip: given more than once/],
+    [["stray"], {}, /unexpected argument "stray"/],
+    [
+      [],
+      { TWILL_SUBNET_LEASE_RENEW_MARGIN: "0" },
+      /TWILL_SUBNET_LEASE_RENEW_MARGIN \(--subnet-lease-renew-margin\): 0 is out of range/,
+    ],
+    [[], { FLANNELD_IP_MASQ: "yesplease" }, /FLANNELD_IP_MASQ \(--ip-masq\): "yesplease" is not a boolean/],
+  ])("rejects %j %j naming the flag", (argv, env, message) => {
+    expect(() => parseAgentOptions(argv, env)).toThrow(FlagError);
+    expect(() => parseAgentOptions(argv, env)).toThrow(message);
+  });
+});
+
+describe("durations", () => {
+  it.each<[string, number | undefined]>([
+    ["24h", 86400],
+    ["90s", 90],
+    ["1m30s", 90],
+    ["1h0m5s", 3605],
+    ["500ms", 0.5],
+    ["86400", 86400],
+    ["", undefined],
+    ["5 minutes", undefined],
+    ["h", undefined],
+  ])("%j is %s seconds", (text, seconds) => {
+    expect(parseDurationSeconds(text)).toBe(seconds);
+  });
+});
