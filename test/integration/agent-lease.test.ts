@@ -1,0 +1,252 @@
+// The real agent process in host namespaces, against a real etcd in the switch namespace: waiting
+// for config, acquiring, restarts, a lost own key, renewal, release on exit, and the admin commands.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { startAgent, runTwill, type AgentProcess } from "../helpers/agent.js";
+import type { EtcdServer } from "../helpers/etcd.js";
+import { createUnderlay, type Cluster, type Host } from "../helpers/netns.js";
+import { waitFor } from "../helpers/processes.js";
+
+let cluster: Cluster;
+let etcd: EtcdServer;
+let hosts: Host[];
+let prefixCounter = 0;
+const agents: AgentProcess[] = [];
+
+beforeAll(async () => {
+  cluster = await createUnderlay();
+  etcd = await cluster.startEtcd();
+  hosts = [await cluster.addHost(1), await cluster.addHost(2), await cluster.addHost(3)];
+});
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((agent) => agent.destroy()));
+});
+afterAll(async () => {
+  await cluster.destroy();
+});
+
+const vxlanConfig = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
+
+function newPrefix(): string {
+  prefixCounter += 1;
+  return `/agent-${process.pid}-${prefixCounter}/network`;
+}
+
+function host(i: number): Host {
+  const h = hosts[i - 1];
+  if (!h) throw new Error(`no host ${i}`);
+  return h;
+}
+
+function agentOn(h: Host, prefix: string, args: string[] = []): AgentProcess {
+  const agent = startAgent({
+    netns: h.ns,
+    etcdEndpoint: etcd.endpoint,
+    prefix,
+    args: ["--iface=eth0", ...args],
+  });
+  agents.push(agent);
+  return agent;
+}
+
+function subnetOf(env: string | undefined): string | undefined {
+  return /^FLANNEL_SUBNET=(.*)$/m.exec(env ?? "")?.[1];
+}
+
+function keyFor(prefix: string, subnetLine: string): string {
+  const [ip = "", len = ""] = subnetLine.split("/");
+  const network = ip.replace(/\.1$/, ".0");
+  return `${prefix}/subnets/${network}-${len}`;
+}
+
+const logged = (agent: AgentProcess, msg: RegExp): boolean =>
+  agent.logs().some((line) => msg.test(String(line.msg)));
+
+describe("the agent process", () => {
+  it("waits for a network config, then leases a subnet and writes subnet.env", async () => {
+    const prefix = newPrefix();
+    const agent = agentOn(host(1), prefix);
+    await waitFor("the missing-config report", () => logged(agent, /no network config at .*\/config/));
+    expect(agent.subnetEnv()).toBeUndefined();
+
+    const set = await runTwill(
+      ["config", "set", "-", `--etcd-endpoints=${etcd.endpoint}`, `--etcd-prefix=${prefix}`],
+      {
+        netns: host(1).ns,
+        input: vxlanConfig,
+      },
+    );
+    expect(set.stderr).toBe("");
+    expect(set.code).toBe(0);
+
+    const env = await waitFor("subnet.env", () => agent.subnetEnv());
+    expect(env).toMatch(
+      /^FLANNEL_NETWORK=10\.244\.0\.0\/16\nFLANNEL_SUBNET=10\.244\.\d+\.1\/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n$/,
+    );
+    const subnet = subnetOf(env) ?? "";
+    const value = etcd.ctl(["get", keyFor(prefix, subnet), "--print-value-only"]).trim();
+    expect(value).toMatch(
+      /^\{"PublicIP":"198\.18\.0\.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":\{"VNI":1,"VtepMAC":"[0-9a-f:]{17}"\}\}$/,
+    );
+  });
+
+  it("reports an invalid config naming the field, stays up, and proceeds once it is fixed", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, '{"Network":"10.244.0.0/16","SubnetLen":31}']);
+    const agent = agentOn(host(1), prefix);
+    await waitFor("the invalid-config report", () =>
+      agent.logs().some((line) => line.field === "SubnetLen" && /SubnetLen 31/.test(String(line.msg))),
+    );
+    expect(agent.subnetEnv()).toBeUndefined();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    await waitFor("subnet.env after the fix", () => agent.subnetEnv());
+    expect(agent.process.child.exitCode).toBeNull();
+  });
+
+  it("keeps its subnet and VTEP MAC across a restart, and its lease when stopped", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(2), prefix);
+    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const key = keyFor(prefix, subnet);
+    const before = etcd.ctl(["get", key, "--print-value-only"]).trim();
+
+    await agent.process.stop();
+    expect(await agent.process.exited()).toBe(0);
+    expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe(before);
+
+    await agent.restart();
+    await waitFor("re-acquisition after restart", () => logged(agent, /subnet lease acquired/));
+    expect(subnetOf(agent.subnetEnv())).toBe(subnet);
+    expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe(before);
+  });
+
+  it("gets its subnet back from the subnet file when its key vanished while it was down", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(2), prefix);
+    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    await agent.process.stop();
+    etcd.ctl(["del", keyFor(prefix, subnet)]);
+    await agent.restart();
+    await waitFor("re-acquisition", () => agent.logs().some((line) => line.how === "created-previous"));
+    expect(subnetOf(agent.subnetEnv())).toBe(subnet);
+  });
+
+  it("re-acquires the same subnet when its key is deleted while it runs, instead of exiting", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(3), prefix);
+    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const key = keyFor(prefix, subnet);
+    etcd.ctl(["del", key]);
+    await waitFor("the key re-created", () => etcd.ctl(["get", key, "--print-value-only"]).trim() !== "");
+    await waitFor("the loss reported", () => logged(agent, /own lease disappeared/));
+    expect(agent.process.child.exitCode).toBeNull();
+    expect(subnetOf(agent.subnetEnv())).toBe(subnet);
+  });
+
+  it("renews a short lease before it expires, for longer than the TTL", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(1), prefix, ["--lease-ttl=6s"]);
+    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const key = keyFor(prefix, subnet);
+    // Lease IDs exceed 2^53: read the digits as text, not through JSON numbers.
+    const leaseOf = (): string => /"lease":(\d+)/.exec(etcd.ctl(["get", key, "-w", "json"]))?.[1] ?? "";
+    const first = leaseOf();
+    await waitFor(
+      "three renewals",
+      () => agent.logs().filter((l) => l.msg === "lease renewed").length >= 3,
+      30_000,
+    );
+    // Three renewals of a 6 s lease take at least 9 s: the key outlived its TTL and now has another lease.
+    expect(leaseOf()).not.toBe(first);
+    expect(leaseOf()).not.toBe("");
+  });
+
+  it("deletes its lease on exit only with --release-lease-on-exit", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(3), prefix, ["--release-lease-on-exit"]);
+    const key = keyFor(prefix, subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "");
+    await agent.process.stop();
+    expect(await agent.process.exited()).toBe(0);
+    expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe("");
+  });
+
+  it("sees other agents as peers, never itself", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const a = agentOn(host(1), prefix);
+    const b = agentOn(host(2), prefix);
+    const subnetA = subnetOf(await waitFor("A's subnet", () => a.subnetEnv())) ?? "";
+    const subnetB = subnetOf(await waitFor("B's subnet", () => b.subnetEnv())) ?? "";
+    const peerOf = (agent: AgentProcess): string[] =>
+      agent
+        .logs()
+        .filter((l) => l.msg === "peer added")
+        .map((l) => String(l.peer));
+    await waitFor("each sees the other", () => peerOf(a).length === 1 && peerOf(b).length === 1);
+    expect(peerOf(a)).toEqual([subnetB.replace(/\.1\//, ".0/")]);
+    expect(peerOf(b)).toEqual([subnetA.replace(/\.1\//, ".0/")]);
+  });
+});
+
+describe("admin commands", () => {
+  it("config set rejects what the agent would reject, with the same message, and writes nothing", async () => {
+    const prefix = newPrefix();
+    const result = await runTwill(
+      ["config", "set", "-", `--etcd-endpoints=${etcd.endpoint}`, `--etcd-prefix=${prefix}`],
+      {
+        netns: host(1).ns,
+        input: '{"Network":"10.244.0.0/16","SubnetLen":31}',
+      },
+    );
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(
+      /^twill: invalid network config: SubnetLen 31: SubnetLen must be less than \/31/,
+    );
+    expect(etcd.ctl(["get", `${prefix}/config`, "--print-value-only"]).trim()).toBe("");
+  });
+
+  it("config get prints the stored config; a missing one is a clear error", async () => {
+    const prefix = newPrefix();
+    const flags = [`--etcd-endpoints=${etcd.endpoint}`, `--etcd-prefix=${prefix}`];
+    const missing = await runTwill(["config", "get", ...flags], { netns: host(1).ns });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no network config at .*\/config/);
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const got = await runTwill(["config", "get", ...flags], { netns: host(1).ns });
+    expect(got.stdout.trim()).toBe(vxlanConfig);
+  });
+
+  it("leases prints every lease with public IP, backend, VTEP MAC and time left, and lists invalid entries", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const a = agentOn(host(1), prefix);
+    await waitFor("A's subnet", () => a.subnetEnv());
+    etcd.ctl(["put", `${prefix}/subnets/10.244.250.0-24`, "{broken"]);
+    const result = await runTwill(
+      ["leases", `--etcd-endpoints=${etcd.endpoint}`, `--etcd-prefix=${prefix}`],
+      {
+        netns: host(2).ns,
+      },
+    );
+    expect(result.code).toBe(0);
+    const lines = result.stdout.split("\n");
+    expect(lines[0]).toMatch(/^SUBNET\s+PUBLIC IP\s+BACKEND\s+VTEP MAC\s+EXPIRES IN$/);
+    expect(lines[1]).toMatch(
+      /^10\.244\.\d+\.0\/24\s+198\.18\.0\.1\s+vxlan\s+[0-9a-f:]{17}\s+(23h59m|24h00m)$/,
+    );
+    expect(result.stdout).toMatch(/1 lease\(s\) in 10\.244\.0\.0\/16/);
+    expect(result.stdout).toMatch(/subnets\/10\.244\.250\.0-24: .*JSON/);
+  });
+
+  it("an unreachable etcd is a clear error naming the endpoint", async () => {
+    const result = await runTwill(["config", "get", "--etcd-endpoints=http://198.18.0.254:1"], {
+      netns: host(1).ns,
+    });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/twill: .*198\.18\.0\.254:1|twill: .*(unavailable|connect|ECONNREFUSED)/i);
+  });
+});
