@@ -1,0 +1,174 @@
+// Applies the masquerade / forward rule sets to the kernel: `iptables-save` per table, a pure plan, and — only
+// when something is off — one `iptables-restore --noflush` that touches nothing but our chains and jumps.
+// A resync where all is well costs one iptables-save per table and no write. Rules are never removed: an
+// exiting agent leaves the data plane as it is (as flanneld does).
+import { KernelCommandError, type CommandResult, type CommandRunner } from "../dataplane/kernel/runner.js";
+import {
+  atLeast162,
+  parseIptablesVersion,
+  parseSave,
+  planRestore,
+  type RuleSet,
+  type Table,
+} from "./rules.js";
+
+/** The slice of a pino Logger this needs. */
+export interface MasqLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+export interface IptablesInfo {
+  /** The iptables command used, e.g. "iptables"; `-save` / `-restore` are appended for the others. */
+  readonly command: string;
+  /** e.g. "1.8.9". */
+  readonly version: string;
+  readonly backend: "nf_tables" | "legacy" | "unknown";
+  /** MASQUERADE --random-fully is available (iptables ≥ 1.6.2, the test flannel uses). */
+  readonly randomFully: boolean;
+  /** iptables-restore takes --wait (iptables ≥ 1.6.2). */
+  readonly wait: boolean;
+}
+
+export interface EnsureResult {
+  /** An iptables-restore ran. */
+  readonly changed: boolean;
+  /** What was wrong before this round (empty when nothing was). */
+  readonly missing: string[];
+}
+
+export interface MasqManagerOptions {
+  /**
+   * The iptables flavour: "iptables" (default: whatever the system's alternative is), "iptables-nft" or
+   * "iptables-legacy". Must be the one kube-proxy uses, or the rules end up in a table nobody evaluates first.
+   */
+  readonly command?: string;
+}
+
+/** iptables-restore failed; `line` is the payload line it named, when it named one. */
+export class IptablesRestoreError extends KernelCommandError {
+  constructor(
+    command: string,
+    result: CommandResult,
+    readonly payload: string,
+    readonly line: string | undefined,
+  ) {
+    super(command, result);
+    this.name = "IptablesRestoreError";
+    if (line !== undefined) this.message += ` [payload line: ${line}]`;
+  }
+}
+
+export class MasqManager {
+  private readonly command: string;
+  private detected: Promise<IptablesInfo> | undefined;
+  /** ensure() rounds run one at a time, so two rounds never race on the same chains. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly warnedOnce = new Set<string>();
+
+  constructor(
+    private readonly runner: CommandRunner,
+    private readonly log?: MasqLogger,
+    options: MasqManagerOptions = {},
+  ) {
+    this.command = options.command ?? "iptables";
+  }
+
+  /** Version, backend and features of the iptables in use; detected once. */
+  info(): Promise<IptablesInfo> {
+    if (this.detected === undefined) {
+      const detecting = this.detect();
+      this.detected = detecting;
+      // A failed detection (iptables missing) is retried next time instead of being cached.
+      detecting.catch(() => {
+        if (this.detected === detecting) this.detected = undefined;
+      });
+    }
+    return this.detected;
+  }
+
+  /** Brings our chains and jumps to `desired`; see planRestore for what is touched. */
+  ensure(desired: readonly RuleSet[]): Promise<EnsureResult> {
+    const round = this.queue.then(() => this.ensureNow(desired));
+    this.queue = round.catch(() => undefined);
+    return round;
+  }
+
+  private async detect(): Promise<IptablesInfo> {
+    const result = await this.runner.run(this.command, ["--version"]);
+    const command = `${this.command} --version`;
+    if (result.exitCode !== 0) throw new KernelCommandError(`${command} (${this.runner.where})`, result);
+    const version = parseIptablesVersion(result.stdout);
+    if (version === undefined) throw new Error(`${command}: no version in ${JSON.stringify(result.stdout)}`);
+    const recent = atLeast162(version);
+    return {
+      command: this.command,
+      version: `${version.major}.${version.minor}.${version.patch}`,
+      backend: version.backend ?? "unknown",
+      randomFully: recent,
+      wait: recent,
+    };
+  }
+
+  private async save(tables: readonly Table[]): Promise<string> {
+    const texts = await Promise.all(
+      tables.map(async (table) => {
+        const result = await this.runner.run(`${this.command}-save`, ["-t", table]);
+        if (result.exitCode !== 0) {
+          throw new KernelCommandError(`${this.command}-save -t ${table} (${this.runner.where})`, result);
+        }
+        return result.stdout;
+      }),
+    );
+    const text = texts.join("\n");
+    for (const warning of parseSave(text).warnings) {
+      // e.g. iptables-nft seeing iptables-legacy tables: kube-proxy and twill may be on different backends.
+      this.warnOnce(warning, { warning, command: this.command }, "iptables reports rules of another backend");
+    }
+    return text;
+  }
+
+  private async ensureNow(desired: readonly RuleSet[]): Promise<EnsureResult> {
+    if (desired.length === 0) return { changed: false, missing: [] };
+    const tables = [...new Set(desired.map((set) => set.table))];
+    const plan = planRestore(await this.save(tables), desired);
+    if (plan.payload === undefined) return { changed: false, missing: plan.missing };
+
+    await this.restore(plan.payload);
+    this.log?.info({ missing: plan.missing, where: this.runner.where }, "iptables rules restored");
+
+    // Read back once: if iptables prints a rule differently from how we render it, every resync would
+    // rewrite the chain; say so instead of doing that silently.
+    const after = planRestore(await this.save(tables), desired);
+    if (after.payload !== undefined) {
+      this.warnOnce(
+        after.missing.join("\n"),
+        { missing: after.missing, where: this.runner.where },
+        "iptables rules read back differently from what was written",
+      );
+    }
+    return { changed: true, missing: plan.missing };
+  }
+
+  private async restore(payload: string): Promise<void> {
+    const { wait } = await this.info();
+    const args = ["--noflush", ...(wait ? ["--wait"] : [])];
+    const result = await this.runner.run(`${this.command}-restore`, args, payload);
+    if (result.exitCode === 0) return;
+    // "iptables-restore: line 3 failed: …" — name the line we sent.
+    const lineNo = /line (\d+) failed/.exec(result.stderr)?.[1];
+    const line = lineNo === undefined ? undefined : payload.split("\n")[Number(lineNo) - 1];
+    throw new IptablesRestoreError(
+      `${this.command}-restore ${args.join(" ")} (${this.runner.where})`,
+      result,
+      payload,
+      line,
+    );
+  }
+
+  private warnOnce(key: string, obj: object, msg: string): void {
+    if (this.warnedOnce.has(key)) return;
+    this.warnedOnce.add(key);
+    this.log?.warn(obj, msg);
+  }
+}
