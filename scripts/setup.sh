@@ -13,6 +13,7 @@ declare -A needs=(
   [iptables-restore]=iptables
   [ping]=iputils-ping
   [openssl]=openssl
+  [sysctl]=procps
 )
 missing=()
 for cmd in "${!needs[@]}"; do

@@ -12,6 +12,10 @@ import type { LeaseAttrs } from "./lease/lease.js";
 import type { InvalidEntry, PeerEvent, PeerView, RawEntry } from "./lease/peer-view.js";
 import { EtcdRegistry } from "./lease/registry.js";
 import { SubnetWatch } from "./lease/subnet-watch.js";
+import { Dataplane, type DataplaneObserver } from "./dataplane/controller.js";
+import { localRunner, type CommandRunner } from "./dataplane/kernel/runner.js";
+import { MasqManager } from "./masq/iptables.js";
+import { forwardRules, masqRules, type RuleSet } from "./masq/rules.js";
 import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
 import { loadOrCreateVtepMac } from "./node/state-store.js";
 import { formatSubnetEnv, readPreviousSubnet, writeFileAtomic } from "./node/subnet-env.js";
@@ -31,7 +35,9 @@ export interface AgentStatus {
 }
 
 /** Hooks for the rooms that consume the lease room (data plane, metrics); all optional. */
-export interface AgentHooks extends KeeperObserver {
+export interface AgentHooks extends KeeperObserver, DataplaneObserver {
+  /** A masquerade/forward rules check: what was missing and restored, or the error. */
+  rulesChecked?(result: { missing: string[]; error: string | undefined }): void;
   peers?(events: PeerEvent[], view: PeerView): void;
   invalid?(entries: InvalidEntry[]): void;
   ownLeaseChanged?(own: OwnLease, config: NetworkConfig, external: ExternalInterface): void;
@@ -56,12 +62,36 @@ export class Agent {
   private keeper: LeaseKeeper | undefined;
   private readonly ownKeyChanged = new Wakeup();
   private lastOwnKeyEntry: RawEntry | undefined | null = null;
+  private vtepMac: string | undefined;
+  readonly dataplane: Dataplane;
+  private readonly masq: MasqManager;
+  private rulesFor: { network: Subnet; subnet: Subnet } | undefined;
+  private rulesInstalled = false;
 
   constructor(
     private readonly options: AgentOptions,
     private readonly log: Logger,
     private readonly hooks: AgentHooks = {},
-  ) {}
+    runner: CommandRunner = localRunner,
+  ) {
+    this.masq = new MasqManager(runner, log);
+    this.dataplane = new Dataplane(
+      runner,
+      {
+        bridge: options.bridge,
+        resyncIntervalMs: options.resyncIntervalSeconds * 1000,
+        watchKernel: options.kernelWatch,
+      },
+      log,
+      {
+        round: (report) => {
+          hooks.round?.(report);
+          this.refreshReadiness();
+        },
+        peerStates: (states) => hooks.peerStates?.(states),
+      },
+    );
+  }
 
   /** Runs until `signal` aborts; resolves after a clean stop. */
   async run(signal: AbortSignal): Promise<void> {
@@ -108,6 +138,8 @@ export class Agent {
       this.setNotReady("acquiring a subnet lease");
       let own = await keeper.acquire(config, attrs, previous, signal);
       await this.adopt(own, config, external);
+      background.push(this.dataplane.run(signal));
+      background.push(this.keepRules(signal));
 
       const watch = new SubnetWatch(
         registry,
@@ -255,6 +287,7 @@ export class Agent {
     const base = { publicIP: external.publicIp, publicIPv6: null, backendV6Data: undefined };
     if (config.backend.type === "host-gw") return { ...base, backendType: "host-gw", backendData: undefined };
     const mac = await loadOrCreateVtepMac(this.options.stateDir, config.backend.vni);
+    this.vtepMac = mac;
     return { ...base, backendType: "vxlan", backendData: vxlanBackendData(config.backend.vni, mac) };
   }
 
@@ -262,6 +295,8 @@ export class Agent {
     const changed = !this.status.ownLease || !subnetEquals(this.status.ownLease.subnet, own.subnet);
     this.status.ownLease = own;
     this.hooks.ownLeaseChanged?.(own, config, external);
+    this.dataplane.setSelf({ config, subnet: own.subnet, external, vtepMac: this.vtepMac });
+    this.rulesFor = { network: config.network, subnet: own.subnet };
     if (changed) await this.writeSubnetFile(own.subnet, config, external);
     this.refreshReadiness();
   }
@@ -290,6 +325,45 @@ export class Agent {
     }
   }
 
+  /**
+   * Masquerade (--ip-masq) and forward (--iptables-forward-rules) rules: installed at once and checked
+   * every --iptables-resync seconds; anything missing is restored, nothing else is touched.
+   */
+  private async keepRules(signal: AbortSignal): Promise<void> {
+    if (!this.options.ipMasq && !this.options.iptablesForwardRules) {
+      this.rulesInstalled = true;
+      return;
+    }
+    while (!stopped(signal)) {
+      const target = this.rulesFor;
+      if (target) {
+        try {
+          const { randomFully } = await this.masq.info();
+          const sets: RuleSet[] = [];
+          if (this.options.ipMasq) {
+            sets.push(
+              masqRules(target.network, target.subnet, {
+                randomFully: randomFully && !this.options.ipMasqFullyRandomDisable,
+              }),
+            );
+          }
+          if (this.options.iptablesForwardRules) sets.push(forwardRules(target.network));
+          const result = await this.masq.ensure(sets);
+          if (result.changed && this.rulesInstalled) {
+            this.log.warn({ missing: result.missing }, "masquerade/forward rules were missing; restored");
+          }
+          this.rulesInstalled = true;
+          this.hooks.rulesChecked?.({ missing: result.missing, error: undefined });
+          this.refreshReadiness();
+        } catch (error) {
+          this.log.error({ err: errorMessage(error) }, "cannot install masquerade/forward rules; retrying");
+          this.hooks.rulesChecked?.({ missing: [], error: errorMessage(error) });
+        }
+      }
+      await sleep(this.options.iptablesResyncSeconds * 1000, signal);
+    }
+  }
+
   private onPeers(events: PeerEvent[], view: PeerView): void {
     this.status.view = view;
     for (const event of events) {
@@ -303,6 +377,7 @@ export class Agent {
       );
     }
     this.hooks.peers?.(events, view);
+    this.dataplane.setPeers(view.peers.values());
     this.refreshReadiness();
   }
 
@@ -325,6 +400,8 @@ export class Agent {
     if (!this.status.ownLease) reasons.push("no subnet lease yet");
     if (!this.status.subnetFileWritten) reasons.push("subnet file not written");
     if (this.status.view === undefined) reasons.push("peer view not synced");
+    if (!this.dataplane.programmed) reasons.push("data plane not programmed yet");
+    if (!this.rulesInstalled) reasons.push("masquerade/forward rules not installed yet");
     this.status.notReady = reasons;
   }
 

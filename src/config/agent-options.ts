@@ -121,12 +121,59 @@ export const agentFlags: readonly FlagSpec[] = [
     default: "false",
     help: "delete the lease on SIGTERM/SIGINT (default: keep it, so a restart gets the same subnet)",
   },
+  // data plane
+  {
+    name: "bridge",
+    kind: "string",
+    default: "cni0",
+    help: "the pod bridge twill creates and addresses (docker0 on Docker hosts)",
+    metavar: "NAME",
+  },
+  {
+    name: "resync-interval",
+    kind: "duration",
+    default: "30s",
+    min: 1,
+    max: 3600,
+    help: "full reconcile of routes, neighbours and FDB entries against the kernel this often (drift is also repaired at once from kernel notifications)",
+    metavar: "DURATION",
+  },
+  {
+    name: "kernel-watch",
+    kind: "bool",
+    default: "true",
+    help: "watch the kernel (ip monitor) and repair drift at once; false = periodic resync only",
+  },
   // traffic
   {
     name: "ip-masq",
     kind: "bool",
     default: "false",
     help: "masquerade traffic leaving the cluster network",
+    flannel: true,
+  },
+  {
+    name: "ip-masq-fully-random-disable",
+    kind: "bool",
+    default: "false",
+    help: "do not use --random-fully on the MASQUERADE rules",
+    flannel: true,
+  },
+  {
+    name: "iptables-resync",
+    kind: "int",
+    default: "5",
+    min: 1,
+    max: 3600,
+    help: "check the masquerade/forward rules this many seconds apart and restore any that are missing",
+    flannel: true,
+    metavar: "SECONDS",
+  },
+  {
+    name: "iptables-forward-rules",
+    kind: "bool",
+    default: "true",
+    help: "accept forwarded traffic to and from the cluster network (FLANNEL-FWD chain)",
     flannel: true,
   },
   // operations
@@ -164,7 +211,13 @@ export interface AgentOptions {
   readonly renewMarginSeconds: number;
   readonly leaseTtlSeconds: number;
   readonly releaseLeaseOnExit: boolean;
+  readonly bridge: string;
+  readonly resyncIntervalSeconds: number;
+  readonly kernelWatch: boolean;
   readonly ipMasq: boolean;
+  readonly ipMasqFullyRandomDisable: boolean;
+  readonly iptablesResyncSeconds: number;
+  readonly iptablesForwardRules: boolean;
   readonly logLevel: string;
   readonly stateDir: string;
   /** Where each option came from (for `twill status` and debugging precedence). */
@@ -204,6 +257,10 @@ export function parseAgentOptions(
   const g = getter(parsed);
   const prefix = g.str("etcd-prefix").replace(/\/+$/, "");
   if (!prefix.startsWith("/")) throw new FlagError(`--etcd-prefix: "${prefix}" must start with /`);
+  const bridge = g.str("bridge");
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(bridge)) {
+    throw new FlagError(`--bridge: "${bridge}" is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)`);
+  }
   const renewMarginSeconds = g.num("subnet-lease-renew-margin") * 60;
   const leaseTtlSeconds = g.num("lease-ttl");
   return {
@@ -223,7 +280,13 @@ export function parseAgentOptions(
     renewMarginSeconds,
     leaseTtlSeconds,
     releaseLeaseOnExit: g.bool("release-lease-on-exit"),
+    bridge,
+    resyncIntervalSeconds: g.num("resync-interval"),
+    kernelWatch: g.bool("kernel-watch"),
     ipMasq: g.bool("ip-masq"),
+    ipMasqFullyRandomDisable: g.bool("ip-masq-fully-random-disable"),
+    iptablesResyncSeconds: g.num("iptables-resync"),
+    iptablesForwardRules: g.bool("iptables-forward-rules"),
     logLevel: g.str("log-level"),
     stateDir: g.str("state-dir"),
     sources: parsed.sources,

@@ -1,0 +1,320 @@
+// The data-plane controller: the imperative shell around the pure planner. One reconcile round =
+// ensure the node's devices, compute the desired state (pure), read the kernel (ip -j, bridge -j),
+// plan (pure), apply as one batch per tool, and report. Rounds are triggered by peer changes
+// (coalesced), a periodic resync and kernel change notifications, so drift is repaired within about
+// a second. It never flushes anything on failure or exit: only owned objects are touched, and only
+// to bring them to the desired state.
+import type { NetworkConfig } from "../config/network-config.js";
+import { formatIPv4, type Subnet } from "../ip/ipv4.js";
+import type { Lease } from "../lease/lease.js";
+import type { ExternalInterface } from "../node/external-interface.js";
+import type { Logger } from "../util/log.js";
+import { errorMessage } from "../util/log.js";
+import { Backoff, Wakeup, sleep, stopped } from "../util/time.js";
+import { desiredFor, vxlanDeviceName } from "./backends.js";
+import { toBatches } from "./batch-lines.js";
+import {
+  connectedNetworks,
+  ensureBridge,
+  ensureForwarding,
+  ensureVxlanDevice,
+  type DeviceRepair,
+} from "./devices.js";
+import { runBatch } from "./kernel/batch.js";
+import { watchKernel, type KernelWatch } from "./kernel/monitor.js";
+import { readFdb, readNeighbours, readRoutes } from "./kernel/read.js";
+import type { CommandRunner } from "./kernel/runner.js";
+import { MAIN_TABLE, TWILL_ROUTE_PROTOCOL, type PeerStatus } from "./model.js";
+import { plan, type Op } from "./planner.js";
+
+export type Trigger = "start" | "peers" | "self" | "resync" | "kernel" | "retry";
+
+/** This node, as the data plane needs it. */
+export interface NodeSelf {
+  readonly config: NetworkConfig;
+  readonly subnet: Subnet;
+  readonly external: ExternalInterface;
+  /** The persisted VTEP MAC (vxlan only). */
+  readonly vtepMac: string | undefined;
+}
+
+export interface RoundReport {
+  readonly trigger: Trigger;
+  readonly durationMs: number;
+  readonly ops: readonly Op[];
+  readonly failed: readonly { op: Op; error: string }[];
+  readonly repairs: readonly DeviceRepair[];
+  /** Objects of each kind in the desired state after this round. */
+  readonly desiredCounts: { readonly route: number; readonly neigh: number; readonly fdb: number };
+  /** ms from the oldest peer change this round covers to its completion (peer-triggered rounds). */
+  readonly peerLatencyMs: number | undefined;
+  readonly error: string | undefined;
+}
+
+export interface DataplaneObserver {
+  round?(report: RoundReport): void;
+  peerStates?(states: ReadonlyMap<string, PeerStatus>): void;
+}
+
+export interface DataplaneOptions {
+  readonly bridge: string;
+  readonly resyncIntervalMs: number;
+  /** Watch the kernel (ip monitor) to repair drift at once; on by default. */
+  readonly watchKernel: boolean;
+}
+
+/** Coalescing window: a burst of peer events within it becomes one round. */
+const COALESCE_MS = 20;
+
+export class Dataplane {
+  private self: NodeSelf | undefined;
+  private peers: readonly Lease[] | undefined;
+  private readonly wakeup = new Wakeup();
+  private readonly pending = new Set<Trigger>();
+  private oldestPendingPeerChange: number | undefined;
+  private inRound = false;
+  private lastStates = new Map<string, string>();
+  private programmedOnce = false;
+
+  constructor(
+    private readonly runner: CommandRunner,
+    private readonly options: DataplaneOptions,
+    private readonly log: Logger,
+    private readonly observer: DataplaneObserver = {},
+  ) {}
+
+  /** True once a round has completed without failures. */
+  get programmed(): boolean {
+    return this.programmedOnce;
+  }
+
+  setSelf(self: NodeSelf): void {
+    this.self = self;
+    this.trigger("self");
+  }
+
+  /** The complete current peer set (the peer view), after any change. */
+  setPeers(peers: Iterable<Lease>): void {
+    this.peers = [...peers];
+    this.oldestPendingPeerChange ??= performance.now();
+    this.trigger("peers");
+  }
+
+  private trigger(reason: Trigger): void {
+    this.pending.add(reason);
+    this.wakeup.wake();
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    let monitor: KernelWatch | undefined;
+    if (this.options.watchKernel) {
+      monitor = watchKernel(
+        this.runner,
+        () => {
+          // Our own writes echo back too; a round that follows them plans nothing and writes nothing.
+          if (!this.inRound) this.trigger("kernel");
+        },
+        {
+          onExit: (code) =>
+            this.log.warn({ code }, "kernel monitor exited; drift is repaired by the periodic resync only"),
+        },
+      );
+      await monitor.ready.catch((error: unknown) =>
+        this.log.warn(
+          { err: errorMessage(error) },
+          "kernel monitor did not start; relying on the periodic resync",
+        ),
+      );
+    }
+    const retry = new Backoff(250, 10_000);
+    let retryAt: number | undefined;
+    try {
+      while (!stopped(signal)) {
+        const untilResync = this.options.resyncIntervalMs;
+        const untilRetry = retryAt === undefined ? Infinity : Math.max(0, retryAt - Date.now());
+        await this.wakeup.wait(Math.min(untilResync, untilRetry), signal);
+        if (stopped(signal)) break;
+        if (this.pending.size === 0)
+          this.pending.add(retryAt !== undefined && Date.now() >= retryAt ? "retry" : "resync");
+        // Let a burst of events land before planning once for all of them.
+        await sleep(COALESCE_MS, signal);
+        const trigger = this.takeTrigger();
+        const report = await this.round(trigger);
+        if (!report) continue;
+        if (report.failed.length > 0 || report.error !== undefined) retryAt = Date.now() + retry.next();
+        else {
+          retry.reset();
+          retryAt = undefined;
+        }
+      }
+    } finally {
+      await monitor?.stop();
+    }
+  }
+
+  private takeTrigger(): Trigger {
+    const order: Trigger[] = ["self", "peers", "kernel", "retry", "start", "resync"];
+    const trigger = order.find((t) => this.pending.has(t)) ?? "resync";
+    this.pending.clear();
+    return trigger;
+  }
+
+  /** One reconcile round; undefined when there is nothing to reconcile against yet. */
+  async round(trigger: Trigger): Promise<RoundReport | undefined> {
+    const self = this.self;
+    const peers = this.peers;
+    // Before the first peer list, the desired state is unknown: pruning then would remove good routes.
+    if (!self || !peers) return undefined;
+    const peerChangeAt = this.oldestPendingPeerChange;
+    this.oldestPendingPeerChange = undefined;
+    const started = performance.now();
+    this.inRound = true;
+    const repairs: DeviceRepair[] = [];
+    const failed: { op: Op; error: string }[] = [];
+    let ops: Op[] = [];
+    let error: string | undefined;
+    let counts = { route: 0, neigh: 0, fdb: 0 };
+    try {
+      const { config, external, subnet } = self;
+      const backend = config.backend;
+      const mtu = backend.type === "vxlan" ? (backend.mtu ?? external.mtu) - 50 : external.mtu;
+      repairs.push(...(await ensureForwarding(this.runner)));
+      repairs.push(
+        ...(await ensureBridge(this.runner, {
+          name: this.options.bridge,
+          subnet,
+          network: config.network,
+          mtu,
+        })),
+      );
+      let vxlanDev: string | undefined;
+      if (backend.type === "vxlan") {
+        vxlanDev = vxlanDeviceName(backend.vni);
+        if (self.vtepMac === undefined) throw new Error("internal: vxlan backend without a VTEP MAC");
+        repairs.push(
+          ...(await ensureVxlanDevice(this.runner, {
+            name: vxlanDev,
+            vni: backend.vni,
+            port: backend.port,
+            learning: backend.learning,
+            gbp: backend.gbp,
+            mac: self.vtepMac,
+            local: formatIPv4(external.publicIp),
+            underlay: external.name,
+            mtu,
+            subnet,
+            network: config.network,
+          })),
+        );
+      }
+      const facts = { external, connected: await connectedNetworks(this.runner, external.name) };
+      const result = desiredFor(backend, subnet, peers, facts);
+      counts = {
+        route: result.desired.routes.length,
+        neigh: result.desired.neighbours.length,
+        fdb: result.desired.fdb.length,
+      };
+      this.reportPeerStates(result.peers);
+      const [routes, neighbours, fdb] = await Promise.all([
+        readRoutes(this.runner, { table: MAIN_TABLE, family: 4 }),
+        vxlanDev ? readNeighbours(this.runner, vxlanDev) : Promise.resolve([]),
+        vxlanDev ? readFdb(this.runner, vxlanDev) : Promise.resolve([]),
+      ]);
+      ops = plan(
+        result.desired,
+        { routes, neighbours, fdb },
+        { routeProtocol: TWILL_ROUTE_PROTOCOL, vxlanDev },
+      );
+      for (const batch of toBatches(ops, TWILL_ROUTE_PROTOCOL)) {
+        const outcome = await runBatch(this.runner, batch.tool, batch.lines);
+        for (const failure of outcome.failed) {
+          const op = batch.ops[failure.index];
+          if (op) failed.push({ op, error: failure.error });
+        }
+      }
+    } catch (caught) {
+      error = errorMessage(caught);
+    } finally {
+      this.inRound = false;
+    }
+    const report: RoundReport = {
+      trigger,
+      durationMs: performance.now() - started,
+      ops,
+      failed,
+      repairs,
+      desiredCounts: counts,
+      peerLatencyMs: peerChangeAt === undefined ? undefined : performance.now() - peerChangeAt,
+      error,
+    };
+    this.logRound(report);
+    if (error === undefined && failed.length === 0) this.programmedOnce = true;
+    this.observer.round?.(report);
+    return report;
+  }
+
+  private reportPeerStates(states: ReadonlyMap<string, PeerStatus>): void {
+    const next = new Map<string, string>();
+    for (const [key, status] of states) {
+      const summary = `${status.state}:${status.reason ?? ""}`;
+      next.set(key, summary);
+      if (this.lastStates.get(key) !== summary && status.state !== "programmed") {
+        this.log.warn(
+          { key, state: status.state, reason: status.reason },
+          `peer not programmed: ${status.state}`,
+        );
+      }
+    }
+    this.lastStates = next;
+    this.observer.peerStates?.(states);
+  }
+
+  private logRound(report: RoundReport): void {
+    for (const repair of report.repairs) {
+      this.log.info(
+        { device: repair.device, what: repair.what, detail: repair.detail, trigger: report.trigger },
+        "device repaired",
+      );
+    }
+    const drift = report.trigger === "resync" || report.trigger === "kernel";
+    for (const op of report.ops) {
+      const failure = report.failed.find((f) => f.op === op);
+      const fields = {
+        kind: op.kind,
+        action: op.action,
+        object: describeOp(op),
+        reason: op.reason,
+        trigger: report.trigger,
+      };
+      if (failure) this.log.error({ ...fields, err: failure.error }, "kernel operation failed; will retry");
+      else if (drift) this.log.warn(fields, "drift repaired");
+      else this.log.debug(fields, "kernel operation");
+    }
+    if (report.error !== undefined) {
+      this.log.error({ err: report.error, trigger: report.trigger }, "reconcile round failed; will retry");
+    } else if (report.ops.length > 0 || report.repairs.length > 0) {
+      this.log.info(
+        {
+          trigger: report.trigger,
+          ops: report.ops.length,
+          failed: report.failed.length,
+          durationMs: Math.round(report.durationMs),
+          routes: report.desiredCounts.route,
+        },
+        "data plane reconciled",
+      );
+    }
+  }
+}
+
+/** A short text naming the object an op touches, for logs. */
+export function describeOp(op: Op): string {
+  switch (op.kind) {
+    case "route":
+      return `route ${op.route.dst}${op.route.gateway ? ` via ${op.route.gateway}` : ""}${op.route.dev ? ` dev ${op.route.dev}` : ""}`;
+    case "neigh":
+      return `neigh ${op.neigh.dst} dev ${op.neigh.dev}`;
+    case "fdb":
+      return `fdb ${op.fdb.mac} dst ${op.fdb.dst} dev ${op.fdb.dev}`;
+  }
+}

@@ -1,0 +1,127 @@
+// A whole twill cluster in namespaces: etcd in the switch, K hosts each running the real agent, and
+// pods on each host's bridge. Used by the data-plane tests and by the demo.
+import { startAgent, runTwill, type AgentProcess } from "./agent.js";
+import type { EtcdServer } from "./etcd.js";
+import { createUnderlay, type Cluster, type Host, type Pod } from "./netns.js";
+import { waitFor } from "./processes.js";
+
+export interface NodeUnderTest {
+  readonly host: Host;
+  agent: AgentProcess;
+  pods: Pod[];
+}
+
+export interface TwillCluster {
+  readonly net: Cluster;
+  readonly etcd: EtcdServer;
+  readonly nodes: NodeUnderTest[];
+  readonly prefix: string;
+  /** Adds a pod to node i at the given host number of its subnet (2 → 10.244.x.2). */
+  addPod(i: number, name: string, hostNumber: number): Promise<Pod>;
+  /** Every pod pings every other pod once; returns the failures as "a -> b". */
+  pingMatrix(): Promise<string[]>;
+  destroy(): Promise<void>;
+}
+
+export interface TwillClusterOptions {
+  readonly backend: "vxlan" | "host-gw";
+  readonly hosts: number;
+  /** Extra Backend options, e.g. { DirectRouting: true }. */
+  readonly backendOptions?: Record<string, unknown>;
+  readonly agentArgs?: readonly string[];
+  /** Hosts (by 1-based position) to put on the remote segment behind the router. */
+  readonly remoteHosts?: readonly number[];
+  readonly tag?: string;
+}
+
+export function subnetLine(env: string | undefined): {
+  network: string;
+  gateway: string;
+  prefixLen: number;
+  mtu: number;
+} {
+  const subnet = /^FLANNEL_SUBNET=(\d+\.\d+\.\d+)\.1\/(\d+)$/m.exec(env ?? "");
+  const mtu = /^FLANNEL_MTU=(\d+)$/m.exec(env ?? "");
+  if (!subnet || !mtu) throw new Error(`no FLANNEL_SUBNET/FLANNEL_MTU in subnet.env: ${env ?? "(missing)"}`);
+  const [, base = "", len = "24"] = subnet;
+  return { network: `${base}.0`, gateway: `${base}.1`, prefixLen: Number(len), mtu: Number(mtu[1]) };
+}
+
+export async function startTwillCluster(options: TwillClusterOptions): Promise<TwillCluster> {
+  const net = await createUnderlay(options.tag === undefined ? {} : { tag: options.tag });
+  const nodes: NodeUnderTest[] = [];
+  try {
+    const etcd = await net.startEtcd();
+    const hosts: Host[] = [];
+    if ((options.remoteHosts?.length ?? 0) > 0) await net.addRemoteSegment();
+    for (let i = 1; i <= options.hosts; i++) {
+      const remote = options.remoteHosts?.includes(i) ?? false;
+      hosts.push(await net.addHost(i, remote ? { segment: "remote" } : {}));
+    }
+    const prefix = "/coreos.com/network";
+    const first = hosts[0];
+    if (!first) throw new Error("a cluster needs at least one host");
+    const config = JSON.stringify({
+      Network: "10.244.0.0/16",
+      Backend: { Type: options.backend, ...options.backendOptions },
+    });
+    const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${etcd.endpoint}`], {
+      netns: first.ns,
+      input: config,
+    });
+    if (set.code !== 0) throw new Error(`twill config set failed: ${set.stderr}`);
+
+    const launch = (host: Host): AgentProcess =>
+      startAgent({
+        netns: host.ns,
+        etcdEndpoint: etcd.endpoint,
+        args: ["--iface=eth0", "--resync-interval=5s", ...(options.agentArgs ?? [])],
+      });
+    for (const host of hosts) nodes.push({ host, agent: launch(host), pods: [] });
+    for (const node of nodes)
+      await waitFor(`${node.host.ns} subnet.env`, () => node.agent.subnetEnv(), 30_000);
+
+    const node = (i: number): NodeUnderTest => {
+      const found = nodes[i - 1];
+      if (!found) throw new Error(`no node ${i}`);
+      return found;
+    };
+    const cluster: TwillCluster = {
+      net,
+      etcd,
+      nodes,
+      prefix,
+      addPod: async (i, name, hostNumber) => {
+        const n = node(i);
+        const { network, gateway, prefixLen, mtu } = subnetLine(n.agent.subnetEnv());
+        const address = `${network.replace(/\.0$/, "")}.${hostNumber}/${prefixLen}`;
+        const pod = await net.addPod(n.host, name, { bridge: "cni0", address, gateway, mtu });
+        n.pods.push(pod);
+        return pod;
+      },
+      pingMatrix: async () => {
+        const pods = nodes.flatMap((n) => n.pods);
+        const pairs = pods.flatMap((from) =>
+          pods.filter((to) => to !== from).map((to) => [from, to] as const),
+        );
+        const results = await Promise.all(
+          pairs.map(async ([from, to]) => {
+            // A few tries: the very first packet may wait for ARP on the pod side.
+            const result = await net.ping(from.ns, to.address, { count: 3, waitSeconds: 1 });
+            return result.received > 0 ? undefined : `${from.ns} -> ${to.address}`;
+          }),
+        );
+        return results.filter((r): r is string => r !== undefined);
+      },
+      destroy: async () => {
+        await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
+        await net.destroy();
+      },
+    };
+    return cluster;
+  } catch (error) {
+    await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
+    await net.destroy();
+    throw error;
+  }
+}
