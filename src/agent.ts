@@ -95,17 +95,7 @@ export class Agent {
 
   /** Runs until `signal` aborts; resolves after a clean stop. */
   async run(signal: AbortSignal): Promise<void> {
-    const registry = new EtcdRegistry(
-      {
-        endpoints: this.options.etcd.endpoints,
-        caFile: this.options.etcd.caFile,
-        certFile: this.options.etcd.certFile,
-        keyFile: this.options.etcd.keyFile,
-        username: this.options.etcd.username,
-        password: this.options.etcd.password,
-      },
-      this.options.etcd.prefix,
-    );
+    const registry = await this.openRegistry(signal);
     this.registry = registry;
     const background: Promise<void>[] = [];
     try {
@@ -223,6 +213,35 @@ export class Agent {
     } finally {
       await Promise.allSettled(background);
       await this.shutdown();
+    }
+  }
+
+  /**
+   * Opens the etcd client. Bad settings (an unreadable TLS file, http:// with TLS files) are logged
+   * naming the flag and file or endpoint, and retried: a Secret or file may appear later, and a
+   * crash loop would tell the operator less.
+   */
+  private async openRegistry(signal: AbortSignal): Promise<EtcdRegistry> {
+    const backoff = new Backoff(1000, 30_000);
+    for (;;) {
+      try {
+        return new EtcdRegistry(
+          {
+            endpoints: this.options.etcd.endpoints,
+            caFile: this.options.etcd.caFile,
+            certFile: this.options.etcd.certFile,
+            keyFile: this.options.etcd.keyFile,
+            username: this.options.etcd.username,
+            password: this.options.etcd.password,
+          },
+          this.options.etcd.prefix,
+        );
+      } catch (error) {
+        this.setNotReady(`etcd settings: ${errorMessage(error)}`);
+        this.log.error({ err: errorMessage(error) }, "cannot set up the etcd client; retrying");
+      }
+      await sleep(backoff.next(), signal);
+      if (stopped(signal)) throw new Error("stopped before etcd was reachable");
     }
   }
 

@@ -101,7 +101,7 @@ export class ConfigWatch {
       } catch (error) {
         if (stopped(signal)) break;
         this.log.warn(
-          { err: errorMessage(error), key },
+          { err: this.registry.explain(error), key },
           "cannot read the network config from etcd; retrying",
         );
       }

@@ -5,7 +5,6 @@
 import type { NetworkConfig } from "../config/network-config.js";
 import { formatCidr, formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
 import type { Logger } from "../util/log.js";
-import { errorMessage } from "../util/log.js";
 import { Backoff, sleep } from "../util/time.js";
 import { chooseSubnet } from "./allocate.js";
 import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
@@ -136,7 +135,7 @@ export class LeaseKeeper {
         this.observer.exhausted?.(result.message);
         this.log.error({ network: formatCidr(config.network) }, result.message);
       } catch (error) {
-        this.log.warn({ err: errorMessage(error) }, "cannot acquire a subnet lease from etcd; retrying");
+        this.log.warn({ err: this.registry.explain(error) }, "cannot acquire a subnet lease from etcd; retrying");
       }
       await sleep(backoff.next(), signal);
     }

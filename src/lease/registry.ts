@@ -106,11 +106,20 @@ export interface WatchHandle {
 export class EtcdRegistry {
   readonly client: Etcd3;
 
+  readonly endpoints: readonly string[];
+
   constructor(
     connection: EtcdConnectionOptions,
     readonly prefix: string,
   ) {
     this.client = new Etcd3(etcdClientOptions(connection));
+    this.endpoints = connection.endpoints;
+  }
+
+  /** An etcd error with the endpoints it concerns, so a log line says where to look. */
+  explain(error: unknown): string {
+    const message = error instanceof Error ? error.message : String(error);
+    return `${message} (etcd endpoints: ${this.endpoints.join(", ")})`;
   }
 
   get configKey(): string {

@@ -87,7 +87,7 @@ export class SubnetWatch {
         this.listener.onWatchState?.("broken", reason);
       } catch (error) {
         if (stopped(signal)) break;
-        this.log.warn({ err: errorMessage(error) }, "cannot list subnets from etcd; retrying");
+        this.log.warn({ err: this.registry.explain(error) }, "cannot list subnets from etcd; retrying");
         this.listener.onWatchState?.("broken", errorMessage(error));
       }
       await sleep(backoff.next(), signal);

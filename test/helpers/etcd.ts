@@ -20,7 +20,18 @@ export interface EtcdServer {
   destroy(): Promise<void>;
 }
 
+export interface EtcdTls {
+  readonly caFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** Client certificate for etcdctl (the server requires one). */
+  readonly clientCertFile: string;
+  readonly clientKeyFile: string;
+}
+
 export interface EtcdOptions {
+  /** Serve TLS only and require client certificates signed by caFile. */
+  readonly tls?: EtcdTls;
   /** Address to listen on; default 127.0.0.1. Inside a netns, the namespace's own address. */
   readonly host?: string;
   /** Run inside this network namespace (ip netns exec). */
@@ -32,7 +43,8 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
   const clientPort = await freePort();
   const peerPort = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), "twill-etcd-"));
-  const endpoint = `http://${host}:${clientPort}`;
+  const scheme = options.tls ? "https" : "http";
+  const endpoint = `${scheme}://${host}:${clientPort}`;
   const args = [
     "--name=test",
     `--data-dir=${dataDir}`,
@@ -44,7 +56,22 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
     "--logger=zap",
     "--log-level=error",
     "--unsafe-no-fsync=true",
+    ...(options.tls
+      ? [
+          `--cert-file=${options.tls.certFile}`,
+          `--key-file=${options.tls.keyFile}`,
+          `--trusted-ca-file=${options.tls.caFile}`,
+          "--client-cert-auth=true",
+        ]
+      : []),
   ];
+  const tlsArgs = options.tls
+    ? [
+        `--cacert=${options.tls.caFile}`,
+        `--cert=${options.tls.clientCertFile}`,
+        `--key=${options.tls.clientKeyFile}`,
+      ]
+    : [];
   const launch = (): Started =>
     options.netns === undefined
       ? startProcess("etcd", args)
@@ -55,7 +82,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
     const command = options.netns === undefined ? "etcdctl" : "ip";
     return execFileSync(
       command,
-      [...prefix, ...(options.netns ? ["etcdctl"] : []), `--endpoints=${endpoint}`, ...ctlArgs],
+      [...prefix, ...(options.netns ? ["etcdctl"] : []), `--endpoints=${endpoint}`, ...tlsArgs, ...ctlArgs],
       {
         env: { ...process.env, ETCDCTL_API: "3" },
         input,

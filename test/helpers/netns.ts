@@ -13,7 +13,7 @@ import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { execa } from "execa";
 import { netnsRunner, type CommandRunner } from "../../src/dataplane/kernel/runner.js";
-import { startEtcd, type EtcdServer } from "./etcd.js";
+import { startEtcd, type EtcdServer, type EtcdTls } from "./etcd.js";
 import { startProcess, waitFor, type Started } from "./processes.js";
 
 export const UNDERLAY_GATEWAY = "198.18.0.254";
@@ -97,7 +97,7 @@ export interface Cluster {
   /** A long-running process inside `ns`, ended by its PID on destroy(). */
   spawn(ns: string, command: string, args: readonly string[], env?: NodeJS.ProcessEnv): Started;
   /** etcd inside the switch namespace on 198.18.0.254, destroyed with the cluster. */
-  startEtcd(): Promise<EtcdServer>;
+  startEtcd(options?: { tls?: EtcdTls }): Promise<EtcdServer>;
   /** Ends tracked processes by PID and deletes every namespace made; idempotent, never throws. */
   destroy(): Promise<void>;
 }
@@ -310,8 +310,8 @@ export async function createUnderlay(options: { tag?: string } = {}): Promise<Cl
       return started;
     },
 
-    async startEtcd() {
-      const server = await startEtcd({ netns: switchNs, host: UNDERLAY_GATEWAY });
+    async startEtcd(options = {}) {
+      const server = await startEtcd({ netns: switchNs, host: UNDERLAY_GATEWAY, ...options });
       etcds.push(server);
       tracked.pids = () => [...processes.map((p) => p.pid), ...etcds.map((e) => e.process.pid)];
       return server;

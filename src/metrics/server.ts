@@ -1,0 +1,216 @@
+// The agent's HTTP endpoints on node:http: /metrics (Prometheus text format), /healthz (liveness: the
+// process's loops are not stuck), /readyz (readiness, 503 with the reasons) and /status (JSON for
+// `twill status`). The same handler serves --metrics-address and flannel's --healthz-ip/--healthz-port,
+// so flannel manifests' probes keep working.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Registry } from "prom-client";
+import { errorMessage } from "../util/log.js";
+
+/**
+ * Liveness by heartbeat: each loop beats and says by when it will beat again at the latest. A loop
+ * that misses its own deadline is stuck (e.g. a kernel or etcd call that never returns). A loop that is
+ * legitimately waiting on the outside world (etcd down) beats with Infinity: liveness must not restart
+ * a process that restarting cannot help.
+ */
+export class Heartbeats {
+  private readonly loops = new Map<string, { at: number; withinMs: number }>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** `loop` is alive now and beats again within `withinMs` (Infinity: no deadline). */
+  beat(loop: string, withinMs: number): void {
+    this.loops.set(loop, { at: this.now(), withinMs });
+  }
+
+  /** The loop ended normally; forget it. */
+  end(loop: string): void {
+    this.loops.delete(loop);
+  }
+
+  /** Why the process is unhealthy: one line per stuck loop; empty when healthy. */
+  problems(): string[] {
+    const now = this.now();
+    const problems: string[] = [];
+    for (const [loop, { at, withinMs }] of this.loops) {
+      const silentMs = now - at;
+      if (silentMs > withinMs) {
+        problems.push(
+          `${loop} loop stuck: last heartbeat ${formatSeconds(silentMs)} ago, expected within ${formatSeconds(withinMs)}`,
+        );
+      }
+    }
+    return problems.sort();
+  }
+
+  /** Last beat per loop, ms since the epoch. */
+  snapshot(): Record<string, number> {
+    return Object.fromEntries([...this.loops].map(([loop, { at }]) => [loop, at]));
+  }
+}
+
+function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 1000)}s`;
+}
+
+/** The deadline for the data-plane loop: it runs a round at least every resync interval. */
+export function dataplaneDeadlineMs(resyncIntervalMs: number): number {
+  return 3 * resyncIntervalMs + 30_000;
+}
+
+/** What the endpoints serve, read at request time. */
+export interface EndpointSource {
+  /** Why the agent is not ready; empty when ready. */
+  notReady(): readonly string[];
+  /** Why the process is unhealthy (stuck loops); empty when healthy. */
+  unhealthy(): readonly string[];
+  /** The /status document (StatusJson from status.ts). */
+  status(): unknown;
+}
+
+export interface HandlerOptions {
+  readonly registry: Registry;
+  readonly source: EndpointSource;
+  /** Called when serving fails unexpectedly (e.g. a metric's collect threw). */
+  readonly onError?: (path: string, error: unknown) => void;
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+function send(res: ServerResponse, status: number, contentType: string, body: string): void {
+  res.writeHead(status, {
+    "Content-Type": contentType,
+    "Content-Length": Buffer.byteLength(body),
+    "Cache-Control": "no-store",
+  });
+  res.end(body);
+}
+
+const TEXT = "text/plain; charset=utf-8";
+const PATHS = new Set(["/metrics", "/healthz", "/readyz", "/status"]);
+
+/** The request handler, separate from listening so tests and several listeners can share it. */
+export function createHandler(options: HandlerOptions): Handler {
+  const { registry, source } = options;
+  const serve = async (path: string, res: ServerResponse): Promise<void> => {
+    switch (path) {
+      case "/metrics":
+        send(res, 200, registry.contentType, await registry.metrics());
+        return;
+      case "/healthz": {
+        const problems = source.unhealthy();
+        if (problems.length === 0) send(res, 200, TEXT, "ok\n");
+        else send(res, 500, TEXT, problems.map((line) => `${line}\n`).join(""));
+        return;
+      }
+      case "/readyz": {
+        const reasons = source.notReady();
+        if (reasons.length === 0) send(res, 200, TEXT, "ready\n");
+        else send(res, 503, TEXT, reasons.map((line) => `${line}\n`).join(""));
+        return;
+      }
+      case "/status":
+        send(res, 200, "application/json; charset=utf-8", `${JSON.stringify(source.status(), null, 2)}\n`);
+        return;
+    }
+  };
+  return (req, res) => {
+    // Only the path matters; a query string (e.g. a scraper's) is ignored.
+    const path = new URL(req.url ?? "/", "http://localhost").pathname;
+    if (!PATHS.has(path)) {
+      send(res, 404, TEXT, `not found: ${path} (try /metrics, /healthz, /readyz, /status)\n`);
+      return;
+    }
+    if (req.method !== "GET") {
+      res.setHeader("Allow", "GET");
+      send(res, 405, TEXT, `method ${req.method ?? "?"} not allowed on ${path}; use GET\n`);
+      return;
+    }
+    serve(path, res).catch((error: unknown) => {
+      options.onError?.(path, error);
+      if (res.headersSent) res.destroy();
+      else send(res, 500, TEXT, `internal error: ${errorMessage(error)}\n`);
+    });
+  };
+}
+
+export interface ListenAddress {
+  /** IP to bind; "" = every address (IPv4 and IPv6 where available). */
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Parses "IP:PORT", "[IPv6]:PORT" or ":PORT"; throws an Error saying what is wrong. */
+export function parseListenAddress(text: string): ListenAddress {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]*)):(\d{1,5})$/.exec(text);
+  if (!match) throw new Error(`"${text}" is not an address (use IP:PORT, [IPv6]:PORT or :PORT)`);
+  const host = match[1] ?? match[2] ?? "";
+  const port = Number(match[3]);
+  if (port > 65535) throw new Error(`"${text}": port ${port} is out of range (0 to 65535)`);
+  if (match[2] !== undefined && match[2] !== "" && !/^(\d{1,3})(\.\d{1,3}){3}$/.test(host)) {
+    throw new Error(`"${text}": "${host}" is not an IPv4 address`);
+  }
+  return { host, port };
+}
+
+export function formatListenAddress(address: ListenAddress): string {
+  return `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
+}
+
+export interface RunningServer {
+  /** The bound address (with the real port when 0 was asked). */
+  readonly address: ListenAddress;
+  /** http://host:port, for logs and tests. */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+/** Listens on `address`; rejects with a message naming the address when it cannot (e.g. in use). */
+export async function listen(address: ListenAddress, handler: Handler): Promise<RunningServer> {
+  const server: Server = createServer(
+    // Probes and scrapes are small: a client that dawdles is cut off rather than held open.
+    { requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 },
+    handler,
+  );
+  await new Promise<void>((resolve, reject) => {
+    const onError = (error: Error): void =>
+      reject(new Error(`cannot listen on ${formatListenAddress(address)}: ${errorMessage(error)}`));
+    server.once("error", onError);
+    server.listen(address.port, address.host === "" ? undefined : address.host, () => {
+      server.off("error", onError);
+      resolve();
+    });
+  });
+  const bound = server.address() as AddressInfo;
+  const actual: ListenAddress = { host: address.host === "" ? bound.address : address.host, port: bound.port };
+  const urlHost = actual.host === "" || actual.host === "::" || actual.host === "0.0.0.0" ? "127.0.0.1" : actual.host;
+  return {
+    address: actual,
+    url: `http://${urlHost.includes(":") ? `[${urlHost}]` : urlHost}:${actual.port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Keep-alive connections (Prometheus keeps one) would hold close() open until they time out.
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/**
+ * Starts one listener per distinct address (--metrics-address and --healthz-ip:--healthz-port may be
+ * the same). All or nothing: if one cannot listen, the others are closed and the error is thrown.
+ */
+export async function listenAll(
+  addresses: readonly ListenAddress[],
+  handler: Handler,
+): Promise<RunningServer[]> {
+  const distinct = new Map(addresses.map((address) => [formatListenAddress(address), address]));
+  const servers: RunningServer[] = [];
+  try {
+    for (const address of distinct.values()) servers.push(await listen(address, handler));
+  } catch (error) {
+    await Promise.all(servers.map((server) => server.close()));
+    throw error;
+  }
+  return servers;
+}

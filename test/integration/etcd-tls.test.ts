@@ -1,0 +1,118 @@
+// The agent against a real etcd that requires client certificates (a PKI made by openssl): the right
+// files work; a wrong CA, a missing key or a plaintext endpoint give a clear error naming the file or
+// endpoint, and the agent keeps retrying instead of crashing.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { startAgent, type AgentProcess } from "../helpers/agent.js";
+import { makePki, type TestPki } from "../helpers/certs.js";
+import type { EtcdServer } from "../helpers/etcd.js";
+import { createUnderlay, UNDERLAY_GATEWAY, type Cluster, type Host } from "../helpers/netns.js";
+import { waitFor } from "../helpers/processes.js";
+
+let pki: TestPki;
+let cluster: Cluster;
+let etcd: EtcdServer;
+let host: Host;
+const agents: AgentProcess[] = [];
+
+beforeAll(async () => {
+  pki = makePki(UNDERLAY_GATEWAY);
+  cluster = await createUnderlay();
+  etcd = await cluster.startEtcd({
+    tls: {
+      caFile: pki.caFile,
+      certFile: pki.serverCertFile,
+      keyFile: pki.serverKeyFile,
+      clientCertFile: pki.clientCertFile,
+      clientKeyFile: pki.clientKeyFile,
+    },
+  });
+  host = await cluster.addHost(1);
+  etcd.ctl(["put", "/coreos.com/network/config", '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}']);
+}, 60_000);
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.destroy()));
+});
+afterAll(async () => {
+  await cluster.destroy();
+  pki.destroy();
+});
+
+function agentWith(args: string[], endpoint = etcd.endpoint): AgentProcess {
+  const agent = startAgent({ netns: host.ns, etcdEndpoint: endpoint, args: ["--iface=eth0", ...args] });
+  agents.push(agent);
+  return agent;
+}
+
+const errorsOf = (agent: AgentProcess): string[] =>
+  agent
+    .logs()
+    .filter((l) => Number(l.level) >= 40)
+    .map((l) => `${String(l.msg)}: ${String(l.err ?? "")}`);
+
+/** The agent logged `pattern` at least twice (it retried) and is still running. */
+async function retriesWith(agent: AgentProcess, pattern: RegExp): Promise<void> {
+  await waitFor(
+    `two reports matching ${pattern}`,
+    () => errorsOf(agent).filter((e) => pattern.test(e)).length >= 2,
+    30_000,
+  );
+  expect(agent.process.child.exitCode).toBeNull();
+  expect(agent.subnetEnv()).toBeUndefined();
+}
+
+describe("etcd over TLS with client certificates", () => {
+  it("connects with the right CA, certificate and key", async () => {
+    const agent = agentWith([
+      `--etcd-cafile=${pki.caFile}`,
+      `--etcd-certfile=${pki.clientCertFile}`,
+      `--etcd-keyfile=${pki.clientKeyFile}`,
+    ]);
+    const env = await waitFor("subnet.env", () => agent.subnetEnv(), 30_000);
+    expect(env).toMatch(/^FLANNEL_SUBNET=10\.244\.\d+\.1\/24$/m);
+  });
+
+  it("a wrong CA is reported with the endpoint, and retried", async () => {
+    const agent = agentWith([
+      `--etcd-cafile=${pki.otherCaFile}`,
+      `--etcd-certfile=${pki.clientCertFile}`,
+      `--etcd-keyfile=${pki.clientKeyFile}`,
+    ]);
+    await retriesWith(agent, new RegExp(`etcd endpoints: ${etcd.endpoint.replace(/[.]/g, "\\.")}`));
+    expect(errorsOf(agent).join("\n")).toMatch(/certificate|self.signed|verify/i);
+  });
+
+  it("a missing key file is reported naming the flag and the file, and retried", async () => {
+    const missing = `${pki.dir}/no-such.key`;
+    const agent = agentWith([
+      `--etcd-cafile=${pki.caFile}`,
+      `--etcd-certfile=${pki.clientCertFile}`,
+      `--etcd-keyfile=${missing}`,
+    ]);
+    await retriesWith(
+      agent,
+      new RegExp(`--etcd-keyfile ${missing.replace(/[.]/g, "\\.")}: cannot read the file`),
+    );
+  });
+
+  it("a plaintext endpoint with TLS files is reported naming the endpoint, and retried", async () => {
+    const plain = etcd.endpoint.replace("https://", "http://");
+    const agent = agentWith(
+      [
+        `--etcd-cafile=${pki.caFile}`,
+        `--etcd-certfile=${pki.clientCertFile}`,
+        `--etcd-keyfile=${pki.clientKeyFile}`,
+      ],
+      plain,
+    );
+    await retriesWith(
+      agent,
+      new RegExp(`${plain.replace(/[.]/g, "\\.")} is plaintext \\(http://\\) but TLS files are set`),
+    );
+  });
+
+  it("a plaintext client against the TLS-only server is reported with the endpoint, and retried", async () => {
+    const plain = etcd.endpoint.replace("https://", "http://");
+    const agent = agentWith([], plain);
+    await retriesWith(agent, new RegExp(`etcd endpoints: ${plain.replace(/[.]/g, "\\.")}`));
+  });
+});
