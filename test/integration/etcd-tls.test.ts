@@ -47,7 +47,7 @@ const errorsOf = (agent: AgentProcess): string[] =>
   agent
     .logs()
     .filter((l) => Number(l.level) >= 40)
-    .map((l) => `${String(l.msg)}: ${String(l.err ?? "")}`);
+    .map((l) => `${String(l.msg)}: ${typeof l.err === "string" ? l.err : JSON.stringify(l.err ?? "")}`);
 
 /** The agent logged `pattern` at least twice (it retried) and is still running. */
 async function retriesWith(agent: AgentProcess, pattern: RegExp): Promise<void> {
