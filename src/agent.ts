@@ -14,6 +14,8 @@ import { EtcdRegistry } from "./lease/registry.js";
 import { SubnetWatch } from "./lease/subnet-watch.js";
 import { Dataplane, type DataplaneObserver } from "./dataplane/controller.js";
 import { localRunner, type CommandRunner } from "./dataplane/kernel/runner.js";
+import { readLink } from "./dataplane/kernel/read.js";
+import { vxlanDeviceName } from "./dataplane/backends.js";
 import { MasqManager } from "./masq/iptables.js";
 import { forwardRules, masqRules, type RuleSet } from "./masq/rules.js";
 import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
@@ -72,7 +74,7 @@ export class Agent {
     private readonly options: AgentOptions,
     private readonly log: Logger,
     private readonly hooks: AgentHooks = {},
-    runner: CommandRunner = localRunner,
+    private readonly runner: CommandRunner = localRunner,
   ) {
     this.masq = new MasqManager(runner, log);
     this.dataplane = new Dataplane(
@@ -305,7 +307,8 @@ export class Agent {
   private async leaseAttrs(config: NetworkConfig, external: ExternalInterface): Promise<LeaseAttrs> {
     const base = { publicIP: external.publicIp, publicIPv6: null, backendV6Data: undefined };
     if (config.backend.type === "host-gw") return { ...base, backendType: "host-gw", backendData: undefined };
-    const mac = await loadOrCreateVtepMac(this.options.stateDir, config.backend.vni);
+    const existing = await readLink(this.runner, vxlanDeviceName(config.backend.vni)).catch(() => undefined);
+    const mac = await loadOrCreateVtepMac(this.options.stateDir, config.backend.vni, existing?.mac);
     this.vtepMac = mac;
     return { ...base, backendType: "vxlan", backendData: vxlanBackendData(config.backend.vni, mac) };
   }

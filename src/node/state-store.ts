@@ -10,8 +10,12 @@ export function vtepMacPath(stateDir: string, vni: number): string {
   return join(stateDir, `vtep-mac.flannel.${vni}`);
 }
 
-/** Reads the persisted VTEP MAC for this VNI, creating and persisting a random one the first time. */
-export async function loadOrCreateVtepMac(stateDir: string, vni: number): Promise<string> {
+/**
+ * Reads the persisted VTEP MAC for this VNI. The first time, it adopts `existingMac` (the MAC of a
+ * flannel.<VNI> device already on the node, e.g. left by flanneld during a migration, so peers see no
+ * change) or makes a random one, and persists it.
+ */
+export async function loadOrCreateVtepMac(stateDir: string, vni: number, existingMac?: string): Promise<string> {
   const path = vtepMacPath(stateDir, vni);
   try {
     const mac = normalizeMac(await readFile(path, "utf8"));
@@ -19,7 +23,8 @@ export async function loadOrCreateVtepMac(stateDir: string, vni: number): Promis
   } catch {
     // first start on this node (or unreadable): make a new one below
   }
-  const mac = randomVtepMac();
+  const adopted = existingMac === undefined ? undefined : normalizeMac(existingMac);
+  const mac = adopted !== undefined && isUnicastMac(adopted) ? adopted : randomVtepMac();
   await writeFileAtomic(path, `${mac}\n`, 0o644);
   return mac;
 }

@@ -120,6 +120,39 @@ describe("the agent process", () => {
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe(before);
   });
 
+  it("adopts the MAC of a flannel.1 device already on the node (a flanneld migration) and keeps it", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const fresh = await cluster.addHost(4);
+    const mac = "0e:42:42:42:42:01";
+    await cluster.run(fresh.ns, [
+      "ip",
+      "link",
+      "add",
+      "flannel.1",
+      "address",
+      mac,
+      "type",
+      "vxlan",
+      "id",
+      "1",
+      "dstport",
+      "8472",
+      "nolearning",
+      "dev",
+      "eth0",
+      "local",
+      fresh.address,
+    ]);
+    const agent = agentOn(fresh, prefix);
+    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    expect(etcd.ctl(["get", keyFor(prefix, subnet), "--print-value-only"])).toContain(`"VtepMAC":"${mac}"`);
+    const link = JSON.parse(await cluster.run(fresh.ns, ["ip", "-j", "link", "show", "flannel.1"])) as {
+      address: string;
+    }[];
+    expect(link[0]?.address).toBe(mac);
+  });
+
   it("gets its subnet back from the subnet file when its key vanished while it was down", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
