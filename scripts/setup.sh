@@ -14,6 +14,8 @@ declare -A needs=(
   [ping]=iputils-ping
   [openssl]=openssl
   [sysctl]=procps
+  [promtool]=prometheus
+  [systemd-analyze]=systemd
 )
 missing=()
 for cmd in "${!needs[@]}"; do

@@ -75,6 +75,7 @@ export class Dataplane {
   private inRound = false;
   private lastStates = new Map<string, string>();
   private programmedOnce = false;
+  private forwardingWarned = false;
 
   constructor(
     private readonly runner: CommandRunner,
@@ -178,7 +179,19 @@ export class Dataplane {
       const { config, external, subnet } = self;
       const backend = config.backend;
       const mtu = backend.type === "vxlan" ? (backend.mtu ?? external.mtu) - 50 : external.mtu;
-      repairs.push(...(await ensureForwarding(this.runner)));
+      try {
+        repairs.push(...(await ensureForwarding(this.runner)));
+      } catch (caught) {
+        // In a container /proc/sys is often read-only; the host may have forwarding on already
+        // (kubelet/kube-proxy usually do). Say it once, clearly, and program the rest anyway.
+        if (!this.forwardingWarned) {
+          this.forwardingWarned = true;
+          this.log.error(
+            { err: errorMessage(caught) },
+            "cannot enable IPv4 forwarding: pods cannot reach other nodes until net.ipv4.ip_forward=1 on this host",
+          );
+        }
+      }
       repairs.push(
         ...(await ensureBridge(this.runner, {
           name: this.options.bridge,

@@ -15,10 +15,14 @@ export const logLevels: readonly LevelWithSilent[] = [
 
 export function createLogger(level: LevelWithSilent = "info", pretty = process.stdout.isTTY): Logger {
   if (pretty) {
-    return pino({
-      level,
-      transport: { target: "pino-pretty", options: { colorize: true, translateTime: "SYS:HH:MM:ss.l" } },
-    });
+    try {
+      return pino({
+        level,
+        transport: { target: "pino-pretty", options: { colorize: true, translateTime: "SYS:HH:MM:ss.l" } },
+      });
+    } catch {
+      // pino-pretty missing from a slimmed install: JSON logs are still complete logs.
+    }
   }
   return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
 }
