@@ -16,6 +16,7 @@ declare -A needs=(
   [sysctl]=procps
   [promtool]=prometheus
   [systemd-analyze]=systemd
+  [iperf3]=iperf3
 )
 missing=()
 for cmd in "${!needs[@]}"; do
