@@ -18,6 +18,7 @@ import { readLink } from "./dataplane/kernel/read.js";
 import { vxlanDeviceName } from "./dataplane/backends.js";
 import { MasqManager } from "./masq/iptables.js";
 import { forwardRules, masqRules, type RuleSet } from "./masq/rules.js";
+import { Heartbeats, dataplaneDeadlineMs } from "./metrics/server.js";
 import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
 import { loadOrCreateVtepMac } from "./node/state-store.js";
 import { formatSubnetEnv, readPreviousSubnet, writeFileAtomic } from "./node/subnet-env.js";
@@ -44,7 +45,12 @@ export interface AgentHooks extends KeeperObserver, DataplaneObserver {
   invalid?(entries: InvalidEntry[]): void;
   ownLeaseChanged?(own: OwnLease, config: NetworkConfig, external: ExternalInterface): void;
   watchState?(state: "watching" | "broken", reason?: string): void;
+  /** The own lease was lost (deleted, expired or overwritten in etcd) and is being re-acquired. */
+  leaseLost?(reason: string): void;
 }
+
+/** Slack for the lease loop's heartbeat beyond its planned wake-up: one renewal call and its retry wait. */
+const LEASE_LOOP_SLACK_MS = 120_000;
 
 /** The MTU the backend gives pods: VXLAN takes 50 bytes of the (configured or interface) MTU. */
 export function backendMtu(config: NetworkConfig, external: ExternalInterface): number {
@@ -66,6 +72,8 @@ export class Agent {
   private lastOwnKeyEntry: RawEntry | undefined | null = null;
   private vtepMac: string | undefined;
   readonly dataplane: Dataplane;
+  /** Liveness: the loops beat here, /healthz reads it. */
+  readonly heartbeats = new Heartbeats();
   private readonly masq: MasqManager;
   private rulesFor: { network: Subnet; subnet: Subnet } | undefined;
   private rulesInstalled = false;
@@ -87,6 +95,7 @@ export class Agent {
       log,
       {
         round: (report) => {
+          this.heartbeats.beat("dataplane", dataplaneDeadlineMs(options.resyncIntervalSeconds * 1000));
           hooks.round?.(report);
           this.refreshReadiness();
         },
@@ -163,6 +172,13 @@ export class Agent {
       // The keeping loop: renew before expiry, re-acquire when the own key is lost.
       while (!stopped(signal)) {
         const renewAt = keeper.renewAt(own);
+        // A reservation is never renewed: nothing to be late for.
+        this.heartbeats.beat(
+          "lease",
+          renewAt === Infinity
+            ? Infinity
+            : Math.max(0, renewAt - Date.now()) + keeper.renewRetryMs() + LEASE_LOOP_SLACK_MS,
+        );
         await this.ownKeyChanged.wait(Math.max(0, Math.min(renewAt - Date.now(), 2 ** 31 - 1)), signal);
         if (stopped(signal)) break;
         let lost = false;
@@ -183,8 +199,10 @@ export class Agent {
         if (!lost && Date.now() >= keeper.renewAt(own)) {
           try {
             const renewed = await keeper.renew(own);
-            if (renewed === "lost") lost = true;
-            else {
+            if (renewed === "lost") {
+              this.hooks.leaseLost?.("changed in etcd before renewal");
+              lost = true;
+            } else {
               own = renewed;
               this.status.ownLease = own;
               this.log.info(
@@ -198,12 +216,16 @@ export class Agent {
               { err: errorMessage(error), subnet: formatCidr(own.subnet) },
               "lease renewal failed; retrying",
             );
-            if (Date.now() >= own.expiresAt) lost = true;
-            else await sleep(keeper.renewRetryMs(), signal);
+            if (Date.now() >= own.expiresAt) {
+              this.hooks.leaseLost?.("expired while renewals failed");
+              lost = true;
+            } else await sleep(keeper.renewRetryMs(), signal);
           }
         }
         if (lost && !stopped(signal)) {
           this.setNotReady("re-acquiring the subnet lease");
+          // Acquiring waits out etcd outages by design; liveness must not restart it for that.
+          this.heartbeats.beat("lease", Infinity);
           attrs = await this.leaseAttrs(config, external);
           own = await keeper.acquire(config, attrs, own.subnet, signal);
           await this.adopt(own, config, external);
@@ -251,6 +273,7 @@ export class Agent {
   private ownKeyLost(own: OwnLease, entry: RawEntry | undefined, update: (own: OwnLease) => void): boolean {
     if (entry === undefined) {
       this.log.warn({ key: own.key }, "own lease disappeared from etcd (deleted or expired); re-acquiring");
+      this.hooks.leaseLost?.("deleted or expired in etcd");
       return true;
     }
     if (entry.modRevision === own.modRevision) return false;
@@ -262,6 +285,7 @@ export class Agent {
     }
     if (publicIP !== this.status.external?.publicIp) {
       this.log.warn({ key: own.key }, "own lease was overwritten by another node; acquiring another subnet");
+      this.hooks.leaseLost?.("overwritten by another node");
       return true;
     }
     // Rewritten with our own address (an operator re-put it, or made it a reservation): adopt it.
@@ -357,6 +381,8 @@ export class Agent {
       return;
     }
     while (!stopped(signal)) {
+      // Generous: iptables-save and the xtables lock can be slow on a node full of kube-proxy rules.
+      this.heartbeats.beat("rules", 3 * this.options.iptablesResyncSeconds * 1000 + 120_000);
       const target = this.rulesFor;
       if (target) {
         try {
@@ -387,6 +413,11 @@ export class Agent {
   }
 
   private onPeers(events: PeerEvent[], view: PeerView): void {
+    // From the first peer list on, the data plane can (and must) complete a round every resync
+    // interval; before it, rounds have nothing to work on and do not report.
+    if (this.status.view === undefined) {
+      this.heartbeats.beat("dataplane", dataplaneDeadlineMs(this.options.resyncIntervalSeconds * 1000));
+    }
     this.status.view = view;
     for (const event of events) {
       this.log.info(

@@ -10,6 +10,9 @@ import { EtcdRegistry, EtcdSettingsError } from "../lease/registry.js";
 import { computeView } from "../lease/peer-view.js";
 import { parseVxlanBackendData } from "../lease/attrs.js";
 import { missingConfigMessage } from "../lease/config-watch.js";
+import { Metrics } from "../metrics/metrics.js";
+import { createHandler, formatListenAddress, serve, type ListenAddress } from "../metrics/server.js";
+import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../metrics/status.js";
 import { createLogger, errorMessage } from "../util/log.js";
 import type { LevelWithSilent } from "pino";
 
@@ -39,6 +42,9 @@ Usage:
   twill config set FILE|- [etcd flags]
                                    validate a network config and store it in etcd
   twill leases [etcd flags]        list every subnet lease with its public IP, backend and time left
+  twill status [--address URL] [--json]
+                                   ask a running agent for its lease, peers, last reconcile and health
+                                   (default http://127.0.0.1:9102, env TWILL_ADDRESS)
   twill --version                  print the version
   twill --help                     this text
 
@@ -205,15 +211,68 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
-  const agent = new Agent(options, log);
+  const metrics = new Metrics({ version: version() });
+  const agent = new Agent(options, log, metrics);
+  metrics.followStatus(() => agent.status);
+  const addresses = [options.metricsAddress, options.healthzAddress].filter(
+    (address): address is ListenAddress => address !== undefined,
+  );
+  const handler = createHandler({
+    registry: metrics.registry,
+    source: agentEndpoints(agent, metrics, version()),
+    onError: (path, error) => log.error({ path, err: errorMessage(error) }, "HTTP endpoint failed"),
+  });
+  const endpoints = serve(addresses, handler, {
+    listening: (server) =>
+      log.info(
+        { address: formatListenAddress(server.address) },
+        "serving /metrics, /healthz, /readyz and /status",
+      ),
+    failed: (address, error) =>
+      log.error(
+        { address: formatListenAddress(address), err: errorMessage(error) },
+        "cannot serve the metrics and health endpoints; retrying",
+      ),
+  });
   try {
     await agent.run(controller.signal);
   } catch (error) {
     log.fatal({ err: errorMessage(error) }, "agent failed");
     return 1;
+  } finally {
+    await endpoints.close();
   }
   log.info("stopped cleanly");
   return 0;
+}
+
+const statusFlags: readonly FlagSpec[] = [
+  {
+    name: "address",
+    kind: "string",
+    default: "http://127.0.0.1:9102",
+    help: "the agent's metrics address",
+    metavar: "URL",
+  },
+  { name: "json", kind: "bool", default: "false", help: "print the agent's /status JSON as it is" },
+];
+
+async function statusCommand(argv: readonly string[], env: Env): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-help") || argv.includes("-h")) {
+    out(`Usage: twill status [flags]\n\nFlags:\n${formatFlagHelp(statusFlags)}`);
+    return 0;
+  }
+  const parsed = parseFlags(statusFlags, argv, env);
+  if (parsed.positionals.length > 0)
+    return fail(`status: unexpected argument "${parsed.positionals[0] ?? ""}"`, 2);
+  try {
+    const status = await fetchStatus(String(parsed.values.get("address")));
+    out(parsed.values.get("json") === true ? JSON.stringify(status, null, 2) : renderStatus(status));
+    return 0;
+  } catch (error) {
+    if (error instanceof StatusFetchError) return fail(error.message);
+    throw error;
+  }
 }
 
 export async function runCli(argv: readonly string[], env: Env): Promise<number> {
@@ -238,6 +297,8 @@ export async function runCli(argv: readonly string[], env: Env): Promise<number>
         return await configCommand(rest, env);
       case "leases":
         return await leasesCommand(rest, env);
+      case "status":
+        return await statusCommand(rest, env);
       default:
         return fail(`unknown command "${command}"; run twill --help`, 2);
     }

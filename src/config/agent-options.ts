@@ -1,5 +1,7 @@
 // The agent's options: flanneld's flags (same names, defaults and meaning where they apply) plus
 // twill's own. docs/configuration.md documents this table; keep them in step.
+import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
+import { errorMessage } from "../util/log.js";
 import { FlagError, parseFlags, type FlagSpec, type FlagValue, type ParsedFlags } from "./flags.js";
 
 export const agentFlags: readonly FlagSpec[] = [
@@ -178,6 +180,31 @@ export const agentFlags: readonly FlagSpec[] = [
   },
   // operations
   {
+    name: "metrics-address",
+    kind: "string",
+    default: "0.0.0.0:9102",
+    help: "serve /metrics, /healthz, /readyz and /status on IP:PORT ([IPv6]:PORT, :PORT = every address); empty disables",
+    metavar: "ADDR",
+  },
+  {
+    name: "healthz-ip",
+    kind: "string",
+    default: "0.0.0.0",
+    help: "also serve the same endpoints on this IP when --healthz-port is set",
+    flannel: true,
+    metavar: "IP",
+  },
+  {
+    name: "healthz-port",
+    kind: "int",
+    default: "0",
+    min: 0,
+    max: 65535,
+    help: "port for --healthz-ip; 0 = off",
+    flannel: true,
+    metavar: "PORT",
+  },
+  {
     name: "log-level",
     kind: "string",
     default: "info",
@@ -218,6 +245,10 @@ export interface AgentOptions {
   readonly ipMasqFullyRandomDisable: boolean;
   readonly iptablesResyncSeconds: number;
   readonly iptablesForwardRules: boolean;
+  /** --metrics-address; undefined when disabled. */
+  readonly metricsAddress: ListenAddress | undefined;
+  /** --healthz-ip:--healthz-port; undefined when the port is 0. */
+  readonly healthzAddress: ListenAddress | undefined;
   readonly logLevel: string;
   readonly stateDir: string;
   /** Where each option came from (for `twill status` and debugging precedence). */
@@ -261,6 +292,26 @@ export function parseAgentOptions(
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(bridge)) {
     throw new FlagError(`--bridge: "${bridge}" is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)`);
   }
+  const where = (flag: string): string => {
+    const source = parsed.sources.get(flag) ?? "flag";
+    return source === "flag" || source === "default" ? `--${flag}` : `${source} (--${flag})`;
+  };
+  const metricsText = g.str("metrics-address");
+  let metricsAddress: ListenAddress | undefined;
+  try {
+    metricsAddress = metricsText === "" ? undefined : parseListenAddress(metricsText);
+  } catch (error) {
+    throw new FlagError(`${where("metrics-address")}: ${errorMessage(error)}`);
+  }
+  const healthzIp = g.str("healthz-ip");
+  const healthzPort = g.num("healthz-port");
+  let healthzAddress: ListenAddress | undefined;
+  try {
+    const host = healthzIp.includes(":") ? `[${healthzIp}]` : healthzIp;
+    healthzAddress = healthzPort === 0 ? undefined : parseListenAddress(`${host}:${healthzPort}`);
+  } catch {
+    throw new FlagError(`${where("healthz-ip")}: "${healthzIp}" is not an IP address`);
+  }
   const renewMarginSeconds = g.num("subnet-lease-renew-margin") * 60;
   const leaseTtlSeconds = g.num("lease-ttl");
   return {
@@ -287,6 +338,8 @@ export function parseAgentOptions(
     ipMasqFullyRandomDisable: g.bool("ip-masq-fully-random-disable"),
     iptablesResyncSeconds: g.num("iptables-resync"),
     iptablesForwardRules: g.bool("iptables-forward-rules"),
+    metricsAddress,
+    healthzAddress,
     logLevel: g.str("log-level"),
     stateDir: g.str("state-dir"),
     sources: parsed.sources,

@@ -95,12 +95,7 @@ export interface MetricsOptions {
   readonly now?: () => number;
 }
 
-/** Hooks this class adds to AgentHooks (the agent calls them when wired; see the agent patch). */
-export interface ExtraHooks {
-  leaseLost?(reason: string): void;
-}
-
-export class Metrics implements AgentHooks, ExtraHooks {
+export class Metrics implements AgentHooks {
   readonly registry = new Registry();
   private readonly now: () => number;
   private statusSource: (() => AgentStatus) | undefined;
@@ -351,6 +346,7 @@ export class Metrics implements AgentHooks, ExtraHooks {
     this.renewals.inc({ result: "failure" });
   }
 
+  /** The own lease was lost and is being re-acquired (AgentHooks.leaseLost, added with this room). */
   leaseLost(): void {
     this.leaseLostCount += 1;
     this.leaseLostTotal.inc();
@@ -440,8 +436,10 @@ export class Metrics implements AgentHooks, ExtraHooks {
   private refreshPeers(): void {
     const counts = new Map<string, number>();
     const key = (backend: string, state: PeerState): string => `${backend}\u0000${state}`;
-    // The own backend's series always exist, so "0 unreachable" is a sample, not an absence.
-    const backends = new Set<string>([backendLabel(this.ownBackend ?? this.statusSource?.().ownLease?.attrs.backendType)]);
+    // Once the own backend is known its series always exist, so "0 unreachable" is a sample, not
+    // an absence.
+    const own = this.ownBackend ?? this.statusSource?.().ownLease?.attrs.backendType;
+    const backends = new Set<string>(own === undefined ? [] : [backendLabel(own)]);
     for (const [leaseKey, status] of this.peerStatesNow) {
       const backend = backendLabel(this.view?.peers.get(leaseKey)?.attrs.backendType);
       backends.add(backend);

@@ -6,6 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
 import { errorMessage } from "../util/log.js";
+import { Backoff, sleep, stopped } from "../util/time.js";
 
 /**
  * Liveness by heartbeat: each loop beats and says by when it will beat again at the latest. A loop
@@ -75,7 +76,7 @@ export interface HandlerOptions {
   readonly onError?: (path: string, error: unknown) => void;
 }
 
-type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
 function send(res: ServerResponse, status: number, contentType: string, body: string): void {
   res.writeHead(status, {
@@ -182,8 +183,11 @@ export async function listen(address: ListenAddress, handler: Handler): Promise<
     });
   });
   const bound = server.address() as AddressInfo;
-  const actual: ListenAddress = { host: address.host === "" ? bound.address : address.host, port: bound.port };
-  const urlHost = actual.host === "" || actual.host === "::" || actual.host === "0.0.0.0" ? "127.0.0.1" : actual.host;
+  const actual: ListenAddress = {
+    host: address.host === "" ? bound.address : address.host,
+    port: bound.port,
+  };
+  const urlHost = isWildcard(actual.host) ? "127.0.0.1" : actual.host;
   return {
     address: actual,
     url: `http://${urlHost.includes(":") ? `[${urlHost}]` : urlHost}:${actual.port}`,
@@ -197,20 +201,72 @@ export async function listen(address: ListenAddress, handler: Handler): Promise<
 }
 
 /**
- * Starts one listener per distinct address (--metrics-address and --healthz-ip:--healthz-port may be
- * the same). All or nothing: if one cannot listen, the others are closed and the error is thrown.
+ * The addresses to bind for the requested ones (--metrics-address and --healthz-ip:--healthz-port may
+ * coincide): duplicates go, and so does a specific address on a port a wildcard already covers, since
+ * binding it as well would fail with EADDRINUSE.
  */
-export async function listenAll(
+export function listenPlan(addresses: readonly ListenAddress[]): ListenAddress[] {
+  const distinct = [...new Map(addresses.map((address) => [formatListenAddress(address), address])).values()];
+  const wildcards = new Map<number, ListenAddress>();
+  for (const a of distinct) {
+    if (a.port !== 0 && isWildcard(a.host) && !wildcards.has(a.port)) wildcards.set(a.port, a);
+  }
+  return distinct.filter((a) => a.port === 0 || !wildcards.has(a.port) || wildcards.get(a.port) === a);
+}
+
+export interface Endpoints {
+  /** Listeners up so far (one per planned address once all are bound). */
+  readonly servers: readonly RunningServer[];
+  /** Stops retrying and closes every listener. */
+  close(): Promise<void>;
+}
+
+export interface ServeEvents {
+  listening?(server: RunningServer): void;
+  /** A listen attempt failed (e.g. the port is in use); it is retried with backoff. */
+  failed?(address: ListenAddress, error: unknown): void;
+}
+
+/**
+ * Serves `handler` on every planned address. An address that cannot be bound is retried in the
+ * background instead of stopping the agent: the data plane matters more than its endpoints, and the
+ * port may be freed (an old process still exiting). Probes fail meanwhile, which says it plainly.
+ */
+export function serve(
   addresses: readonly ListenAddress[],
   handler: Handler,
-): Promise<RunningServer[]> {
-  const distinct = new Map(addresses.map((address) => [formatListenAddress(address), address]));
+  events: ServeEvents = {},
+): Endpoints {
+  const controller = new AbortController();
   const servers: RunningServer[] = [];
-  try {
-    for (const address of distinct.values()) servers.push(await listen(address, handler));
-  } catch (error) {
-    await Promise.all(servers.map((server) => server.close()));
-    throw error;
-  }
-  return servers;
+  const loops = listenPlan(addresses).map(async (address) => {
+    const backoff = new Backoff(1000, 30_000);
+    while (!stopped(controller.signal)) {
+      try {
+        const server = await listen(address, handler);
+        if (stopped(controller.signal)) {
+          await server.close();
+          return;
+        }
+        servers.push(server);
+        events.listening?.(server);
+        return;
+      } catch (error) {
+        events.failed?.(address, error);
+      }
+      await sleep(backoff.next(), controller.signal);
+    }
+  });
+  return {
+    servers,
+    close: async () => {
+      controller.abort();
+      await Promise.allSettled(loops);
+      await Promise.all(servers.map((server) => server.close()));
+    },
+  };
+}
+
+function isWildcard(host: string): boolean {
+  return host === "" || host === "0.0.0.0" || host === "::";
 }

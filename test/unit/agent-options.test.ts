@@ -45,6 +45,27 @@ describe("agent options", () => {
     ).toEqual(["http://a:2379", "http://b:2379"]);
   });
 
+  it("serves the endpoints on 0.0.0.0:9102 and flannel's health port only when asked", () => {
+    const o = parseAgentOptions([], noEnv);
+    expect(o.metricsAddress).toEqual({ host: "0.0.0.0", port: 9102 });
+    expect(o.healthzAddress).toBeUndefined();
+    expect(parseAgentOptions(["--metrics-address="], noEnv).metricsAddress).toBeUndefined();
+    expect(parseAgentOptions(["--metrics-address=[::1]:9200"], noEnv).metricsAddress).toEqual({
+      host: "::1",
+      port: 9200,
+    });
+    expect(parseAgentOptions([], { FLANNELD_HEALTHZ_PORT: "8081" }).healthzAddress).toEqual({
+      host: "0.0.0.0",
+      port: 8081,
+    });
+    expect(
+      parseAgentOptions(["--healthz-ip=127.0.0.1", "--healthz-port=8081"], noEnv).healthzAddress,
+    ).toEqual({
+      host: "127.0.0.1",
+      port: 8081,
+    });
+  });
+
   it("applies precedence: flag > TWILL_ > FLANNELD_ > default", () => {
     const env = { TWILL_ETCD_PREFIX: "/from/twill", FLANNELD_ETCD_PREFIX: "/from/flanneld" };
     expect(parseAgentOptions(["--etcd-prefix", "/from/flag"], env).etcd.prefix).toBe("/from/flag");
@@ -74,6 +95,14 @@ describe("agent options", () => {
     [["--subnet-lease-renew-margin", "1440"], {}, /--subnet-lease-renew-margin: 1440 is out of range/],
     [["--subnet-lease-renew-margin", "ten"], {}, /--subnet-lease-renew-margin: "ten" is not an integer/],
     [["--ip-masq=maybe"], {}, /--ip-masq: "maybe" is not a boolean/],
+    [["--metrics-address", "9102"], {}, /--metrics-address: "9102" is not an address \(use IP:PORT/],
+    [
+      [],
+      { TWILL_METRICS_ADDRESS: "1.2.3.4:99999" },
+      /TWILL_METRICS_ADDRESS \(--metrics-address\): .*out of range/,
+    ],
+    [["--healthz-port", "8081", "--healthz-ip", "eth0"], {}, /--healthz-ip: "eth0" is not an IP address/],
+    [["--healthz-port", "70000"], {}, /--healthz-port: 70000 is out of range \(allowed: 0 to 65535\)/],
     [["--lease-ttl", "soon"], {}, /--lease-ttl: "soon" is not a duration/],
     [["--lease-ttl", "1s"], {}, /--lease-ttl: 1s is out of range/],
     [

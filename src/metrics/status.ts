@@ -1,0 +1,426 @@
+// The /status document and `twill status`: what the agent knows (AgentStatus) plus what the metrics
+// hooks observed (last round, peer states, etcd watch), as plain JSON, and its text rendering. The
+// JSON is an interface between versions (an old CLI may read a new agent): add fields, never rename.
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { AgentStatus } from "../agent.js";
+import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
+import { tryParseSubnetKey } from "../lease/key.js";
+import { errorMessage } from "../util/log.js";
+import type { DriftKind, KernelKind, Metrics, Observed } from "./metrics.js";
+import type { EndpointSource } from "./server.js";
+
+export const STATUS_SCHEMA = 1;
+
+export type PeerStateJson = "programmed" | "unreachable" | "backend-mismatch" | "pending" | "invalid";
+
+export interface PeerJson {
+  readonly key: string;
+  /** null for an invalid entry whose key is not a subnet. */
+  readonly subnet: string | null;
+  readonly publicIP: string | null;
+  readonly backend: string | null;
+  /** pending = known from etcd, not yet through a reconcile round. */
+  readonly state: PeerStateJson;
+  readonly reason: string | null;
+}
+
+export interface StatusJson {
+  readonly schema: typeof STATUS_SCHEMA;
+  readonly version: string;
+  /** When the agent built this document (ISO 8601); relative times are rendered against it. */
+  readonly generatedAt: string;
+  readonly ready: boolean;
+  readonly notReady: readonly string[];
+  readonly healthy: boolean;
+  readonly unhealthy: readonly string[];
+  readonly config: {
+    readonly state: "unknown" | "missing" | "invalid" | "valid";
+    readonly network: string | null;
+    readonly backend: string | null;
+    readonly message: string | null;
+  };
+  readonly node: { readonly interface: string | null; readonly publicIP: string | null };
+  readonly lease: {
+    readonly subnet: string;
+    readonly key: string;
+    readonly publicIP: string;
+    readonly backend: string | null;
+    readonly reserved: boolean;
+    /** null for a reservation (never expires). */
+    readonly expiresAt: string | null;
+    readonly lost: number;
+  } | null;
+  readonly subnetFileWritten: boolean;
+  readonly peers: readonly PeerJson[];
+  readonly lastRound: {
+    readonly at: string;
+    readonly trigger: string;
+    readonly durationMs: number;
+    readonly ops: number;
+    readonly failed: number;
+    readonly repairs: number;
+    readonly result: "ok" | "error";
+    readonly error: string | null;
+  } | null;
+  readonly lastSuccessAt: string | null;
+  readonly kernelObjects: Readonly<Record<KernelKind, number>>;
+  readonly driftRepairs: Readonly<Record<DriftKind, number>>;
+  readonly etcd: {
+    readonly watch: "not-started" | "watching" | "broken";
+    readonly since: string | null;
+    readonly reason: string | null;
+    readonly restarts: number;
+  };
+  readonly masq: { readonly restored: number; readonly errors: number };
+}
+
+export interface StatusInput {
+  readonly version: string;
+  readonly now: number;
+  readonly agent: AgentStatus;
+  readonly observed: Observed;
+  readonly unhealthy: readonly string[];
+}
+
+const iso = (ms: number | undefined): string | null => (ms === undefined ? null : new Date(ms).toISOString());
+
+/** Builds the /status document (pure). */
+export function buildStatus(input: StatusInput): StatusJson {
+  const { agent, observed } = input;
+  const config = agent.config;
+  const own = agent.ownLease;
+  const peers: PeerJson[] = [];
+  if (agent.view) {
+    const leases = [...agent.view.peers.values()].sort(
+      (a, b) => a.subnet.ip - b.subnet.ip || a.subnet.prefixLen - b.subnet.prefixLen,
+    );
+    for (const lease of leases) {
+      const status = observed.peerStates.get(lease.key);
+      peers.push({
+        key: lease.key,
+        subnet: formatCidr(lease.subnet),
+        publicIP: formatIPv4(lease.attrs.publicIP),
+        backend: lease.attrs.backendType ?? null,
+        state: status?.state ?? "pending",
+        reason: status?.reason ?? null,
+      });
+    }
+    const invalid = [...agent.view.invalid.values()].sort((a, b) => (a.key < b.key ? -1 : 1));
+    for (const entry of invalid) {
+      const subnet = tryParseSubnetKey(entry.key);
+      peers.push({
+        key: entry.key,
+        subnet: subnet ? formatCidr(subnet) : null,
+        publicIP: null,
+        backend: null,
+        state: "invalid",
+        reason: entry.reason,
+      });
+    }
+  }
+  const round = observed.lastRound;
+  return {
+    schema: STATUS_SCHEMA,
+    version: input.version,
+    generatedAt: new Date(input.now).toISOString(),
+    ready: agent.notReady.length === 0,
+    notReady: [...agent.notReady],
+    healthy: input.unhealthy.length === 0,
+    unhealthy: [...input.unhealthy],
+    config: {
+      state: config.kind,
+      network: config.kind === "valid" ? formatCidr(config.config.network) : null,
+      backend: config.kind === "valid" ? config.config.backend.type : null,
+      message:
+        config.kind === "invalid"
+          ? config.message
+          : config.kind === "missing"
+            ? `no network config at ${config.key}`
+            : null,
+    },
+    node: {
+      interface: agent.external?.name ?? null,
+      publicIP: agent.external ? formatIPv4(agent.external.publicIp) : null,
+    },
+    lease: own
+      ? {
+          subnet: formatCidr(own.subnet),
+          key: own.key,
+          publicIP: formatIPv4(own.attrs.publicIP),
+          backend: own.attrs.backendType ?? null,
+          reserved: own.expiresAt === Infinity,
+          expiresAt: own.expiresAt === Infinity ? null : iso(own.expiresAt),
+          lost: observed.leaseLost,
+        }
+      : null,
+    subnetFileWritten: agent.subnetFileWritten,
+    peers,
+    lastRound: round
+      ? {
+          at: new Date(round.at).toISOString(),
+          trigger: round.trigger,
+          durationMs: Math.round(round.durationMs * 10) / 10,
+          ops: round.ops,
+          failed: round.failed,
+          repairs: round.repairs,
+          result: round.result,
+          error: round.error ?? null,
+        }
+      : null,
+    lastSuccessAt: iso(observed.lastSuccessAt),
+    kernelObjects: { ...observed.kernelObjects },
+    driftRepairs: { ...observed.driftRepairs },
+    etcd: {
+      watch: observed.watch.state,
+      since: iso(observed.watch.since),
+      reason: observed.watch.reason ?? null,
+      restarts: observed.watch.restarts,
+    },
+    masq: { restored: observed.masqRestored, errors: observed.masqErrors },
+  };
+}
+
+/** The HTTP endpoints' view of a running agent: readiness, liveness and the /status document. */
+export function agentEndpoints(
+  agent: { readonly status: AgentStatus; readonly heartbeats: { problems(): string[] } },
+  metrics: Metrics,
+  version: string,
+  now: () => number = Date.now,
+): EndpointSource {
+  return {
+    notReady: () => agent.status.notReady,
+    unhealthy: () => agent.heartbeats.problems(),
+    status: () =>
+      buildStatus({
+        version,
+        now: now(),
+        agent: agent.status,
+        observed: metrics.observed(),
+        unhealthy: agent.heartbeats.problems(),
+      }),
+  };
+}
+
+// --- rendering ---
+
+/** "3s", "4m05s", "2h03m", "3d04h". */
+export function formatAge(ms: number): string {
+  const seconds = Math.max(0, Math.round(ms / 1000));
+  const d = Math.floor(seconds / 86400);
+  const h = Math.floor((seconds % 86400) / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  const two = (n: number): string => String(n).padStart(2, "0");
+  if (d > 0) return `${d}d${two(h)}h`;
+  if (h > 0) return `${h}h${two(m)}m`;
+  if (m > 0) return `${m}m${two(s)}s`;
+  return `${s}s`;
+}
+
+function table(rows: readonly (readonly string[])[]): string[] {
+  const widths = rows[0]?.map((_, col) => Math.max(...rows.map((row) => (row[col] ?? "").length))) ?? [];
+  return rows.map((row) =>
+    row
+      .map((cell, col) => cell.padEnd(widths[col] ?? 0))
+      .join("  ")
+      .trimEnd(),
+  );
+}
+
+function plural(count: number, one: string, many = `${one}s`): string {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+/** The text `twill status` prints: a summary, then one row per peer. */
+export function renderStatus(status: StatusJson): string {
+  const now = Date.parse(status.generatedAt);
+  const ago = (at: string | null): string => (at === null ? "?" : `${formatAge(now - Date.parse(at))} ago`);
+  const lines: string[] = [];
+  const field = (name: string, value: string): void => {
+    lines.push(`${`${name}:`.padEnd(16)}${value}`);
+  };
+
+  lines.push(`twill ${status.version} — ${status.ready ? "ready" : "NOT READY"}`);
+  for (const reason of status.notReady) lines.push(`  not ready: ${reason}`);
+  for (const problem of status.unhealthy) lines.push(`  UNHEALTHY: ${problem}`);
+  lines.push("");
+
+  const config = status.config;
+  field(
+    "config",
+    config.state === "valid"
+      ? `network ${config.network ?? "?"}, backend ${config.backend ?? "?"}`
+      : `${config.state}${config.message === null ? "" : `: ${config.message}`}`,
+  );
+  const lease = status.lease;
+  if (lease) {
+    const expiry =
+      lease.expiresAt === null
+        ? "reservation, never expires"
+        : `expires ${lease.expiresAt} (in ${formatAge(Date.parse(lease.expiresAt) - now)})`;
+    const lost = lease.lost > 0 ? `, lost and re-acquired ${plural(lease.lost, "time")}` : "";
+    field("lease", `${lease.subnet} public IP ${lease.publicIP}, ${expiry}${lost}`);
+  } else field("lease", "none yet");
+  const iface = status.node.interface;
+  field(
+    "interface",
+    iface === null ? "not selected yet" : `${iface} (public IP ${status.node.publicIP ?? "?"})`,
+  );
+  field("subnet file", status.subnetFileWritten ? "written" : "not written");
+
+  const etcd = status.etcd;
+  const restarts = plural(etcd.restarts, "watch restart");
+  field(
+    "etcd",
+    etcd.watch === "watching"
+      ? `watching subnets (since ${ago(etcd.since)}), ${restarts}`
+      : etcd.watch === "broken"
+        ? `watch broken ${ago(etcd.since)}: ${etcd.reason ?? "?"}; ${restarts}`
+        : "not watching yet",
+  );
+
+  const round = status.lastRound;
+  if (round) {
+    const outcome = round.result === "ok" ? "ok" : `ERROR: ${round.error ?? "?"}`;
+    field(
+      "last reconcile",
+      `${ago(round.at)}, trigger ${round.trigger}, ${plural(round.ops, "op")}` +
+        `${round.failed > 0 ? ` (${round.failed} failed)` : ""}, ${round.durationMs} ms, ${outcome}`,
+    );
+    if (round.result === "error")
+      field("last success", status.lastSuccessAt === null ? "never" : ago(status.lastSuccessAt));
+  } else field("last reconcile", "none yet");
+  const k = status.kernelObjects;
+  field(
+    "kernel",
+    `${plural(k.route, "route")}, ${plural(k.neighbour, "neighbour")}, ${plural(k.fdb, "FDB entry", "FDB entries")}`,
+  );
+  const d = status.driftRepairs;
+  const driftTotal = d.route + d.neighbour + d.fdb + d.device;
+  field(
+    "drift repaired",
+    driftTotal === 0
+      ? "none"
+      : `${driftTotal} (route ${d.route}, neighbour ${d.neighbour}, fdb ${d.fdb}, device ${d.device})`,
+  );
+  if (status.masq.restored > 0 || status.masq.errors > 0) {
+    field("masquerade", `${status.masq.restored} rules restored, ${plural(status.masq.errors, "error")}`);
+  }
+
+  const counts = new Map<PeerStateJson, number>();
+  for (const peer of status.peers) counts.set(peer.state, (counts.get(peer.state) ?? 0) + 1);
+  const order: PeerStateJson[] = ["programmed", "pending", "unreachable", "backend-mismatch", "invalid"];
+  const summary = order
+    .filter((state) => (counts.get(state) ?? 0) > 0)
+    .map((state) => `${counts.get(state) ?? 0} ${state}`)
+    .join(", ");
+  lines.push("");
+  lines.push(`peers: ${status.peers.length}${summary === "" ? "" : ` (${summary})`}`);
+  if (status.peers.length > 0) {
+    const rows = [["SUBNET", "PUBLIC IP", "BACKEND", "STATE", "DETAIL"]];
+    for (const peer of status.peers) {
+      rows.push([
+        peer.subnet ?? peer.key,
+        peer.publicIP ?? "-",
+        peer.backend ?? "-",
+        peer.state,
+        peer.reason ?? "",
+      ]);
+    }
+    lines.push(...table(rows).map((row) => `  ${row}`));
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+// --- fetching ---
+
+export class StatusFetchError extends Error {
+  override name = "StatusFetchError";
+}
+
+/** "127.0.0.1:9102" or "http://host:9102/" → "http://host:9102". */
+export function normaliseAddress(address: string): string {
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
+  return withScheme.replace(/\/+$/, "");
+}
+
+function reasonOf(error: unknown): string {
+  if (error instanceof Error && error.name === "TimeoutError") return "no answer in time";
+  return errorMessage(error);
+}
+
+interface Answer {
+  readonly status: number;
+  readonly statusText: string;
+  readonly body: string;
+}
+
+/**
+ * One GET with node:http(s) rather than fetch: fetch refuses "bad ports" (e.g. 6000), and an agent's
+ * address is the operator's choice.
+ */
+function get(url: URL, timeoutMs: number): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      reject(new Error(`unsupported scheme ${url.protocol} (use http:// or https://)`));
+      return;
+    }
+    const send = url.protocol === "https:" ? httpsRequest : httpRequest;
+    const req = send(url, { method: "GET", timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (chunk: Buffer) => chunks.push(chunk));
+      res.on("error", reject);
+      res.on("end", () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          statusText: res.statusMessage ?? "",
+          body: Buffer.concat(chunks).toString("utf8"),
+        }),
+      );
+    });
+    req.on("timeout", () => {
+      const error = new Error("timeout");
+      error.name = "TimeoutError";
+      req.destroy(error);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+function isStatusJson(value: unknown): value is StatusJson {
+  if (typeof value !== "object" || value === null) return false;
+  const record = value as Record<string, unknown>;
+  return (
+    record.schema === STATUS_SCHEMA && typeof record.generatedAt === "string" && Array.isArray(record.peers)
+  );
+}
+
+/** GETs /status from a running agent; throws StatusFetchError with a message naming the address. */
+export async function fetchStatus(address: string, timeoutMs = 5000): Promise<StatusJson> {
+  const base = normaliseAddress(address);
+  let answer: Answer;
+  try {
+    answer = await get(new URL(`${base}/status`), timeoutMs);
+  } catch (error) {
+    throw new StatusFetchError(`cannot reach the agent at ${base}: ${reasonOf(error)}`);
+  }
+  if (answer.status !== 200) {
+    throw new StatusFetchError(
+      `the agent at ${base} answered ${answer.status} ${answer.statusText} for /status (is this a twill agent?)`,
+    );
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(answer.body);
+  } catch (error) {
+    throw new StatusFetchError(`the agent at ${base} sent a /status that is not JSON: ${reasonOf(error)}`);
+  }
+  if (!isStatusJson(body)) {
+    throw new StatusFetchError(
+      `the agent at ${base} sent a /status this twill does not understand (schema ${STATUS_SCHEMA} expected)`,
+    );
+  }
+  return body;
+}

@@ -1,0 +1,276 @@
+import { describe, expect, it } from "vitest";
+import type { AgentStatus } from "../../src/agent.js";
+import { parseNetworkConfig } from "../../src/config/network-config.js";
+import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import type { Lease } from "../../src/lease/lease.js";
+import type { Observed } from "../../src/metrics/metrics.js";
+import {
+  buildStatus,
+  formatAge,
+  normaliseAddress,
+  renderStatus,
+  type StatusJson,
+} from "../../src/metrics/status.js";
+
+const NOW = Date.UTC(2026, 10, 22, 12, 0, 0);
+const key = (n: number): string => `/coreos.com/network/subnets/10.244.${n}.0-24`;
+
+function lease(n: number, backendType: string | undefined): Lease {
+  return {
+    subnet: parseCidr(`10.244.${n}.0/24`),
+    attrs: {
+      publicIP: parseIPv4(`198.18.0.${n}`),
+      publicIPv6: null,
+      backendType,
+      backendData: undefined,
+      backendV6Data: undefined,
+    },
+    key: key(n),
+    etcdLeaseId: "7",
+    createRevision: n,
+    modRevision: n,
+  };
+}
+
+const configText = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
+
+function agentStatus(): AgentStatus {
+  const own = lease(1, "vxlan");
+  // Inserted out of order: the document sorts peers by subnet.
+  const peers = [lease(12, "vxlan"), lease(3, "vxlan"), lease(4, "host-gw"), lease(5, "vxlan")];
+  return {
+    config: { kind: "valid", config: parseNetworkConfig(configText).config, text: configText },
+    external: {
+      name: "eth0",
+      index: 2,
+      mtu: 1500,
+      ifaceIp: parseIPv4("198.18.0.1"),
+      publicIp: parseIPv4("198.18.0.1"),
+    },
+    ownLease: {
+      subnet: own.subnet,
+      key: own.key,
+      attrs: own.attrs,
+      leaseId: "99",
+      modRevision: 1,
+      expiresAt: NOW + 23 * 3600_000 + 15 * 60_000,
+    },
+    subnetFileWritten: true,
+    view: {
+      peers: new Map(peers.map((l) => [l.key, l])),
+      invalid: new Map([
+        [
+          "/coreos.com/network/subnets/10.244.9.0-24",
+          {
+            key: "/coreos.com/network/subnets/10.244.9.0-24",
+            reason: 'bad value: PublicIP "x" is not an IPv4 address',
+            modRevision: 40,
+          },
+        ],
+        [
+          "/coreos.com/network/subnets/junk",
+          { key: "/coreos.com/network/subnets/junk", reason: "not a subnet key", modRevision: 41 },
+        ],
+      ]),
+    },
+    notReady: [],
+  };
+}
+
+function observed(): Observed {
+  return {
+    lastRound: {
+      at: NOW - 3000,
+      trigger: "peers",
+      durationMs: 4.26,
+      ops: 9,
+      failed: 0,
+      repairs: 0,
+      result: "ok",
+      error: undefined,
+    },
+    lastSuccessAt: NOW - 3000,
+    peerStates: new Map([
+      [key(3), { state: "programmed", reason: "vxlan via flannel.1 to 198.18.0.3" }],
+      [key(4), { state: "backend-mismatch", reason: "peer 10.244.4.0/24 uses backend host-gw" }],
+      [key(12), { state: "programmed", reason: "vxlan via flannel.1 to 198.18.0.12" }],
+    ]),
+    watch: { state: "watching", since: NOW - 3_720_000, reason: undefined, restarts: 2 },
+    driftRepairs: { route: 2, neighbour: 0, fdb: 1, device: 1 },
+    kernelObjects: { route: 2, neighbour: 2, fdb: 2 },
+    leaseLost: 0,
+    masqRestored: 0,
+    masqErrors: 0,
+  };
+}
+
+function status(agent = agentStatus(), obs = observed(), unhealthy: string[] = []): StatusJson {
+  return buildStatus({ version: "0.1.0", now: NOW, agent, observed: obs, unhealthy });
+}
+
+describe("buildStatus", () => {
+  it("joins the agent's view with the data plane's peer states, sorted, invalid entries last", () => {
+    const s = status();
+    expect(s.ready).toBe(true);
+    expect(s.generatedAt).toBe("2026-11-22T12:00:00.000Z");
+    expect(s.lease).toEqual({
+      subnet: "10.244.1.0/24",
+      key: key(1),
+      publicIP: "198.18.0.1",
+      backend: "vxlan",
+      reserved: false,
+      expiresAt: "2026-11-23T11:15:00.000Z",
+      lost: 0,
+    });
+    expect(s.config).toEqual({ state: "valid", network: "10.244.0.0/16", backend: "vxlan", message: null });
+    expect(s.peers.map((p) => [p.subnet, p.state])).toEqual([
+      ["10.244.3.0/24", "programmed"],
+      ["10.244.4.0/24", "backend-mismatch"],
+      ["10.244.5.0/24", "pending"],
+      ["10.244.12.0/24", "programmed"],
+      ["10.244.9.0/24", "invalid"],
+      [null, "invalid"],
+    ]);
+    expect(s.etcd).toEqual({
+      watch: "watching",
+      since: "2026-11-22T10:58:00.000Z",
+      reason: null,
+      restarts: 2,
+    });
+    expect(s.lastRound?.durationMs).toBe(4.3);
+    // Plain JSON: survives a round trip unchanged.
+    expect(JSON.parse(JSON.stringify(s))).toEqual(s);
+  });
+
+  it("shows a reservation without an expiry, and a missing config with its key", () => {
+    const agent = agentStatus();
+    const own = agent.ownLease;
+    if (!own) throw new Error("fixture");
+    agent.ownLease = { ...own, leaseId: "0", expiresAt: Infinity };
+    agent.config = { kind: "missing", key: "/coreos.com/network/config" };
+    const s = status(agent);
+    expect(s.lease?.reserved).toBe(true);
+    expect(s.lease?.expiresAt).toBeNull();
+    expect(s.config).toEqual({
+      state: "missing",
+      network: null,
+      backend: null,
+      message: "no network config at /coreos.com/network/config",
+    });
+    expect(JSON.stringify(s)).not.toContain("Infinity");
+  });
+});
+
+describe("renderStatus", () => {
+  it("renders a healthy agent (golden)", () => {
+    expect(renderStatus(status())).toBe(
+      [
+        "twill 0.1.0 — ready",
+        "",
+        "config:         network 10.244.0.0/16, backend vxlan",
+        "lease:          10.244.1.0/24 public IP 198.18.0.1, expires 2026-11-23T11:15:00.000Z (in 23h15m)",
+        "interface:      eth0 (public IP 198.18.0.1)",
+        "subnet file:    written",
+        "etcd:           watching subnets (since 1h02m ago), 2 watch restarts",
+        "last reconcile: 3s ago, trigger peers, 9 ops, 4.3 ms, ok",
+        "kernel:         2 routes, 2 neighbours, 2 FDB entries",
+        "drift repaired: 4 (route 2, neighbour 0, fdb 1, device 1)",
+        "",
+        "peers: 6 (2 programmed, 1 pending, 1 backend-mismatch, 2 invalid)",
+        "  SUBNET                            PUBLIC IP    BACKEND  STATE             DETAIL",
+        "  10.244.3.0/24                     198.18.0.3   vxlan    programmed        vxlan via flannel.1 to 198.18.0.3",
+        "  10.244.4.0/24                     198.18.0.4   host-gw  backend-mismatch  peer 10.244.4.0/24 uses backend host-gw",
+        "  10.244.5.0/24                     198.18.0.5   vxlan    pending",
+        "  10.244.12.0/24                    198.18.0.12  vxlan    programmed        vxlan via flannel.1 to 198.18.0.12",
+        '  10.244.9.0/24                     -            -        invalid           bad value: PublicIP "x" is not an IPv4 address',
+        "  /coreos.com/network/subnets/junk  -            -        invalid           not a subnet key",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  it("renders a starting, unhealthy agent with a broken watch and a failed round (golden)", () => {
+    const agent = agentStatus();
+    agent.ownLease = undefined;
+    agent.external = undefined;
+    agent.view = undefined;
+    agent.subnetFileWritten = false;
+    agent.notReady = ["no subnet lease yet", "data plane not programmed yet"];
+    const obs: Observed = {
+      ...observed(),
+      lastRound: {
+        at: NOW - 65_000,
+        trigger: "retry",
+        durationMs: 120,
+        ops: 3,
+        failed: 1,
+        repairs: 0,
+        result: "error",
+        error: "RTNETLINK answers: Network is unreachable",
+      },
+      lastSuccessAt: undefined,
+      watch: { state: "broken", since: NOW - 20_000, reason: "etcd unavailable", restarts: 1 },
+      driftRepairs: { route: 0, neighbour: 0, fdb: 0, device: 0 },
+      kernelObjects: { route: 1, neighbour: 0, fdb: 0 },
+      masqRestored: 3,
+      masqErrors: 1,
+    };
+    const text = renderStatus(
+      status(agent, obs, ["dataplane loop stuck: last heartbeat 130s ago, expected within 120s"]),
+    );
+    expect(text).toBe(
+      [
+        "twill 0.1.0 — NOT READY",
+        "  not ready: no subnet lease yet",
+        "  not ready: data plane not programmed yet",
+        "  UNHEALTHY: dataplane loop stuck: last heartbeat 130s ago, expected within 120s",
+        "",
+        "config:         network 10.244.0.0/16, backend vxlan",
+        "lease:          none yet",
+        "interface:      not selected yet",
+        "subnet file:    not written",
+        "etcd:           watch broken 20s ago: etcd unavailable; 1 watch restart",
+        "last reconcile: 1m05s ago, trigger retry, 3 ops (1 failed), 120 ms, ERROR: RTNETLINK answers: Network is unreachable",
+        "last success:   never",
+        "kernel:         1 route, 0 neighbours, 0 FDB entries",
+        "drift repaired: none",
+        "masquerade:     3 rules restored, 1 error",
+        "",
+        "peers: 0",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  it("renders a reservation and a lost lease", () => {
+    const agent = agentStatus();
+    const own = agent.ownLease;
+    if (!own) throw new Error("fixture");
+    agent.ownLease = { ...own, leaseId: "0", expiresAt: Infinity };
+    const text = renderStatus(status(agent, { ...observed(), leaseLost: 2 }));
+    expect(text).toContain(
+      "lease:          10.244.1.0/24 public IP 198.18.0.1, reservation, never expires, lost and re-acquired 2 times\n",
+    );
+  });
+});
+
+describe("helpers", () => {
+  it.each([
+    [0, "0s"],
+    [59_400, "59s"],
+    [61_000, "1m01s"],
+    [3_600_000, "1h00m"],
+    [26 * 3600_000, "1d02h"],
+    [-5000, "0s"],
+  ])("formatAge(%d) = %s", (ms, text) => {
+    expect(formatAge(ms)).toBe(text);
+  });
+
+  it.each([
+    ["127.0.0.1:9102", "http://127.0.0.1:9102"],
+    ["http://10.0.0.1:9102/", "http://10.0.0.1:9102"],
+    ["https://node:9102", "https://node:9102"],
+  ])("normaliseAddress(%s) = %s", (input, output) => {
+    expect(normaliseAddress(input)).toBe(output);
+  });
+});
