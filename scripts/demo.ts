@@ -20,8 +20,10 @@ try {
   }
   console.log("Press Ctrl-C to stop and remove everything.");
   await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
+    // `on`, not `once`: a second Ctrl-C must not kill the demo mid-teardown (execa's signal-exit
+    // re-raises a signal nobody else listens to).
+    process.on("SIGINT", () => resolve());
+    process.on("SIGTERM", () => resolve());
   });
 } catch (error) {
   console.error(`demo failed: ${error instanceof Error ? error.message : String(error)}`);

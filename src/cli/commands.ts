@@ -209,8 +209,10 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     log.info({ signal }, "stopping; the data plane is left as it is");
     controller.abort();
   };
-  process.once("SIGTERM", () => stop("SIGTERM"));
-  process.once("SIGINT", () => stop("SIGINT"));
+  // `on`, not `once`: execa's signal-exit re-raises a signal that no other listener is left to
+  // handle, which would kill the agent mid-shutdown. stop() is idempotent.
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
   const metrics = new Metrics({ version: version() });
   const agent = new Agent(options, log, metrics);
   metrics.followStatus(() => agent.status);
