@@ -26,3 +26,15 @@ describe("docs/configuration.md", () => {
     }
   });
 });
+
+describe("docs/metrics.md", () => {
+  it("documents every twill_ metric the agent exports", async () => {
+    const { Metrics } = await import("../../src/metrics/metrics.js");
+    const doc = readFileSync(new URL("../../docs/metrics.md", import.meta.url), "utf8");
+    const names = (await new Metrics({ version: "test" }).registry.getMetricsAsJSON())
+      .map((metric) => metric.name)
+      .filter((name) => name.startsWith("twill_"));
+    expect(names.length).toBeGreaterThan(15);
+    for (const name of names) expect(doc, name).toContain(`\`${name}\``);
+  });
+});
