@@ -76,6 +76,9 @@ export class Dataplane {
   private lastStates = new Map<string, string>();
   private programmedOnce = false;
   private forwardingWarned = false;
+  /** The node state whose devices the last successful round verified, and its on-link networks. */
+  private verifiedSelf: string | undefined;
+  private connected: Subnet[] | undefined;
 
   constructor(
     private readonly runner: CommandRunner,
@@ -175,52 +178,67 @@ export class Dataplane {
     let ops: Op[] = [];
     let error: string | undefined;
     let counts = { route: 0, neigh: 0, fdb: 0 };
+    let selfKey: string | undefined;
     try {
       const { config, external, subnet } = self;
       const backend = config.backend;
       const mtu = backend.type === "vxlan" ? (backend.mtu ?? external.mtu) - 50 : external.mtu;
-      try {
-        repairs.push(...(await ensureForwarding(this.runner)));
-      } catch (caught) {
-        // In a container /proc/sys is often read-only; the host may have forwarding on already
-        // (kubelet/kube-proxy usually do). Say it once, clearly, and program the rest anyway.
-        if (!this.forwardingWarned) {
-          this.forwardingWarned = true;
-          this.log.error(
-            { err: errorMessage(caught) },
-            "cannot enable IPv4 forwarding: pods cannot reach other nodes until net.ipv4.ip_forward=1 on this host",
-          );
+      const vxlanDev = backend.type === "vxlan" ? vxlanDeviceName(backend.vni) : undefined;
+      // A round for peer changes only skips the device checks when they passed for this very node
+      // state: device drift wakes a kernel- or resync-triggered round, which checks everything.
+      selfKey = JSON.stringify([
+        subnet,
+        config.network,
+        backend,
+        external,
+        self.vtepMac,
+        this.options.bridge,
+      ]);
+      const fullCheck = trigger !== "peers" || this.verifiedSelf !== selfKey || this.connected === undefined;
+      this.verifiedSelf = undefined;
+      if (fullCheck) {
+        try {
+          repairs.push(...(await ensureForwarding(this.runner)));
+        } catch (caught) {
+          // In a container /proc/sys is often read-only; the host may have forwarding on already
+          // (kubelet/kube-proxy usually do). Say it once, clearly, and program the rest anyway.
+          if (!this.forwardingWarned) {
+            this.forwardingWarned = true;
+            this.log.error(
+              { err: errorMessage(caught) },
+              "cannot enable IPv4 forwarding: pods cannot reach other nodes until net.ipv4.ip_forward=1 on this host",
+            );
+          }
         }
-      }
-      repairs.push(
-        ...(await ensureBridge(this.runner, {
-          name: this.options.bridge,
-          subnet,
-          network: config.network,
-          mtu,
-        })),
-      );
-      let vxlanDev: string | undefined;
-      if (backend.type === "vxlan") {
-        vxlanDev = vxlanDeviceName(backend.vni);
-        if (self.vtepMac === undefined) throw new Error("internal: vxlan backend without a VTEP MAC");
         repairs.push(
-          ...(await ensureVxlanDevice(this.runner, {
-            name: vxlanDev,
-            vni: backend.vni,
-            port: backend.port,
-            learning: backend.learning,
-            gbp: backend.gbp,
-            mac: self.vtepMac,
-            local: formatIPv4(external.publicIp),
-            underlay: external.name,
-            mtu,
+          ...(await ensureBridge(this.runner, {
+            name: this.options.bridge,
             subnet,
             network: config.network,
+            mtu,
           })),
         );
+        if (vxlanDev !== undefined && backend.type === "vxlan") {
+          if (self.vtepMac === undefined) throw new Error("internal: vxlan backend without a VTEP MAC");
+          repairs.push(
+            ...(await ensureVxlanDevice(this.runner, {
+              name: vxlanDev,
+              vni: backend.vni,
+              port: backend.port,
+              learning: backend.learning,
+              gbp: backend.gbp,
+              mac: self.vtepMac,
+              local: formatIPv4(external.publicIp),
+              underlay: external.name,
+              mtu,
+              subnet,
+              network: config.network,
+            })),
+          );
+        }
+        this.connected = await connectedNetworks(this.runner, external.name);
       }
-      const facts = { external, connected: await connectedNetworks(this.runner, external.name) };
+      const facts = { external, connected: this.connected ?? [] };
       const result = desiredFor(backend, subnet, peers, facts);
       counts = {
         route: result.desired.routes.length,
@@ -261,7 +279,10 @@ export class Dataplane {
       error,
     };
     this.logRound(report);
-    if (error === undefined && failed.length === 0) this.programmedOnce = true;
+    if (error === undefined && failed.length === 0) {
+      this.programmedOnce = true;
+      this.verifiedSelf = selfKey;
+    }
     this.observer.round?.(report);
     return report;
   }
