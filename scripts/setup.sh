@@ -22,6 +22,9 @@ missing=()
 for cmd in "${!needs[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${needs[$cmd]}")
 done
+# The standard CNI plugins (bridge, host-local, portmap …) for `twill netns` and the CNI tests: not
+# commands on PATH, so looked for where Debian puts them.
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install Debian packages: ${missing[*]}" >&2

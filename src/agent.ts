@@ -22,6 +22,7 @@ import { Heartbeats, dataplaneDeadlineMs } from "./metrics/server.js";
 import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
 import { loadOrCreateVtepMac } from "./node/state-store.js";
 import { formatSubnetEnv, readPreviousSubnet, writeFileAtomic } from "./node/subnet-env.js";
+import { updateNodeFiles } from "./cni/node-files.js";
 import type { Logger } from "./util/log.js";
 import { errorMessage } from "./util/log.js";
 import { Backoff, Wakeup, sleep, stopped } from "./util/time.js";
@@ -344,6 +345,7 @@ export class Agent {
     this.dataplane.setSelf({ config, subnet: own.subnet, external, vtepMac: this.vtepMac });
     this.rulesFor = { network: config.network, subnet: own.subnet };
     if (changed) await this.writeSubnetFile(own.subnet, config, external);
+    await this.writeNodeFiles(own.subnet, config, external);
     this.refreshReadiness();
   }
 
@@ -368,6 +370,40 @@ export class Agent {
         { err: errorMessage(error), path: this.options.subnetFile },
         "cannot write the subnet file",
       );
+    }
+  }
+
+  /**
+   * The CNI conflist and the Docker files: compared with what is on disk and replaced atomically only
+   * when different, so a restart with the same lease touches nothing and runtimes watching the files
+   * see a change only for a real one. A failure is logged; the other files are still written.
+   */
+  private async writeNodeFiles(
+    subnet: Subnet,
+    config: NetworkConfig,
+    external: ExternalInterface,
+  ): Promise<void> {
+    const reports = await updateNodeFiles(
+      { network: config.network, subnet, mtu: backendMtu(config, external), ipMasq: this.options.ipMasq },
+      {
+        cniConfFile: this.options.cniConfFile,
+        bridge: this.options.bridge,
+        dockerOptsFile: this.options.dockerOptsFile,
+        dockerDaemonJson: this.options.dockerDaemonJson,
+      },
+    );
+    for (const report of reports) {
+      if (report.error !== undefined) {
+        this.log.error(
+          { err: report.error, path: report.path, file: report.kind },
+          "cannot write a node file",
+        );
+      } else {
+        this.log.info(
+          { path: report.path, file: report.kind, subnet: formatCidr(subnet) },
+          `node file ${report.outcome ?? ""}`,
+        );
+      }
     }
   }
 

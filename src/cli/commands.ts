@@ -13,6 +13,7 @@ import { missingConfigMessage } from "../lease/config-watch.js";
 import { Metrics } from "../metrics/metrics.js";
 import { createHandler, formatListenAddress, serve, type ListenAddress } from "../metrics/server.js";
 import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../metrics/status.js";
+import { netnsCommand } from "./netns.js";
 import { createLogger, errorMessage } from "../util/log.js";
 import type { LevelWithSilent } from "pino";
 
@@ -45,6 +46,9 @@ Usage:
   twill status [--address URL] [--json]
                                    ask a running agent for its lease, peers, last reconcile and health
                                    (default http://127.0.0.1:9102, env TWILL_ADDRESS)
+  twill netns attach|detach|check NETNS [--port HOST:CONTAINER/PROTO …]
+                                   run the node's CNI plugins against a network namespace
+                                   (see twill netns --help)
   twill --version                  print the version
   twill --help                     this text
 
@@ -301,6 +305,8 @@ export async function runCli(argv: readonly string[], env: Env): Promise<number>
         return await leasesCommand(rest, env);
       case "status":
         return await statusCommand(rest, env);
+      case "netns":
+        return await netnsCommand(rest, env);
       default:
         return fail(`unknown command "${command}"; run twill --help`, 2);
     }

@@ -146,6 +146,28 @@ export const agentFlags: readonly FlagSpec[] = [
     default: "true",
     help: "watch the kernel (ip monitor) and repair drift at once; false = periodic resync only",
   },
+  // files for container runtimes, written when the lease is known or changes
+  {
+    name: "cni-conf-file",
+    kind: "string",
+    default: "/etc/cni/net.d/10-twill.conflist",
+    help: 'CNI network config list (bridge, host-local, portmap) for this node\'s subnet; "" = none',
+    metavar: "PATH",
+  },
+  {
+    name: "docker-opts-file",
+    kind: "string",
+    default: "",
+    help: 'Docker options env file like flannel\'s mk-docker-opts.sh, e.g. /run/flannel/docker; "" = off',
+    metavar: "PATH",
+  },
+  {
+    name: "docker-daemon-json",
+    kind: "string",
+    default: "",
+    help: 'daemon.json to set bip, mtu and ip-masq in (other keys kept), e.g. /etc/docker/daemon.json; "" = off',
+    metavar: "PATH",
+  },
   // traffic
   {
     name: "ip-masq",
@@ -241,6 +263,10 @@ export interface AgentOptions {
   readonly bridge: string;
   readonly resyncIntervalSeconds: number;
   readonly kernelWatch: boolean;
+  /** "" = off, for each of the three. */
+  readonly cniConfFile: string;
+  readonly dockerOptsFile: string;
+  readonly dockerDaemonJson: string;
   readonly ipMasq: boolean;
   readonly ipMasqFullyRandomDisable: boolean;
   readonly iptablesResyncSeconds: number;
@@ -334,6 +360,9 @@ export function parseAgentOptions(
     bridge,
     resyncIntervalSeconds: g.num("resync-interval"),
     kernelWatch: g.bool("kernel-watch"),
+    cniConfFile: g.str("cni-conf-file"),
+    dockerOptsFile: g.str("docker-opts-file"),
+    dockerDaemonJson: g.str("docker-daemon-json"),
     ipMasq: g.bool("ip-masq"),
     ipMasqFullyRandomDisable: g.bool("ip-masq-fully-random-disable"),
     iptablesResyncSeconds: g.num("iptables-resync"),

@@ -73,6 +73,16 @@ export interface BridgeSpec {
   readonly mtu: number;
 }
 
+/**
+ * The bridge's MAC, derived from its gateway address like OVN-Kubernetes' 0a:58:<IPv4> gateway MACs:
+ * locally administered, unique per node subnet, and the same when the bridge is re-created.
+ */
+export function bridgeMac(subnet: Subnet): string {
+  const gw = firstHost(subnet);
+  const bytes = [0x0a, 0x58, gw >>> 24, (gw >>> 16) & 255, (gw >>> 8) & 255, gw & 255];
+  return bytes.map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
 /** The pod bridge: created if missing, gateway address, backend MTU, up. */
 export async function ensureBridge(runner: CommandRunner, spec: BridgeSpec): Promise<DeviceRepair[]> {
   const repairs: DeviceRepair[] = [];
@@ -83,7 +93,10 @@ export async function ensureBridge(runner: CommandRunner, spec: BridgeSpec): Pro
     );
   }
   if (!link) {
-    await ip(runner, ["link", "add", spec.name, "type", "bridge"]);
+    // Created with an explicit MAC, which the kernel then keeps: a bridge without one takes its lowest
+    // port's MAC and changes it as pods come and go, leaving pods with a stale ARP entry for their gateway
+    // (and failing the bridge plugin's CHECK, which compares the MAC with the one ADD reported).
+    await ip(runner, ["link", "add", spec.name, "address", bridgeMac(spec.subnet), "type", "bridge"]);
     repairs.push({ device: spec.name, what: "created", detail: "bridge" });
     link = await readLink(runner, spec.name);
     if (!link) throw new DeviceError(`${spec.name}: created but not found`);

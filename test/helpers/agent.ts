@@ -13,6 +13,8 @@ export interface AgentProcess {
   readonly dir: string;
   readonly subnetFile: string;
   readonly stateDir: string;
+  /** The CNI conflist the agent writes (per agent, never /etc/cni/net.d). */
+  readonly cniConfFile: string;
   process: Started;
   /** Parsed JSON log lines so far. */
   logs(): Record<string, unknown>[];
@@ -36,12 +38,14 @@ export function startAgent(spec: AgentSpec): AgentProcess {
   const dir = mkdtempSync(join(tmpdir(), "twill-agent-"));
   const subnetFile = join(dir, "subnet.env");
   const stateDir = join(dir, "state");
+  const cniConfFile = join(dir, "10-twill.conflist");
   const args = [
     cliPath,
     "agent",
     `--etcd-endpoints=${spec.etcdEndpoint}`,
     `--subnet-file=${subnetFile}`,
     `--state-dir=${stateDir}`,
+    `--cni-conf-file=${cniConfFile}`,
     ...(spec.prefix ? [`--etcd-prefix=${spec.prefix}`] : []),
     ...(spec.args ?? []),
   ];
@@ -54,6 +58,7 @@ export function startAgent(spec: AgentSpec): AgentProcess {
     dir,
     subnetFile,
     stateDir,
+    cniConfFile,
     process: launch(),
     logs: () =>
       agent.process
