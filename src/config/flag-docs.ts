@@ -20,18 +20,22 @@ export function flagTableMarkdown(specs: readonly FlagSpec[]): string {
     if (spec.flannel) limits.push("as flanneld");
     const suffix = limits.length > 0 ? ` (${limits.join("; ")})` : "";
     const def = spec.default === "" ? "—" : `\`${spec.default}\``;
-    lines.push(`| \`--${spec.name}\`${escape(value)} | ${escape(def)} | ${env} | ${escape(spec.help)}${escape(suffix)} |`);
+    lines.push(
+      `| \`--${spec.name}\`${escape(value)} | ${escape(def)} | ${env} | ${escape(spec.help)}${escape(suffix)} |`,
+    );
   }
   return lines.join("\n");
 }
 
-export const FLAGS_BEGIN = "<!-- flags:begin (generated from src/config/agent-options.ts by `npm run docs`) -->";
+export const FLAGS_BEGIN =
+  "<!-- flags:begin (generated from src/config/agent-options.ts by `npm run docs`) -->";
 export const FLAGS_END = "<!-- flags:end -->";
 
 /** Replaces the generated block in a document's text. */
 export function withFlagTable(doc: string, table: string): string {
   const begin = doc.indexOf(FLAGS_BEGIN);
   const end = doc.indexOf(FLAGS_END);
-  if (begin < 0 || end < begin) throw new Error("docs/configuration.md lacks the flags:begin/flags:end markers");
+  if (begin < 0 || end < begin)
+    throw new Error("docs/configuration.md lacks the flags:begin/flags:end markers");
   return `${doc.slice(0, begin + FLAGS_BEGIN.length)}\n${table}\n${doc.slice(end)}`;
 }

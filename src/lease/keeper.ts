@@ -135,7 +135,10 @@ export class LeaseKeeper {
         this.observer.exhausted?.(result.message);
         this.log.error({ network: formatCidr(config.network) }, result.message);
       } catch (error) {
-        this.log.warn({ err: this.registry.explain(error) }, "cannot acquire a subnet lease from etcd; retrying");
+        this.log.warn(
+          { err: this.registry.explain(error) },
+          "cannot acquire a subnet lease from etcd; retrying",
+        );
       }
       await sleep(backoff.next(), signal);
     }

@@ -15,7 +15,11 @@ export function vtepMacPath(stateDir: string, vni: number): string {
  * flannel.<VNI> device already on the node, e.g. left by flanneld during a migration, so peers see no
  * change) or makes a random one, and persists it.
  */
-export async function loadOrCreateVtepMac(stateDir: string, vni: number, existingMac?: string): Promise<string> {
+export async function loadOrCreateVtepMac(
+  stateDir: string,
+  vni: number,
+  existingMac?: string,
+): Promise<string> {
   const path = vtepMacPath(stateDir, vni);
   try {
     const mac = normalizeMac(await readFile(path, "utf8"));
