@@ -345,3 +345,32 @@ describe("--ip-masq through the agent", () => {
     await waitFor("rules restored", async () => (await natRules()).includes("MASQUERADE"));
   });
 });
+
+describe("vxlan DirectRouting", () => {
+  let cluster: TwillCluster;
+  beforeAll(async () => {
+    // Hosts 1 and 2 share the 198.18.0.0/24 segment; host 3 sits behind the router on 198.19.0.0/24.
+    cluster = await started({
+      backend: "vxlan",
+      hosts: 3,
+      backendOptions: { DirectRouting: true },
+      remoteHosts: [3],
+    });
+    for (let i = 1; i <= 3; i++) await cluster.addPod(i, "a", 2);
+  }, 120_000);
+  afterAll(async () => {
+    await destroyAll();
+  });
+
+  it("routes an on-link peer directly and encapsulates to an off-link one; every pod reaches every other", async () => {
+    await waitFor("both routes on host 1", async () => (await ownedRoutes(cluster, 1)).length === 2);
+    const routes = await ownedRoutes(cluster, 1);
+    const direct = routes.find((r) => r.dst === subnetOf(cluster, 2));
+    const tunnelled = routes.find((r) => r.dst === subnetOf(cluster, 3));
+    expect([direct?.gateway, direct?.dev, direct?.onlink]).toEqual(["198.18.0.2", "eth0", false]);
+    expect([tunnelled?.dev, tunnelled?.onlink]).toEqual(["flannel.1", true]);
+    const fdb = (await readFdb(node(cluster, 1).host.runner, "flannel.1")).filter((f) => f.dst !== undefined);
+    expect(fdb.map((f) => f.dst)).toEqual([node(cluster, 3).host.address]);
+    expect(await cluster.pingMatrix()).toEqual([]);
+  });
+});
