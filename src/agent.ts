@@ -72,6 +72,7 @@ export class Agent {
   private readonly ownKeyChanged = new Wakeup();
   private lastOwnKeyEntry: RawEntry | undefined | null = null;
   private vtepMac: string | undefined;
+  private phase: string | undefined = "starting";
   readonly dataplane: Dataplane;
   /** Liveness: the loops beat here, /healthz reads it. */
   readonly heartbeats = new Heartbeats();
@@ -339,6 +340,7 @@ export class Agent {
   }
 
   private async adopt(own: OwnLease, config: NetworkConfig, external: ExternalInterface): Promise<void> {
+    this.phase = undefined;
     const changed = !this.status.ownLease || !subnetEquals(this.status.ownLease.subnet, own.subnet);
     this.status.ownLease = own;
     this.hooks.ownLeaseChanged?.(own, config, external);
@@ -477,12 +479,15 @@ export class Agent {
     this.hooks.invalid?.(entries);
   }
 
-  private setNotReady(reason: string): void {
-    this.status.notReady = [reason];
+  /** What the agent is doing while not yet (or no longer) ready; shown first among the reasons. */
+  private setNotReady(phase: string | undefined): void {
+    this.phase = phase;
+    this.refreshReadiness();
   }
 
+  /** Readiness is always recomputed from the state, so no step can hide another's reason. */
   private refreshReadiness(): void {
-    const reasons: string[] = [];
+    const reasons: string[] = this.phase === undefined ? [] : [this.phase];
     const config = this.status.config;
     if (config.kind === "missing") reasons.push(`no network config at ${config.key}`);
     if (config.kind === "invalid") reasons.push(`invalid network config: ${config.message}`);
