@@ -1,9 +1,18 @@
 // A whole twill cluster in namespaces: etcd in the switch, K hosts each running the real agent, and
-// pods on each host's bridge. Used by the data-plane tests and by the demo.
+// pods attached to each host's bridge through the standard CNI plugins (twill netns attach), as a
+// container runtime would. Used by the data-plane tests and by the demo.
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { execa } from "execa";
+import { conflistFromSubnetEnv, formatConflist } from "../../src/cni/conflist.js";
+import { parseCniResult } from "../../src/cni/result.js";
 import { startAgent, runTwill, type AgentProcess } from "./agent.js";
 import type { EtcdServer } from "./etcd.js";
 import { createUnderlay, type Cluster, type Host, type Pod } from "./netns.js";
 import { waitFor } from "./processes.js";
+
+/** Debian's containernetworking-plugins. */
+export const CNI_PLUGIN_DIR = "/usr/lib/cni";
 
 export interface NodeUnderTest {
   readonly host: Host;
@@ -50,6 +59,7 @@ export function subnetLine(env: string | undefined): {
 export async function startTwillCluster(options: TwillClusterOptions): Promise<TwillCluster> {
   const net = await createUnderlay(options.tag === undefined ? {} : { tag: options.tag });
   const nodes: NodeUnderTest[] = [];
+  const podNamespaces: string[] = [];
   try {
     const etcd = await net.startEtcd();
     const hosts: Host[] = [];
@@ -93,9 +103,39 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
       prefix,
       addPod: async (i, name, hostNumber) => {
         const n = node(i);
-        const { network, gateway, prefixLen, mtu } = subnetLine(n.agent.subnetEnv());
-        const address = `${network.replace(/\.0$/, "")}.${hostNumber}/${prefixLen}`;
-        const pod = await net.addPod(n.host, name, { bridge: "cni0", address, gateway, mtu });
+        const env = n.agent.subnetEnv() ?? "";
+        const { network, prefixLen } = subnetLine(env);
+        const address = `${network.replace(/\.0$/, "")}.${hostNumber}`;
+        // The node's conflist as the agent writes it, but with a host-local store per node in the
+        // agent's temp dir: the filesystem is shared by every namespace, /var/lib/cni is not ours.
+        const conf = join(n.agent.dir, "pods.conflist");
+        const ipamDataDir = join(n.agent.dir, "ipam");
+        writeFileSync(conf, formatConflist(conflistFromSubnetEnv(env, { bridge: "cni0", ipamDataDir })));
+        await waitFor(
+          `cni0 in ${n.host.ns}`,
+          async () => (await net.exec(n.host.ns, ["ip", "link", "show", "cni0"])).exitCode === 0,
+        );
+        const ns = `${n.host.ns}-${name}`;
+        podNamespaces.push(ns);
+        await execa("ip", ["netns", "add", ns], { stdin: "ignore" });
+        const attached = await runTwill(
+          [
+            "netns",
+            "attach",
+            ns,
+            `--conf=${conf}`,
+            `--cni-bin-dir=${CNI_PLUGIN_DIR}`,
+            `--cni-cache-dir=${join(n.agent.dir, "cni-cache")}`,
+            `--cni-args=IP=${address}`,
+            "--json",
+          ],
+          { netns: n.host.ns },
+        );
+        if (attached.code !== 0) throw new Error(`twill netns attach ${ns} failed: ${attached.stderr}`);
+        const result = parseCniResult(JSON.parse(attached.stdout));
+        const hostVeth =
+          result.interfaces.find((iface) => iface.sandbox === undefined && iface.name !== "cni0")?.name ?? "";
+        const pod: Pod = { ns, name, host: n.host, address, cidr: `${address}/${prefixLen}`, hostVeth };
         n.pods.push(pod);
         return pod;
       },
@@ -114,12 +154,17 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
         return results.filter((r): r is string => r !== undefined);
       },
       destroy: async () => {
+        // Pod namespaces first (their veths go with them), then agents, then the hosts and the switch.
+        for (const ns of podNamespaces.splice(0))
+          await execa("ip", ["netns", "del", ns], { reject: false, stdin: "ignore" });
         await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
         await net.destroy();
       },
     };
     return cluster;
   } catch (error) {
+    for (const ns of podNamespaces.splice(0))
+      await execa("ip", ["netns", "del", ns], { reject: false, stdin: "ignore" });
     await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
     await net.destroy();
     throw error;
