@@ -84,6 +84,12 @@ function toRawEntry(kv: IKeyValue): RawEntry {
   };
 }
 
+/** A key written on a fresh etcd lease: the lease and the key's new revision. */
+export interface WrittenLease {
+  readonly leaseId: string;
+  readonly modRevision: number;
+}
+
 export interface Snapshot {
   readonly entries: RawEntry[];
   /** The store revision the snapshot was read at; watch from revision + 1. */
@@ -177,26 +183,8 @@ export class EtcdRegistry {
    * Creates `key` bound to a fresh lease, only if the key does not exist (flannel's createSubnet).
    * Returns the lease ID and the key's revision, or undefined when someone else holds the key.
    */
-  async createIfAbsent(
-    key: string,
-    value: string,
-    ttlSeconds: number,
-  ): Promise<{ leaseId: string; modRevision: number } | undefined> {
-    const leaseId = await this.grant(ttlSeconds);
-    try {
-      const result = await this.client
-        .if(key, "Version", "==", 0)
-        .then(this.client.put(key).value(value).lease(leaseId))
-        .commit();
-      if (!result.succeeded) {
-        await this.revoke(leaseId);
-        return undefined;
-      }
-      return { leaseId, modRevision: Number(result.header.revision) };
-    } catch (error) {
-      await this.revoke(leaseId);
-      throw error;
-    }
+  async createIfAbsent(key: string, value: string, ttlSeconds: number): Promise<WrittenLease | undefined> {
+    return this.putOnFreshLease(key, value, ttlSeconds, "Version", 0);
   }
 
   /**
@@ -209,11 +197,22 @@ export class EtcdRegistry {
     value: string,
     ttlSeconds: number,
     expectedModRevision: number,
-  ): Promise<{ leaseId: string; modRevision: number } | undefined> {
+  ): Promise<WrittenLease | undefined> {
+    return this.putOnFreshLease(key, value, ttlSeconds, "Mod", expectedModRevision);
+  }
+
+  /** Puts `key` bound to a newly granted lease if `key`'s `field` equals `expected`; else revokes it. */
+  private async putOnFreshLease(
+    key: string,
+    value: string,
+    ttlSeconds: number,
+    field: "Version" | "Mod",
+    expected: number,
+  ): Promise<WrittenLease | undefined> {
     const leaseId = await this.grant(ttlSeconds);
     try {
       const result = await this.client
-        .if(key, "Mod", "==", expectedModRevision)
+        .if(key, field, "==", expected)
         .then(this.client.put(key).value(value).lease(leaseId))
         .commit();
       if (!result.succeeded) {
