@@ -318,6 +318,10 @@ function parseVxlan(raw: JsonObject, warnings: string[]): VxlanBackendConfig {
   if (vni < 1 || vni > VXLAN_MAX_VNI) {
     throw new ConfigError("Backend.VNI", `Backend.VNI ${vni}: VNI must be from 1 to ${VXLAN_MAX_VNI}`);
   }
+  if (vni > 0xffff) {
+    // flannel decodes BackendData's VNI as a 16-bit number: its nodes could not read this lease.
+    warnings.push(`Backend.VNI ${vni} is above 65535: flanneld nodes in the same cluster cannot read it`);
+  }
   const port = optionalInt(values.get("Port"), "Backend.Port") ?? 0;
   if (port < 0 || port > 65535) {
     throw new ConfigError(

@@ -189,10 +189,14 @@ describe("parseNetworkConfig: keys are matched like Go's encoding/json", () => {
     [cfg({ Backend: { Type: "vxlan", ListenPort: 51820 } }), ['unknown field "Backend.ListenPort" ignored']],
     [cfg({ Backend: { Type: "host-gw", VNI: 1 } }), ['unknown field "Backend.VNI" ignored']],
     [
+      cfg({ Backend: { Type: "vxlan", VNI: 70000 } }),
+      ["Backend.VNI 70000 is above 65535: flanneld nodes in the same cluster cannot read it"],
+    ],
+    [
       cfg({ Backend: { Type: "host-gw", DirectRouting: true, X: 1 } }),
       ['unknown field "Backend.DirectRouting" ignored', 'unknown field "Backend.X" ignored'],
     ],
-  ])("unknown keys are ignored with a warning: %s", (text, expected) => {
+  ])("warns (unknown keys ignored, a VNI flanneld cannot read): %s", (text, expected) => {
     expect(parseNetworkConfig(text).warnings).toEqual(expected);
   });
 });
