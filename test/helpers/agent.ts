@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startProcess, type Started } from "./processes.js";
+import { startProcess, waitFor, type Started } from "./processes.js";
 
 export const cliPath = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url));
 
@@ -20,6 +20,8 @@ export interface AgentProcess {
   logs(): Record<string, unknown>[];
   /** The subnet file's text, or undefined while it does not exist. */
   subnetEnv(): string | undefined;
+  /** Waits for the subnet file; on timeout the error carries the agent's recent output. */
+  waitForSubnetEnv(timeoutMs?: number): Promise<string>;
   /** Stops (SIGTERM) and starts again with the same files and arguments. */
   restart(): Promise<void>;
   /** Ends the process and removes its temp dir. */
@@ -73,6 +75,12 @@ export function startAgent(spec: AgentSpec): AgentProcess {
         return undefined;
       }
     },
+    waitForSubnetEnv: async (timeoutMs = 30_000) =>
+      waitFor("subnet.env", () => agent.subnetEnv(), timeoutMs).catch((error: unknown) => {
+        throw new Error(`${String(error)}\nagent output (tail):\n${agent.process.output().slice(-4000)}`, {
+          cause: error,
+        });
+      }),
     restart: async () => {
       await agent.process.stop();
       agent.process = launch();

@@ -78,7 +78,7 @@ describe("the agent process", () => {
     expect(set.stderr).toBe("");
     expect(set.code).toBe(0);
 
-    const env = await waitFor("subnet.env", () => agent.subnetEnv());
+    const env = await agent.waitForSubnetEnv();
     expect(env).toMatch(
       /^FLANNEL_NETWORK=10\.244\.0\.0\/16\nFLANNEL_SUBNET=10\.244\.\d+\.1\/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n$/,
     );
@@ -106,7 +106,7 @@ describe("the agent process", () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(2), prefix);
-    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const subnet = subnetOf(await agent.waitForSubnetEnv()) ?? "";
     const key = keyFor(prefix, subnet);
     const before = etcd.ctl(["get", key, "--print-value-only"]).trim();
 
@@ -145,7 +145,7 @@ describe("the agent process", () => {
       fresh.address,
     ]);
     const agent = agentOn(fresh, prefix);
-    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const subnet = subnetOf(await agent.waitForSubnetEnv()) ?? "";
     expect(etcd.ctl(["get", keyFor(prefix, subnet), "--print-value-only"])).toContain(`"VtepMAC":"${mac}"`);
     const link = JSON.parse(await cluster.run(fresh.ns, ["ip", "-j", "link", "show", "flannel.1"])) as {
       address: string;
@@ -157,7 +157,7 @@ describe("the agent process", () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(2), prefix);
-    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const subnet = subnetOf(await agent.waitForSubnetEnv()) ?? "";
     await agent.process.stop();
     etcd.ctl(["del", keyFor(prefix, subnet)]);
     await agent.restart();
@@ -169,7 +169,7 @@ describe("the agent process", () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(3), prefix);
-    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const subnet = subnetOf(await agent.waitForSubnetEnv()) ?? "";
     const key = keyFor(prefix, subnet);
     etcd.ctl(["del", key]);
     await waitFor("the key re-created", () => etcd.ctl(["get", key, "--print-value-only"]).trim() !== "");
@@ -182,7 +182,7 @@ describe("the agent process", () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(1), prefix, ["--lease-ttl=6s"]);
-    const subnet = subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "";
+    const subnet = subnetOf(await agent.waitForSubnetEnv()) ?? "";
     const key = keyFor(prefix, subnet);
     // Lease IDs exceed 2^53: read the digits as text, not through JSON numbers.
     const leaseOf = (): string => /"lease":(\d+)/.exec(etcd.ctl(["get", key, "-w", "json"]))?.[1] ?? "";
@@ -201,7 +201,7 @@ describe("the agent process", () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(3), prefix, ["--release-lease-on-exit"]);
-    const key = keyFor(prefix, subnetOf(await waitFor("subnet.env", () => agent.subnetEnv())) ?? "");
+    const key = keyFor(prefix, subnetOf(await agent.waitForSubnetEnv()) ?? "");
     await agent.process.stop();
     expect(await agent.process.exited()).toBe(0);
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe("");

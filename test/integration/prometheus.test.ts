@@ -125,11 +125,13 @@ describe("health and status of a live agent", () => {
       args: ["--iface=eth0"],
     });
     extraAgents.push(agent);
-    const notReady = await waitFor("a 503", async () => {
+    // Right after start the reason is "starting"; once etcd has been read it names the missing config.
+    const notReady = await waitFor("a 503 naming the missing config", async () => {
       const answer = await httpGet(fresh.ns, "http://127.0.0.1:9102/readyz").catch(() => undefined);
-      return answer?.status === 503 ? answer : undefined;
+      return answer?.status === 503 && /no network config/.test(answer.body) ? answer : undefined;
     });
-    expect(notReady.body).toMatch(/no network config/);
+    expect(notReady.body).toMatch(/no network config at \/readyz-test\/network\/config/);
+    expect(agent.subnetEnv()).toBeUndefined();
     expect((await httpGet(fresh.ns, "http://127.0.0.1:9102/healthz")).status).toBe(200);
     cluster.etcd.ctl(["put", `${prefix}/config`, '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}']);
     await waitFor(
