@@ -21,7 +21,7 @@ import {
   type DeviceRepair,
 } from "./devices.js";
 import { runBatch } from "./kernel/batch.js";
-import { watchKernel, type KernelWatch } from "./kernel/monitor.js";
+import { watchKernel, type KernelChange, type KernelWatch } from "./kernel/monitor.js";
 import { readFdb, readNeighbours, readRoutes } from "./kernel/read.js";
 import type { CommandRunner } from "./kernel/runner.js";
 import { MAIN_TABLE, TWILL_ROUTE_PROTOCOL, type PeerStatus } from "./model.js";
@@ -76,6 +76,7 @@ export class Dataplane {
   private lastStates = new Map<string, string>();
   private programmedOnce = false;
   private forwardingWarned = false;
+  private changedDuringRound = false;
   /** The node state whose devices the last successful round verified, and its on-link networks. */
   private verifiedSelf: string | undefined;
   private connected: Subnet[] | undefined;
@@ -114,13 +115,19 @@ export class Dataplane {
     if (this.options.watchKernel) {
       monitor = watchKernel(
         this.runner,
-        () => {
-          // Our own writes echo back too; a round that follows them plans nothing and writes nothing.
-          if (!this.inRound) this.trigger("kernel");
+        (kind, line) => {
+          if (!this.concernsUs(kind, line)) return;
+          // During a round our own writes echo back; a change made by someone else meanwhile must not
+          // be lost, so remember it and run one more round afterwards (it plans nothing if all is well).
+          if (this.inRound) this.changedDuringRound = true;
+          else this.trigger("kernel");
         },
         {
-          onExit: (code) =>
-            this.log.warn({ code }, "kernel monitor exited; drift is repaired by the periodic resync only"),
+          onExit: (command, code) =>
+            this.log.warn(
+              { command, code },
+              "kernel monitor exited; drift is repaired by the periodic resync only",
+            ),
         },
       );
       await monitor.ready.catch((error: unknown) =>
@@ -153,6 +160,30 @@ export class Dataplane {
       }
     } finally {
       await monitor?.stop();
+    }
+  }
+
+  /**
+   * Whether a kernel notification can concern twill's objects: anything on the VXLAN device or the
+   * bridge, our routes (proto 151), and links and addresses of those devices. ARP churn of pods on the
+   * bridge and of hosts on the underlay is not ours and would make a busy node reconcile nonstop.
+   */
+  private concernsUs(kind: KernelChange, line: string): boolean {
+    const self = this.self;
+    if (!self) return false;
+    const backend = self.config.backend;
+    const vxlanDev = backend.type === "vxlan" ? vxlanDeviceName(backend.vni) : undefined;
+    const onDevice = (dev: string | undefined): boolean =>
+      dev !== undefined && new RegExp(`(^|\\s|\\d: )${dev.replace(/\./g, "\\.")}(:|\\s|$|@)`).test(line);
+    switch (kind) {
+      case "neigh":
+      case "fdb":
+        return onDevice(vxlanDev);
+      case "route":
+        return /\bproto 151\b/.test(line) || onDevice(vxlanDev);
+      case "link":
+      case "address":
+        return onDevice(vxlanDev) || onDevice(this.options.bridge) || onDevice(self.external.name);
     }
   }
 
@@ -267,6 +298,10 @@ export class Dataplane {
       error = errorMessage(caught);
     } finally {
       this.inRound = false;
+      if (this.changedDuringRound) {
+        this.changedDuringRound = false;
+        this.trigger("kernel");
+      }
     }
     const report: RoundReport = {
       trigger,

@@ -82,19 +82,19 @@ async function waitSubscribed(child: RunningCommand, what: string, timeoutMs: nu
 
 export function watchKernel(
   runner: CommandRunner,
-  onChange: (kind: KernelChange) => void,
+  onChange: (kind: KernelChange, line: string) => void,
   options: WatchOptions = {},
 ): KernelWatch {
   let stopping = false;
   const ipArgs = ["monitor", "label", "link", "address", "route", "neigh"];
   const ip = runner.start("ip", ipArgs, (line) => {
     const kind = classifyIpMonitorLine(line);
-    if (kind !== undefined && !stopping) onChange(kind);
+    if (kind !== undefined && !stopping) onChange(kind, line);
   });
   let bridge: RunningCommand;
   try {
     bridge = runner.start("bridge", ["monitor", "fdb"], (line) => {
-      if (isBridgeMonitorEvent(line) && !stopping) onChange("fdb");
+      if (isBridgeMonitorEvent(line) && !stopping) onChange("fdb", line);
     });
   } catch (error) {
     void ip.stop();
