@@ -3,7 +3,7 @@
 // etcd outage: it reports, waits and retries.
 import type { AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
-import { formatCidr, formatIPv4, subnetEquals, type Subnet } from "./ip/ipv4.js";
+import { formatCidr, formatIPv4, type Subnet } from "./ip/ipv4.js";
 import { ConfigWatch, type ConfigState } from "./lease/config-watch.js";
 import { decodeLeaseAttrs, vxlanBackendData } from "./lease/attrs.js";
 import { isCompatible } from "./lease/allocate.js";
@@ -73,6 +73,7 @@ export class Agent {
   private lastOwnKeyEntry: RawEntry | undefined | null = null;
   private vtepMac: string | undefined;
   private phase: string | undefined = "starting";
+  private subnetFileContent: string | undefined;
   readonly dataplane: Dataplane;
   /** Liveness: the loops beat here, /healthz reads it. */
   readonly heartbeats = new Heartbeats();
@@ -106,12 +107,20 @@ export class Agent {
     );
   }
 
-  /** Runs until `signal` aborts; resolves after a clean stop. */
-  async run(signal: AbortSignal): Promise<void> {
-    const registry = await this.openRegistry(signal);
-    this.registry = registry;
+  /**
+   * Runs until `outer` aborts; resolves after a clean stop. An unexpected error stops every loop
+   * (so nothing hangs half-alive) and is thrown: the process exits non-zero for its supervisor, and the
+   * data plane stays as it is.
+   */
+  async run(outer: AbortSignal): Promise<void> {
+    const inner = new AbortController();
+    const forward = (): void => inner.abort();
+    outer.addEventListener("abort", forward, { once: true });
+    const signal = inner.signal;
     const background: Promise<void>[] = [];
     try {
+      const registry = await this.openRegistry(signal);
+      this.registry = registry;
       const configWatch = new ConfigWatch(registry, this.log);
       configWatch.onChange((state) => {
         this.status.config = state;
@@ -160,11 +169,11 @@ export class Agent {
       );
       background.push(watch.run(signal));
 
-      // A later valid config (e.g. a wider Network) is adopted; one the own lease no longer fits
-      // triggers re-acquisition below.
+      // A later valid config is applied in full below: lease attributes, subnet file, data plane,
+      // rules; one the own lease no longer fits makes the agent move to another subnet.
       const pending = { configChanged: false };
       configWatch.onChange((state) => {
-        if (state.kind === "valid") {
+        if (state.kind === "valid" && JSON.stringify(state.config) !== JSON.stringify(config)) {
           config = state.config;
           pending.configChanged = true;
           this.ownKeyChanged.wake();
@@ -181,13 +190,23 @@ export class Agent {
             ? Infinity
             : Math.max(0, renewAt - Date.now()) + keeper.renewRetryMs() + LEASE_LOOP_SLACK_MS,
         );
-        await this.ownKeyChanged.wait(Math.max(0, Math.min(renewAt - Date.now(), 2 ** 31 - 1)), signal);
+        // A subnet file that could not be written is retried every few seconds.
+        const untilRenew = Math.max(0, Math.min(renewAt - Date.now(), 2 ** 31 - 1));
+        await this.ownKeyChanged.wait(
+          this.status.subnetFileWritten ? untilRenew : Math.min(untilRenew, 5000),
+          signal,
+        );
         if (stopped(signal)) break;
+        if (!this.status.subnetFileWritten) await this.writeSubnetFile(own.subnet, config, external);
         let lost = false;
+        let reapply = false;
         if (pending.configChanged) {
           pending.configChanged = false;
           watch.setContext({ prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet });
-          if (!isCompatible(own.subnet, config)) {
+          if (isCompatible(own.subnet, config)) {
+            this.log.info({ subnet: formatCidr(own.subnet) }, "network config changed; applying it");
+            reapply = true;
+          } else {
             this.log.warn(
               { subnet: formatCidr(own.subnet) },
               "the own lease no longer fits the network config; re-acquiring",
@@ -224,19 +243,32 @@ export class Agent {
             } else await sleep(keeper.renewRetryMs(), signal);
           }
         }
-        if (lost && !stopped(signal)) {
-          this.setNotReady("re-acquiring the subnet lease");
+        if ((lost || reapply) && !stopped(signal)) {
+          if (lost) this.setNotReady("re-acquiring the subnet lease");
           // Acquiring waits out etcd outages by design; liveness must not restart it for that.
           this.heartbeats.beat("lease", Infinity);
+          const before = own;
           attrs = await this.leaseAttrs(config, external);
+          // A compatible lease for our address is reused: same subnet, new attributes (e.g. a VNI).
           own = await keeper.acquire(config, attrs, own.subnet, signal);
+          if (reapply && before.leaseId !== own.leaseId && before.leaseId !== "0")
+            await registry.revoke(before.leaseId);
           await this.adopt(own, config, external);
           watch.setContext({ prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet });
         }
       }
     } catch (error) {
-      if (!stopped(signal)) throw error;
+      if (!stopped(outer)) {
+        this.log.fatal(
+          { err: errorMessage(error) },
+          "agent failed; stopping (the data plane is left as it is)",
+        );
+        throw error;
+      }
     } finally {
+      // On an error, end the background loops too; on a normal stop they are ending already.
+      inner.abort();
+      outer.removeEventListener("abort", forward);
       await Promise.allSettled(background);
       await this.shutdown();
     }
@@ -341,38 +373,41 @@ export class Agent {
 
   private async adopt(own: OwnLease, config: NetworkConfig, external: ExternalInterface): Promise<void> {
     this.phase = undefined;
-    const changed = !this.status.ownLease || !subnetEquals(this.status.ownLease.subnet, own.subnet);
     this.status.ownLease = own;
     this.hooks.ownLeaseChanged?.(own, config, external);
     this.dataplane.setSelf({ config, subnet: own.subnet, external, vtepMac: this.vtepMac });
     this.rulesFor = { network: config.network, subnet: own.subnet };
-    if (changed) await this.writeSubnetFile(own.subnet, config, external);
+    await this.writeSubnetFile(own.subnet, config, external);
     await this.writeNodeFiles(own.subnet, config, external);
     this.refreshReadiness();
   }
 
+  /** Writes subnet.env when its content changed (or the last write failed); never throws. */
   private async writeSubnetFile(
     subnet: Subnet,
     config: NetworkConfig,
     external: ExternalInterface,
   ): Promise<void> {
-    const content = formatSubnetEnv({
-      network: config.network,
-      subnet,
-      mtu: backendMtu(config, external),
-      ipMasq: this.options.ipMasq,
-    });
     try {
+      const content = formatSubnetEnv({
+        network: config.network,
+        subnet,
+        mtu: backendMtu(config, external),
+        ipMasq: this.options.ipMasq,
+      });
+      if (this.status.subnetFileWritten && content === this.subnetFileContent) return;
       await writeFileAtomic(this.options.subnetFile, content);
+      this.subnetFileContent = content;
       this.status.subnetFileWritten = true;
       this.log.info({ path: this.options.subnetFile, subnet: formatCidr(subnet) }, "subnet file written");
     } catch (error) {
       this.status.subnetFileWritten = false;
       this.log.error(
         { err: errorMessage(error), path: this.options.subnetFile },
-        "cannot write the subnet file",
+        "cannot write the subnet file; retrying",
       );
     }
+    this.refreshReadiness();
   }
 
   /**

@@ -242,8 +242,8 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   });
   try {
     await agent.run(controller.signal);
-  } catch (error) {
-    log.fatal({ err: errorMessage(error) }, "agent failed");
+  } catch {
+    // The agent has logged the failure itself; the exit code tells the supervisor.
     return 1;
   } finally {
     await endpoints.close();

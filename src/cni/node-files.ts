@@ -56,20 +56,22 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
     path: string;
     render: (current: string | undefined) => string;
   }[] = [];
+  // Rendering happens inside each job, so a rendering error is reported like a write error.
   if (options.cniConfFile !== "") {
-    const text = formatConflist(twillConflist({ ...env, bridge: options.bridge }));
-    jobs.push({ kind: "cni-conflist", path: options.cniConfFile, render: () => text });
+    jobs.push({
+      kind: "cni-conflist",
+      path: options.cniConfFile,
+      render: () => formatConflist(twillConflist({ ...env, bridge: options.bridge })),
+    });
   }
   if (options.dockerOptsFile !== "") {
-    const text = formatDockerOpts(env);
-    jobs.push({ kind: "docker-opts", path: options.dockerOptsFile, render: () => text });
+    jobs.push({ kind: "docker-opts", path: options.dockerOptsFile, render: () => formatDockerOpts(env) });
   }
   if (options.dockerDaemonJson !== "") {
-    const fragment = daemonJsonFragment(env);
     jobs.push({
       kind: "docker-daemon-json",
       path: options.dockerDaemonJson,
-      render: (current) => mergeDaemonJson(current, fragment),
+      render: (current) => mergeDaemonJson(current, daemonJsonFragment(env)),
     });
   }
   const reports: NodeFileReport[] = [];

@@ -41,13 +41,20 @@ export function startAgent(spec: AgentSpec): AgentProcess {
   const subnetFile = join(dir, "subnet.env");
   const stateDir = join(dir, "state");
   const cniConfFile = join(dir, "10-twill.conflist");
+  // Per-agent files by default; a test may point one elsewhere by passing the flag itself.
+  const given = (flag: string): boolean => (spec.args ?? []).some((a) => a.startsWith(`--${flag}=`));
+  const defaults = [
+    ["subnet-file", subnetFile],
+    ["state-dir", stateDir],
+    ["cni-conf-file", cniConfFile],
+  ]
+    .filter(([flag]) => !given(flag ?? ""))
+    .map(([flag, value]) => `--${flag ?? ""}=${value ?? ""}`);
   const args = [
     cliPath,
     "agent",
     `--etcd-endpoints=${spec.etcdEndpoint}`,
-    `--subnet-file=${subnetFile}`,
-    `--state-dir=${stateDir}`,
-    `--cni-conf-file=${cniConfFile}`,
+    ...defaults,
     ...(spec.prefix ? [`--etcd-prefix=${spec.prefix}`] : []),
     ...(spec.args ?? []),
   ];

@@ -1,5 +1,8 @@
 // The real agent process in host namespaces, against a real etcd in the switch namespace: waiting
 // for config, acquiring, restarts, a lost own key, renewal, release on exit, and the admin commands.
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startAgent, runTwill, type AgentProcess } from "../helpers/agent.js";
 import type { EtcdServer } from "../helpers/etcd.js";
@@ -205,6 +208,65 @@ describe("the agent process", () => {
     await agent.process.stop();
     expect(await agent.process.exited()).toBe(0);
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe("");
+  });
+
+  it("applies a changed network config in full: subnet file, device MTU, same subnet", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(1), prefix);
+    const before = await agent.waitForSubnetEnv();
+    expect(before).toMatch(/^FLANNEL_MTU=1450$/m);
+    etcd.ctl([
+      "put",
+      `${prefix}/config`,
+      '{"Network":"10.244.0.0/15","Backend":{"Type":"vxlan","MTU":1400}}',
+    ]);
+    await waitFor("the new config in subnet.env", () =>
+      /FLANNEL_NETWORK=10\.244\.0\.0\/15/.test(agent.subnetEnv() ?? ""),
+    );
+    const after = agent.subnetEnv() ?? "";
+    expect(after).toMatch(/^FLANNEL_MTU=1350$/m);
+    expect(subnetOf(after)).toBe(subnetOf(before));
+    await waitFor("flannel.1 at the new MTU", async () => {
+      const link = JSON.parse(await cluster.run(host(1).ns, ["ip", "-j", "link", "show", "flannel.1"])) as {
+        mtu: number;
+      }[];
+      return link[0]?.mtu === 1350;
+    });
+  });
+
+  it("retries a subnet file it could not write, and writes it once it can", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const dir = mkdtempSync(join(tmpdir(), "twill-subnetfile-"));
+    try {
+      // The parent of the subnet file is a plain file: every write fails until it is removed.
+      writeFileSync(join(dir, "blocked"), "");
+      const path = join(dir, "blocked", "subnet.env");
+      const agent = agentOn(host(3), prefix, [`--subnet-file=${path}`]);
+      await waitFor("the failed write reported", () => logged(agent, /cannot write the subnet file/));
+      rmSync(join(dir, "blocked"));
+      await waitFor("the subnet file written on retry", () => existsSync(path), 20_000);
+      expect(readFileSync(path, "utf8")).toMatch(/^FLANNEL_SUBNET=10\.244\.\d+\.1\/24$/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("exits non-zero with the reason, instead of hanging, when its state dir cannot be written", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const dir = mkdtempSync(join(tmpdir(), "twill-statedir-"));
+    try {
+      writeFileSync(join(dir, "file"), "");
+      const agent = agentOn(host(2), prefix, [`--state-dir=${join(dir, "file", "state")}`]);
+      const code = await agent.process.exited();
+      expect(code).toBe(1);
+      const fatal = agent.logs().find((l) => l.level === 60);
+      expect(String(fatal?.err)).toContain(join(dir, "file"));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("sees other agents as peers, never itself", async () => {
