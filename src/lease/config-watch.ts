@@ -4,7 +4,7 @@ import { ConfigError, type NetworkConfig } from "../config/network-config.js";
 import { parseNetworkConfig } from "../config/network-config.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
-import { Backoff, sleep, stopped } from "../util/time.js";
+import { Backoff, raceAbort, sleep, stopped } from "../util/time.js";
 import type { EtcdRegistry } from "./registry.js";
 
 export type ConfigState =
@@ -91,10 +91,7 @@ export class ConfigWatch {
           onBroken: (reason) => broken(reason),
         });
         backoff.reset();
-        const abort = new Promise<string>((resolve) =>
-          signal.addEventListener("abort", () => resolve("stopped"), { once: true }),
-        );
-        const reason = await Promise.race([brokenPromise, abort]);
+        const reason = await raceAbort(brokenPromise, signal, "stopped");
         await watch.cancel();
         if (stopped(signal)) break;
         this.log.debug({ reason }, "config watch interrupted; re-reading");

@@ -221,7 +221,10 @@ export class EtcdRegistry {
       }
       return { leaseId, modRevision: Number(result.header.revision) };
     } catch (error) {
-      await this.revoke(leaseId);
+      // The commit may have been applied even though the call failed (e.g. its deadline fired first):
+      // revoking then would delete the key just written. Revoke only a lease that holds nothing.
+      const now = await this.getKey(key).catch(() => undefined);
+      if (now?.etcdLeaseId !== leaseId) await this.revoke(leaseId);
       throw error;
     }
   }
@@ -258,8 +261,11 @@ export class EtcdRegistry {
     let broken = false;
     // etcd3's cancel() waits for etcd to confirm; a watch that etcd already cancelled (compaction)
     // or a dead connection never confirms, so never wait on it for long.
-    const cancelQuietly = (): Promise<void> =>
-      Promise.race([watcher.cancel().catch(() => undefined), sleep(2000)]).then(() => undefined);
+    const cancelQuietly = async (): Promise<void> => {
+      const giveUp = new AbortController();
+      await Promise.race([watcher.cancel().catch(() => undefined), sleep(2000, giveUp.signal)]);
+      giveUp.abort(); // clear the timer, so it cannot hold the process open at exit
+    };
     const breakWith = (reason: string): void => {
       if (broken) return;
       broken = true;

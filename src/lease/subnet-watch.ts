@@ -4,7 +4,7 @@
 // delivers exactly the difference: no event lost, none duplicated.
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
-import { Backoff, sleep, stopped } from "../util/time.js";
+import { Backoff, raceAbort, sleep, stopped } from "../util/time.js";
 import {
   ParseCache,
   computeView,
@@ -79,7 +79,7 @@ export class SubnetWatch {
         });
         this.listener.onWatchState?.("watching");
         backoff.reset();
-        const reason = await Promise.race([brokenPromise, abortPromise(signal)]);
+        const reason = await raceAbort(brokenPromise, signal, "stopped");
         await this.watch.cancel();
         this.watch = undefined;
         if (stopped(signal)) break;
@@ -131,11 +131,4 @@ export class SubnetWatch {
     if (newlyInvalid.length > 0) this.listener.onInvalid(newlyInvalid);
     this.listener.onPeers(diffViews(before, after), after);
   }
-}
-
-function abortPromise(signal: AbortSignal): Promise<string> {
-  return new Promise((resolve) => {
-    if (signal.aborted) resolve("stopped");
-    else signal.addEventListener("abort", () => resolve("stopped"), { once: true });
-  });
 }

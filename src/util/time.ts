@@ -71,3 +71,25 @@ export class Wakeup {
 export function stopped(signal: AbortSignal): boolean {
   return signal.aborted;
 }
+
+/**
+ * Resolves with `promise`'s value, or with `onAbort` as soon as `signal` aborts. The abort listener is
+ * removed either way, so a loop that races every round does not pile up listeners.
+ */
+export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal, onAbort: T): Promise<T> {
+  if (signal.aborted) return Promise.resolve(onAbort);
+  return new Promise<T>((resolve, reject) => {
+    const listener = (): void => resolve(onAbort);
+    signal.addEventListener("abort", listener, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", listener);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", listener);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
