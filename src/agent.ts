@@ -15,7 +15,7 @@ import { SubnetWatch } from "./lease/subnet-watch.js";
 import { Dataplane, type DataplaneObserver } from "./dataplane/controller.js";
 import { localRunner, type CommandRunner } from "./dataplane/kernel/runner.js";
 import { readLink } from "./dataplane/kernel/read.js";
-import { vxlanDeviceName } from "./dataplane/backends.js";
+import { backendMtu, vxlanDeviceName } from "./dataplane/backends.js";
 import { MasqManager } from "./masq/iptables.js";
 import { forwardRules, masqRules, type RuleSet } from "./masq/rules.js";
 import { Heartbeats, dataplaneDeadlineMs } from "./metrics/server.js";
@@ -52,11 +52,6 @@ export interface AgentHooks extends KeeperObserver, DataplaneObserver {
 
 /** Slack for the lease loop's heartbeat beyond its planned wake-up: one renewal call and its retry wait. */
 const LEASE_LOOP_SLACK_MS = 120_000;
-
-/** The MTU the backend gives pods: VXLAN takes 50 bytes of the (configured or interface) MTU. */
-export function backendMtu(config: NetworkConfig, external: ExternalInterface): number {
-  return config.backend.type === "vxlan" ? (config.backend.mtu ?? external.mtu) - 50 : external.mtu;
-}
 
 export class Agent {
   readonly status: AgentStatus = {

@@ -2,9 +2,11 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
-import { agentFlags, parseAgentOptions } from "../config/agent-options.js";
+import { agentFlags, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
 import { FlagError, formatFlagHelp, parseFlags, type FlagSpec } from "../config/flags.js";
-import { ConfigError, parseNetworkConfig } from "../config/network-config.js";
+import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
+import { leasesForAllocation } from "../lease/keeper.js";
+import type { Lease } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { EtcdRegistry, EtcdSettingsError } from "../lease/registry.js";
 import { computeView } from "../lease/peer-view.js";
@@ -84,7 +86,7 @@ function openRegistry(
       username: str("etcd-username"),
       password: str("etcd-password"),
     },
-    (str("etcd-prefix") ?? "/coreos.com/network").replace(/\/+$/, ""),
+    etcdPrefix(str("etcd-prefix") ?? "/coreos.com/network"),
   );
   return { registry, positionals: parsed.positionals };
 }
@@ -149,23 +151,53 @@ function table(rows: readonly (readonly string[])[]): string {
     .join("\n");
 }
 
+/** `ttl` calls for many leases, a few at a time (one round trip each). */
+async function timesToLive(
+  registry: EtcdRegistry,
+  leases: readonly Lease[],
+): Promise<(number | undefined)[]> {
+  const results: (number | undefined)[] = [];
+  for (let i = 0; i < leases.length; i += 32) {
+    const chunk = leases.slice(i, i + 32);
+    results.push(
+      ...(await Promise.all(chunk.map((l) => registry.timeToLive(l.etcdLeaseId).catch(() => undefined)))),
+    );
+  }
+  return results;
+}
+
 async function leasesCommand(argv: readonly string[], env: Env): Promise<number> {
   const { registry } = openRegistry(argv, env);
   try {
     const { text } = await registry.getConfig();
-    if (text === undefined) return fail(missingConfigMessage(registry.configKey));
-    const { config } = parseNetworkConfig(text);
+    // Without a valid config the leases are listed all the same (that is when an operator needs
+    // them most), just without the checks that need the network.
+    let config: NetworkConfig | undefined;
+    if (text === undefined)
+      process.stderr.write(`twill: warning: ${missingConfigMessage(registry.configKey)}\n`);
+    else {
+      try {
+        config = parseNetworkConfig(text).config;
+      } catch (error) {
+        process.stderr.write(`twill: warning: invalid network config: ${errorMessage(error)}\n`);
+      }
+    }
     const snapshot = await registry.listSubnets();
-    const view = computeView(snapshot.entries, {
-      prefix: registry.prefix,
-      config,
-      ownKey: undefined,
-      ownSubnet: undefined,
-    });
+    const view =
+      config === undefined
+        ? undefined
+        : computeView(snapshot.entries, {
+            prefix: registry.prefix,
+            config,
+            ownKey: undefined,
+            ownSubnet: undefined,
+          });
+    const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
+      (a, b) => a.subnet.ip - b.subnet.ip,
+    );
+    const ttls = await timesToLive(registry, leases);
     const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN"]];
-    const leases = [...view.peers.values()].sort((a, b) => a.subnet.ip - b.subnet.ip);
-    for (const lease of leases) {
-      const ttl = await registry.timeToLive(lease.etcdLeaseId);
+    for (const [i, lease] of leases.entries()) {
       let mac = "-";
       if (lease.attrs.backendType === "vxlan") {
         try {
@@ -179,12 +211,14 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
         formatIPv4(lease.attrs.publicIP),
         lease.attrs.backendType ?? "-",
         mac,
-        formatDuration(ttl),
+        formatDuration(ttls[i]),
       ]);
     }
     out(table(rows));
-    out(`${leases.length} lease(s) in ${formatCidr(config.network)}`);
-    if (view.invalid.size > 0) {
+    out(
+      `${leases.length} lease(s)${config ? ` in ${formatCidr(config.network)}` : " (not checked against a network config)"}`,
+    );
+    if (view && view.invalid.size > 0) {
       out(`\n${view.invalid.size} invalid entr${view.invalid.size === 1 ? "y" : "ies"} (skipped by agents):`);
       for (const entry of view.invalid.values()) out(`  ${entry.key}: ${entry.reason}`);
     }

@@ -302,6 +302,13 @@ function getter(parsed: ParsedFlags) {
   };
 }
 
+/** --etcd-prefix without trailing slashes; it must be absolute, as flannel's keys are. */
+export function etcdPrefix(text: string): string {
+  const prefix = text.replace(/\/+$/, "");
+  if (!prefix.startsWith("/")) throw new FlagError(`--etcd-prefix: "${text}" must start with /`);
+  return prefix;
+}
+
 /** Parses `twill agent` arguments and environment into AgentOptions; throws FlagError naming the flag. */
 export function parseAgentOptions(
   argv: readonly string[],
@@ -312,8 +319,7 @@ export function parseAgentOptions(
     throw new FlagError(`unexpected argument "${parsed.positionals[0] ?? ""}"; twill agent takes only flags`);
   }
   const g = getter(parsed);
-  const prefix = g.str("etcd-prefix").replace(/\/+$/, "");
-  if (!prefix.startsWith("/")) throw new FlagError(`--etcd-prefix: "${prefix}" must start with /`);
+  const prefix = etcdPrefix(g.str("etcd-prefix"));
   const bridge = g.str("bridge");
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(bridge)) {
     throw new FlagError(`--bridge: "${bridge}" is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)`);

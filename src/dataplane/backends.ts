@@ -1,6 +1,12 @@
 // Backends as pure functions: (backend config, own subnet, peer leases, node facts) → the kernel objects
 // twill wants plus a per-peer verdict. No I/O; the planner diffs the result against the kernel.
-import type { BackendConfig, VxlanBackendConfig } from "../config/network-config.js";
+import {
+  VXLAN_OVERHEAD,
+  type BackendConfig,
+  type NetworkConfig,
+  type VxlanBackendConfig,
+} from "../config/network-config.js";
+import type { ExternalInterface } from "../node/external-interface.js";
 import { containsIp, formatCidr, formatIPv4, overlaps, type Subnet } from "../ip/ipv4.js";
 import { parseVxlanBackendData } from "../lease/attrs.js";
 import type { Lease } from "../lease/lease.js";
@@ -14,6 +20,13 @@ import type {
 } from "./model.js";
 
 /** flannel's IPv4 VXLAN device name. */
+/** The MTU pods get: VXLAN takes its overhead off the configured (or external interface's) MTU. */
+export function backendMtu(config: NetworkConfig, external: ExternalInterface): number {
+  return config.backend.type === "vxlan"
+    ? (config.backend.mtu ?? external.mtu) - VXLAN_OVERHEAD
+    : external.mtu;
+}
+
 export function vxlanDeviceName(vni: number): string {
   return `flannel.${vni}`;
 }

@@ -11,7 +11,7 @@ import type { ExternalInterface } from "../node/external-interface.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
 import { Backoff, Wakeup, sleep, stopped } from "../util/time.js";
-import { desiredFor, vxlanDeviceName } from "./backends.js";
+import { backendMtu, desiredFor, vxlanDeviceName } from "./backends.js";
 import { toBatches } from "./batch-lines.js";
 import {
   connectedNetworks,
@@ -213,7 +213,7 @@ export class Dataplane {
     try {
       const { config, external, subnet } = self;
       const backend = config.backend;
-      const mtu = backend.type === "vxlan" ? (backend.mtu ?? external.mtu) - 50 : external.mtu;
+      const mtu = backendMtu(config, external);
       const vxlanDev = backend.type === "vxlan" ? vxlanDeviceName(backend.vni) : undefined;
       // A round for peer changes only skips the device checks when they passed for this very node
       // state: device drift wakes a kernel- or resync-triggered round, which checks everything.

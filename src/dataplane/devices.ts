@@ -134,6 +134,7 @@ export function vxlanIncompatibility(link: Link, spec: VxlanSpec): string | unde
   if ((v.port ?? 8472) !== spec.port) return `port ${v.port ?? 8472}, want ${spec.port}`;
   if (v.learning !== spec.learning)
     return `learning ${v.learning ? "on" : "off"}, want ${spec.learning ? "on" : "off"}`;
+  if (v.gbp !== spec.gbp) return `gbp ${v.gbp ? "on" : "off"}, want ${spec.gbp ? "on" : "off"}`;
   return undefined;
 }
 

@@ -47,8 +47,6 @@ export interface DesiredState {
   readonly fdb: readonly DesiredFdb[];
 }
 
-export const EMPTY_DESIRED_STATE: DesiredState = { routes: [], neighbours: [], fdb: [] };
-
 /** What the backends need to know about this node beyond the config and the leases. */
 export interface NodeFacts {
   readonly external: ExternalInterface;

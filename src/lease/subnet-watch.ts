@@ -44,20 +44,6 @@ export class SubnetWatch {
     private readonly log: Logger,
   ) {}
 
-  /** True once the first full list has been delivered. */
-  get isSynced(): boolean {
-    return this.synced;
-  }
-
-  get currentView(): PeerView {
-    return this.view;
-  }
-
-  /** Raw entry of a key as last seen (e.g. the own key). */
-  entry(key: string): RawEntry | undefined {
-    return this.entries.get(key);
-  }
-
   /** New own subnet or config: recompute and deliver the difference at once. */
   setContext(context: ViewContext): void {
     this.context = context;

@@ -5,9 +5,6 @@ import { firstHost, formatIPv4 } from "../ip/ipv4.js";
 import type { SubnetEnv } from "./subnet-env.js";
 import { formatSubnetEnv } from "./subnet-env.js";
 
-/** mk-docker-opts' default output path (-d). */
-export const DEFAULT_DOCKER_OPTS_FILE = "/run/docker_opts.env";
-
 export interface DockerOptsOptions {
   /** -i: individual DOCKER_OPT_* vars only; -c: the combined var only; default both (neither flag). */
   readonly output?: "both" | "individual" | "combined";

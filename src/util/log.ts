@@ -3,16 +3,6 @@ import { pino, type Logger, type LevelWithSilent } from "pino";
 
 export type { Logger };
 
-export const logLevels: readonly LevelWithSilent[] = [
-  "fatal",
-  "error",
-  "warn",
-  "info",
-  "debug",
-  "trace",
-  "silent",
-];
-
 export function createLogger(level: LevelWithSilent = "info", pretty = process.stdout.isTTY): Logger {
   if (pretty) {
     try {

@@ -156,6 +156,57 @@ describe("the agent process", () => {
     expect(link[0]?.address).toBe(mac);
   });
 
+  it("re-creates an incompatible VXLAN device and corrects a wrong bridge MTU it finds at start", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const fresh = await cluster.addHost(5);
+    // Left by someone else: the wrong UDP port (4789) and MTU; a bridge with a too-small MTU.
+    await cluster.run(fresh.ns, [
+      "ip",
+      "link",
+      "add",
+      "flannel.1",
+      "mtu",
+      "1300",
+      "type",
+      "vxlan",
+      "id",
+      "1",
+      "dstport",
+      "4789",
+      "nolearning",
+      "dev",
+      "eth0",
+      "local",
+      fresh.address,
+    ]);
+    await cluster.run(fresh.ns, ["ip", "link", "add", "cni0", "mtu", "1000", "type", "bridge"]);
+    const agent = agentOn(fresh, prefix);
+    await agent.waitForSubnetEnv();
+    const link = async (name: string) =>
+      (
+        JSON.parse(await cluster.run(fresh.ns, ["ip", "-j", "-d", "link", "show", name])) as {
+          mtu: number;
+          linkinfo?: { info_data?: { port?: number } };
+        }[]
+      )[0];
+    await waitFor("flannel.1 re-created on port 8472 with MTU 1450", async () => {
+      const device = await link("flannel.1");
+      return device?.linkinfo?.info_data?.port === 8472 && device.mtu === 1450;
+    });
+    await waitFor("cni0 at MTU 1450", async () => (await link("cni0"))?.mtu === 1450);
+    await waitFor("the re-creation logged with its reason", () =>
+      agent
+        .logs()
+        .some(
+          (l) =>
+            l.msg === "device repaired" &&
+            l.what === "recreated" &&
+            /port 4789, want 8472/.test(String(l.detail)),
+        ),
+    );
+  });
+
   it("gets its subnet back from the subnet file when its key vanished while it was down", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
@@ -335,6 +386,26 @@ describe("admin commands", () => {
     );
     expect(result.stdout).toMatch(/1 lease\(s\) in 10\.244\.0\.0\/16/);
     expect(result.stdout).toMatch(/subnets\/10\.244\.250\.0-24: .*JSON/);
+  });
+
+  it("leases still lists the leases when the network config is missing, with a warning", async () => {
+    const prefix = newPrefix();
+    etcd.ctl([
+      "put",
+      `${prefix}/subnets/10.244.7.0-24`,
+      '{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"host-gw"}',
+    ]);
+    const result = await runTwill(
+      ["leases", `--etcd-endpoints=${etcd.endpoint}`, `--etcd-prefix=${prefix}`],
+      {
+        netns: host(1).ns,
+      },
+    );
+    expect(result.code).toBe(0);
+    expect(result.stderr).toMatch(/warning: no network config at .*\/config/);
+    expect(result.stdout).toMatch(
+      /^10\.244\.7\.0\/24\s+198\.18\.0\.7\s+host-gw\s+-\s+never \(reservation\)$/m,
+    );
   });
 
   it("an unreachable etcd is a clear error naming the endpoint", async () => {

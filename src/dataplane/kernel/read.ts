@@ -20,6 +20,8 @@ export interface VxlanInfo {
   /** UDP destination port (the kernel default is 8472). */
   readonly port?: number;
   readonly learning: boolean;
+  /** Group-based policy extension (printed only when set). */
+  readonly gbp: boolean;
   /** Underlay device name, when bound to one. */
   readonly underlay?: string;
 }
@@ -230,6 +232,7 @@ function parseLink(o: JsonObject): Link {
       local: optString(data, "local", w),
       port: optNumber(data, "port", w),
       learning: optBoolean(data, "learning", w) ?? false,
+      gbp: optBoolean(data, "gbp", w) ?? false,
       underlay: optString(data, "link", w),
     });
   }
