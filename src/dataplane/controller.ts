@@ -10,7 +10,7 @@ import type { Lease } from "../lease/lease.js";
 import type { ExternalInterface } from "../node/external-interface.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
-import { Backoff, Wakeup, sleep, stopped } from "../util/time.js";
+import { Backoff, Wakeup, raceAbort, sleep, stopped } from "../util/time.js";
 import { backendMtu, desiredFor, vxlanDeviceName } from "./backends.js";
 import { toBatches } from "./batch-lines.js";
 import {
@@ -77,6 +77,7 @@ export class Dataplane {
   private programmedOnce = false;
   private forwardingWarned = false;
   private changedDuringRound = false;
+  private monitor: KernelWatch | undefined;
   /** The node state whose devices the last successful round verified, and its on-link networks. */
   private verifiedSelf: string | undefined;
   private connected: Subnet[] | undefined;
@@ -111,32 +112,7 @@ export class Dataplane {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    let monitor: KernelWatch | undefined;
-    if (this.options.watchKernel) {
-      monitor = watchKernel(
-        this.runner,
-        (kind, line) => {
-          if (!this.concernsUs(kind, line)) return;
-          // During a round our own writes echo back; a change made by someone else meanwhile must not
-          // be lost, so remember it and run one more round afterwards (it plans nothing if all is well).
-          if (this.inRound) this.changedDuringRound = true;
-          else this.trigger("kernel");
-        },
-        {
-          onExit: (command, code) =>
-            this.log.warn(
-              { command, code },
-              "kernel monitor exited; drift is repaired by the periodic resync only",
-            ),
-        },
-      );
-      await monitor.ready.catch((error: unknown) =>
-        this.log.warn(
-          { err: errorMessage(error) },
-          "kernel monitor did not start; relying on the periodic resync",
-        ),
-      );
-    }
+    const monitorLoop = this.options.watchKernel ? this.keepMonitor(signal) : Promise.resolve();
     const retry = new Backoff(250, 10_000);
     let retryAt: number | undefined;
     try {
@@ -159,7 +135,60 @@ export class Dataplane {
         }
       }
     } finally {
-      await monitor?.stop();
+      await monitorLoop;
+    }
+  }
+
+  /**
+   * Keeps `ip monitor` running: when it exits unexpectedly it is started again with backoff (the
+   * periodic resync covers the gap), so the agent never silently falls back to resync-only.
+   */
+  private async keepMonitor(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff(1000, 30_000);
+    try {
+      await this.monitorRounds(signal, backoff);
+    } finally {
+      await this.monitor?.stop();
+    }
+  }
+
+  private async monitorRounds(signal: AbortSignal, backoff: Backoff): Promise<void> {
+    while (!stopped(signal)) {
+      let onExited: () => void = () => undefined;
+      const exited = new Promise<void>((resolve) => (onExited = resolve));
+      const monitor = watchKernel(
+        this.runner,
+        (kind, line) => {
+          if (!this.concernsUs(kind, line)) return;
+          // During a round our own writes echo back; a change made by someone else meanwhile must not
+          // be lost, so remember it and run one more round afterwards (it plans nothing if all is well).
+          if (this.inRound) this.changedDuringRound = true;
+          else this.trigger("kernel");
+        },
+        {
+          onExit: (command, code) => {
+            this.log.warn(
+              { command, code },
+              "kernel monitor exited; restarting it (the resync covers the gap)",
+            );
+            onExited();
+          },
+        },
+      );
+      this.monitor = monitor;
+      try {
+        await monitor.ready;
+        backoff.reset();
+      } catch (error) {
+        this.log.warn({ err: errorMessage(error) }, "kernel monitor did not start; retrying");
+        await monitor.stop();
+        await sleep(backoff.next(), signal);
+        continue;
+      }
+      await raceAbort(exited, signal, undefined);
+      if (stopped(signal)) break;
+      await monitor.stop();
+      await sleep(backoff.next(), signal);
     }
   }
 

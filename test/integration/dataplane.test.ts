@@ -1,5 +1,6 @@
 // Pods on different hosts reach each other through the real agent, for VXLAN and host-gw, through
 // peers leaving and joining, agent restarts (no loss), drift, stale state and MTU limits.
+import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readFdb, readLink, readNeighbours, readRoutes } from "../../src/dataplane/kernel/read.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/model.js";
@@ -249,6 +250,36 @@ describe("vxlan: restarts, drift and stale state", () => {
       .agent.logs()
       .filter((l) => l.msg === "drift repaired" || l.msg === "device repaired");
     expect(repairs.some((l) => l.trigger === "kernel")).toBe(true);
+  });
+
+  it("restarts its kernel monitor when it dies, and repairs drift from notifications again", async () => {
+    const agent = node(cluster, 1).agent;
+    const monitorPid = async (): Promise<number | undefined> => {
+      const ps = await execa("ps", ["--ppid", String(agent.process.pid), "-o", "pid=,args="]);
+      const line = ps.stdout.split("\n").find((l) => l.includes("ip monitor label"));
+      return line === undefined ? undefined : Number(line.trim().split(/\s+/)[0]);
+    };
+    const first = await waitFor("the agent's ip monitor", monitorPid);
+    // Fault injection: kill the agent's own monitor child by its PID.
+    process.kill(first, "SIGKILL");
+    await waitFor("the monitor restarted", async () => {
+      const next = await monitorPid();
+      return next !== undefined && next !== first;
+    });
+    await waitFor("the restart logged", () =>
+      agent.logs().some((l) => /kernel monitor exited; restarting/.test(String(l.msg))),
+    );
+    const peer = subnetOf(cluster, 2);
+    const kernelRepairsBefore = agent
+      .logs()
+      .filter((l) => l.msg === "drift repaired" && l.trigger === "kernel").length;
+    await cluster.net.run(node(cluster, 1).host.ns, ["ip", "route", "del", peer]);
+    await waitFor(
+      "the route repaired on a notification",
+      () =>
+        agent.logs().filter((l) => l.msg === "drift repaired" && l.trigger === "kernel").length >
+        kernelRepairsBefore,
+    );
   });
 
   it("removes entries of a peer that vanished while the agent was down, and leaves foreign routes alone", async () => {
