@@ -14,10 +14,32 @@ export interface Started {
   kill(signal: NodeJS.Signals): void;
 }
 
+/** PIDs started here and still running: ended by PID if the test worker itself exits early. */
+const running = new Set<number>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Last resort only (a worker killed or crashing mid-test); tests still stop what they start.
+  process.on("exit", () => {
+    for (const pid of running) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
 export function startProcess(command: string, args: readonly string[], env?: NodeJS.ProcessEnv): Started {
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env: env ?? process.env });
   const { pid } = child;
   if (pid === undefined) throw new Error(`could not start ${command}`);
+  installExitHook();
+  running.add(pid);
+  child.once("exit", () => running.delete(pid));
   let out = "";
   child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
   child.stderr.on("data", (chunk: Buffer) => (out += chunk.toString()));
