@@ -99,6 +99,8 @@ export interface Cluster {
   /** etcd inside the switch namespace on 198.18.0.254, destroyed with the cluster. */
   startEtcd(options?: { tls?: EtcdTls }): Promise<EtcdServer>;
   /** Ends tracked processes by PID and deletes every namespace made; idempotent, never throws. */
+  /** Takes a namespace made elsewhere (e.g. a CNI pod's) into teardown, so it goes with the cluster. */
+  trackNamespace(name: string): void;
   destroy(): Promise<void>;
 }
 
@@ -315,6 +317,10 @@ export async function createUnderlay(options: { tag?: string } = {}): Promise<Cl
       etcds.push(server);
       tracked.pids = () => [...processes.map((p) => p.pid), ...etcds.map((e) => e.process.pid)];
       return server;
+    },
+
+    trackNamespace(name) {
+      namespaces.push(name);
     },
 
     destroy,

@@ -59,7 +59,6 @@ export function subnetLine(env: string | undefined): {
 export async function startTwillCluster(options: TwillClusterOptions): Promise<TwillCluster> {
   const net = await createUnderlay(options.tag === undefined ? {} : { tag: options.tag });
   const nodes: NodeUnderTest[] = [];
-  const podNamespaces: string[] = [];
   try {
     const etcd = await net.startEtcd();
     const hosts: Host[] = [];
@@ -116,7 +115,7 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
           async () => (await net.exec(n.host.ns, ["ip", "link", "show", "cni0"])).exitCode === 0,
         );
         const ns = `${n.host.ns}-${name}`;
-        podNamespaces.push(ns);
+        net.trackNamespace(ns); // deleted with the cluster, also by its last-resort exit hook
         await execa("ip", ["netns", "add", ns], { stdin: "ignore" });
         const attached = await runTwill(
           [
@@ -154,17 +153,13 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
         return results.filter((r): r is string => r !== undefined);
       },
       destroy: async () => {
-        // Pod namespaces first (their veths go with them), then agents, then the hosts and the switch.
-        for (const ns of podNamespaces.splice(0))
-          await execa("ip", ["netns", "del", ns], { reject: false, stdin: "ignore" });
+        // Agents first; then every namespace, newest first (pods before their hosts).
         await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
         await net.destroy();
       },
     };
     return cluster;
   } catch (error) {
-    for (const ns of podNamespaces.splice(0))
-      await execa("ip", ["netns", "del", ns], { reject: false, stdin: "ignore" });
     await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
     await net.destroy();
     throw error;
