@@ -1,7 +1,7 @@
 // The kernel I/O layer against a real kernel, inside a host namespace of a throw-away test cluster.
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { createUnderlay, type Cluster, type Host } from "../helpers/netns.js";
-import { waitFor } from "../helpers/processes.js";
+import { isAlive, waitFor } from "../helpers/processes.js";
 import { runBatch } from "../../src/dataplane/kernel/batch.js";
 import {
   readAddresses,
@@ -14,15 +14,6 @@ import {
 import { watchKernel, type KernelChange } from "../../src/dataplane/kernel/monitor.js";
 
 const PROTO = 151;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe("kernel I/O (batch, readers, monitor)", () => {
   let cluster: Cluster | undefined;
@@ -204,7 +195,7 @@ describe("kernel I/O (batch, readers, monitor)", () => {
     const watch = watchKernel(host.runner, (kind) => seen.push(kind));
     try {
       await watch.ready;
-      expect(watch.pids.every(alive)).toBe(true);
+      expect(watch.pids.every(isAlive)).toBe(true);
 
       await c.run(host.ns, ["ip", "route", "del", "10.244.77.0/24"]);
       await waitFor("a route change", () => seen.includes("route"));
@@ -224,7 +215,7 @@ describe("kernel I/O (batch, readers, monitor)", () => {
     } finally {
       await watch.stop();
     }
-    expect(watch.pids.some(alive)).toBe(false);
+    expect(watch.pids.some(isAlive)).toBe(false);
     await expect(watch.stop()).resolves.toBeUndefined();
   });
 });

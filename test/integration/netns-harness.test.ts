@@ -2,15 +2,7 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { createUnderlay, listNamespaces, type Cluster, type Host } from "../helpers/netns.js";
 import type { EtcdServer } from "../helpers/etcd.js";
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { isAlive } from "../helpers/processes.js";
 
 describe("network-namespace test cluster", () => {
   let cluster: Cluster | undefined;
@@ -130,13 +122,13 @@ describe("network-namespace test cluster", () => {
   it("destroy ends spawned processes and etcd and removes every namespace, and can be repeated", async () => {
     const c = the();
     const sleeper = c.spawn(h2.ns, "sleep", ["600"]);
-    expect(alive(sleeper.pid)).toBe(true);
+    expect(isAlive(sleeper.pid)).toBe(true);
     const etcdPid = etcd.process.pid;
 
     await c.destroy();
 
-    expect(alive(sleeper.pid)).toBe(false);
-    expect(alive(etcdPid)).toBe(false);
+    expect(isAlive(sleeper.pid)).toBe(false);
+    expect(isAlive(etcdPid)).toBe(false);
     const left = (await listNamespaces()).filter((ns) => ns.startsWith(`tw-${c.tag}-`));
     expect(left).toEqual([]);
     await expect(c.destroy()).resolves.toBeUndefined();
