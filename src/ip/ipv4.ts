@@ -66,10 +66,6 @@ export function formatCidr(subnet: Subnet): string {
   return `${formatIPv4(subnet.ip)}/${subnet.prefixLen}`;
 }
 
-export function subnetEquals(a: Subnet, b: Subnet): boolean {
-  return a.ip === b.ip && a.prefixLen === b.prefixLen;
-}
-
 /** The first address after the subnet (wraps to 0 after 255.255.255.255). */
 export function nextSubnetAddress(subnet: Subnet): IPv4 {
   return (subnet.ip + sizeOf(subnet.prefixLen)) >>> 0;

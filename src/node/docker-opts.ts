@@ -3,7 +3,7 @@
 // first host (--bip), the backend MTU, and masquerades only when twill does not (--ip-masq inverted).
 import { firstHost, formatIPv4 } from "../ip/ipv4.js";
 import type { SubnetEnv } from "./subnet-env.js";
-import { formatSubnetEnv } from "./subnet-env.js";
+import { formatSubnetEnv, parseDotenv } from "./subnet-env.js";
 
 export interface DockerOptsOptions {
   /** -i: individual DOCKER_OPT_* vars only; -c: the combined var only; default both (neither flag). */
@@ -26,7 +26,7 @@ export class DockerOptsError extends Error {
  * A missing FLANNEL_* var leaves its option out; FLANNEL_IPMASQ other than true/false is an error.
  */
 export function dockerOptsFromSubnetEnv(text: string, options: DockerOptsOptions = {}): string {
-  const vars = parseEnvText(text);
+  const vars = parseDotenv(text);
   const key = options.combinedKey ?? "DOCKER_OPTS";
   if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) {
     throw new DockerOptsError(`combined key "${key}" is not a shell variable name`);
@@ -104,22 +104,4 @@ export function mergeDaemonJson(
   }
   const merged: Record<string, unknown> = { ...current, ...fragment };
   return `${JSON.stringify(merged, null, 2)}\n`;
-}
-
-/** KEY=value lines as a shell would source flannel's file: optional quotes, #comments, `export `. */
-function parseEnvText(text: string): Map<string, string> {
-  const vars = new Map<string, string>();
-  for (const raw of text.split(/\r?\n/)) {
-    let line = raw.trim();
-    if (line === "" || line.startsWith("#")) continue;
-    if (line.startsWith("export ")) line = line.slice(7).trimStart();
-    const eq = line.indexOf("=");
-    if (eq <= 0) continue;
-    let value = line.slice(eq + 1).trim();
-    const quote = value[0];
-    if ((quote === '"' || quote === "'") && value.endsWith(quote) && value.length >= 2)
-      value = value.slice(1, -1);
-    vars.set(line.slice(0, eq).trim(), value);
-  }
-  return vars;
 }

@@ -58,7 +58,8 @@ function singleCidr(value: string | undefined): Subnet | undefined {
 }
 
 /** A small dotenv reader: KEY=value lines, optional `export `, #comments, optional quotes; last key wins. */
-function parseDotenv(text: string): Map<string, string> {
+/** KEY=value lines (comments, `export`, quotes allowed), as flannel's dotenv reader takes them. */
+export function parseDotenv(text: string): Map<string, string> {
   const vars = new Map<string, string>();
   for (const rawLine of text.split(/\r?\n/)) {
     let line = rawLine.trim();
