@@ -32,7 +32,7 @@ import { createUnderlay, type Cluster, type Host } from "../test/helpers/netns.j
 import type { Started } from "../test/helpers/processes.js";
 import { subnetLine } from "../test/helpers/twill-cluster.js";
 import type { WriterAnswer, WriterRequest } from "./etcd-writer.js";
-import { median, percentile, round, writeResult } from "./lib.js";
+import { median, percentile, round, writeResult, tearDownOnSignal } from "./lib.js";
 
 const quick = process.env.BENCH_QUICK === "1";
 const runs = Number(process.env.BENCH_RUNS ?? (quick ? 1 : 3));
@@ -842,12 +842,7 @@ async function teardown(): Promise<void> {
 }
 
 // Ctrl-C still tears down (the harness's exit hook alone would only SIGKILL and delete namespaces).
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    console.error(`\n${signal}: tearing down`);
-    void teardown().finally(() => process.exit(130));
-  });
-}
+tearDownOnSignal(teardown);
 
 const startedAt = Date.now();
 try {

@@ -29,3 +29,19 @@ export function writeResult(name: string, result: unknown): string {
   );
   return path;
 }
+
+/**
+ * Runs `teardown` on Ctrl-C or SIGTERM, then exits 130. `on`, not `once`: execa's signal-exit
+ * re-raises a signal no other listener handles, which would kill the benchmark mid-teardown.
+ */
+export function tearDownOnSignal(teardown: () => Promise<void>): void {
+  let started = false;
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      if (started) return;
+      started = true;
+      console.error(`\n${signal}: tearing down`);
+      void teardown().finally(() => process.exit(130));
+    });
+  }
+}

@@ -13,7 +13,7 @@ import { execa } from "execa";
 import { createUnderlay, type Cluster, type Host, type Pod } from "../test/helpers/netns.js";
 import { waitFor } from "../test/helpers/processes.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
-import { median, round, writeResult } from "./lib.js";
+import { median, round, writeResult, tearDownOnSignal } from "./lib.js";
 
 const quick = process.env.BENCH_QUICK === "1";
 const runs = Number(process.env.BENCH_RUNS ?? (quick ? 1 : 3));
@@ -184,12 +184,8 @@ async function teardown(): Promise<void> {
   await manual?.destroy();
 }
 
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    console.error(`\n${signal}: tearing down`);
-    void teardown().finally(() => process.exit(130));
-  });
-}
+// Ctrl-C still tears down (the harness's exit hook alone would only SIGKILL and delete namespaces).
+tearDownOnSignal(teardown);
 
 const startedAt = Date.now();
 try {
