@@ -21,6 +21,11 @@ export const ROUTER_LOCAL = "198.18.0.253";
 export const REMOTE_GATEWAY = "198.19.0.254";
 export const LOCAL_SEGMENT = "198.18.0.0/24";
 export const REMOTE_SEGMENT = "198.19.0.0/24";
+// Fixed bridge MACs: a bridge without one takes its lowest port's MAC, so adding a host could change the
+// MAC of 198.18.0.254 under the other hosts' still-REACHABLE ARP entries, cutting them off from etcd for
+// up to a minute (frames to a port's MAC are not delivered to the bridge's own IP stack).
+const UNDERLAY_BRIDGE_MAC = "02:74:77:00:00:fe";
+const REMOTE_BRIDGE_MAC = "02:74:77:00:01:fe";
 
 export interface ExecResult {
   readonly stdout: string;
@@ -226,7 +231,7 @@ export async function createUnderlay(options: { tag?: string } = {}): Promise<Cl
       const ns = `${prefix}-rt`;
       await addNamespace(ns);
       routerNs = ns;
-      await ip(["-n", switchNs, "link", "add", "br-rm", "type", "bridge"]);
+      await ip(["-n", switchNs, "link", "add", "br-rm", "address", REMOTE_BRIDGE_MAC, "type", "bridge"]);
       await ip(["-n", switchNs, "link", "set", "br-rm", "up"]);
       await plugIntoSwitch(ns, "eth0", `v${tag}r0`, "br-ul");
       await plugIntoSwitch(ns, "eth1", `v${tag}r1`, "br-rm");
@@ -328,7 +333,7 @@ export async function createUnderlay(options: { tag?: string } = {}): Promise<Cl
 
   try {
     await addNamespace(switchNs);
-    await ip(["-n", switchNs, "link", "add", "br-ul", "type", "bridge"]);
+    await ip(["-n", switchNs, "link", "add", "br-ul", "address", UNDERLAY_BRIDGE_MAC, "type", "bridge"]);
     await ip(["-n", switchNs, "address", "add", `${UNDERLAY_GATEWAY}/24`, "dev", "br-ul"]);
     await ip(["-n", switchNs, "link", "set", "br-ul", "up"]);
   } catch (error) {

@@ -53,6 +53,26 @@ describe("network-namespace test cluster", () => {
     expect((await c.ping(h1.ns, "198.18.0.254")).ok).toBe(true);
   });
 
+  it("the switch keeps its MAC when a host joins, so the other hosts' ARP entries stay right", async () => {
+    const c = the();
+    const macOf = async (ns: string, dev: string): Promise<string | undefined> =>
+      (JSON.parse(await c.run(ns, ["ip", "-j", "link", "show", "dev", dev])) as { address?: string }[])[0]
+        ?.address;
+    expect((await c.ping(h1.ns, "198.18.0.254")).ok).toBe(true);
+    const before = await macOf(c.switchNs, "br-ul");
+    // A port whose MAC is lower than every other: a bridge without a MAC of its own would now take it.
+    const joined = await c.addHost(7);
+    await c.run(c.switchNs, ["ip", "link", "set", "dev", `v${c.tag}h7`, "address", "02:00:00:00:00:01"]);
+    expect(await macOf(c.switchNs, "br-ul")).toBe(before);
+    // h1 still holds the MAC it learnt before the join, and it still works.
+    const neighbours = JSON.parse(await c.run(h1.ns, ["ip", "-j", "neigh", "show", "198.18.0.254"])) as {
+      lladdr?: string;
+    }[];
+    expect(neighbours[0]?.lladdr).toBe(before);
+    expect((await c.ping(h1.ns, "198.18.0.254", { waitSeconds: 2 })).ok).toBe(true);
+    expect((await c.ping(joined.ns, "198.18.0.254", { waitSeconds: 2 })).ok).toBe(true);
+  });
+
   it("hosts reach a host behind the router, and it reaches them back", async () => {
     const c = the();
     expect((await c.ping(h1.ns, h9.address)).ok).toBe(true);
