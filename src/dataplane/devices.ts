@@ -83,7 +83,16 @@ export function bridgeMac(subnet: Subnet): string {
   return bytes.map((b) => b.toString(16).padStart(2, "0")).join(":");
 }
 
-/** The pod bridge: created if missing, gateway address, backend MTU, up. */
+/**
+ * Whether the kernel keeps `dev`'s MAC (addr_assign_type 3, "set"); a bridge whose MAC is not set takes
+ * its lowest port's MAC and changes it as ports come and go. Unreadable counts as pinned: leave it be.
+ */
+async function macIsPinned(runner: CommandRunner, dev: string): Promise<boolean> {
+  const result = await runner.run("cat", [`/sys/class/net/${dev}/addr_assign_type`]);
+  return result.exitCode !== 0 || result.stdout.trim() === "3";
+}
+
+/** The pod bridge: created if missing (with a fixed MAC), an existing one's MAC pinned, gateway address, backend MTU, up. */
 export async function ensureBridge(runner: CommandRunner, spec: BridgeSpec): Promise<DeviceRepair[]> {
   const repairs: DeviceRepair[] = [];
   let link = await readLink(runner, spec.name);
@@ -100,6 +109,12 @@ export async function ensureBridge(runner: CommandRunner, spec: BridgeSpec): Pro
     repairs.push({ device: spec.name, what: "created", detail: "bridge" });
     link = await readLink(runner, spec.name);
     if (!link) throw new DeviceError(`${spec.name}: created but not found`);
+  }
+  if (link.mac !== undefined && !(await macIsPinned(runner, spec.name))) {
+    // A bridge someone else made without a MAC: pin the one it has now, so that it stops following its
+    // lowest port (pods' ARP entries for the gateway stay right) without changing it under them today.
+    await ip(runner, ["link", "set", "dev", spec.name, "address", link.mac]);
+    repairs.push({ device: spec.name, what: "mac", detail: `pinned ${link.mac}` });
   }
   const gateway = `${formatIPv4(firstHost(spec.subnet))}/${spec.subnet.prefixLen}`;
   await ensureOnlyAddress(runner, spec.name, gateway, spec.network, repairs);

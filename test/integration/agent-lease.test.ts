@@ -156,7 +156,7 @@ describe("the agent process", () => {
     expect(link[0]?.address).toBe(mac);
   });
 
-  it("re-creates an incompatible VXLAN device and corrects a wrong bridge MTU it finds at start", async () => {
+  it("re-creates an incompatible VXLAN device, and corrects the MTU and pins the MAC of a bridge it finds", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const fresh = await cluster.addHost(5);
@@ -187,6 +187,7 @@ describe("the agent process", () => {
       (
         JSON.parse(await cluster.run(fresh.ns, ["ip", "-j", "-d", "link", "show", name])) as {
           mtu: number;
+          address: string;
           linkinfo?: { info_data?: { port?: number } };
         }[]
       )[0];
@@ -195,6 +196,24 @@ describe("the agent process", () => {
       return device?.linkinfo?.info_data?.port === 8472 && device.mtu === 1450;
     });
     await waitFor("cni0 at MTU 1450", async () => (await link("cni0"))?.mtu === 1450);
+    // The bridge was made without a MAC of its own: the agent pins the one it has, so a port with a
+    // lower MAC (a new pod) no longer changes the gateway MAC under the other pods' ARP entries.
+    const bridgeMac = (await link("cni0"))?.address;
+    await waitFor("cni0's MAC pinned", () =>
+      agent.logs().some((l) => l.msg === "device repaired" && l.what === "mac" && l.device === "cni0"),
+    );
+    await cluster.run(fresh.ns, [
+      "ip",
+      "link",
+      "add",
+      "vpin0",
+      "address",
+      "02:00:00:00:00:01",
+      "type",
+      "veth",
+    ]);
+    await cluster.run(fresh.ns, ["ip", "link", "set", "vpin0", "master", "cni0", "up"]);
+    expect((await link("cni0"))?.address).toBe(bridgeMac);
     await waitFor("the re-creation logged with its reason", () =>
       agent
         .logs()
