@@ -22,7 +22,7 @@ FROM ${NODE_IMAGE}
 # Runs as root on purpose: the agent programs the host's network namespace (hostNetwork) and needs
 # CAP_NET_ADMIN/CAP_NET_RAW as root, which a non-root user cannot hold for `ip` and `iptables` without file
 # capabilities. The DaemonSet drops every other capability and makes the root file system read-only.
-# iptables is Debian's (nft backend by default, iptables-legacy also installed).
+# iptables is Debian's, with both backends: --iptables-mode=auto picks the one the host's kube-proxy uses.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iproute2 iptables procps \
     && rm -rf /var/lib/apt/lists/*

@@ -34,6 +34,8 @@ export interface AgentStatus {
   ownLease: OwnLease | undefined;
   subnetFileWritten: boolean;
   view: PeerView | undefined;
+  /** The iptables command the rules go through and why, once chosen (see masq/backend-choice.ts). */
+  iptables: { command: string; reason: string } | undefined;
   /** Why the agent is not ready, empty when ready. */
   notReady: string[];
 }
@@ -60,6 +62,7 @@ export class Agent {
     ownLease: undefined,
     subnetFileWritten: false,
     view: undefined,
+    iptables: undefined,
     notReady: ["starting"],
   };
   private registry: EtcdRegistry | undefined;
@@ -82,7 +85,7 @@ export class Agent {
     private readonly hooks: AgentHooks = {},
     private readonly runner: CommandRunner = localRunner,
   ) {
-    this.masq = new MasqManager(runner, log);
+    this.masq = new MasqManager(runner, log, { mode: options.iptablesMode });
     this.dataplane = new Dataplane(
       runner,
       {
@@ -454,7 +457,11 @@ export class Agent {
       const target = this.rulesFor;
       if (target) {
         try {
-          const { randomFully } = await this.masq.info();
+          const { randomFully, command, reason, version, backend } = await this.masq.info();
+          if (this.status.iptables === undefined) {
+            this.status.iptables = { command, reason };
+            this.log.info({ command, reason, version, backend }, "iptables backend chosen");
+          }
           const sets: RuleSet[] = [];
           if (this.options.ipMasq) {
             sets.push(

@@ -2,6 +2,7 @@
 // twill's own. docs/configuration.md documents this table; keep them in step.
 import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
 import { errorMessage } from "../util/log.js";
+import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../masq/backend-choice.js";
 import { FlagError, parseFlags, type FlagSpec, type FlagValue, type ParsedFlags } from "./flags.js";
 
 export const agentFlags: readonly FlagSpec[] = [
@@ -200,6 +201,14 @@ export const agentFlags: readonly FlagSpec[] = [
     help: "accept forwarded traffic to and from the cluster network (FLANNEL-FWD chain)",
     flannel: true,
   },
+  {
+    name: "iptables-mode",
+    kind: "string",
+    default: "auto",
+    choices: IPTABLES_MODES,
+    help: "iptables backend for the rules: auto (kubelet's hint chain, else the backend with more rules, else the system's), nft, legacy, or system (plain `iptables`)",
+    metavar: "MODE",
+  },
   // operations
   {
     name: "metrics-address",
@@ -271,6 +280,7 @@ export interface AgentOptions {
   readonly ipMasqFullyRandomDisable: boolean;
   readonly iptablesResyncSeconds: number;
   readonly iptablesForwardRules: boolean;
+  readonly iptablesMode: IptablesMode;
   /** --metrics-address; undefined when disabled. */
   readonly metricsAddress: ListenAddress | undefined;
   /** --healthz-ip:--healthz-port; undefined when the port is 0. */
@@ -373,6 +383,7 @@ export function parseAgentOptions(
     ipMasqFullyRandomDisable: g.bool("ip-masq-fully-random-disable"),
     iptablesResyncSeconds: g.num("iptables-resync"),
     iptablesForwardRules: g.bool("iptables-forward-rules"),
+    iptablesMode: iptablesMode(g.str("iptables-mode")),
     metricsAddress,
     healthzAddress,
     logLevel: g.str("log-level"),

@@ -3,6 +3,7 @@
 // A resync where all is well costs one iptables-save per table and no write. Rules are never removed: an
 // exiting agent leaves the data plane as it is (as flanneld does).
 import { KernelCommandError, type CommandResult, type CommandRunner } from "../dataplane/kernel/runner.js";
+import { chooseIptablesBackend, type BackendEvidence, type IptablesMode } from "./backend-choice.js";
 import {
   atLeast162,
   parseIptablesVersion,
@@ -21,6 +22,8 @@ export interface MasqLogger {
 export interface IptablesInfo {
   /** The iptables command used, e.g. "iptables"; `-save` / `-restore` are appended for the others. */
   readonly command: string;
+  /** Why this command (see backend-choice.ts). */
+  readonly reason: string;
   /** e.g. "1.8.9". */
   readonly version: string;
   readonly backend: "nf_tables" | "legacy" | "unknown";
@@ -39,9 +42,11 @@ export interface EnsureResult {
 
 export interface MasqManagerOptions {
   /**
-   * The iptables flavour: "iptables" (default: whatever the system's alternative is), "iptables-nft" or
-   * "iptables-legacy". Must be the one kube-proxy uses, or the rules end up in a table nobody evaluates first.
+   * How to pick the backend (--iptables-mode); default "system", the system's own `iptables`. It should be
+   * the one kube-proxy uses, or the rules end up in a table nobody evaluates first.
    */
+  readonly mode?: IptablesMode;
+  /** A command to use as is, e.g. "iptables-legacy" (tests); overrides `mode`. */
   readonly command?: string;
 }
 
@@ -60,7 +65,10 @@ export class IptablesRestoreError extends KernelCommandError {
 }
 
 export class MasqManager {
-  private readonly command: string;
+  private readonly mode: IptablesMode;
+  private readonly fixedCommand: string | undefined;
+  /** The command in use, known once info() has run (every save/restore runs after it). */
+  private command = "iptables";
   private detected: Promise<IptablesInfo> | undefined;
   /** ensure() rounds run one at a time, so two rounds never race on the same chains. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -71,7 +79,8 @@ export class MasqManager {
     private readonly log?: MasqLogger,
     options: MasqManagerOptions = {},
   ) {
-    this.command = options.command ?? "iptables";
+    this.mode = options.mode ?? "system";
+    this.fixedCommand = options.command;
   }
 
   /** Version, backend and features of the iptables in use; detected once. */
@@ -94,7 +103,32 @@ export class MasqManager {
     return round;
   }
 
+  /** What each backend holds; a backend that cannot be read counts as absent. */
+  private async evidence(): Promise<BackendEvidence> {
+    const read = async (command: string): Promise<string | undefined> => {
+      const result = await this.runner.run(command, []);
+      return result.exitCode === 0 ? result.stdout : undefined;
+    };
+    // No legacy table in this namespace means no legacy rules; reading them anyway would load the legacy
+    // kernel modules on a host that never used them.
+    const tables = await this.runner.run("cat", ["/proc/net/ip_tables_names"]);
+    const legacyInUse = tables.exitCode === 0 && tables.stdout.trim() !== "";
+    const [nft, legacy] = await Promise.all([
+      read("iptables-nft-save"),
+      legacyInUse ? read("iptables-legacy-save") : Promise.resolve(""),
+    ]);
+    return { nft, legacy };
+  }
+
   private async detect(): Promise<IptablesInfo> {
+    const choice =
+      this.fixedCommand !== undefined
+        ? { command: this.fixedCommand, reason: "given" }
+        : chooseIptablesBackend(
+            this.mode,
+            this.mode === "auto" ? await this.evidence() : { nft: undefined, legacy: undefined },
+          );
+    this.command = choice.command;
     const result = await this.runner.run(this.command, ["--version"]);
     const command = `${this.command} --version`;
     if (result.exitCode !== 0) throw new KernelCommandError(`${command} (${this.runner.where})`, result);
@@ -103,6 +137,7 @@ export class MasqManager {
     const recent = atLeast162(version);
     return {
       command: this.command,
+      reason: choice.reason,
       version: `${version.major}.${version.minor}.${version.patch}`,
       backend: version.backend ?? "unknown",
       randomFully: recent,
@@ -111,6 +146,7 @@ export class MasqManager {
   }
 
   private async save(tables: readonly Table[]): Promise<string> {
+    await this.info();
     const texts = await Promise.all(
       tables.map(async (table) => {
         const result = await this.runner.run(`${this.command}-save`, ["-t", table]);

@@ -72,7 +72,12 @@ export interface StatusJson {
     readonly reason: string | null;
     readonly restarts: number;
   };
-  readonly masq: { readonly restored: number; readonly errors: number };
+  readonly masq: {
+    readonly restored: number;
+    readonly errors: number;
+    /** The iptables command the rules go through and why; null until chosen or without rules. */
+    readonly iptables: { readonly command: string; readonly reason: string } | null;
+  };
 }
 
 export interface StatusInput {
@@ -177,7 +182,11 @@ export function buildStatus(input: StatusInput): StatusJson {
       reason: observed.watch.reason ?? null,
       restarts: observed.watch.restarts,
     },
-    masq: { restored: observed.masqRestored, errors: observed.masqErrors },
+    masq: {
+      restored: observed.masqRestored,
+      errors: observed.masqErrors,
+      iptables: agent.iptables ? { ...agent.iptables } : null,
+    },
   };
 }
 
@@ -304,6 +313,8 @@ export function renderStatus(status: StatusJson): string {
       ? "none"
       : `${driftTotal} (route ${d.route}, neighbour ${d.neighbour}, fdb ${d.fdb}, device ${d.device})`,
   );
+  if (status.masq.iptables)
+    field("iptables", `${status.masq.iptables.command} (${status.masq.iptables.reason})`);
   if (status.masq.restored > 0 || status.masq.errors > 0) {
     field("masquerade", `${status.masq.restored} rules restored, ${plural(status.masq.errors, "error")}`);
   }

@@ -339,6 +339,25 @@ describe("the agent process", () => {
     }
   });
 
+  it("with kubelet's hint chain in the legacy tables, puts its rules there, and twill status says why", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    // A node whose kubelet and kube-proxy use iptables-legacy, while this image's `iptables` is nft.
+    const node = await cluster.addHost(6);
+    await cluster.run(node.ns, ["iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
+    const agent = agentOn(node, prefix, ["--ip-masq"]);
+    await agent.waitForSubnetEnv();
+    await waitFor("FLANNEL-POSTRTG in the legacy nat table", async () =>
+      (await cluster.run(node.ns, ["iptables-legacy-save", "-t", "nat"])).includes(":FLANNEL-POSTRTG"),
+    );
+    expect(await cluster.run(node.ns, ["iptables-legacy-save", "-t", "filter"])).toContain(":FLANNEL-FWD");
+    expect(await cluster.run(node.ns, ["iptables-nft-save"])).not.toContain("FLANNEL");
+    const status = await runTwill(["status"], { netns: node.ns });
+    expect(status.stdout).toContain(
+      "iptables:       iptables-legacy (kubelet's KUBE-IPTABLES-HINT chain is in the legacy tables)",
+    );
+  });
+
   it("sees other agents as peers, never itself", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);

@@ -28,6 +28,7 @@ const agent: AgentStatus = {
   ownLease: undefined,
   subnetFileWritten: false,
   view: undefined,
+  iptables: undefined,
   notReady: ["acquiring a subnet lease", "data plane not programmed yet"],
 };
 metrics.followStatus(() => agent);

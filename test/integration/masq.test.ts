@@ -257,6 +257,43 @@ describe.each([
   });
 });
 
+describe("--iptables-mode=auto against real tables", () => {
+  const legacyTables = async (ns: string): Promise<string> =>
+    (await the().run(ns, ["cat", "/proc/net/ip_tables_names"])).trim();
+
+  it("on a node without rules uses the system's iptables, and loads no legacy table to find that out", async () => {
+    const host = await the().addHost(13);
+    const info = await new MasqManager(host.runner, undefined, { mode: "auto" }).info();
+    expect(info.command).toBe("iptables");
+    expect(info.reason).toBe("no hint and 0 rules in either backend: the system's iptables");
+    expect(await legacyTables(host.ns)).toBe("");
+  });
+
+  it("without kubelet's hint, follows the backend that holds more rules", async () => {
+    const host = await the().addHost(14);
+    for (const net of ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"])
+      await the().run(host.ns, ["iptables-legacy", "-A", "INPUT", "-s", net, "-j", "ACCEPT"]);
+    await the().run(host.ns, ["iptables-nft", "-A", "INPUT", "-s", "10.9.0.0/16", "-j", "ACCEPT"]);
+    const manager = new MasqManager(host.runner, undefined, { mode: "auto" });
+    const info = await manager.info();
+    expect(info.command).toBe("iptables-legacy");
+    expect(info.reason).toBe("3 legacy rules against 1 nft rules");
+    await manager.ensure(desired("10.244.5.0/24"));
+    expect(await the().run(host.ns, ["iptables-legacy-save", "-t", "nat"])).toContain(":FLANNEL-POSTRTG");
+    expect(await the().run(host.ns, ["iptables-nft-save", "-t", "nat"])).not.toContain("FLANNEL-POSTRTG");
+  });
+
+  it("kubelet's hint chain in nft wins over more rules in legacy", async () => {
+    const host = await the().addHost(15);
+    await the().run(host.ns, ["iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
+    await the().run(host.ns, ["iptables-legacy", "-A", "INPUT", "-s", "10.1.0.0/16", "-j", "ACCEPT"]);
+    const info = await new MasqManager(host.runner, undefined, { mode: "auto" }).info();
+    expect(info.command).toBe("iptables-nft");
+    expect(info.backend).toBe("nf_tables");
+    expect(info.reason).toBe("kubelet's KUBE-IPTABLES-HINT chain is in the nft tables");
+  });
+});
+
 describe("packets", () => {
   // h1: cni0 10.244.5.1/24 with pods a (.2) and b (.3); h2: cni0 10.244.6.1/24 with pod c (.2); routes between
   // the pod subnets by hand (host-gw style). h3 (198.18.0.3) stands for the outside: it has no route back to

@@ -373,6 +373,7 @@ describe("MasqManager (fake iptables)", () => {
     const recent = fake();
     expect(await new MasqManager(recent.runner).info()).toEqual({
       command: "iptables",
+      reason: "--iptables-mode=system",
       version: "1.8.9",
       backend: "nf_tables",
       randomFully: true,

@@ -332,6 +332,7 @@ describe("Metrics", () => {
       ownLease: undefined,
       subnetFileWritten: false,
       view: undefined,
+      iptables: undefined,
       notReady: ["no subnet lease yet"],
     };
     m.followStatus(() => status);

@@ -73,6 +73,7 @@ function agentStatus(): AgentStatus {
         ],
       ]),
     },
+    iptables: { command: "iptables-nft", reason: "kubelet's KUBE-IPTABLES-HINT chain is in the nft tables" },
     notReady: [],
   };
 }
@@ -175,6 +176,7 @@ describe("renderStatus", () => {
         "last reconcile: 3s ago, trigger peers, 9 ops, 4.3 ms, ok",
         "kernel:         2 routes, 2 neighbours, 2 FDB entries",
         "drift repaired: 4 (route 2, neighbour 0, fdb 1, device 1)",
+        "iptables:       iptables-nft (kubelet's KUBE-IPTABLES-HINT chain is in the nft tables)",
         "",
         "peers: 6 (2 programmed, 1 pending, 1 backend-mismatch, 2 invalid)",
         "  SUBNET                            PUBLIC IP    BACKEND  STATE             DETAIL",
@@ -234,6 +236,7 @@ describe("renderStatus", () => {
         "last success:   never",
         "kernel:         1 route, 0 neighbours, 0 FDB entries",
         "drift repaired: none",
+        "iptables:       iptables-nft (kubelet's KUBE-IPTABLES-HINT chain is in the nft tables)",
         "masquerade:     3 rules restored, 1 error",
         "",
         "peers: 0",
