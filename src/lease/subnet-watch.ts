@@ -83,13 +83,16 @@ export class SubnetWatch {
   private replaceAll(entries: readonly RawEntry[]): void {
     const ownKey = this.context.ownKey;
     const ownBefore = ownKey === undefined ? undefined : this.entries.get(ownKey);
+    // The first list always reports the own key: one deleted between acquisition and this list is
+    // absent both before and after, and no watch event will ever carry its deletion.
+    const firstList = !this.synced;
     this.entries.clear();
     for (const entry of entries) this.entries.set(entry.key, entry);
     this.synced = true;
     this.recompute();
     if (ownKey !== undefined) {
       const ownAfter = this.entries.get(ownKey);
-      if (ownBefore?.modRevision !== ownAfter?.modRevision) this.listener.onOwnKey(ownAfter);
+      if (firstList || ownBefore?.modRevision !== ownAfter?.modRevision) this.listener.onOwnKey(ownAfter);
     }
   }
 

@@ -455,4 +455,33 @@ describe("the peer view", () => {
     etcd.ctl(["del", own.key]);
     await waitFor("own key reported gone", () => recorded.own.includes(undefined));
   });
+
+  it("tells the keeper when the own key was deleted after acquisition but before the watch began", async () => {
+    const prefix = newPrefix();
+    const own = await keeper(prefix, "198.18.8.2").acquire(
+      config(),
+      attrsFor("198.18.8.2"),
+      undefined,
+      signal(),
+    );
+    // The agent writes subnet.env between acquiring and starting its watch: a delete in that window
+    // is before the first list, so no watch event will ever carry it.
+    etcd.ctl(["del", own.key]);
+    const { recorded } = startWatch(prefix, own);
+    await waitFor("initial sync", () => recorded.view !== undefined);
+    expect(recorded.own).toEqual([undefined]);
+  });
+
+  it("reports the own key present on the first list, so the keeper can compare revisions", async () => {
+    const prefix = newPrefix();
+    const own = await keeper(prefix, "198.18.8.3").acquire(
+      config(),
+      attrsFor("198.18.8.3"),
+      undefined,
+      signal(),
+    );
+    const { recorded } = startWatch(prefix, own);
+    await waitFor("initial sync", () => recorded.view !== undefined);
+    expect(recorded.own.map((e) => e?.modRevision)).toEqual([own.modRevision]);
+  });
 });
