@@ -17,6 +17,7 @@ import { localRunner, type CommandRunner } from "./dataplane/kernel/runner.js";
 import { readLink } from "./dataplane/kernel/read.js";
 import { backendMtu, vxlanDeviceName } from "./dataplane/backends.js";
 import { MasqManager } from "./masq/iptables.js";
+import { checkBrNetfilter } from "./node/br-netfilter.js";
 import { forwardRules, masqRules, type RuleSet } from "./masq/rules.js";
 import { Heartbeats, dataplaneDeadlineMs } from "./metrics/server.js";
 import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
@@ -36,6 +37,8 @@ export interface AgentStatus {
   view: PeerView | undefined;
   /** The iptables command the rules go through and why, once chosen (see masq/backend-choice.ts). */
   iptables: { command: string; reason: string } | undefined;
+  /** Problems with the node that twill cannot fix and does not stop for (e.g. br_netfilter missing). */
+  nodeProblems: string[];
   /** Why the agent is not ready, empty when ready. */
   notReady: string[];
 }
@@ -63,6 +66,7 @@ export class Agent {
     subnetFileWritten: false,
     view: undefined,
     iptables: undefined,
+    nodeProblems: [],
     notReady: ["starting"],
   };
   private registry: EtcdRegistry | undefined;
@@ -117,6 +121,7 @@ export class Agent {
     const signal = inner.signal;
     const background: Promise<void>[] = [];
     try {
+      background.push(this.watchNode(signal));
       const registry = await this.openRegistry(signal);
       this.registry = registry;
       const configWatch = new ConfigWatch(registry, this.log);
@@ -330,6 +335,20 @@ export class Agent {
     update(adopted);
     this.status.ownLease = adopted;
     return false;
+  }
+
+  /** Checks the node's br_netfilter setting at start and every resync interval; logs each change. */
+  private async watchNode(signal: AbortSignal): Promise<void> {
+    while (!stopped(signal)) {
+      const problem = await checkBrNetfilter(this.runner);
+      const before = this.status.nodeProblems[0];
+      if (problem !== before) {
+        if (problem !== undefined) this.log.warn({ problem }, "node problem: Services may not work");
+        else this.log.info({ resolved: before }, "node problem resolved");
+        this.status.nodeProblems = problem === undefined ? [] : [problem];
+      }
+      await sleep(this.options.resyncIntervalSeconds * 1000, signal);
+    }
   }
 
   private async detectInterface(signal: AbortSignal): Promise<ExternalInterface> {

@@ -72,6 +72,8 @@ export interface StatusJson {
     readonly reason: string | null;
     readonly restarts: number;
   };
+  /** Problems with the node that twill reports but cannot fix (e.g. br_netfilter missing). */
+  readonly nodeProblems: readonly string[];
   readonly masq: {
     readonly restored: number;
     readonly errors: number;
@@ -182,6 +184,7 @@ export function buildStatus(input: StatusInput): StatusJson {
       reason: observed.watch.reason ?? null,
       restarts: observed.watch.restarts,
     },
+    nodeProblems: [...agent.nodeProblems],
     masq: {
       restored: observed.masqRestored,
       errors: observed.masqErrors,
@@ -253,6 +256,7 @@ export function renderStatus(status: StatusJson): string {
   lines.push(`twill ${status.version} — ${status.ready ? "ready" : "NOT READY"}`);
   for (const reason of status.notReady) lines.push(`  not ready: ${reason}`);
   for (const problem of status.unhealthy) lines.push(`  UNHEALTHY: ${problem}`);
+  for (const problem of status.nodeProblems) lines.push(`  node problem: ${problem}`);
   lines.push("");
 
   const config = status.config;

@@ -358,6 +358,32 @@ describe("the agent process", () => {
     );
   });
 
+  it("reports br_netfilter problems as node problems with the fix, keeps running, and sees them fixed", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const node = await cluster.addHost(7);
+    const sysctl = "net.bridge.bridge-nf-call-iptables";
+    // The module is the machine's (loading it would touch the root namespace): with it, its per-namespace
+    // switch is turned off here; without it, the agent must say the module is missing.
+    const moduleLoaded = (await cluster.exec(node.ns, ["sysctl", "-q", "-w", `${sysctl}=0`])).exitCode === 0;
+    const agent = agentOn(node, prefix, ["--resync-interval=1s"]);
+    await agent.waitForSubnetEnv();
+    const expected = moduleLoaded
+      ? /is 0, not 1: .*sysctl -w net\.bridge\.bridge-nf-call-iptables=1/
+      : /br_netfilter module is not loaded .*modprobe br_netfilter/;
+    await waitFor("the warning", () =>
+      agent.logs().some((l) => l.level === 40 && expected.test(String(l.problem))),
+    );
+    const status = await runTwill(["status"], { netns: node.ns });
+    expect(status.stdout).toMatch(new RegExp(`^ {2}node problem: .*${expected.source}`, "m"));
+    expect(status.stdout).toMatch(/— ready/);
+    if (!moduleLoaded) return;
+
+    await cluster.run(node.ns, ["sysctl", "-q", "-w", `${sysctl}=1`]);
+    await waitFor("the problem resolved", () => logged(agent, /node problem resolved/));
+    expect((await runTwill(["status"], { netns: node.ns })).stdout).not.toContain("node problem");
+  });
+
   it("sees other agents as peers, never itself", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);

@@ -29,6 +29,7 @@ const agent: AgentStatus = {
   subnetFileWritten: false,
   view: undefined,
   iptables: undefined,
+  nodeProblems: [],
   notReady: ["acquiring a subnet lease", "data plane not programmed yet"],
 };
 metrics.followStatus(() => agent);

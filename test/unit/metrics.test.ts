@@ -333,6 +333,7 @@ describe("Metrics", () => {
       subnetFileWritten: false,
       view: undefined,
       iptables: undefined,
+      nodeProblems: [],
       notReady: ["no subnet lease yet"],
     };
     m.followStatus(() => status);

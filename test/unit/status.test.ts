@@ -74,6 +74,7 @@ function agentStatus(): AgentStatus {
       ]),
     },
     iptables: { command: "iptables-nft", reason: "kubelet's KUBE-IPTABLES-HINT chain is in the nft tables" },
+    nodeProblems: [],
     notReady: [],
   };
 }
@@ -198,6 +199,7 @@ describe("renderStatus", () => {
     agent.view = undefined;
     agent.subnetFileWritten = false;
     agent.notReady = ["no subnet lease yet", "data plane not programmed yet"];
+    agent.nodeProblems = ["net.bridge.bridge-nf-call-iptables is 0, not 1: …"];
     const obs: Observed = {
       ...observed(),
       lastRound: {
@@ -226,6 +228,7 @@ describe("renderStatus", () => {
         "  not ready: no subnet lease yet",
         "  not ready: data plane not programmed yet",
         "  UNHEALTHY: dataplane loop stuck: last heartbeat 130s ago, expected within 120s",
+        "  node problem: net.bridge.bridge-nf-call-iptables is 0, not 1: …",
         "",
         "config:         network 10.244.0.0/16, backend vxlan",
         "lease:          none yet",
