@@ -2,8 +2,12 @@
 // twill's own. docs/configuration.md documents this table; keep them in step.
 import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
 import { errorMessage } from "../util/log.js";
+import { tryParseIPv4, unusableUnicastReason } from "../ip/ipv4.js";
 import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../masq/backend-choice.js";
 import { FlagError, parseFlags, type FlagSpec, type FlagValue, type ParsedFlags } from "./flags.js";
+
+/** An etcd client URL as flanneld takes it: scheme, host and port, nothing after. */
+export const ETCD_ENDPOINT = /^https?:\/\/[^/]+\/?$/;
 
 export const agentFlags: readonly FlagSpec[] = [
   // etcd
@@ -105,7 +109,7 @@ export const agentFlags: readonly FlagSpec[] = [
     default: "60",
     min: 1,
     max: 1439,
-    help: "renew the lease this many minutes before it expires",
+    help: "renew the lease this many minutes before it expires (at most half of --lease-ttl before)",
     flannel: true,
     metavar: "MINUTES",
   },
@@ -354,6 +358,33 @@ export function parseAgentOptions(
   } catch {
     throw new FlagError(`${where("healthz-ip")}: "${healthzIp}" is not an IP address`);
   }
+  // Checked here too (the runtime checks stay), so a typo exits 2 naming the flag instead of retrying forever.
+  const publicIp = g.opt("public-ip");
+  if (publicIp !== undefined) {
+    const ip = tryParseIPv4(publicIp);
+    const problem = ip === undefined ? "is not an IPv4 address" : unusableUnicastReason(ip);
+    if (problem !== undefined) {
+      throw new FlagError(
+        `${where("public-ip")}: "${publicIp}" ${ip === undefined ? problem : `is ${problem}`}`,
+      );
+    }
+  }
+  for (const pattern of g.list("iface-regex")) {
+    try {
+      new RegExp(pattern);
+    } catch (error) {
+      throw new FlagError(
+        `${where("iface-regex")}: "${pattern}" is not a valid regular expression (${errorMessage(error)})`,
+      );
+    }
+  }
+  for (const endpoint of g.list("etcd-endpoints")) {
+    if (!ETCD_ENDPOINT.test(endpoint)) {
+      throw new FlagError(
+        `${where("etcd-endpoints")}: "${endpoint}" is not a URL of the form http(s)://host:port`,
+      );
+    }
+  }
   const renewMarginSeconds = g.num("subnet-lease-renew-margin") * 60;
   const leaseTtlSeconds = g.num("lease-ttl");
   return {
@@ -368,7 +399,7 @@ export function parseAgentOptions(
     },
     iface: g.list("iface"),
     ifaceRegex: g.list("iface-regex"),
-    publicIp: g.opt("public-ip"),
+    publicIp,
     subnetFile: g.str("subnet-file"),
     renewMarginSeconds,
     leaseTtlSeconds,

@@ -2,6 +2,7 @@
 // deadline, and nothing here decides anything (allocation and validation are pure, elsewhere).
 import { readFileSync } from "node:fs";
 import { Etcd3, type IOptions, type IKeyValue, type Watcher } from "etcd3";
+import { ETCD_ENDPOINT } from "../config/agent-options.js";
 import type { RawEntry } from "./peer-view.js";
 import { sleep } from "../util/time.js";
 
@@ -34,7 +35,7 @@ function readTlsFile(flag: string, path: string): Buffer {
 export function etcdClientOptions(options: EtcdConnectionOptions): IOptions {
   if (options.endpoints.length === 0) throw new EtcdSettingsError("--etcd-endpoints: no endpoint given");
   for (const endpoint of options.endpoints) {
-    if (!/^https?:\/\/[^/]+\/?$/.test(endpoint)) {
+    if (!ETCD_ENDPOINT.test(endpoint)) {
       throw new EtcdSettingsError(
         `--etcd-endpoints: "${endpoint}" is not a URL of the form http(s)://host:port`,
       );

@@ -114,6 +114,14 @@ describe("agent options", () => {
     [["--etcd-prefix", "relative"], {}, /--etcd-prefix: "relative" must start with \//],
     [["--public-ip", "1.2.3.4", "--public-ip", "5.6.7.8"], {}, /--public-ip: given more than once/],
     [["stray"], {}, /unexpected argument "stray"/],
+    [["--public-ip", "10.0.0.300"], {}, /--public-ip: "10.0.0.300" is not an IPv4 address/],
+    [["--public-ip", "224.0.0.5"], {}, /--public-ip: "224.0.0.5" is (a )?multicast/],
+    [["--iface-regex", "eth[0-"], {}, /--iface-regex: "eth\[0-" is not a valid regular expression/],
+    [
+      [],
+      { TWILL_ETCD_ENDPOINTS: "http://10.0.0.1:2379,10.0.0.2:2379" },
+      /TWILL_ETCD_ENDPOINTS \(--etcd-endpoints\): "10.0.0.2:2379" is not a URL of the form http\(s\):\/\/host:port/,
+    ],
     [
       [],
       { TWILL_SUBNET_LEASE_RENEW_MARGIN: "0" },
