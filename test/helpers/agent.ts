@@ -36,6 +36,21 @@ export interface AgentSpec {
   readonly env?: Record<string, string>;
 }
 
+/** The agent's JSON log lines; an incomplete last line (still being written) is left for the next call. */
+export function parseLogLines(stdout: string): Record<string, unknown>[] {
+  const complete = stdout.slice(0, stdout.lastIndexOf("\n") + 1);
+  const lines: Record<string, unknown>[] = [];
+  for (const line of complete.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      lines.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      // not a log record (e.g. a library printing to stdout); pino writes one JSON object per line
+    }
+  }
+  return lines;
+}
+
 export function startAgent(spec: AgentSpec): AgentProcess {
   const dir = mkdtempSync(join(tmpdir(), "twill-agent-"));
   const subnetFile = join(dir, "subnet.env");
@@ -69,12 +84,7 @@ export function startAgent(spec: AgentSpec): AgentProcess {
     stateDir,
     cniConfFile,
     process: launch(),
-    logs: () =>
-      agent.process
-        .output()
-        .split("\n")
-        .filter((line) => line.startsWith("{"))
-        .map((line) => JSON.parse(line) as Record<string, unknown>),
+    logs: () => parseLogLines(agent.process.stdout()),
     subnetEnv: () => {
       try {
         return readFileSync(subnetFile, "utf8");

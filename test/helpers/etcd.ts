@@ -36,12 +36,17 @@ export interface EtcdOptions {
   readonly host?: string;
   /** Run inside this network namespace (ip netns exec). */
   readonly netns?: string;
+  /**
+   * Client and peer ports; default two free loopback ports. A private namespace should pass fixed ones:
+   * ports found free in the root namespace say nothing about another one, and two picks can collide.
+   */
+  readonly ports?: { readonly client: number; readonly peer: number };
 }
 
 export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
   const host = options.host ?? "127.0.0.1";
-  const clientPort = await freePort();
-  const peerPort = await freePort();
+  const clientPort = options.ports?.client ?? (await freePort());
+  const peerPort = options.ports?.peer ?? (await freePort());
   const dataDir = mkdtempSync(join(tmpdir(), "twill-etcd-"));
   const scheme = options.tls ? "https" : "http";
   const endpoint = `${scheme}://${host}:${clientPort}`;

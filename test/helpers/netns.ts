@@ -318,7 +318,9 @@ export async function createUnderlay(options: { tag?: string } = {}): Promise<Cl
     },
 
     async startEtcd(options = {}) {
-      const server = await startEtcd({ netns: switchNs, host: UNDERLAY_GATEWAY, ...options });
+      // The switch namespace is this cluster's own: fixed ports, 2379/2380 for the first etcd.
+      const ports = { client: 2379 + 10 * etcds.length, peer: 2380 + 10 * etcds.length };
+      const server = await startEtcd({ netns: switchNs, host: UNDERLAY_GATEWAY, ports, ...options });
       etcds.push(server);
       tracked.pids = () => [...processes.map((p) => p.pid), ...etcds.map((e) => e.process.pid)];
       return server;

@@ -7,6 +7,8 @@ export interface Started {
   readonly pid: number;
   /** Everything the process wrote to stdout and stderr so far. */
   output(): string;
+  /** What it wrote to stdout alone (stderr chunks can land inside a stdout line in output()). */
+  stdout(): string;
   /** Resolves when the process has exited (immediately if it already has). */
   exited(): Promise<number | null>;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
@@ -41,16 +43,23 @@ export function startProcess(command: string, args: readonly string[], env?: Nod
   running.add(pid);
   child.once("exit", () => running.delete(pid));
   let out = "";
-  child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+  let stdout = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    out += chunk.toString();
+    stdout += chunk.toString();
+  });
   child.stderr.on("data", (chunk: Buffer) => (out += chunk.toString()));
+  // Resolved once the output is complete too ('close'), so a test reading the logs after exited()
+  // sees the last line; 'exit' plus a second covers a grandchild that still holds the pipes.
   const exit = new Promise<number | null>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
-    else child.once("exit", (code) => resolve(code));
+    child.once("close", (code) => resolve(code));
+    child.once("exit", (code) => setTimeout(() => resolve(code), 1000).unref());
   });
   return {
     child,
     pid,
     output: () => out,
+    stdout: () => stdout,
     exited: () => exit,
     kill: (signal) => {
       if (child.exitCode === null && child.signalCode === null) process.kill(pid, signal);

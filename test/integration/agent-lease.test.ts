@@ -113,7 +113,7 @@ describe("the agent process", () => {
     const key = keyFor(prefix, subnet);
     const before = etcd.ctl(["get", key, "--print-value-only"]).trim();
 
-    await agent.process.stop();
+    await agent.process.stop(30_000); // a clean exit, not the SIGKILL after the grace period
     expect(await agent.process.exited()).toBe(0);
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe(before);
 
@@ -275,7 +275,7 @@ describe("the agent process", () => {
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(3), prefix, ["--release-lease-on-exit"]);
     const key = keyFor(prefix, subnetOf(await agent.waitForSubnetEnv()) ?? "");
-    await agent.process.stop();
+    await agent.process.stop(30_000); // a clean exit, not the SIGKILL after the grace period
     expect(await agent.process.exited()).toBe(0);
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe("");
   });
