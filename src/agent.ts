@@ -51,6 +51,8 @@ export interface AgentHooks extends KeeperObserver, DataplaneObserver {
   invalid?(entries: InvalidEntry[]): void;
   ownLeaseChanged?(own: OwnLease, config: NetworkConfig, external: ExternalInterface): void;
   watchState?(state: "watching" | "broken", reason?: string): void;
+  /** The network config key's watch: established, or etcd could not be read. */
+  configWatchState?(state: "watching" | "broken"): void;
   /** The own lease was lost (deleted, expired or overwritten in etcd) and is being re-acquired. */
   leaseLost?(reason: string): void;
 }
@@ -124,7 +126,9 @@ export class Agent {
       background.push(this.watchNode(signal));
       const registry = await this.openRegistry(signal);
       this.registry = registry;
-      const configWatch = new ConfigWatch(registry, this.log);
+      const configWatch = new ConfigWatch(registry, this.log, (state) =>
+        this.hooks.configWatchState?.(state),
+      );
       configWatch.onChange((state) => {
         this.status.config = state;
         this.refreshReadiness();

@@ -40,6 +40,8 @@ export class ConfigWatch {
   constructor(
     private readonly registry: EtcdRegistry,
     private readonly log: Logger,
+    /** Whether the config key is being watched: the first sign of etcd being reachable or not. */
+    private readonly onWatchState?: (state: "watching" | "broken") => void,
   ) {}
 
   get current(): ConfigState {
@@ -91,12 +93,14 @@ export class ConfigWatch {
           onBroken: (reason) => broken(reason),
         });
         backoff.reset();
+        this.onWatchState?.("watching");
         const reason = await raceAbort(brokenPromise, signal, "stopped");
         await watch.cancel();
         if (stopped(signal)) break;
         this.log.debug({ reason }, "config watch interrupted; re-reading");
       } catch (error) {
         if (stopped(signal)) break;
+        this.onWatchState?.("broken");
         this.log.warn(
           { err: this.registry.explain(error), key },
           "cannot read the network config from etcd; retrying",

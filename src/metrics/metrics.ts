@@ -127,6 +127,7 @@ export class Metrics implements AgentHooks {
   private ownBackend: string | undefined;
   private lastRound: RoundSummary | undefined;
   private lastSuccessAt: number | undefined;
+  private configWatch: "not-started" | "watching" | "broken" = "not-started";
   private watch: WatchObservation = {
     state: "not-started",
     since: undefined,
@@ -248,7 +249,7 @@ export class Metrics implements AgentHooks {
     });
     this.etcdConnected = new Gauge({
       name: "twill_etcd_connected",
-      help: "1 while the etcd subnet watch is established",
+      help: "1 while etcd is reachable: the config key is watched and the subnet watch (once started) is not broken",
       registers,
     });
     this.masqRestored = new Counter({
@@ -263,7 +264,7 @@ export class Metrics implements AgentHooks {
     });
     this.ready = new Gauge({
       name: "twill_ready",
-      help: "1 when the agent is ready (lease held, subnet file written, data plane programmed)",
+      help: "1 when the agent is ready (lease held, subnet file written, data plane programmed, rules installed)",
       registers,
       collect: refresh,
     });
@@ -363,15 +364,25 @@ export class Metrics implements AgentHooks {
     this.invalidSkipped.inc(entries.length);
   }
 
+  /** The config key's watch, which runs from the start: etcd reachability before there is a lease. */
+  configWatchState(state: "watching" | "broken"): void {
+    this.configWatch = state;
+    this.refreshEtcdConnected();
+  }
+
+  private refreshEtcdConnected(): void {
+    this.etcdConnected.set(this.configWatch === "watching" && this.watch.state !== "broken" ? 1 : 0);
+  }
+
   watchState(state: "watching" | "broken", reason?: string): void {
     if (state === "broken") this.watchRestarts.inc();
-    this.etcdConnected.set(state === "watching" ? 1 : 0);
     this.watch = {
       state,
       since: this.now(),
       reason,
       restarts: this.watch.restarts + (state === "broken" ? 1 : 0),
     };
+    this.refreshEtcdConnected();
   }
 
   // --- data plane (DataplaneObserver) ---

@@ -752,6 +752,9 @@ describe("Prometheus files (deploy/prometheus)", () => {
           { series: `twill_peers${t("b", 'backend="vxlan", state="unreachable"')}`, values: "0+0x20" },
           { series: `twill_etcd_connected${t("a")}`, values: "0+0x20" },
           { series: `twill_etcd_connected${t("b")}`, values: "1+0x20" },
+          // a cannot reach etcd (so its config is unknown): only b's invalid config alerts.
+          { series: `twill_config_valid${t("a")}`, values: "0+0x20" },
+          { series: `twill_config_valid${t("b")}`, values: "0+0x20" },
           { series: `twill_ready${t("a")}`, values: "1+0x20" },
           { series: `twill_ready${t("b")}`, values: "0+0x20" },
           { series: 'up{job="twill", instance="a"}', values: "0+0x20" },
@@ -788,6 +791,11 @@ describe("Prometheus files (deploy/prometheus)", () => {
             expr: expr("TwillEtcdDisconnected"),
             eval_time: "10m",
             exp_samples: [{ labels: `twill_etcd_connected${t("a")}`, value: 0 }],
+          },
+          {
+            expr: expr("TwillNetworkConfigInvalid"),
+            eval_time: "10m",
+            exp_samples: [{ labels: `twill_config_valid${t("b")}`, value: 0 }],
           },
           {
             expr: expr("TwillNotReady"),

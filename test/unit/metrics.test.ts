@@ -179,8 +179,24 @@ describe("Metrics", () => {
     expect(await value(m, "twill_invalid_entries_skipped_total")).toBe(3);
   });
 
+  it("is connected to etcd from the config watch on, before any lease or subnet watch", async () => {
+    const m = metrics();
+    expect(await value(m, "twill_etcd_connected")).toBe(0);
+    m.configWatchState("broken");
+    expect(await value(m, "twill_etcd_connected")).toBe(0);
+    m.configWatchState("watching");
+    expect(await value(m, "twill_etcd_connected")).toBe(1);
+    m.watchState("broken", "etcd restarted");
+    expect(await value(m, "twill_etcd_connected")).toBe(0);
+    m.watchState("watching");
+    expect(await value(m, "twill_etcd_connected")).toBe(1);
+    m.configWatchState("broken");
+    expect(await value(m, "twill_etcd_connected")).toBe(0);
+  });
+
   it("tracks the etcd watch: connected while watching, a restart per break", async () => {
     const m = metrics();
+    m.configWatchState("watching");
     m.watchState("watching");
     expect(await value(m, "twill_etcd_connected")).toBe(1);
     m.watchState("broken", "etcd restarted");
