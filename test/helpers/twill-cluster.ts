@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { execa } from "execa";
 import { conflistFromSubnetEnv, formatConflist } from "../../src/cni/conflist.js";
 import { parseCniResult } from "../../src/cni/result.js";
+import { readRoutes } from "../../src/dataplane/kernel/read.js";
+import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/model.js";
 import { startAgent, runTwill, type AgentProcess } from "./agent.js";
 import type { EtcdServer } from "./etcd.js";
 import { createUnderlay, type Cluster, type Host, type Pod } from "./netns.js";
@@ -29,6 +31,16 @@ export interface TwillCluster {
   addPod(i: number, name: string, hostNumber: number): Promise<Pod>;
   /** Every pod pings every other pod once; returns the failures as "a -> b". */
   pingMatrix(): Promise<string[]>;
+  /**
+   * Waits until every node has programmed a twill route (proto TWILL_ROUTE_PROTOCOL, main table) to the
+   * subnet of every other node; on timeout the error lists the routes still missing.
+   */
+  waitForMesh(timeoutMs?: number): Promise<void>;
+  /**
+   * Runs pingMatrix until it has no failure or `timeoutMs` passes; returns the last run's failures, so
+   * `expect(await cluster.pingMatrixUntilGreen()).toEqual([])` shows what still fails.
+   */
+  pingMatrixUntilGreen(timeoutMs?: number): Promise<string[]>;
   destroy(): Promise<void>;
 }
 
@@ -54,6 +66,45 @@ export function subnetLine(env: string | undefined): {
   if (!subnet || !mtu) throw new Error(`no FLANNEL_SUBNET/FLANNEL_MTU in subnet.env: ${env ?? "(missing)"}`);
   const [, base = "", len = "24"] = subnet;
   return { network: `${base}.0`, gateway: `${base}.1`, prefixLen: Number(len), mtu: Number(mtu[1]) };
+}
+
+/**
+ * Runs `run` (which returns failures) until it returns none or `timeoutMs` passes; returns the last
+ * run's failures ([] once green). For "every pod reaches every other" checks that may need a moment
+ * after the routes are in (first packets wait for ARP on the pod side and on the far host).
+ */
+export async function untilNoFailures(
+  run: () => Promise<string[]>,
+  timeoutMs = 30_000,
+  intervalMs = 500,
+): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const failures = await run();
+    if (failures.length === 0 || Date.now() > deadline) return failures;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** Routes each node still lacks: "<host ns> -> <peer subnet>" for every peer subnet without a twill route. */
+async function missingMeshRoutes(nodes: readonly NodeUnderTest[]): Promise<string[]> {
+  const subnets = nodes.map((n) => {
+    const { network, prefixLen } = subnetLine(n.agent.subnetEnv());
+    return `${network}/${prefixLen}`;
+  });
+  const missing = await Promise.all(
+    nodes.map(async (n, i) => {
+      const routes = await readRoutes(n.host.runner, {
+        table: 254,
+        family: 4,
+        protocol: TWILL_ROUTE_PROTOCOL,
+      });
+      return subnets
+        .filter((subnet, j) => j !== i && !routes.some((r) => r.dst === subnet))
+        .map((subnet) => `${n.host.ns} -> ${subnet}`);
+    }),
+  );
+  return missing.flat();
 }
 
 export async function startTwillCluster(options: TwillClusterOptions): Promise<TwillCluster> {
@@ -152,6 +203,24 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
         );
         return results.filter((r): r is string => r !== undefined);
       },
+      waitForMesh: async (timeoutMs = 30_000) => {
+        let missing: string[] = ["(not checked yet)"];
+        try {
+          await waitFor(
+            "every node's routes to all its peers",
+            async () => {
+              missing = await missingMeshRoutes(nodes);
+              return missing.length === 0;
+            },
+            timeoutMs,
+            200,
+          );
+        } catch (error) {
+          throw new Error(`${String(error)}; still missing: ${missing.join(", ")}`, { cause: error });
+        }
+      },
+      pingMatrixUntilGreen: async (timeoutMs = 30_000) =>
+        untilNoFailures(() => cluster.pingMatrix(), timeoutMs),
       destroy: async () => {
         // Agents first; then every namespace, newest first (pods before their hosts).
         await Promise.allSettled(nodes.map((n) => n.agent.destroy()));

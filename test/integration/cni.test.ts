@@ -16,7 +16,12 @@ import { parseSubnetEnv, type SubnetEnv } from "../../src/node/subnet-env.js";
 import { runTwill } from "../helpers/agent.js";
 import { listNamespaces, type Host } from "../helpers/netns.js";
 import { waitFor } from "../helpers/processes.js";
-import { startTwillCluster, subnetLine, type TwillCluster } from "../helpers/twill-cluster.js";
+import {
+  startTwillCluster,
+  subnetLine,
+  untilNoFailures,
+  type TwillCluster,
+} from "../helpers/twill-cluster.js";
 
 const PLUGIN_DIR = "/usr/lib/cni";
 
@@ -254,7 +259,9 @@ describe.each([
   });
 
   it("every pod pings every other pod", async () => {
-    expect(await pingAll(cluster, pods)).toEqual([]);
+    // Every node must have its routes to all peers first, not only the one that answered soonest.
+    await cluster.waitForMesh();
+    expect(await untilNoFailures(() => pingAll(cluster, pods))).toEqual([]);
   });
 
   it("the bridge keeps one MAC while pods come and go, so every pod's ARP entry for its gateway stays right", async () => {
@@ -552,7 +559,8 @@ describe("the agent's own CNI config and Docker files", () => {
           torn.push(String(error));
         }
         reads++;
-        await new Promise((r) => setImmediate(r));
+        // A short pause per read: frequent enough to catch a torn file, without spinning a core.
+        await new Promise((r) => setTimeout(r, 5));
       }
     })();
 

@@ -91,7 +91,8 @@ describe.each([
   let manager: MasqManager;
   let calls: string[];
   const log = capturingLog();
-  const ipt = (args: readonly string[]): Promise<string> => the().run(host.ns, [command, ...args]);
+  // -w: wait for the xtables lock (/run/xtables.lock is shared with every namespace, agents included).
+  const ipt = (args: readonly string[]): Promise<string> => the().run(host.ns, [command, "-w", ...args]);
   /** Like flannel's e2e: our lines of POSTROUTING, then our chain. */
   const natListing = async (): Promise<string[]> => [
     ...lines(await ipt(["-t", "nat", "-S", "POSTROUTING"])).filter((l) => l.includes("FLANNEL")),
@@ -272,8 +273,8 @@ describe("--iptables-mode=auto against real tables", () => {
   it("without kubelet's hint, follows the backend that holds more rules", async () => {
     const host = await the().addHost(14);
     for (const net of ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"])
-      await the().run(host.ns, ["iptables-legacy", "-A", "INPUT", "-s", net, "-j", "ACCEPT"]);
-    await the().run(host.ns, ["iptables-nft", "-A", "INPUT", "-s", "10.9.0.0/16", "-j", "ACCEPT"]);
+      await the().run(host.ns, ["iptables-legacy", "-w", "-A", "INPUT", "-s", net, "-j", "ACCEPT"]);
+    await the().run(host.ns, ["iptables-nft", "-w", "-A", "INPUT", "-s", "10.9.0.0/16", "-j", "ACCEPT"]);
     const manager = new MasqManager(host.runner, undefined, { mode: "auto" });
     const info = await manager.info();
     expect(info.command).toBe("iptables-legacy");
@@ -285,8 +286,8 @@ describe("--iptables-mode=auto against real tables", () => {
 
   it("kubelet's hint chain in nft wins over more rules in legacy", async () => {
     const host = await the().addHost(15);
-    await the().run(host.ns, ["iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
-    await the().run(host.ns, ["iptables-legacy", "-A", "INPUT", "-s", "10.1.0.0/16", "-j", "ACCEPT"]);
+    await the().run(host.ns, ["iptables-nft", "-w", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
+    await the().run(host.ns, ["iptables-legacy", "-w", "-A", "INPUT", "-s", "10.1.0.0/16", "-j", "ACCEPT"]);
     const info = await new MasqManager(host.runner, undefined, { mode: "auto" }).info();
     expect(info.command).toBe("iptables-nft");
     expect(info.backend).toBe("nf_tables");
@@ -353,15 +354,16 @@ describe("packets", () => {
     h1 = await c.addHost(1);
     h2 = await c.addHost(2);
     outside = await c.addHost(3);
-    for (const [host, gw, peerSubnet, peer] of [
-      [h1, "10.244.5.1/24", "10.244.6.0/24", "198.18.0.2"],
-      [h2, "10.244.6.1/24", "10.244.5.0/24", "198.18.0.1"],
+    // Fixed bridge MACs, so attaching a pod's port cannot change the gateway MAC under a pod's ARP entry.
+    for (const [host, gw, peerSubnet, peer, mac] of [
+      [h1, "10.244.5.1/24", "10.244.6.0/24", "198.18.0.2", "02:74:77:00:03:01"],
+      [h2, "10.244.6.1/24", "10.244.5.0/24", "198.18.0.1", "02:74:77:00:04:01"],
     ] as const) {
-      await c.run(host.ns, ["ip", "link", "add", "cni0", "type", "bridge"]);
+      await c.run(host.ns, ["ip", "link", "add", "cni0", "address", mac, "type", "bridge"]);
       await c.run(host.ns, ["ip", "address", "add", gw, "dev", "cni0"]);
       await c.run(host.ns, ["ip", "link", "set", "cni0", "up"]);
       await c.run(host.ns, ["ip", "route", "add", peerSubnet, "via", peer]);
-      await c.run(host.ns, ["iptables", "-P", "FORWARD", "DROP"]);
+      await c.run(host.ns, ["iptables", "-w", "-P", "FORWARD", "DROP"]);
     }
     podA = await c.addPod(h1, "a", { bridge: "cni0", address: "10.244.5.2/24", gateway: "10.244.5.1" });
     podB = await c.addPod(h1, "b", { bridge: "cni0", address: "10.244.5.3/24", gateway: "10.244.5.1" });
@@ -376,12 +378,12 @@ describe("packets", () => {
   it("with the rules a pod reaches the outside with the host's address as source", async () => {
     await masq(h1, "10.244.5.0/24");
     await masq(h2, "10.244.6.0/24");
-    expect((await the().ping(podA.ns, outside.address, { count: 2 })).ok).toBe(true);
+    expect((await the().ping(podA.ns, outside.address, { count: 3, waitSeconds: 2 })).ok).toBe(true);
     expect(await seenSource(podA.ns, outside.ns, outside.address)).toBe(h1.address);
   });
 
   it("pod-to-pod traffic keeps the pod's address, across hosts and on one bridge", async () => {
-    expect((await the().ping(podA.ns, podC.address)).ok).toBe(true);
+    expect((await the().ping(podA.ns, podC.address, { count: 3, waitSeconds: 2 })).ok).toBe(true);
     expect(await seenSource(podA.ns, podC.ns, podC.address)).toBe(podA.address);
     expect(await seenSource(podC.ns, podA.ns, podA.address)).toBe(podC.address);
     expect(await seenSource(podA.ns, podB.ns, podB.address)).toBe(podA.address);
@@ -400,11 +402,11 @@ describe("packets", () => {
       "--set-xmark",
       "0x4000/0x4000",
     ];
-    await the().run(h1.ns, ["iptables", ...mark]);
+    await the().run(h1.ns, ["iptables", "-w", ...mark]);
     try {
       expect(await seenSource(podB.ns, outside.ns, outside.address)).toBe(podB.address);
     } finally {
-      await the().run(h1.ns, ["iptables", ...mark.map((a) => (a === "-A" ? "-D" : a))]);
+      await the().run(h1.ns, ["iptables", "-w", ...mark.map((a) => (a === "-A" ? "-D" : a))]);
     }
   });
 
