@@ -24,7 +24,7 @@ FROM ${NODE_IMAGE}
 # capabilities. The DaemonSet drops every other capability and makes the root file system read-only.
 # iptables is Debian's, with both backends: --iptables-mode=auto picks the one the host's kube-proxy uses.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 iptables procps \
+    && apt-get install -y --no-install-recommends iproute2 iptables procps ethtool \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 ENV NODE_ENV=production

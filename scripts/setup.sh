@@ -17,6 +17,7 @@ declare -A needs=(
   [promtool]=prometheus
   [systemd-analyze]=systemd
   [iperf3]=iperf3
+  [ethtool]=ethtool
 )
 missing=()
 for cmd in "${!needs[@]}"; do

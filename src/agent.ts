@@ -98,6 +98,7 @@ export class Agent {
         bridge: options.bridge,
         resyncIntervalMs: options.resyncIntervalSeconds * 1000,
         watchKernel: options.kernelWatch,
+        vxlanTxChecksumOffload: options.vxlanTxChecksumOffload,
       },
       log,
       {

@@ -153,6 +153,12 @@ export const agentFlags: readonly FlagSpec[] = [
   },
   // files for container runtimes, written when the lease is known or changes
   {
+    name: "vxlan-tx-checksum-offload",
+    kind: "bool",
+    default: "true",
+    help: "false: turn TX checksum offload off on the VXLAN device and keep it off, also after re-creation (the workaround for bad VXLAN checksums: Services and DNS timing out after 63 s, flannel#1279); needs ethtool",
+  },
+  {
     name: "cni-conf-file",
     kind: "string",
     default: "/etc/cni/net.d/10-twill.conflist",
@@ -285,6 +291,7 @@ export interface AgentOptions {
   readonly iptablesResyncSeconds: number;
   readonly iptablesForwardRules: boolean;
   readonly iptablesMode: IptablesMode;
+  readonly vxlanTxChecksumOffload: boolean;
   /** --metrics-address; undefined when disabled. */
   readonly metricsAddress: ListenAddress | undefined;
   /** --healthz-ip:--healthz-port; undefined when the port is 0. */
@@ -415,6 +422,7 @@ export function parseAgentOptions(
     iptablesResyncSeconds: g.num("iptables-resync"),
     iptablesForwardRules: g.bool("iptables-forward-rules"),
     iptablesMode: iptablesMode(g.str("iptables-mode")),
+    vxlanTxChecksumOffload: g.bool("vxlan-tx-checksum-offload"),
     metricsAddress,
     healthzAddress,
     logLevel: g.str("log-level"),

@@ -26,6 +26,7 @@ import { readFdb, readNeighbours, readRoutes } from "./kernel/read.js";
 import type { CommandRunner } from "./kernel/runner.js";
 import { MAIN_TABLE, TWILL_ROUTE_PROTOCOL, type PeerStatus } from "./model.js";
 import { plan, type Op } from "./planner.js";
+import { ensureTxChecksumOff } from "./offload.js";
 
 export type Trigger = "start" | "peers" | "self" | "resync" | "kernel" | "retry";
 
@@ -61,6 +62,8 @@ export interface DataplaneOptions {
   readonly resyncIntervalMs: number;
   /** Watch the kernel (ip monitor) to repair drift at once; on by default. */
   readonly watchKernel: boolean;
+  /** false: keep TX checksum offload off on the VXLAN device (--vxlan-tx-checksum-offload=false). */
+  readonly vxlanTxChecksumOffload: boolean;
 }
 
 /** Coalescing window: a burst of peer events within it becomes one round. */
@@ -76,6 +79,7 @@ export class Dataplane {
   private lastStates = new Map<string, string>();
   private programmedOnce = false;
   private forwardingWarned = false;
+  private offloadWarning: string | undefined;
   private changedDuringRound = false;
   private monitor: KernelWatch | undefined;
   /** The node state whose devices the last successful round verified, and its on-link networks. */
@@ -295,6 +299,19 @@ export class Dataplane {
               network: config.network,
             })),
           );
+          if (!this.options.vxlanTxChecksumOffload) {
+            try {
+              repairs.push(...(await ensureTxChecksumOff(this.runner, vxlanDev)));
+              this.offloadWarning = undefined;
+            } catch (caught) {
+              // The device works either way: program the peers, and say so once per distinct problem.
+              const message = errorMessage(caught);
+              if (this.offloadWarning !== message) {
+                this.offloadWarning = message;
+                this.log.error({ err: message }, "cannot turn off TX checksum offload on the VXLAN device");
+              }
+            }
+          }
         }
         this.connected = await connectedNetworks(this.runner, external.name);
       }

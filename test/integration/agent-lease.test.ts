@@ -384,6 +384,33 @@ describe("the agent process", () => {
     expect((await runTwill(["status"], { netns: node.ns })).stdout).not.toContain("node problem");
   });
 
+  it("with --vxlan-tx-checksum-offload=false keeps TX checksum offload off, also on a re-created device", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const node = await cluster.addHost(8);
+    const txChecksum = async (): Promise<string | undefined> => {
+      const shown = await cluster.exec(node.ns, ["ethtool", "-k", "flannel.1"]);
+      return /^\s*tx-checksum-ip-generic: (on|off)/m.exec(shown.stdout)?.[1];
+    };
+    // By default the kernel's setting (on) is left alone.
+    const plain = agentOn(node, prefix);
+    await plain.waitForSubnetEnv();
+    await waitFor("flannel.1", async () => (await txChecksum()) !== undefined);
+    expect(await txChecksum()).toBe("on");
+    await plain.destroy();
+
+    const agent = agentOn(node, prefix, ["--vxlan-tx-checksum-offload=false", "--resync-interval=1s"]);
+    await agent.waitForSubnetEnv();
+    await waitFor("offload off", async () => (await txChecksum()) === "off");
+    // Repaired drift re-creates the device with the kernel's default (on): the agent turns it off again.
+    await cluster.run(node.ns, ["ip", "link", "del", "flannel.1"]);
+    await waitFor("flannel.1 re-created", async () => (await txChecksum()) !== undefined);
+    await waitFor("offload off again", async () => (await txChecksum()) === "off");
+    expect(
+      agent.logs().filter((l) => l.msg === "device repaired" && l.what === "offload").length,
+    ).toBeGreaterThanOrEqual(2);
+  });
+
   it("sees other agents as peers, never itself", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
