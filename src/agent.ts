@@ -299,6 +299,7 @@ export class Agent {
             keyFile: this.options.etcd.keyFile,
             username: this.options.etcd.username,
             password: this.options.etcd.password,
+            flagNames: this.options.etcd.flagNames,
           },
           this.options.etcd.prefix,
         );

@@ -2,8 +2,8 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
-import { agentFlags, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
-import { FlagError, formatFlagHelp, parseFlags, type FlagSpec } from "../config/flags.js";
+import { agentFlags, ETCD_NAMED_FLAGS, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
+import { FlagError, flagLabels, formatFlagHelp, parseFlags, type FlagSpec } from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
 import type { Lease } from "../lease/lease.js";
@@ -85,6 +85,7 @@ function openRegistry(
       keyFile: str("etcd-keyfile"),
       username: str("etcd-username"),
       password: str("etcd-password"),
+      flagNames: flagLabels(parsed, ETCD_NAMED_FLAGS),
     },
     etcdPrefix(str("etcd-prefix") ?? "/coreos.com/network"),
   );

@@ -4,7 +4,18 @@ import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
 import { errorMessage } from "../util/log.js";
 import { tryParseIPv4, unusableUnicastReason } from "../ip/ipv4.js";
 import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../masq/backend-choice.js";
-import { FlagError, parseFlags, type FlagSpec, type FlagValue, type ParsedFlags } from "./flags.js";
+import {
+  FlagError,
+  flagLabel,
+  flagLabels,
+  parseFlags,
+  type FlagSpec,
+  type FlagValue,
+  type ParsedFlags,
+} from "./flags.js";
+
+/** The etcd settings the client's errors name. */
+export const ETCD_NAMED_FLAGS = ["etcd-endpoints", "etcd-cafile", "etcd-certfile", "etcd-keyfile"];
 
 /** An etcd client URL as flanneld takes it: scheme, host and port, nothing after. */
 export const ETCD_ENDPOINT = /^https?:\/\/[^/]+\/?$/;
@@ -271,6 +282,8 @@ export interface AgentOptions {
     readonly keyFile: string | undefined;
     readonly username: string | undefined;
     readonly password: string | undefined;
+    /** How errors name each etcd setting: the env variable too when the value came from one. */
+    readonly flagNames: Readonly<Record<string, string>>;
   };
   readonly iface: readonly string[];
   readonly ifaceRegex: readonly string[];
@@ -345,10 +358,7 @@ export function parseAgentOptions(
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(bridge)) {
     throw new FlagError(`--bridge: "${bridge}" is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)`);
   }
-  const where = (flag: string): string => {
-    const source = parsed.sources.get(flag) ?? "flag";
-    return source === "flag" || source === "default" ? `--${flag}` : `${source} (--${flag})`;
-  };
+  const where = (flag: string): string => flagLabel(parsed, flag);
   const metricsText = g.str("metrics-address");
   let metricsAddress: ListenAddress | undefined;
   try {
@@ -403,6 +413,7 @@ export function parseAgentOptions(
       keyFile: g.opt("etcd-keyfile"),
       username: g.opt("etcd-username"),
       password: g.opt("etcd-password"),
+      flagNames: flagLabels(parsed, ETCD_NAMED_FLAGS),
     },
     iface: g.list("iface"),
     ifaceRegex: g.list("iface-regex"),

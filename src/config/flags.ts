@@ -205,3 +205,14 @@ export function formatFlagHelp(specs: readonly FlagSpec[]): string {
   }
   return lines.join("\n");
 }
+
+/** How messages name a flag: "--flag", or "TWILL_FLAG (--flag)" when its value came from that variable. */
+export function flagLabel(parsed: ParsedFlags, flag: string): string {
+  const source = parsed.sources.get(flag) ?? "flag";
+  return source === "flag" || source === "default" ? `--${flag}` : `${source} (--${flag})`;
+}
+
+/** flagLabel for each of `flags`, e.g. for the etcd client's error messages. */
+export function flagLabels(parsed: ParsedFlags, flags: readonly string[]): Record<string, string> {
+  return Object.fromEntries(flags.map((flag) => [flag, flagLabel(parsed, flag)]));
+}

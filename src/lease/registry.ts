@@ -15,6 +15,11 @@ export interface EtcdConnectionOptions {
   readonly password?: string | undefined;
   /** Deadline of each unary call. */
   readonly callTimeoutMs?: number;
+  /**
+   * How to name each setting in errors, by flag: e.g. "etcd-cafile" → "TWILL_ETCD_CAFILE (--etcd-cafile)"
+   * when the value came from the environment; default "--<flag>".
+   */
+  readonly flagNames?: Readonly<Record<string, string>>;
 }
 
 /** A problem with the etcd connection settings themselves (not a passing outage): names the culprit. */
@@ -33,11 +38,13 @@ function readTlsFile(flag: string, path: string): Buffer {
 
 /** Builds etcd3 client options; TLS files are read here so a bad path fails loudly and early. */
 export function etcdClientOptions(options: EtcdConnectionOptions): IOptions {
-  if (options.endpoints.length === 0) throw new EtcdSettingsError("--etcd-endpoints: no endpoint given");
+  const name = (flag: string): string => options.flagNames?.[flag] ?? `--${flag}`;
+  if (options.endpoints.length === 0)
+    throw new EtcdSettingsError(`${name("etcd-endpoints")}: no endpoint given`);
   for (const endpoint of options.endpoints) {
     if (!ETCD_ENDPOINT.test(endpoint)) {
       throw new EtcdSettingsError(
-        `--etcd-endpoints: "${endpoint}" is not a URL of the form http(s)://host:port`,
+        `${name("etcd-endpoints")}: "${endpoint}" is not a URL of the form http(s)://host:port`,
       );
     }
   }
@@ -53,20 +60,20 @@ export function etcdClientOptions(options: EtcdConnectionOptions): IOptions {
     if (Boolean(options.certFile) !== Boolean(options.keyFile)) {
       throw new EtcdSettingsError(
         options.certFile
-          ? "--etcd-keyfile: required when --etcd-certfile is set"
-          : "--etcd-certfile: required when --etcd-keyfile is set",
+          ? `${name("etcd-keyfile")}: required when --etcd-certfile is set`
+          : `${name("etcd-certfile")}: required when --etcd-keyfile is set`,
       );
     }
     const plain = options.endpoints.filter((e) => e.startsWith("http://"));
     if (plain.length > 0) {
       throw new EtcdSettingsError(
-        `--etcd-endpoints: ${plain.join(", ")} is plaintext (http://) but TLS files are set; use https://`,
+        `${name("etcd-endpoints")}: ${plain.join(", ")} is plaintext (http://) but TLS files are set; use https://`,
       );
     }
     clientOptions.credentials = {
-      rootCertificate: options.caFile ? readTlsFile("--etcd-cafile", options.caFile) : Buffer.alloc(0),
-      ...(options.certFile ? { certChain: readTlsFile("--etcd-certfile", options.certFile) } : {}),
-      ...(options.keyFile ? { privateKey: readTlsFile("--etcd-keyfile", options.keyFile) } : {}),
+      rootCertificate: options.caFile ? readTlsFile(name("etcd-cafile"), options.caFile) : Buffer.alloc(0),
+      ...(options.certFile ? { certChain: readTlsFile(name("etcd-certfile"), options.certFile) } : {}),
+      ...(options.keyFile ? { privateKey: readTlsFile(name("etcd-keyfile"), options.keyFile) } : {}),
     };
   }
   if (options.username) {

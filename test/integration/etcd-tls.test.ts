@@ -37,8 +37,8 @@ afterAll(async () => {
   pki.destroy();
 });
 
-function agentWith(args: string[], endpoint = etcd.endpoint): AgentProcess {
-  const agent = startAgent({ netns: host.ns, etcdEndpoint: endpoint, args: ["--iface=eth0", ...args] });
+function agentWith(args: string[], endpoint = etcd.endpoint, env: Record<string, string> = {}): AgentProcess {
+  const agent = startAgent({ netns: host.ns, etcdEndpoint: endpoint, args: ["--iface=eth0", ...args], env });
   agents.push(agent);
   return agent;
 }
@@ -92,6 +92,23 @@ describe("etcd over TLS with client certificates", () => {
     await retriesWith(
       agent,
       new RegExp(`--etcd-keyfile ${missing.replace(/[.]/g, "\\.")}: cannot read the file`),
+    );
+  });
+
+  it("names the environment variable when the missing key file came from one (as in the manifest)", async () => {
+    const missing = `${pki.dir}/no-such-env.key`;
+    const agent = agentWith(
+      [`--etcd-cafile=${pki.caFile}`, `--etcd-certfile=${pki.clientCertFile}`],
+      etcd.endpoint,
+      {
+        TWILL_ETCD_KEYFILE: missing,
+      },
+    );
+    await retriesWith(
+      agent,
+      new RegExp(
+        `TWILL_ETCD_KEYFILE \\(--etcd-keyfile\\) ${missing.replace(/[.]/g, "\\.")}: cannot read the file`,
+      ),
     );
   });
 
