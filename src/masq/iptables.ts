@@ -67,8 +67,6 @@ export class IptablesRestoreError extends KernelCommandError {
 export class MasqManager {
   private readonly mode: IptablesMode;
   private readonly fixedCommand: string | undefined;
-  /** The command in use, known once info() has run (every save/restore runs after it). */
-  private command = "iptables";
   private detected: Promise<IptablesInfo> | undefined;
   /** ensure() rounds run one at a time, so two rounds never race on the same chains. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -128,15 +126,14 @@ export class MasqManager {
             this.mode,
             this.mode === "auto" ? await this.evidence() : { nft: undefined, legacy: undefined },
           );
-    this.command = choice.command;
-    const result = await this.runner.run(this.command, ["--version"]);
-    const command = `${this.command} --version`;
+    const result = await this.runner.run(choice.command, ["--version"]);
+    const command = `${choice.command} --version`;
     if (result.exitCode !== 0) throw new KernelCommandError(`${command} (${this.runner.where})`, result);
     const version = parseIptablesVersion(result.stdout);
     if (version === undefined) throw new Error(`${command}: no version in ${JSON.stringify(result.stdout)}`);
     const recent = atLeast162(version);
     return {
-      command: this.command,
+      command: choice.command,
       reason: choice.reason,
       version: `${version.major}.${version.minor}.${version.patch}`,
       backend: version.backend ?? "unknown",
@@ -146,12 +143,12 @@ export class MasqManager {
   }
 
   private async save(tables: readonly Table[]): Promise<string> {
-    await this.info();
+    const { command } = await this.info();
     const texts = await Promise.all(
       tables.map(async (table) => {
-        const result = await this.runner.run(`${this.command}-save`, ["-t", table]);
+        const result = await this.runner.run(`${command}-save`, ["-t", table]);
         if (result.exitCode !== 0) {
-          throw new KernelCommandError(`${this.command}-save -t ${table} (${this.runner.where})`, result);
+          throw new KernelCommandError(`${command}-save -t ${table} (${this.runner.where})`, result);
         }
         return result.stdout;
       }),
@@ -159,7 +156,7 @@ export class MasqManager {
     const text = texts.join("\n");
     for (const warning of parseSave(text).warnings) {
       // e.g. iptables-nft seeing iptables-legacy tables: kube-proxy and twill may be on different backends.
-      this.warnOnce(warning, { warning, command: this.command }, "iptables reports rules of another backend");
+      this.warnOnce(warning, { warning, command }, "iptables reports rules of another backend");
     }
     return text;
   }
@@ -187,15 +184,15 @@ export class MasqManager {
   }
 
   private async restore(payload: string): Promise<void> {
-    const { wait } = await this.info();
+    const { wait, command } = await this.info();
     const args = ["--noflush", ...(wait ? ["--wait"] : [])];
-    const result = await this.runner.run(`${this.command}-restore`, args, payload);
+    const result = await this.runner.run(`${command}-restore`, args, payload);
     if (result.exitCode === 0) return;
     // "iptables-restore: line 3 failed: …" — name the line we sent.
     const lineNo = /line (\d+) failed/.exec(result.stderr)?.[1];
     const line = lineNo === undefined ? undefined : payload.split("\n")[Number(lineNo) - 1];
     throw new IptablesRestoreError(
-      `${this.command}-restore ${args.join(" ")} (${this.runner.where})`,
+      `${command}-restore ${args.join(" ")} (${this.runner.where})`,
       result,
       payload,
       line,
