@@ -60,8 +60,9 @@ export interface AgentHooks extends KeeperObserver, DataplaneObserver {
 /** Slack for the lease loop's heartbeat beyond its planned wake-up: one renewal call and its retry wait. */
 const LEASE_LOOP_SLACK_MS = 120_000;
 
-export class Agent {
-  readonly status: AgentStatus = {
+/** The status of an agent that has only just started. */
+export function initialAgentStatus(): AgentStatus {
+  return {
     config: { kind: "unknown" },
     external: undefined,
     ownLease: undefined,
@@ -71,6 +72,10 @@ export class Agent {
     nodeProblems: [],
     notReady: ["starting"],
   };
+}
+
+export class Agent {
+  readonly status: AgentStatus = initialAgentStatus();
   private registry: EtcdRegistry | undefined;
   private keeper: LeaseKeeper | undefined;
   private readonly ownKeyChanged = new Wakeup();

@@ -3,7 +3,7 @@
 // `twill status` client against it. No agent, no namespaces.
 import { spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { AgentStatus } from "../../src/agent.js";
+import { initialAgentStatus, type AgentStatus } from "../../src/agent.js";
 import type { Op } from "../../src/dataplane/planner.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { Metrics } from "../../src/metrics/metrics.js";
@@ -23,13 +23,7 @@ let now = Date.UTC(2026, 10, 22, 12, 0, 0);
 const heartbeats = new Heartbeats(() => now);
 const metrics = new Metrics({ version: "0.1.0" });
 const agent: AgentStatus = {
-  config: { kind: "unknown" },
-  external: undefined,
-  ownLease: undefined,
-  subnetFileWritten: false,
-  view: undefined,
-  iptables: undefined,
-  nodeProblems: [],
+  ...initialAgentStatus(),
   notReady: ["acquiring a subnet lease", "data plane not programmed yet"],
 };
 metrics.followStatus(() => agent);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import type { AgentStatus } from "../../src/agent.js";
+import { initialAgentStatus, type AgentStatus } from "../../src/agent.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import type { RoundReport } from "../../src/dataplane/controller.js";
 import type { PeerStatus } from "../../src/dataplane/model.js";
@@ -343,13 +343,8 @@ describe("Metrics", () => {
     m.setReady(true);
     expect(await value(m, "twill_ready")).toBe(1);
     const status: AgentStatus = {
+      ...initialAgentStatus(),
       config: { kind: "missing", key: "/coreos.com/network/config" },
-      external: undefined,
-      ownLease: undefined,
-      subnetFileWritten: false,
-      view: undefined,
-      iptables: undefined,
-      nodeProblems: [],
       notReady: ["no subnet lease yet"],
     };
     m.followStatus(() => status);
