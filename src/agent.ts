@@ -215,7 +215,6 @@ export class Agent {
         let reapply = false;
         if (pending.configChanged) {
           pending.configChanged = false;
-          watch.setContext({ prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet });
           if (isCompatible(own.subnet, config)) {
             this.log.info({ subnet: formatCidr(own.subnet) }, "network config changed; applying it");
             reapply = true;
@@ -260,12 +259,9 @@ export class Agent {
           if (lost) this.setNotReady("re-acquiring the subnet lease");
           // Acquiring waits out etcd outages by design; liveness must not restart it for that.
           this.heartbeats.beat("lease", Infinity);
-          const before = own;
           attrs = await this.leaseAttrs(config, external);
           // A compatible lease for our address is reused: same subnet, new attributes (e.g. a VNI).
           own = await keeper.acquire(config, attrs, own.subnet, signal);
-          if (reapply && before.leaseId !== own.leaseId && before.leaseId !== "0")
-            await registry.revoke(before.leaseId);
           await this.adopt(own, config, external);
           watch.setContext({ prefix: registry.prefix, config, ownKey: own.key, ownSubnet: own.subnet });
         }

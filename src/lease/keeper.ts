@@ -191,6 +191,8 @@ export class LeaseKeeper {
         }
         const written = await this.registry.replaceIfUnchanged(lease.key, value, ttl, lease.modRevision);
         if (written === undefined) return { kind: "race", subnet: lease.subnet };
+        // The key now has a fresh etcd lease; revoke the old one, as renew() does, rather than leave it 24 h.
+        await this.registry.revoke(lease.etcdLeaseId);
         return {
           kind: "acquired",
           how: "reused",

@@ -108,6 +108,9 @@ describe("acquiring a lease", () => {
     );
     expect(formatCidr(second.subnet)).toBe(formatCidr(first.subnet));
     expect(second.leaseId).not.toBe(first.leaseId);
+    // The old etcd lease no longer holds the key: revoked, not left to run out its 24 h.
+    expect(await registry(prefix).timeToLive(first.leaseId)).toBeUndefined();
+    expect(await registry(prefix).timeToLive(second.leaseId)).toBeGreaterThan(0);
   });
 
   it("gets the subnet from its subnet file back when its key is gone and the subnet is free", async () => {
