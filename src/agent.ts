@@ -292,18 +292,7 @@ export class Agent {
     const backoff = new Backoff(1000, 30_000);
     for (;;) {
       try {
-        return new EtcdRegistry(
-          {
-            endpoints: this.options.etcd.endpoints,
-            caFile: this.options.etcd.caFile,
-            certFile: this.options.etcd.certFile,
-            keyFile: this.options.etcd.keyFile,
-            username: this.options.etcd.username,
-            password: this.options.etcd.password,
-            flagNames: this.options.etcd.flagNames,
-          },
-          this.options.etcd.prefix,
-        );
+        return new EtcdRegistry(this.options.etcd, this.options.etcd.prefix);
       } catch (error) {
         this.setNotReady(`etcd settings: ${errorMessage(error)}`);
         this.log.error({ err: errorMessage(error) }, "cannot set up the etcd client; retrying");

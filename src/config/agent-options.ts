@@ -3,6 +3,7 @@
 import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
 import { errorMessage } from "../util/log.js";
 import { tryParseIPv4, unusableUnicastReason } from "../ip/ipv4.js";
+import { etcdEndpointProblem } from "./etcd-endpoint.js";
 import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../masq/backend-choice.js";
 import {
   FlagError,
@@ -16,9 +17,6 @@ import {
 
 /** The etcd settings the client's errors name. */
 export const ETCD_NAMED_FLAGS = ["etcd-endpoints", "etcd-cafile", "etcd-certfile", "etcd-keyfile"];
-
-/** An etcd client URL as flanneld takes it: scheme, host and port, nothing after. */
-export const ETCD_ENDPOINT = /^https?:\/\/[^/]+\/?$/;
 
 export const agentFlags: readonly FlagSpec[] = [
   // etcd
@@ -162,13 +160,13 @@ export const agentFlags: readonly FlagSpec[] = [
     default: "true",
     help: "watch the kernel (ip monitor) and repair drift at once; false = periodic resync only",
   },
-  // files for container runtimes, written when the lease is known or changes
   {
     name: "vxlan-tx-checksum-offload",
     kind: "bool",
     default: "true",
     help: "false: turn TX checksum offload off on the VXLAN device and keep it off, also after re-creation (the workaround for bad VXLAN checksums: Services and DNS timing out after 63 s, flannel#1279); needs ethtool",
   },
+  // files for container runtimes, written when the lease is known or changes
   {
     name: "cni-conf-file",
     kind: "string",
@@ -396,11 +394,8 @@ export function parseAgentOptions(
     }
   }
   for (const endpoint of g.list("etcd-endpoints")) {
-    if (!ETCD_ENDPOINT.test(endpoint)) {
-      throw new FlagError(
-        `${where("etcd-endpoints")}: "${endpoint}" is not a URL of the form http(s)://host:port`,
-      );
-    }
+    const problem = etcdEndpointProblem(endpoint);
+    if (problem !== undefined) throw new FlagError(`${where("etcd-endpoints")}: ${problem}`);
   }
   const renewMarginSeconds = g.num("subnet-lease-renew-margin") * 60;
   const leaseTtlSeconds = g.num("lease-ttl");

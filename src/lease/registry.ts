@@ -2,9 +2,11 @@
 // deadline, and nothing here decides anything (allocation and validation are pure, elsewhere).
 import { readFileSync } from "node:fs";
 import { Etcd3, type IOptions, type IKeyValue, type Watcher } from "etcd3";
-import { ETCD_ENDPOINT } from "../config/agent-options.js";
-import type { RawEntry } from "./peer-view.js";
+import { etcdEndpointProblem } from "../config/etcd-endpoint.js";
+import { errorMessage } from "../util/log.js";
 import { sleep } from "../util/time.js";
+import { subnetsPrefix } from "./key.js";
+import type { RawEntry } from "./peer-view.js";
 
 export interface EtcdConnectionOptions {
   readonly endpoints: readonly string[];
@@ -31,8 +33,7 @@ function readTlsFile(flag: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new EtcdSettingsError(`${flag} ${path}: cannot read the file (${reason})`);
+    throw new EtcdSettingsError(`${flag} ${path}: cannot read the file (${errorMessage(error)})`);
   }
 }
 
@@ -42,11 +43,8 @@ export function etcdClientOptions(options: EtcdConnectionOptions): IOptions {
   if (options.endpoints.length === 0)
     throw new EtcdSettingsError(`${name("etcd-endpoints")}: no endpoint given`);
   for (const endpoint of options.endpoints) {
-    if (!ETCD_ENDPOINT.test(endpoint)) {
-      throw new EtcdSettingsError(
-        `${name("etcd-endpoints")}: "${endpoint}" is not a URL of the form http(s)://host:port`,
-      );
-    }
+    const problem = etcdEndpointProblem(endpoint);
+    if (problem !== undefined) throw new EtcdSettingsError(`${name("etcd-endpoints")}: ${problem}`);
   }
   const timeout = options.callTimeoutMs ?? 5000;
   const clientOptions: IOptions = {
@@ -132,8 +130,7 @@ export class EtcdRegistry {
 
   /** An etcd error with the endpoints it concerns, so a log line says where to look. */
   explain(error: unknown): string {
-    const message = error instanceof Error ? error.message : String(error);
-    return `${message} (etcd endpoints: ${this.endpoints.join(", ")})`;
+    return `${errorMessage(error)} (etcd endpoints: ${this.endpoints.join(", ")})`;
   }
 
   get configKey(): string {
@@ -141,7 +138,7 @@ export class EtcdRegistry {
   }
 
   get subnetsPrefix(): string {
-    return `${this.prefix}/subnets/`;
+    return subnetsPrefix(this.prefix);
   }
 
   async getConfig(): Promise<{ text: string | undefined; revision: number }> {
