@@ -1,7 +1,7 @@
 // Acquiring and keeping this node's own lease. flannel exits on a lost creation race, on a revoked or
 // expired lease, and can stop renewing silently; twill retries the race with a fresh choice,
-// re-acquires a lost lease (the same subnet when still free) and renews on a loop that cannot end
-// while the agent runs.
+// re-acquires a lost lease (the same subnet when still free) and renews with a guarded transaction
+// (the loop that calls it, and cannot end while the agent runs, is the agent's).
 import type { NetworkConfig } from "../config/network-config.js";
 import { formatCidr, formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
 import type { Logger } from "../util/log.js";
@@ -9,7 +9,7 @@ import { Backoff, sleep } from "../util/time.js";
 import { chooseSubnet } from "./allocate.js";
 import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
 import { parseSubnetKey, subnetKey } from "./key.js";
-import type { Lease, LeaseAttrs } from "./lease.js";
+import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 import type { RawEntry } from "./peer-view.js";
 import type { EtcdRegistry } from "./registry.js";
 
@@ -71,14 +71,7 @@ export function leasesForAllocation(entries: readonly RawEntry[]): Lease[] {
         backendV6Data: undefined,
       };
     }
-    leases.push({
-      subnet,
-      attrs,
-      key: entry.key,
-      etcdLeaseId: entry.etcdLeaseId,
-      createRevision: entry.createRevision,
-      modRevision: entry.modRevision,
-    });
+    leases.push(leaseFrom(entry, subnet, attrs));
   }
   return leases;
 }

@@ -26,3 +26,13 @@ export interface Lease {
   readonly createRevision: number;
   readonly modRevision: number;
 }
+
+/** A Lease from an etcd entry (its key, lease and revisions) and what was parsed out of it. */
+export function leaseFrom(
+  entry: Pick<Lease, "key" | "etcdLeaseId" | "createRevision" | "modRevision">,
+  subnet: Subnet,
+  attrs: LeaseAttrs,
+): Lease {
+  const { key, etcdLeaseId, createRevision, modRevision } = entry;
+  return { subnet, attrs, key, etcdLeaseId, createRevision, modRevision };
+}

@@ -6,7 +6,7 @@ import { formatCidr, maskOf, overlaps, containsSubnet, type Subnet } from "../ip
 import type { NetworkConfig } from "../config/network-config.js";
 import { decodeLeaseAttrs, LeaseDecodeError, parseVxlanBackendData, publicIpProblem } from "./attrs.js";
 import { parseSubnetKey, SubnetKeyError, subnetsPrefix } from "./key.js";
-import type { Lease, LeaseAttrs } from "./lease.js";
+import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 
 export interface RawEntry {
   key: string;
@@ -122,15 +122,7 @@ function parseEntry(entry: RawEntry): Parsed {
       attrsProblem = `bad vxlan BackendData: ${err instanceof LeaseDecodeError ? err.message : String(err)}`;
     }
   }
-  const lease: Lease = {
-    subnet,
-    attrs,
-    key: entry.key,
-    etcdLeaseId: entry.etcdLeaseId,
-    createRevision: entry.createRevision,
-    modRevision: entry.modRevision,
-  };
-  return { ok: true, lease, attrsProblem };
+  return { ok: true, lease: leaseFrom(entry, subnet, attrs), attrsProblem };
 }
 
 /** Older first: lower createRevision, then key (one etcd txn can create several keys at one revision). */
