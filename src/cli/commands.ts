@@ -21,10 +21,12 @@ import type { LevelWithSilent } from "pino";
 
 type Env = Readonly<Record<string, string | undefined>>;
 
-function version(): string {
+function readVersion(): string {
   const pkg: unknown = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
   return typeof pkg === "object" && pkg !== null && "version" in pkg ? String(pkg.version) : "unknown";
 }
+
+const VERSION = readVersion();
 
 const etcdFlagNames = new Set([
   "etcd-endpoints",
@@ -37,7 +39,7 @@ const etcdFlagNames = new Set([
 ]);
 const adminFlags: readonly FlagSpec[] = agentFlags.filter((flag) => etcdFlagNames.has(flag.name));
 
-const usage = `twill ${version()} — a flannel-compatible overlay network agent
+const usage = `twill ${VERSION} — a flannel-compatible overlay network agent
 
 Usage:
   twill agent [flags]              run the node agent (see twill agent --help)
@@ -239,7 +241,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   const options = parseAgentOptions(argv, env);
   const log = createLogger(options.logLevel as LevelWithSilent);
   log.info(
-    { version: version(), etcd: options.etcd.endpoints, prefix: options.etcd.prefix },
+    { version: VERSION, etcd: options.etcd.endpoints, prefix: options.etcd.prefix },
     "twill agent starting",
   );
   const controller = new AbortController();
@@ -252,7 +254,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   // handle, which would kill the agent mid-shutdown. stop() is idempotent.
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
-  const metrics = new Metrics({ version: version() });
+  const metrics = new Metrics({ version: VERSION });
   const agent = new Agent(options, log, metrics);
   metrics.followStatus(() => agent.status);
   const addresses = [options.metricsAddress, options.healthzAddress].filter(
@@ -260,7 +262,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   );
   const handler = createHandler({
     registry: metrics.registry,
-    source: agentEndpoints(agent, metrics, version()),
+    source: agentEndpoints(agent, metrics, VERSION),
     onError: (path, error) => log.error({ path, err: errorMessage(error) }, "HTTP endpoint failed"),
   });
   const endpoints = serve(addresses, handler, {
@@ -330,7 +332,7 @@ export async function runCli(argv: readonly string[], env: Env): Promise<number>
       case "--version":
       case "-version":
       case "version":
-        out(`twill ${version()}`);
+        out(`twill ${VERSION}`);
         return 0;
       case "agent":
         return await agentCommand(rest, env);

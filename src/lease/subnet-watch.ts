@@ -24,7 +24,7 @@ export interface SubnetWatchListener {
   onInvalid(entries: InvalidEntry[]): void;
   /** The node's own key as etcd now has it (undefined = deleted), whenever it changed. */
   onOwnKey(entry: RawEntry | undefined): void;
-  /** Watch lifecycle, for metrics: "relist" after every (re)list, "broken" with the reason. */
+  /** Watch lifecycle, for metrics: "watching" after every (re)list, "broken" with the reason. */
   onWatchState?(state: "watching" | "broken", reason?: string): void;
 }
 

@@ -57,7 +57,6 @@ function singleCidr(value: string | undefined): Subnet | undefined {
   return valid.length === 1 ? valid[0] : undefined;
 }
 
-/** A small dotenv reader: KEY=value lines, optional `export `, #comments, optional quotes; last key wins. */
 /** KEY=value lines (comments, `export`, quotes allowed), as flannel's dotenv reader takes them. */
 export function parseDotenv(text: string): Map<string, string> {
   const vars = new Map<string, string>();
