@@ -3,7 +3,14 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
 import { agentFlags, ETCD_NAMED_FLAGS, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
-import { FlagError, flagLabels, formatFlagHelp, parseFlags, type FlagSpec } from "../config/flags.js";
+import {
+  FlagError,
+  flagLabel,
+  flagLabels,
+  formatFlagHelp,
+  parseFlags,
+  type FlagSpec,
+} from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
 import type { Lease } from "../lease/lease.js";
@@ -89,7 +96,7 @@ function openRegistry(
       password: str("etcd-password"),
       flagNames: flagLabels(parsed, ETCD_NAMED_FLAGS),
     },
-    etcdPrefix(str("etcd-prefix") ?? "/coreos.com/network"),
+    etcdPrefix(str("etcd-prefix") ?? "/coreos.com/network", flagLabel(parsed, "etcd-prefix")),
   );
   return { registry, positionals: parsed.positionals };
 }

@@ -335,9 +335,9 @@ function getter(parsed: ParsedFlags) {
 }
 
 /** --etcd-prefix without trailing slashes; it must be absolute, as flannel's keys are. */
-export function etcdPrefix(text: string): string {
+export function etcdPrefix(text: string, label = "--etcd-prefix"): string {
   const prefix = text.replace(/\/+$/, "");
-  if (!prefix.startsWith("/")) throw new FlagError(`--etcd-prefix: "${text}" must start with /`);
+  if (!prefix.startsWith("/")) throw new FlagError(`${label}: "${text}" must start with /`);
   return prefix;
 }
 
@@ -351,12 +351,14 @@ export function parseAgentOptions(
     throw new FlagError(`unexpected argument "${parsed.positionals[0] ?? ""}"; twill agent takes only flags`);
   }
   const g = getter(parsed);
-  const prefix = etcdPrefix(g.str("etcd-prefix"));
+  const where = (flag: string): string => flagLabel(parsed, flag);
+  const prefix = etcdPrefix(g.str("etcd-prefix"), where("etcd-prefix"));
   const bridge = g.str("bridge");
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(bridge)) {
-    throw new FlagError(`--bridge: "${bridge}" is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)`);
+    throw new FlagError(
+      `${where("bridge")}: "${bridge}" is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)`,
+    );
   }
-  const where = (flag: string): string => flagLabel(parsed, flag);
   const metricsText = g.str("metrics-address");
   let metricsAddress: ListenAddress | undefined;
   try {

@@ -115,6 +115,12 @@ describe("agent options", () => {
     [["--public-ip", "1.2.3.4", "--public-ip", "5.6.7.8"], {}, /--public-ip: given more than once/],
     [["stray"], {}, /unexpected argument "stray"/],
     [["--public-ip", "10.0.0.300"], {}, /--public-ip: "10.0.0.300" is not an IPv4 address/],
+    [[], { TWILL_BRIDGE: "bad!" }, /TWILL_BRIDGE \(--bridge\): "bad!" is not a valid interface name/],
+    [
+      [],
+      { FLANNELD_ETCD_PREFIX: "relative" },
+      /FLANNELD_ETCD_PREFIX \(--etcd-prefix\): "relative" must start with \//,
+    ],
     [["--public-ip", "224.0.0.5"], {}, /--public-ip: "224.0.0.5" is (a )?multicast/],
     [["--iface-regex", "eth[0-"], {}, /--iface-regex: "eth\[0-" is not a valid regular expression/],
     [
