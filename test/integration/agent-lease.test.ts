@@ -61,6 +61,15 @@ function keyFor(prefix: string, subnetLine: string): string {
   return `${prefix}/subnets/${network}-${len}`;
 }
 
+/** The subnet (network form, 10.244.5.0/24) and how this agent process acquired its lease, once it has. */
+const acquisition = (agent: AgentProcess): { subnet: string; how: string } | undefined => {
+  const line = agent.logs().find((l) => l.msg === "subnet lease acquired");
+  return line && { subnet: String(line.subnet), how: String(line.how) };
+};
+
+/** subnet.env's FLANNEL_SUBNET (10.244.5.1/24) in network form. */
+const networkOf = (subnetLine: string): string => subnetLine.replace(/\.1\//, ".0/");
+
 const logged = (agent: AgentProcess, msg: RegExp): boolean =>
   agent.logs().some((line) => msg.test(String(line.msg)));
 
@@ -118,8 +127,9 @@ describe("the agent process", () => {
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe(before);
 
     await agent.restart();
-    await waitFor("re-acquisition after restart", () => logged(agent, /subnet lease acquired/));
-    expect(subnetOf(agent.subnetEnv())).toBe(subnet);
+    // The new process's own record: subnet.env still holds what the first process wrote.
+    const again = await waitFor("re-acquisition after restart", () => acquisition(agent));
+    expect(again).toEqual({ subnet: networkOf(subnet), how: "reused" });
     expect(etcd.ctl(["get", key, "--print-value-only"]).trim()).toBe(before);
   });
 
@@ -234,8 +244,8 @@ describe("the agent process", () => {
     await agent.process.stop();
     etcd.ctl(["del", keyFor(prefix, subnet)]);
     await agent.restart();
-    await waitFor("re-acquisition", () => agent.logs().some((line) => line.how === "created-previous"));
-    expect(subnetOf(agent.subnetEnv())).toBe(subnet);
+    const again = await waitFor("re-acquisition", () => acquisition(agent));
+    expect(again).toEqual({ subnet: networkOf(subnet), how: "created-previous" });
   });
 
   it("re-acquires the same subnet when its key is deleted while it runs, instead of exiting", async () => {
@@ -358,7 +368,7 @@ describe("the agent process", () => {
     );
   });
 
-  it("reports br_netfilter problems as node problems with the fix, keeps running, and sees them fixed", async () => {
+  it("reports br_netfilter problems as node problems with the fix, keeps running, and sees them fixed", async (ctx) => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const node = await cluster.addHost(7);
@@ -377,7 +387,8 @@ describe("the agent process", () => {
     const status = await runTwill(["status"], { netns: node.ns });
     expect(status.stdout).toMatch(new RegExp(`^ {2}node problem: .*${expected.source}`, "m"));
     expect(status.stdout).toMatch(/— ready/);
-    if (!moduleLoaded) return;
+    // Fixing it means loading the module, which is the machine's to do: say so, do not pass silently.
+    if (!moduleLoaded) ctx.skip("br_netfilter is not loaded on this machine: the fix cannot be shown");
 
     await cluster.run(node.ns, ["sysctl", "-q", "-w", `${sysctl}=1`]);
     await waitFor("the problem resolved", () => logged(agent, /node problem resolved/));
@@ -474,9 +485,14 @@ describe("admin commands", () => {
     expect(result.code).toBe(0);
     const lines = result.stdout.split("\n");
     expect(lines[0]).toMatch(/^SUBNET\s+PUBLIC IP\s+BACKEND\s+VTEP MAC\s+EXPIRES IN$/);
-    expect(lines[1]).toMatch(
-      /^10\.244\.\d+\.0\/24\s+198\.18\.0\.1\s+vxlan\s+[0-9a-f:]{17}\s+(23h59m|24h00m)$/,
+    const row = /^10\.244\.\d+\.0\/24\s+198\.18\.0\.1\s+vxlan\s+[0-9a-f:]{17}\s+(\d+)h(\d{2})m$/.exec(
+      lines[1] ?? "",
     );
+    expect(row, lines[1]).not.toBeNull();
+    // Time left on the default 24 h lease: at most 24 h, and not some other TTL (no timing asserted).
+    const minutesLeft = Number(row?.[1]) * 60 + Number(row?.[2]);
+    expect(minutesLeft).toBeLessThanOrEqual(24 * 60);
+    expect(minutesLeft).toBeGreaterThan(23 * 60);
     expect(result.stdout).toMatch(/1 lease\(s\) in 10\.244\.0\.0\/16/);
     expect(result.stdout).toMatch(/subnets\/10\.244\.250\.0-24: .*JSON/);
   });
