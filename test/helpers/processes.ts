@@ -89,10 +89,10 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Polls `check` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
+/** Polls `check` until it returns anything but undefined, null or false, or `timeoutMs` passes (then throws with `what`). */
 export async function waitFor<T>(
   what: string,
-  check: () => Promise<T | undefined | false> | T | undefined | false,
+  check: () => Promise<T | undefined | null | false> | T | undefined | null | false,
   timeoutMs = 20_000,
   intervalMs = 50,
 ): Promise<T> {
@@ -101,7 +101,8 @@ export async function waitFor<T>(
   for (;;) {
     try {
       const value = await check();
-      if (value !== undefined && value !== false) return value;
+      // null counts as "not yet" too (e.g. a RegExp exec that did not match).
+      if (value !== undefined && value !== null && value !== false) return value;
     } catch (error) {
       lastError = error;
     }

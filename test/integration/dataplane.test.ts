@@ -161,6 +161,13 @@ describe.each(["vxlan", "host-gw"] as const)("%s: 3 hosts x 2 pods", (backend) =
     expect(tooBig.received).toBe(0);
   });
 
+  it("gives the bridge it creates a fixed MAC: 0a:58 and the gateway address", async () => {
+    const n1 = node(cluster, 1);
+    const gateway = subnetLine(n1.agent.subnetEnv()).gateway;
+    const hex = gateway.split(".").map((b) => Number(b).toString(16).padStart(2, "0"));
+    expect((await readLink(n1.host.runner, "cni0"))?.mac).toBe(["0a", "58", ...hex].join(":"));
+  });
+
   it("a host that leaves is removed everywhere; the rest still ping; it is reachable again when it rejoins", async () => {
     const leaving = node(cluster, 3);
     const leavingSubnet = subnetOf(cluster, 3);

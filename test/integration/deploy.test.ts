@@ -992,10 +992,11 @@ describe("Dockerfile (structure; docker build cannot run here)", () => {
     expect(buildRuns).toContain("npm prune --omit=dev");
   });
 
-  it("the final stage has iproute2, iptables and procps, and no build tools", () => {
+  it("the final stage has iproute2, iptables, procps and ethtool, and no build tools", () => {
     const finalRuns = runs(final);
     expect(finalRuns).toMatch(/apt-get install[^\n]*--no-install-recommends/);
-    for (const pkg of ["iproute2", "iptables", "procps"])
+    // ethtool: --vxlan-tx-checksum-offload=false runs it.
+    for (const pkg of ["iproute2", "iptables", "procps", "ethtool"])
       expect(finalRuns).toMatch(new RegExp(`\\b${pkg}\\b`));
     expect(finalRuns).toContain("rm -rf /var/lib/apt/lists");
     for (const tool of [

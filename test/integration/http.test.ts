@@ -327,13 +327,19 @@ describe("listening", () => {
 
   it("stops retrying when closed", async () => {
     const taken = await listen({ host: "127.0.0.1", port: 0 }, () => undefined);
+    const failures: unknown[] = [];
+    const endpoints = serve([taken.address], () => undefined, { failed: (_a, e) => failures.push(e) });
     try {
-      const endpoints = serve([taken.address], () => undefined);
+      await waitFor("the first attempt to fail", () => failures.length > 0);
       await endpoints.close();
-      expect(endpoints.servers).toEqual([]);
     } finally {
       await taken.close();
     }
+    // The port is free now: a loop still retrying would take it within its first backoff (about 1 s).
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(endpoints.servers).toEqual([]);
+    expect(failures).toHaveLength(1);
+    await expect(fetch(`http://127.0.0.1:${taken.address.port}/`)).rejects.toThrow();
   });
 
   it("closes promptly even with a keep-alive connection open", async () => {
