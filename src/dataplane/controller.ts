@@ -28,7 +28,7 @@ import { MAIN_TABLE, TWILL_ROUTE_PROTOCOL, type PeerStatus } from "./model.js";
 import { plan, type Op } from "./planner.js";
 import { ensureTxChecksumOff } from "./offload.js";
 
-export type Trigger = "start" | "peers" | "self" | "resync" | "kernel" | "retry";
+export type Trigger = "peers" | "self" | "resync" | "kernel" | "retry";
 
 /** This node, as the data plane needs it. */
 export interface NodeSelf {
@@ -81,6 +81,12 @@ export class Dataplane {
   private forwardingWarned = false;
   private offloadWarning: string | undefined;
   private changedDuringRound = false;
+  /**
+   * The next round must check the devices: a trigger other than peer or route/neighbour/FDB changes
+   * is pending, or a link or address changed. Route, neighbour and FDB notifications (most of them
+   * the echo of our own writes) only need the objects re-read and planned.
+   */
+  private needsFullCheck = false;
   private monitor: KernelWatch | undefined;
   /** The node state whose devices the last successful round verified, and its on-link networks. */
   private verifiedSelf: string | undefined;
@@ -164,6 +170,7 @@ export class Dataplane {
         this.runner,
         (kind, line) => {
           if (!this.concernsUs(kind, line)) return;
+          if (kind === "link" || kind === "address") this.needsFullCheck = true;
           // During a round our own writes echo back; a change made by someone else meanwhile must not
           // be lost, so remember it and run one more round afterwards (it plans nothing if all is well).
           if (this.inRound) this.changedDuringRound = true;
@@ -221,8 +228,10 @@ export class Dataplane {
   }
 
   private takeTrigger(): Trigger {
-    const order: Trigger[] = ["self", "peers", "kernel", "retry", "start", "resync"];
+    const order: Trigger[] = ["self", "peers", "kernel", "retry", "resync"];
     const trigger = order.find((t) => this.pending.has(t)) ?? "resync";
+    if (this.pending.size === 0 || [...this.pending].some((t) => t !== "peers" && t !== "kernel"))
+      this.needsFullCheck = true;
     this.pending.clear();
     return trigger;
   }
@@ -248,8 +257,8 @@ export class Dataplane {
       const backend = config.backend;
       const mtu = backendMtu(config, external);
       const vxlanDev = backend.type === "vxlan" ? vxlanDeviceName(backend.vni) : undefined;
-      // A round for peer changes only skips the device checks when they passed for this very node
-      // state: device drift wakes a kernel- or resync-triggered round, which checks everything.
+      // A round for peer or kernel object changes only skips the device checks when they passed for
+      // this very node state: a link or address change, a resync or a new self checks everything.
       selfKey = JSON.stringify([
         subnet,
         config.network,
@@ -258,7 +267,8 @@ export class Dataplane {
         self.vtepMac,
         this.options.bridge,
       ]);
-      const fullCheck = trigger !== "peers" || this.verifiedSelf !== selfKey || this.connected === undefined;
+      const fullCheck = this.needsFullCheck || this.verifiedSelf !== selfKey || this.connected === undefined;
+      this.needsFullCheck = false;
       this.verifiedSelf = undefined;
       if (fullCheck) {
         try {
@@ -363,9 +373,16 @@ export class Dataplane {
     if (error === undefined && failed.length === 0) {
       this.programmedOnce = true;
       this.verifiedSelf = selfKey;
+    } else if (peerChangeAt !== undefined) {
+      this.requeuePeerChange(peerChangeAt);
     }
     this.observer.round?.(report);
     return report;
+  }
+
+  /** Not programmed yet: the retry that programs it reports the latency from the original change. */
+  private requeuePeerChange(at: number): void {
+    this.oldestPendingPeerChange = Math.min(this.oldestPendingPeerChange ?? at, at);
   }
 
   private reportPeerStates(states: ReadonlyMap<string, PeerStatus>): void {
