@@ -14,7 +14,7 @@ import type { InvalidEntry, PeerEvent, PeerView } from "../lease/peer-view.js";
 export type KernelKind = "route" | "neighbour" | "fdb";
 export type DriftKind = KernelKind | "device";
 
-const TRIGGERS: readonly Trigger[] = ["start", "peers", "self", "resync", "kernel", "retry"];
+const TRIGGERS: readonly Trigger[] = ["peers", "self", "resync", "kernel", "retry"];
 const KERNEL_KINDS: readonly KernelKind[] = ["route", "neighbour", "fdb"];
 const DRIFT_KINDS: readonly DriftKind[] = ["route", "neighbour", "fdb", "device"];
 const PEER_STATES: readonly PeerState[] = ["programmed", "unreachable", "backend-mismatch"];
@@ -208,7 +208,7 @@ export class Metrics implements AgentHooks {
     });
     this.kernelObjects = new Gauge({
       name: "twill_kernel_objects",
-      help: "Kernel objects programmed for peers after the last successful round, by kind",
+      help: "Kernel objects programmed for peers after the last round that ran, less those whose replace failed, by kind",
       labelNames: ["kind"],
       registers,
     });
