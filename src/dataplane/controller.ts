@@ -87,6 +87,7 @@ export class Dataplane {
    * the echo of our own writes) only need the objects re-read and planned.
    */
   private needsFullCheck = false;
+  private readonly deviceMatchers = new Map<string, RegExp>();
   private monitor: KernelWatch | undefined;
   /** The node state whose devices the last successful round verified, and its on-link networks. */
   private verifiedSelf: string | undefined;
@@ -214,7 +215,7 @@ export class Dataplane {
     const backend = self.config.backend;
     const vxlanDev = backend.type === "vxlan" ? vxlanDeviceName(backend.vni) : undefined;
     const onDevice = (dev: string | undefined): boolean =>
-      dev !== undefined && new RegExp(`(^|\\s|\\d: )${dev.replace(/\./g, "\\.")}(:|\\s|$|@)`).test(line);
+      dev !== undefined && this.deviceMatcher(dev).test(line);
     switch (kind) {
       case "neigh":
       case "fdb":
@@ -225,6 +226,16 @@ export class Dataplane {
       case "address":
         return onDevice(vxlanDev) || onDevice(this.options.bridge) || onDevice(self.external.name);
     }
+  }
+
+  /** A monitor line naming `dev` ("dev flannel.1 ", "3: cni0: "); compiled once per device, not per line. */
+  private deviceMatcher(dev: string): RegExp {
+    let matcher = this.deviceMatchers.get(dev);
+    if (matcher === undefined) {
+      matcher = new RegExp(`(^|\\s|\\d: )${dev.replace(/\./g, "\\.")}(:|\\s|$|@)`);
+      this.deviceMatchers.set(dev, matcher);
+    }
+    return matcher;
   }
 
   private takeTrigger(): Trigger {
