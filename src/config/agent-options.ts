@@ -2,7 +2,7 @@
 // twill's own. docs/configuration.md documents this table; keep them in step.
 import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
 import { errorMessage } from "../util/log.js";
-import { tryParseIPv4, unusableUnicastReason } from "../ip/ipv4.js";
+import { tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
 import { etcdEndpointProblem } from "./etcd-endpoint.js";
 import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../masq/backend-choice.js";
 import {
@@ -284,8 +284,8 @@ export interface AgentOptions {
     readonly flagNames: Readonly<Record<string, string>>;
   };
   readonly iface: readonly string[];
-  readonly ifaceRegex: readonly string[];
-  readonly publicIp: string | undefined;
+  readonly ifaceRegex: readonly RegExp[];
+  readonly publicIp: IPv4 | undefined;
   readonly subnetFile: string;
   readonly renewMarginSeconds: number;
   readonly leaseTtlSeconds: number;
@@ -375,26 +375,27 @@ export function parseAgentOptions(
   } catch {
     throw new FlagError(`${where("healthz-ip")}: "${healthzIp}" is not an IP address`);
   }
-  // Checked here too (the runtime checks stay), so a typo exits 2 naming the flag instead of retrying forever.
-  const publicIp = g.opt("public-ip");
-  if (publicIp !== undefined) {
-    const ip = tryParseIPv4(publicIp);
-    const problem = ip === undefined ? "is not an IPv4 address" : unusableUnicastReason(ip);
+  // Parsed here, once, so a typo exits 2 naming the flag instead of failing every interface selection.
+  const publicIpText = g.opt("public-ip");
+  let publicIp: IPv4 | undefined;
+  if (publicIpText !== undefined) {
+    publicIp = tryParseIPv4(publicIpText);
+    const problem = publicIp === undefined ? "is not an IPv4 address" : unusableUnicastReason(publicIp);
     if (problem !== undefined) {
       throw new FlagError(
-        `${where("public-ip")}: "${publicIp}" ${ip === undefined ? problem : `is ${problem}`}`,
+        `${where("public-ip")}: "${publicIpText}" ${publicIp === undefined ? problem : `is ${problem}`}`,
       );
     }
   }
-  for (const pattern of g.list("iface-regex")) {
+  const ifaceRegex = g.list("iface-regex").map((pattern) => {
     try {
-      new RegExp(pattern);
+      return new RegExp(pattern);
     } catch (error) {
       throw new FlagError(
         `${where("iface-regex")}: "${pattern}" is not a valid regular expression (${errorMessage(error)})`,
       );
     }
-  }
+  });
   for (const endpoint of g.list("etcd-endpoints")) {
     const problem = etcdEndpointProblem(endpoint);
     if (problem !== undefined) throw new FlagError(`${where("etcd-endpoints")}: ${problem}`);
@@ -413,7 +414,7 @@ export function parseAgentOptions(
       flagNames: flagLabels(parsed, ETCD_NAMED_FLAGS),
     },
     iface: g.list("iface"),
-    ifaceRegex: g.list("iface-regex"),
+    ifaceRegex,
     publicIp,
     subnetFile: g.str("subnet-file"),
     renewMarginSeconds,

@@ -2,7 +2,7 @@
 // reference): --iface (name or IP) in order, then --iface-regex (addresses first, then names), then
 // the interface of the IPv4 default route. The choice is a pure function of what `ip -j` reports.
 import { execa } from "execa";
-import { formatIPv4, parseIPv4, tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
+import { formatIPv4, parseIPv4, tryParseIPv4, type IPv4 } from "../ip/ipv4.js";
 
 export interface InterfaceAddress {
   readonly ip: IPv4;
@@ -33,8 +33,10 @@ export interface ExternalInterface {
 
 export interface SelectionRequest {
   readonly iface: readonly string[];
-  readonly ifaceRegex: readonly string[];
-  readonly publicIp: string | undefined;
+  /** --iface-regex, compiled (and checked) by the flag parser. */
+  readonly ifaceRegex: readonly RegExp[];
+  /** --public-ip, parsed and checked to be a usable unicast address by the flag parser. */
+  readonly publicIp: IPv4 | undefined;
 }
 
 export class InterfaceSelectionError extends Error {
@@ -54,15 +56,7 @@ function chosen(
   request: SelectionRequest,
 ): ExternalInterface {
   if (iface.mtu <= 0) throw new InterfaceSelectionError(`interface ${iface.name} reports MTU ${iface.mtu}`);
-  let publicIp = address.ip;
-  if (request.publicIp !== undefined) {
-    const parsed = tryParseIPv4(request.publicIp);
-    if (parsed === undefined)
-      throw new InterfaceSelectionError(`--public-ip: "${request.publicIp}" is not an IPv4 address`);
-    const problem = unusableUnicastReason(parsed);
-    if (problem) throw new InterfaceSelectionError(`--public-ip: ${request.publicIp} is ${problem}`);
-    publicIp = parsed;
-  }
+  const publicIp = request.publicIp ?? address.ip;
   return { name: iface.name, index: iface.index, mtu: iface.mtu, ifaceIp: address.ip, publicIp };
 }
 
@@ -84,15 +78,7 @@ export function selectExternalInterface(
       if (address) return chosen(iface, address, request);
     }
   }
-  for (const pattern of request.ifaceRegex) {
-    let regex: RegExp;
-    try {
-      regex = new RegExp(pattern);
-    } catch (error) {
-      throw new InterfaceSelectionError(
-        `--iface-regex: "${pattern}" is not a valid regular expression (${String(error)})`,
-      );
-    }
+  for (const regex of request.ifaceRegex) {
     for (const iface of interfaces) {
       const address = iface.addresses.find(
         (a) => !a.deprecated && a.scope !== "host" && regex.test(formatIPv4(a.ip)),
@@ -107,7 +93,7 @@ export function selectExternalInterface(
   if (request.iface.length > 0 || request.ifaceRegex.length > 0) {
     const tried = [
       ...request.iface.map((i) => `--iface ${i}`),
-      ...request.ifaceRegex.map((r) => `--iface-regex ${r}`),
+      ...request.ifaceRegex.map((r) => `--iface-regex ${r.source}`),
     ];
     const available = interfaces.filter((i) => bestAddress(i)).map((i) => i.name);
     throw new InterfaceSelectionError(
