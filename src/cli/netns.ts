@@ -36,6 +36,7 @@ import {
   type PortMapping,
 } from "../cni/port-mappings.js";
 import { formatCniResult, parseCniResult, type CniResult } from "../cni/result.js";
+import { errorMessage } from "../util/log.js";
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -316,10 +317,9 @@ export async function netnsCommand(argv: readonly string[], env: Env, io: Io = p
       } catch (error) {
         // An attachment nobody can CHECK or cleanly DEL is worse than none: undo it.
         await delNetworkList(list, rt, result.raw, chain).catch(() => undefined);
-        throw new Error(
-          `cannot write the result cache ${cacheFile}: ${error instanceof Error ? error.message : String(error)}; attach undone`,
-          { cause: error },
-        );
+        throw new Error(`cannot write the result cache ${cacheFile}: ${errorMessage(error)}; attach undone`, {
+          cause: error,
+        });
       }
       if (json) io.out(JSON.stringify(result.raw, null, 2));
       else {
@@ -407,7 +407,7 @@ export async function netnsCommand(argv: readonly string[], env: Env, io: Io = p
     }
     return 0;
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorMessage(error);
     io.err(`twill: ${prefix}: ${message}`);
     return error instanceof UsageError || error instanceof FlagError || error instanceof PortMappingError
       ? 2

@@ -13,6 +13,7 @@ import {
 } from "./exec.js";
 import { cloneJson, isJsonObject, type JsonObject } from "./json.js";
 import { parseCniResult, type CniResult } from "./result.js";
+import { errorMessage } from "../util/log.js";
 
 export interface RuntimeConf {
   readonly containerId: string;
@@ -170,7 +171,7 @@ export async function addNetworkList(
         try {
           await invoke("DEL", list, j, binaries[j] ?? "", rt, result?.raw, options);
         } catch (cleanup) {
-          cleanupErrors.push(cleanup instanceof Error ? cleanup.message : String(cleanup));
+          cleanupErrors.push(errorMessage(cleanup));
         }
       }
       throw new CniAddError(failure, cleanupErrors);

@@ -3,6 +3,7 @@
 import { firstHost, formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
 import { parseSubnetEnv } from "../node/subnet-env.js";
 import { isJsonObject, parseJsonObject, type JsonObject, type JsonValue } from "./json.js";
+import { errorMessage } from "../util/log.js";
 
 /** The spec version twill writes: Debian's plugins (v1.1.1) speak 0.1.0 … 1.0.0, and CHECK needs ≥ 0.4.0. */
 export const TWILL_CNI_VERSION = "1.0.0";
@@ -138,7 +139,7 @@ export function parseConflist(text: string, source: string): NetworkConfigList {
   try {
     raw = parseJsonObject(text, source);
   } catch (error) {
-    throw new CniConfigError(error instanceof Error ? error.message : String(error));
+    throw new CniConfigError(errorMessage(error));
   }
   return conflistFromObject(raw, source);
 }

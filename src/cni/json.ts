@@ -1,5 +1,6 @@
 // JSON values as CNI passes them around: configs and results travel between plugins as raw objects
 // (unknown fields included), so they are kept as JSON and only the fields twill reads are typed.
+import { errorMessage } from "../util/log.js";
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 export type JsonObject = { [key: string]: JsonValue };
@@ -14,10 +15,7 @@ export function parseJsonObject(text: string, what: string): JsonObject {
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new SyntaxError(
-      `${what} is not valid JSON: ${error instanceof Error ? error.message : String(error)}`,
-      { cause: error },
-    );
+    throw new SyntaxError(`${what} is not valid JSON: ${errorMessage(error)}`, { cause: error });
   }
   if (!isJsonObject(value)) throw new SyntaxError(`${what} is not a JSON object`);
   return value;

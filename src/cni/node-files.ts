@@ -6,6 +6,7 @@ import { readFile } from "node:fs/promises";
 import { writeFileAtomic, type SubnetEnv } from "../node/subnet-env.js";
 import { daemonJsonFragment, formatDockerOpts, mergeDaemonJson } from "../node/docker-opts.js";
 import { formatConflist, twillConflist } from "./conflist.js";
+import { errorMessage } from "../util/log.js";
 
 export type UpdateOutcome = "created" | "updated" | "unchanged";
 
@@ -88,7 +89,7 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
         kind: job.kind,
         path: job.path,
         outcome: undefined,
-        error: error instanceof Error ? error.message : String(error),
+        error: errorMessage(error),
       });
     }
   }

@@ -24,6 +24,7 @@ import {
   resolveFields,
   type JsonObject,
 } from "./json-fields.js";
+import { errorMessage } from "../util/log.js";
 
 export type BackendType = "vxlan" | "host-gw";
 
@@ -133,7 +134,7 @@ function parseConfig(text: string): { config: NetworkConfig; warnings: string[] 
   try {
     root = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError("(json)", `invalid JSON: ${err instanceof Error ? err.message : String(err)}`);
+    throw new ConfigError("(json)", `invalid JSON: ${errorMessage(err)}`);
   }
   if (!isJsonObject(root)) {
     throw new ConfigError(

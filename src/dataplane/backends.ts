@@ -18,6 +18,7 @@ import type {
   NodeFacts,
   PeerStatus,
 } from "./model.js";
+import { errorMessage } from "../util/log.js";
 
 /** flannel's IPv4 VXLAN device name. */
 /** The MTU pods get: VXLAN takes its overhead off the configured (or external interface's) MTU. */
@@ -120,7 +121,7 @@ function vxlanDesired(
     } catch (err) {
       out.peers.set(lease.key, {
         state: "backend-mismatch",
-        reason: `peer ${subnetText}: ${err instanceof Error ? err.message : String(err)}; not programmed`,
+        reason: `peer ${subnetText}: ${errorMessage(err)}; not programmed`,
       });
       continue;
     }

@@ -4,6 +4,7 @@
 import { firstHost, formatIPv4 } from "../ip/ipv4.js";
 import type { SubnetEnv } from "./subnet-env.js";
 import { formatSubnetEnv, parseDotenv } from "./subnet-env.js";
+import { errorMessage } from "../util/log.js";
 
 export interface DockerOptsOptions {
   /** -i: individual DOCKER_OPT_* vars only; -c: the combined var only; default both (neither flag). */
@@ -93,7 +94,7 @@ export function mergeDaemonJson(
       parsed = JSON.parse(existing);
     } catch (error) {
       throw new DockerOptsError(
-        `the existing daemon.json is not valid JSON (${error instanceof Error ? error.message : String(error)}); not touching it`,
+        `the existing daemon.json is not valid JSON (${errorMessage(error)}); not touching it`,
       );
     }
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
