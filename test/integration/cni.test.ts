@@ -516,11 +516,14 @@ describe("the agent's own CNI config and Docker files", () => {
   };
 
   it("writes the conflist for its lease (as flannel's CNI plugin would build it from subnet.env), the docker options and daemon.json", async () => {
-    await waitFor("the conflist", () => stat(conflist()).then(() => true));
-    const env = agent().subnetEnv();
-    await expectFilesFor(env);
+    const env = await waitFor("subnet.env", () => agent().subnetEnv());
+    // The agent writes the three files one after another: wait for all of them, not just the first.
+    await waitFor("the conflist, docker options and daemon.json for the lease", async () => {
+      await expectFilesFor(env);
+      return true;
+    });
     expect(await readFile(dockerOpts(), "utf8")).toContain(
-      `DOCKER_OPT_BIP="--bip=${/FLANNEL_SUBNET=(.*)/.exec(env ?? "")?.[1] ?? "?"}"`,
+      `DOCKER_OPT_BIP="--bip=${/FLANNEL_SUBNET=(.*)/.exec(env)?.[1] ?? "?"}"`,
     );
     expect(await readFile(dockerOpts(), "utf8")).toContain('DOCKER_OPT_IPMASQ="--ip-masq=true"');
   });
