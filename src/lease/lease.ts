@@ -25,6 +25,12 @@ export interface Lease {
   /** etcd revisions: creation orders leases (the older of two overlapping keys wins). */
   readonly createRevision: number;
   readonly modRevision: number;
+  /**
+   * The peer's BackendData as the backend of its BackendType parsed it, once, in the peer view: an
+   * instance of that backend's own class, which the backend narrows with instanceof. undefined when
+   * twill has no backend of that type (or for leases not read through the peer view).
+   */
+  readonly peerData?: object | undefined;
 }
 
 /** A Lease from an etcd entry (its key, lease and revisions) and what was parsed out of it. */
@@ -32,7 +38,8 @@ export function leaseFrom(
   entry: Pick<Lease, "key" | "etcdLeaseId" | "createRevision" | "modRevision">,
   subnet: Subnet,
   attrs: LeaseAttrs,
+  peerData?: object,
 ): Lease {
   const { key, etcdLeaseId, createRevision, modRevision } = entry;
-  return { subnet, attrs, key, etcdLeaseId, createRevision, modRevision };
+  return { subnet, attrs, key, etcdLeaseId, createRevision, modRevision, peerData };
 }
