@@ -115,7 +115,15 @@ export interface Address {
   readonly scope: number;
 }
 
-/** An owned route as twill writes it (main table, proto 151, metric 0, unicast). */
+/**
+ * The metric the kernel gives an IPv6 route written without one (IP6_RT_PRIO_USER); an IPv4 route's is 0.
+ */
+export const IPV6_DEFAULT_METRIC = 1024;
+
+/**
+ * An owned route as twill writes it (main table, proto 151, unicast), with the scope and metric the
+ * kernel reports back for it, so a dump of what was written compares equal to it.
+ */
 export function ownedRoute(spec: {
   readonly family: Family;
   readonly dst: string;
@@ -130,9 +138,11 @@ export function ownedRoute(spec: {
     table: MAIN_TABLE,
     protocol: TWILL_ROUTE_PROTOCOL,
     type: "unicast",
-    // A route through a gateway has universe scope; one straight onto a device, link scope.
-    scope: spec.gateway === undefined ? SCOPE_LINK : SCOPE_UNIVERSE,
-    metric: 0,
+    // A route through a gateway has universe scope; one straight onto a device, link scope. IPv6 has
+    // no route scopes and no metric 0: verified on kernel 6.18, an IPv6 route written with scope link
+    // and no metric reads back with scope universe and metric 1024.
+    scope: spec.gateway === undefined && spec.family === 4 ? SCOPE_LINK : SCOPE_UNIVERSE,
+    metric: spec.family === 6 ? IPV6_DEFAULT_METRIC : 0,
     gateway: spec.gateway,
     dev: spec.dev,
     onlink: spec.onlink,
