@@ -5,7 +5,7 @@
 //   loop (etcd watch, HTTP) keeps running.
 // - The notification socket is always in RTNLGRP_LINK, so the channel's own link table (name ↔ ifindex)
 //   follows devices being created, re-created with a new index, renamed and deleted; while anyone is
-//   subscribed it is also in the neighbour, route and address groups. SIGIO drains it; so does every
+//   subscribed it is also in the neighbour, route and address groups. Its signal drains it; so does every
 //   call, first, so names resolve against the current table, and apply() again at the end, so the
 //   notifications its writes caused are delivered before it resolves.
 import type {

@@ -2,7 +2,7 @@
 // no compiler on the target). Every call here is synchronous on the calling thread: koffi's `.async`
 // variants run on worker threads, and a process that exits while one of them is blocked in poll/recv
 // hangs (one still outstanding at a natural exit segfaults), so nothing in twill blocks in the kernel —
-// sockets are non-blocking and readiness comes from SIGIO (socket.ts).
+// sockets are non-blocking and readiness comes from a signal (O_ASYNC, socket.ts).
 import { constants } from "node:os";
 import koffi from "koffi";
 
@@ -20,7 +20,9 @@ export const MSG_DONTWAIT = 0x40;
 export const F_GETFL = 3;
 export const F_SETFL = 4;
 export const F_SETOWN = 8;
-/** O_ASYNC (FASYNC): the kernel raises SIGIO at the F_SETOWN owner when the socket has data. */
+/** Which signal O_ASYNC raises instead of SIGIO. */
+export const F_SETSIG = 10;
+/** O_ASYNC (FASYNC): the kernel signals the F_SETOWN owner when the socket has data. */
 export const O_ASYNC = 0o20000;
 export const CLONE_NEWNET = 0x40000000;
 
@@ -167,9 +169,14 @@ export function fcntlSetFlags(fd: number, flags: number): void {
   checked("fcntl(F_SETFL)", bindings().fcntl(fd, F_SETFL, "int", flags));
 }
 
-/** Makes `pid` the process that gets SIGIO for this descriptor. */
+/** Makes `pid` the process that is signalled when this descriptor has data (with O_ASYNC). */
 export function fcntlSetOwner(fd: number, pid: number): void {
   checked("fcntl(F_SETOWN)", bindings().fcntl(fd, F_SETOWN, "int", pid));
+}
+
+/** The signal O_ASYNC raises for this descriptor (0: SIGIO). */
+export function fcntlSetSignal(fd: number, signal: number): void {
+  checked("fcntl(F_SETSIG)", bindings().fcntl(fd, F_SETSIG, "int", signal));
 }
 
 /** Moves the calling thread into the namespace `fd` refers to. */

@@ -8,10 +8,17 @@
 //   own sequence number; the kernel goes on with the next message after one it refuses, so every
 //   request gets its own outcome.
 // - Subscriptions, without blocking and without threads: the socket is non-blocking with O_ASYNC and
-//   this process as its owner, so the kernel raises SIGIO when a notification is queued, and one
-//   process-wide SIGIO listener drains every subscribed socket until EAGAIN. (koffi's async calls would
+//   this process as its owner, so the kernel signals the process when a notification is queued, and
+//   one process-wide listener drains every subscribed socket until EAGAIN. (koffi's async calls would
 //   block a worker thread in recv; a process that exits while one is blocked hangs.) Verified on kernel
 //   6.18 inside `ip netns exec`: 105 route notifications delivered this way.
+//
+// The signal is SIGURG (F_SETSIG), not O_ASYNC's default SIGIO. execa's signal-exit listens for SIGIO
+// under both its names, and when a SIGPOLL (= SIGIO) arrives with no other 'SIGPOLL' listener it decides
+// the process is being killed and SIGTERMs every running execa child: verified here, `ip` children of a
+// test died whenever a notification arrived. SIGURG is hooked by nobody, and its default action is to
+// ignore it, so even a notification that arrives with no listener (or in a worker thread) is harmless.
+import { constants } from "node:os";
 import { isMainThread } from "node:worker_threads";
 import {
   MessageWriter,
@@ -53,6 +60,7 @@ import {
   fcntlGetFlags,
   fcntlSetFlags,
   fcntlSetOwner,
+  fcntlSetSignal,
   getsockname,
   getsockoptInt,
   recv,
@@ -119,29 +127,45 @@ export interface SubscriptionListener {
   drained(): void;
 }
 
-// ---- the SIGIO registry ------------------------------------------------------------------------------
+// ---- the signal registry -----------------------------------------------------------------------------
 
-/** Sockets with O_ASYNC set; the one SIGIO listener drains each of them. */
+/** What O_ASYNC raises for a subscribed socket (see the top of this file for why not SIGIO). */
+const READY_SIGNAL = "SIGURG";
+
+/** Sockets with O_ASYNC set; the one signal listener drains each of them. */
 const asyncSockets = new Set<NetlinkSocket>();
-let sigioListenerInstalled = false;
+let readyListenerInstalled = false;
 
 function drainAsyncSockets(): void {
-  for (const subscribed of asyncSockets) subscribed.drain();
+  let failure: { error: unknown } | undefined;
+  for (const subscribed of asyncSockets) {
+    try {
+      subscribed.drain();
+    } catch (error) {
+      failure ??= { error };
+    }
+  }
+  // One socket's failure does not starve the others; it still surfaces (as an uncaught exception).
+  if (failure !== undefined) throw failure.error;
 }
 
 /**
- * SIGIO's default action ends the process, so the listener goes in before any socket gets O_ASYNC.
- * It then stays for the life of the process: a SIGIO raised just before the last socket closed may
- * still be on its way, and with the default action restored it would kill the agent. The listener does
- * not keep the event loop alive (Node's signal handles are unreferenced).
+ * The listener goes in before any socket gets O_ASYNC and then stays for the life of the process: a
+ * signal raised just before the last socket closed may still be on its way. SIGIO (alias SIGPOLL) gets
+ * the same listener as a guard: the kernel falls back to SIGIO if it cannot send the chosen signal, and
+ * SIGIO's default action ends the process. Signal listeners do not keep the event loop alive.
  */
-function installSigioListener(): void {
-  if (sigioListenerInstalled) return;
+function installReadyListener(): void {
+  if (readyListenerInstalled) return;
   if (!isMainThread) {
-    throw new Error("netlink subscriptions need the main thread: SIGIO is not delivered to worker threads");
+    throw new Error(
+      "netlink subscriptions need the main thread: signals are not delivered to worker threads",
+    );
   }
+  process.on(READY_SIGNAL, drainAsyncSockets);
   process.on("SIGIO", drainAsyncSockets);
-  sigioListenerInstalled = true;
+  process.on("SIGPOLL", drainAsyncSockets);
+  readyListenerInstalled = true;
 }
 
 // ---- the socket --------------------------------------------------------------------------------------
@@ -284,17 +308,18 @@ export class NetlinkSocket {
   }
 
   /**
-   * Makes this socket a subscription: from now on SIGIO drains it into `listener`. The SIGIO listener
-   * is installed before O_ASYNC is set, so a notification can never meet SIGIO's default action.
+   * Makes this socket a subscription: from now on each notification's signal drains it into `listener`.
+   * The signal listener is installed before O_ASYNC is set.
    */
   listen(listener: SubscriptionListener): void {
     const fd = this.fd;
     if (this.listener !== undefined) throw new Error("netlink socket already has a subscription listener");
-    installSigioListener();
+    installReadyListener();
     this.listener = listener;
     asyncSockets.add(this);
     try {
       fcntlSetOwner(fd, process.pid);
+      fcntlSetSignal(fd, constants.signals[READY_SIGNAL]);
       fcntlSetFlags(fd, fcntlGetFlags(fd) | O_ASYNC);
     } catch (error) {
       asyncSockets.delete(this);
@@ -305,7 +330,7 @@ export class NetlinkSocket {
 
   /**
    * Receives every queued notification into the listener, until EAGAIN. Safe to call at any time (the
-   * SIGIO listener does; so does a writer that wants its echoes delivered now). A call from inside the
+   * signal listener does; so does a writer that wants its echoes delivered now). A call from inside the
    * listener makes the running drain go round once more instead of nesting.
    */
   drain(): void {
@@ -332,7 +357,7 @@ export class NetlinkSocket {
     return again && this.fdOrClosed >= 0;
   }
 
-  /** Closes the socket and takes it out of the SIGIO registry; a second call does nothing. */
+  /** Closes the socket and takes it out of the signal registry; a second call does nothing. */
   close(): void {
     if (this.fdOrClosed < 0) return;
     const fd = this.fdOrClosed;
