@@ -1,8 +1,8 @@
 // The production kernel channel: in-process rtnetlink over two long-lived sockets.
 //
 // - The request socket sends every write, dump and link change, synchronously (netlink/socket.ts says
-//   why that is safe and fast); large applies go in chunks with a macrotask between them so the event
-//   loop (etcd watch, HTTP) keeps running.
+//   why that is safe and fast); a large apply yields to the event loop (a macrotask) every few
+//   milliseconds so the etcd watch and HTTP keep running.
 // - The notification socket is always in RTNLGRP_LINK, so the channel's own link table (name ↔ ifindex)
 //   follows devices being created, re-created with a new index, renamed and deleted; while anyone is
 //   subscribed it is also in the neighbour, route and address groups. Its signal drains it; so does every
@@ -70,8 +70,8 @@ import { NETLINK_ROUTE, NetlinkSocket, netlinkError, type SubscriptionListener }
  * peers: 15,000 of them; the route and neighbour echoes are dropped unread, but they still occupy the
  * queue until read), and a queued notification costs its skb's truesize, not its ~100 bytes: 832 bytes
  * each, measured on kernel 6.18 (/proc/net/netlink Rmem after 300 route, neighbour and FDB writes
- * alike), so an undrained cold start would need 12.5 MiB. apply() drains after every slice of 512 ops
- * (416 KiB), so the queue only has to absorb what arrives while the event loop is busy elsewhere. Asked
+ * alike), so an undrained cold start would need 12.5 MiB. apply() drains after every batch of 128 ops
+ * (104 KiB), so the queue only has to absorb what arrives while the event loop is busy elsewhere. Asked
  * for with SO_RCVBUFFORCE (the agent has CAP_NET_ADMIN), 8 MiB becomes a 16 MiB limit (the kernel
  * doubles it for its bookkeeping): about 20,000 notifications. The fallback, SO_RCVBUF, is capped at
  * net.core.rmem_max (4 MiB here, 208 KiB on many hosts).
@@ -83,8 +83,14 @@ export const SUBSCRIPTION_BUFFER_BYTES = 8 * 1024 * 1024;
  * KiB; the default 208 KiB holds 256, and a dropped acknowledgement leaves that op's outcome unknown.
  */
 const REQUEST_BUFFER_BYTES = 1024 * 1024;
-/** Ops per synchronous slice of an apply; the event loop runs between slices. */
-const OPS_PER_SLICE = 512;
+/** Ops per request datagram in an apply (each 40–60 bytes, each acknowledgement 832 bytes of buffer). */
+const OPS_PER_BATCH = 128;
+/**
+ * How long an apply may hold the event loop before it lets other work (etcd watch, HTTP) run. A 5,000
+ * peer cold start takes 0.5–1 s of mostly kernel time; with 512-op slices the loop was blocked for up
+ * to 85 ms at a time (load 4.7), so the slices are cut by time instead.
+ */
+const SLICE_BUDGET_MS = 8;
 const OBJECT_GROUPS = [
   RTNLGRP_NEIGH,
   RTNLGRP_IPV4_ROUTE,
@@ -227,12 +233,14 @@ export class NetlinkChannel implements KernelChannel {
   apply(ops: readonly KernelOp[]): Promise<OpOutcome[]> {
     return this.serialized(async () => {
       const outcomes = new Array<OpOutcome>(ops.length);
-      for (let from = 0; from < ops.length || from === 0; from += OPS_PER_SLICE) {
-        if (from > 0) {
+      let sliceStart = performance.now();
+      for (let from = 0; from < ops.length || from === 0; from += OPS_PER_BATCH) {
+        if (performance.now() - sliceStart >= SLICE_BUDGET_MS) {
           await nextMacrotask();
           this.ensureOpen();
+          sliceStart = performance.now();
         }
-        this.applySlice(ops, from, Math.min(ops.length, from + OPS_PER_SLICE), outcomes);
+        this.applyBatch(ops, from, Math.min(ops.length, from + OPS_PER_BATCH), outcomes);
       }
       return outcomes;
     });
@@ -409,8 +417,8 @@ export class NetlinkChannel implements KernelChannel {
     return run;
   }
 
-  /** One ops slice: encode (with the current link table), send, deliver the echoes. */
-  private applySlice(ops: readonly KernelOp[], from: number, to: number, outcomes: OpOutcome[]): void {
+  /** One batch of ops: encode (with the current link table), send, deliver the echoes. */
+  private applyBatch(ops: readonly KernelOp[], from: number, to: number, outcomes: OpOutcome[]): void {
     this.notifications.drain();
     const writer = this.writer.reset();
     const sent: number[] = [];
