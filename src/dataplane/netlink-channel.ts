@@ -21,7 +21,7 @@ import type {
 import { KernelCallError } from "./channel.js";
 import { MAIN_TABLE, type Address, type FdbEntry, type Link, type Neighbour, type Route } from "./objects.js";
 import { AddressError } from "../ip/address.js";
-import { MessageWriter, type MessageView } from "../netlink/codec.js";
+import { MessageWriter, NetlinkFormatError, type MessageView } from "../netlink/codec.js";
 import { EINVAL, ENODEV, SystemCallError } from "../netlink/libc.js";
 import { insideNetns } from "../netlink/netns.js";
 import {
@@ -538,10 +538,11 @@ export class NetlinkChannel implements KernelChannel {
     each: (message: MessageView) => void,
     restart: () => void,
   ): void {
-    this.writer.reset();
-    encode(this.writer);
+    // Its own writer: a link refresh can run from a drain in the middle of an apply's batch.
+    const writer = new MessageWriter(256);
+    encode(writer);
     try {
-      this.requests.dump(this.writer.finish(), call, each, restart);
+      this.requests.dump(writer.finish(), call, each, restart);
     } catch (error) {
       if (error instanceof SystemCallError) {
         throw new KernelCallError(call, { errno: error.errno, code: error.code, message: error.reason });
@@ -572,6 +573,17 @@ export class NetlinkChannel implements KernelChannel {
   // ---- notifications ---------------------------------------------------------------------------------------
 
   private notified(message: MessageView): void {
+    try {
+      this.decodeNotification(message);
+    } catch (error) {
+      // A notification that cannot be read is a lost one: say so (the cache re-reads), never throw
+      // out of the signal listener.
+      if (!(error instanceof NetlinkFormatError)) throw error;
+      this.overflowed();
+    }
+  }
+
+  private decodeNotification(message: MessageView): void {
     const listening = this.subscribers.size > 0;
     switch (message.type) {
       case RTM_NEWLINK:
@@ -635,7 +647,14 @@ export class NetlinkChannel implements KernelChannel {
   /** End of a drain: catch the link table up if notifications were lost, then deliver. */
   private delivered(): void {
     if (this.closed) return;
-    if (this.linksStale) this.refreshLinks();
+    if (this.linksStale) {
+      try {
+        this.refreshLinks();
+      } catch (error) {
+        // Still stale: the next drain tries again, and until then names resolve from the old table.
+        if (!(error instanceof KernelCallError)) throw error;
+      }
+    }
     if (this.pending.length === 0) return;
     const events = this.pending;
     this.pending = [];
