@@ -21,7 +21,6 @@
 import { constants } from "node:os";
 import { isMainThread } from "node:worker_threads";
 import {
-  MessageWriter,
   NLMSG_DONE,
   NLMSG_ERROR,
   NLMSG_OVERRUN,
@@ -248,6 +247,7 @@ export class NetlinkSocket {
    */
   request(messages: EncodedMessages): RequestOutcome[] {
     const fd = this.fd;
+    this.discardStale(fd);
     const { bytes, starts } = messages;
     const outcomes = new Array<RequestOutcome>(starts.length);
     let first = 0;
@@ -262,7 +262,7 @@ export class NetlinkSocket {
         last++;
       }
       const to = last < starts.length ? (starts[last] ?? bytes.length) : bytes.length;
-      const firstSeq = this.sequence + 1;
+      const firstSeq = (this.sequence + 1) >>> 0;
       for (let i = first; i < last; i++) {
         const at = starts[i] ?? 0;
         bytes.writeUInt16LE(bytes.readUInt16LE(at + 6) | NLM_F_REQUEST | NLM_F_ACK, at + 6);
@@ -273,13 +273,6 @@ export class NetlinkSocket {
       first = last;
     }
     return outcomes;
-  }
-
-  /** Sends one request and throws SystemCallError (named `call`) if the kernel refuses it. */
-  requestOne(messages: EncodedMessages, call: string): void {
-    const [outcome] = this.request(messages);
-    if (outcome !== undefined && !outcome.ok)
-      throw new SystemCallError(call, outcome.error.errno, outcome.error.message);
   }
 
   /**
@@ -294,8 +287,7 @@ export class NetlinkSocket {
     restart?: () => void,
   ): void {
     for (let attempt = 1; ; attempt++) {
-      const interrupted = this.dumpOnce(request, call, each);
-      if (!interrupted) return;
+      if (this.dumpOnce(request, call, each) === "complete") return;
       if (attempt === DUMP_ATTEMPTS) {
         throw new SystemCallError(
           call,
@@ -367,9 +359,21 @@ export class NetlinkSocket {
     close(fd);
   }
 
+  /** Sequence numbers run modulo 2^32, so those of one datagram stay consecutive across the wrap. */
   private nextSequence(): number {
-    this.sequence = this.sequence >= 0xffffffff ? 1 : this.sequence + 1;
+    this.sequence = (this.sequence + 1) >>> 0;
     return this.sequence;
+  }
+
+  /**
+   * Reads and drops whatever is still queued from an exchange that was abandoned (an exception in the
+   * middle of a dump leaves its remaining parts, which the kernel keeps producing until it is done), so
+   * the next exchange starts on an empty queue and a new dump is not refused with EBUSY.
+   */
+  private discardStale(fd: number): void {
+    while (this.receive(fd) !== -EAGAIN) {
+      // dropped
+    }
   }
 
   /** One recv: the byte count, or the negated errno. Grows the buffer when a datagram did not fit. */
@@ -429,43 +433,54 @@ export class NetlinkSocket {
     for (let i = into; i < into + count; i++) outcomes[i] ??= unknown;
   }
 
-  /** One dump attempt; true when the kernel flagged it as interrupted. */
-  private dumpOnce(request: EncodedMessages, call: string, each: (message: MessageView) => void): boolean {
+  /**
+   * One dump attempt: "again" when it must be read once more, because the kernel flagged it as
+   * interrupted by concurrent changes or a part did not fit the receive buffer (which has grown since).
+   */
+  private dumpOnce(
+    request: EncodedMessages,
+    call: string,
+    each: (message: MessageView) => void,
+  ): "complete" | "again" {
     const fd = this.fd;
     const start = request.starts[0];
-    if (start === undefined || request.starts.length !== 1)
+    if (start === undefined || request.starts.length !== 1) {
       throw new Error(`${call}: a dump takes exactly one request`);
+    }
+    this.discardStale(fd);
     const seq = this.nextSequence();
-    request.bytes.writeUInt16LE(
-      request.bytes.readUInt16LE(start + 6) | NLM_F_REQUEST | NLM_F_DUMP,
-      start + 6,
-    );
+    const flags = request.bytes.readUInt16LE(start + 6) | NLM_F_REQUEST | NLM_F_DUMP;
+    request.bytes.writeUInt16LE(flags, start + 6);
     request.bytes.writeUInt32LE(seq, start + 8);
     send(fd, request.bytes.subarray(start), 0);
-    let interrupted = false;
-    let done = false;
-    let failure: SystemCallError | undefined;
-    while (!done) {
+    const state = { done: false, again: false, failure: undefined as SystemCallError | undefined };
+    while (!state.done) {
       const received = this.receive(fd);
-      if (received === -EAGAIN)
+      if (received === -EMSGSIZE) {
+        state.again = true; // a lost part; the rest still comes, and DONE may have been in it
+        continue;
+      }
+      if (received === -EAGAIN) {
+        if (state.again) return "again";
         throw new SystemCallError(call, EIO, "the kernel stopped answering in the middle of a dump");
+      }
       if (received < 0) throw new SystemCallError(call, -received);
       forEachMessage(this.receiveBuffer, received, (message) => {
-        if (message.seq !== seq || done) return;
-        if (message.flags & NLM_F_DUMP_INTR) interrupted = true;
+        if (message.seq !== seq || state.done) return;
+        if (message.flags & NLM_F_DUMP_INTR) state.again = true;
         if (message.type === NLMSG_DONE) {
-          done = true;
+          state.done = true;
           const status = parseDone(message);
           if (status.errno !== 0)
-            failure = new SystemCallError(call, status.errno, status.text ?? strerror(status.errno));
+            state.failure = new SystemCallError(call, status.errno, status.text ?? strerror(status.errno));
         } else if (message.type === NLMSG_ERROR) {
-          done = true;
+          state.done = true;
           const ack = parseAcknowledgement(message);
           if (ack.errno !== 0)
-            failure = new SystemCallError(call, ack.errno, ack.text ?? strerror(ack.errno));
+            state.failure = new SystemCallError(call, ack.errno, ack.text ?? strerror(ack.errno));
         } else if (message.type === NLMSG_OVERRUN) {
-          done = true;
-          failure = new SystemCallError(
+          state.done = true;
+          state.failure = new SystemCallError(
             call,
             ENOBUFS,
             "the kernel reported an overrun in the middle of a dump",
@@ -475,8 +490,8 @@ export class NetlinkSocket {
         }
       });
     }
-    if (failure !== undefined) throw failure;
-    return interrupted;
+    if (state.failure !== undefined) throw state.failure;
+    return state.again ? "again" : "complete";
   }
 
   /** Drains the queue into the listener; true when anything was received or lost. */
@@ -512,17 +527,4 @@ function setReceiveBuffer(fd: number, bytes: number): void {
     if (!(error instanceof SystemCallError) || error.errno !== EPERM) throw error;
     setsockoptInt(fd, SOL_SOCKET, SO_RCVBUF, bytes, "setsockopt(SO_RCVBUF)");
   }
-}
-
-/** A writer for one request message, for callers that send one at a time. */
-export function singleMessage(
-  type: number,
-  flags: number,
-  body: (writer: MessageWriter) => void,
-): EncodedMessages {
-  const writer = new MessageWriter(512);
-  writer.begin(type, flags);
-  body(writer);
-  writer.end();
-  return writer.finish();
 }

@@ -29,7 +29,10 @@ import {
   type Neighbour,
   type Route,
 } from "../../src/dataplane/objects.js";
+import { MessageWriter } from "../../src/netlink/codec.js";
 import { insideNetns, THREAD_NETNS_PATH } from "../../src/netlink/netns.js";
+import { decodeRoute, encodeRouteDump } from "../../src/netlink/rtnetlink.js";
+import { NETLINK_ROUTE, NetlinkSocket } from "../../src/netlink/socket.js";
 import { waitFor } from "../helpers/processes.js";
 
 const tag = randomBytes(3).toString("hex").slice(0, 5);
@@ -659,5 +662,39 @@ describe("netlink channel: namespaces and lifetime", () => {
     await expect(channel.dumpRoutes()).rejects.toThrow(`kernel channel (netns ${netns.ns}) is closed`);
     expect(() => channel.subscribe(() => undefined)).toThrow("closed");
     channel.close();
+  });
+});
+
+describe("netlink socket", () => {
+  it("stays usable after a dump abandoned halfway (its consumer threw)", async () => {
+    const lines = Array.from(
+      { length: 2000 },
+      (_, i) => `route add 10.246.${i >> 8}.${i & 255}/32 dev eth0 proto 151`,
+    );
+    await execa("ip", ["-n", netns.ns, "-batch", "-"], { input: `${lines.join("\n")}\n` });
+    const socket = insideNetns(netns.ns, () =>
+      NetlinkSocket.open({ protocol: NETLINK_ROUTE, strictChecking: true }),
+    );
+    try {
+      const routeDump = () => {
+        const writer = new MessageWriter();
+        encodeRouteDump(writer, 4, 254);
+        return writer.finish();
+      };
+      let seen = 0;
+      expect(() =>
+        socket.dump(routeDump(), "dump routes", () => {
+          if (++seen === 10) throw new Error("consumer failed");
+        }),
+      ).toThrow("consumer failed");
+      const owned: string[] = [];
+      socket.dump(routeDump(), "dump routes", (message) => {
+        const route = decodeRoute(message, (index) => `if${index}`);
+        if (route?.protocol === 151) owned.push(route.dst);
+      });
+      expect(owned).toHaveLength(2000);
+    } finally {
+      socket.close();
+    }
   });
 });
