@@ -535,6 +535,32 @@ describe("netlink channel: notifications", () => {
     expect(linkGone).toMatchObject({ link: { kind: "bridge" } });
   });
 
+  it("reports a deleted device's entries by name before the device; its IPv4 routes vanish silently", async () => {
+    const channel = open();
+    channel.watchDevices(["flannel.1"]);
+    await vxlanDevice(channel);
+    const [fdb, neighbour, route] = peerObjects(2);
+    await channel.apply([fdb, neighbour, route].map(replace));
+    const { events } = collect(channel);
+    await netns.ip("link", "del", "flannel.1");
+    await waitFor("the link deletion", () => events.some((e) => e.type === "link" && e.action === "del"));
+    const order = events.flatMap((e) =>
+      e.type === "object" && (e.object.kind !== "neigh" || e.object.state === NUD_PERMANENT)
+        ? [`${e.action} ${e.object.kind} ${e.object.dev ?? ""}`]
+        : e.type === "link"
+          ? [`${e.action} link ${e.link.name}`]
+          : [],
+    );
+    // Verified on kernel 6.18: FDB, then neighbours, then the link; no notification for the IPv4
+    // route through the device (a cache must drop those itself when the link goes).
+    expect(order.filter((line) => !line.startsWith("new link") && !line.includes("route"))).toEqual([
+      "del fdb flannel.1",
+      "del neigh flannel.1",
+      "del link flannel.1",
+    ]);
+    expect(objectEvents(events, "route", (r) => r.family === 4)).toEqual([]);
+  });
+
   it("drops the echoes of its own route and neighbour writes but delivers FDB echoes, before apply resolves", async () => {
     const channel = open();
     channel.watchDevices(["flannel.1"]);
