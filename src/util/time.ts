@@ -1,20 +1,10 @@
-// Time and waiting, injectable so that the loops can be driven by tests without real clocks.
+// Waiting: sleeps, backoff and wake-ups. Each takes an optional Clock (util/clock.ts), so the loops
+// can be driven by a FakeClock in unit tests; without one they use the system clock.
+import { systemClock, type Clock } from "./clock.js";
 
 /** Resolves after `ms`, or early (without error) when `signal` aborts. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) {
-      resolve();
-      return;
-    }
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
+export function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {
+  return clock.sleep(ms, signal);
 }
 
 /** Exponential backoff: 1 s doubling to `capMs`, with ±20 % jitter so a fleet does not retry in step. */
@@ -23,12 +13,14 @@ export class Backoff {
   constructor(
     private readonly initialMs = 1000,
     private readonly capMs = 30_000,
+    /** Uniform in [0,1): the jitter's source, injectable so tests get exact delays. */
+    private readonly random: () => number = Math.random,
   ) {}
 
   next(): number {
     const base = Math.min(this.capMs, this.initialMs * 2 ** this.attempt);
     this.attempt = Math.min(this.attempt + 1, 30);
-    return Math.round(base * (0.8 + Math.random() * 0.4));
+    return Math.round(base * (0.8 + this.random() * 0.4));
   }
 
   reset(): void {
@@ -36,31 +28,47 @@ export class Backoff {
   }
 }
 
-/** A promise with its resolve exposed: used to wake a loop from an event handler. */
+/** A flag a loop waits on and an event handler raises; a wake before the wait is not lost. */
 export class Wakeup {
-  private resolveCurrent: (() => void) | undefined;
   private pending = false;
+  private readonly waiters = new Set<() => void>();
+
+  constructor(private readonly clock: Clock = systemClock) {}
 
   /** Wakes the current (or next) wait(). */
   wake(): void {
     this.pending = true;
-    this.resolveCurrent?.();
+    for (const waiter of [...this.waiters]) waiter();
   }
 
   /** Resolves on wake(), after `ms`, or on abort — whichever comes first. */
-  async wait(ms: number, signal?: AbortSignal): Promise<void> {
-    if (this.pending) {
-      this.pending = false;
-      return;
+  wait(ms: number, signal?: AbortSignal): Promise<void> {
+    return Wakeup.any([this], ms, signal, this.clock);
+  }
+
+  /**
+   * Resolves when any of `wakeups` is woken, after `ms`, or on abort — whichever comes first. Every
+   * wake raised so far is consumed: the caller then looks at the state each wakeup stands for.
+   */
+  static async any(
+    wakeups: readonly Wakeup[],
+    ms: number,
+    signal?: AbortSignal,
+    clock: Clock = systemClock,
+  ): Promise<void> {
+    if (!wakeups.some((w) => w.pending)) {
+      const woken = new AbortController();
+      const wake = (): void => woken.abort();
+      signal?.addEventListener("abort", wake, { once: true });
+      for (const w of wakeups) w.waiters.add(wake);
+      try {
+        if (!signal?.aborted) await clock.sleep(ms, woken.signal);
+      } finally {
+        for (const w of wakeups) w.waiters.delete(wake);
+        signal?.removeEventListener("abort", wake);
+      }
     }
-    const controller = new AbortController();
-    const onAbort = (): void => controller.abort();
-    signal?.addEventListener("abort", onAbort, { once: true });
-    this.resolveCurrent = () => controller.abort();
-    await sleep(ms, controller.signal);
-    this.resolveCurrent = undefined;
-    signal?.removeEventListener("abort", onAbort);
-    this.pending = false;
+    for (const w of wakeups) w.pending = false;
   }
 }
 
