@@ -8,7 +8,7 @@ import { parseNetworkConfig } from "../src/config/network-config.js";
 import { parseIPv4 } from "../src/ip/ipv4.js";
 import { encodeLeaseAttrs } from "../src/lease/attrs.js";
 import { LeaseKeeper } from "../src/lease/keeper.js";
-import { EtcdRegistry } from "../src/lease/registry.js";
+import { EtcdRegistry } from "../src/lease/etcd-registry.js";
 import { SubnetWatch } from "../src/lease/subnet-watch.js";
 import { startEtcd } from "../test/helpers/etcd.js";
 import { median, percentile, round, writeResult } from "./lib.js";

@@ -15,7 +15,8 @@ import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/n
 import { leasesForAllocation } from "../lease/keeper.js";
 import type { Lease } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
-import { EtcdRegistry, EtcdSettingsError } from "../lease/registry.js";
+import { EtcdRegistry, EtcdSettingsError } from "../lease/etcd-registry.js";
+import type { LeaseRegistry } from "../lease/registry.js";
 import { computeView } from "../lease/peer-view.js";
 import { parseVxlanBackendData } from "../lease/attrs.js";
 import { missingConfigMessage } from "../lease/config-watch.js";
@@ -79,7 +80,7 @@ function fail(message: string, code = 1): number {
 function openRegistry(
   argv: readonly string[],
   env: Env,
-): { registry: EtcdRegistry; positionals: readonly string[] } {
+): { registry: LeaseRegistry; positionals: readonly string[] } {
   const parsed = parseFlags(adminFlags, argv, env);
   const list = parsed.values.get("etcd-endpoints");
   const str = (name: string): string | undefined => {
@@ -163,7 +164,7 @@ function table(rows: readonly (readonly string[])[]): string {
 
 /** `ttl` calls for many leases, a few at a time (one round trip each). */
 async function timesToLive(
-  registry: EtcdRegistry,
+  registry: LeaseRegistry,
   leases: readonly Lease[],
 ): Promise<(number | undefined)[]> {
   const results: (number | undefined)[] = [];

@@ -2,10 +2,11 @@
 // agent stays not-ready and proceeds as soon as a valid config is written, instead of crash-looping.
 import { ConfigError, type NetworkConfig } from "../config/network-config.js";
 import { parseNetworkConfig } from "../config/network-config.js";
+import { systemClock, type Clock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
-import { Backoff, raceAbort, sleep, stopped } from "../util/time.js";
-import type { EtcdRegistry } from "./registry.js";
+import { Backoff, raceAbort, stopped } from "../util/time.js";
+import type { LeaseRegistry } from "./registry.js";
 
 export type ConfigState =
   | { kind: "unknown" }
@@ -38,10 +39,11 @@ export class ConfigWatch {
   private readonly listeners = new Set<(state: ConfigState) => void>();
 
   constructor(
-    private readonly registry: EtcdRegistry,
+    private readonly registry: LeaseRegistry,
     private readonly log: Logger,
     /** Whether the config key is being watched: the first sign of etcd being reachable or not. */
     private readonly onWatchState?: (state: "watching" | "broken") => void,
+    private readonly clock: Clock = systemClock,
   ) {}
 
   get current(): ConfigState {
@@ -106,7 +108,7 @@ export class ConfigWatch {
           "cannot read the network config from etcd; retrying",
         );
       }
-      await sleep(backoff.next(), signal);
+      await this.clock.sleep(backoff.next(), signal);
     }
   }
 

@@ -1,5 +1,5 @@
-// The thin etcd shell of the lease room: every etcd call twill makes goes through here, with a
-// deadline, and nothing here decides anything (allocation and validation are pure, elsewhere).
+// The lease registry over etcd: every etcd call twill makes goes through here, with a deadline, and
+// nothing here decides anything (allocation and validation are pure, elsewhere).
 import { readFileSync } from "node:fs";
 import { Etcd3, type IOptions, type IKeyValue, type Watcher } from "etcd3";
 import { etcdEndpointProblem } from "../config/etcd-endpoint.js";
@@ -7,6 +7,16 @@ import { errorMessage } from "../util/log.js";
 import { sleep } from "../util/time.js";
 import { subnetsPrefix } from "./key.js";
 import type { RawEntry } from "./peer-view.js";
+import {
+  COMPACTED_WATCH_REASON,
+  LeaseStoreError,
+  type LeaseRegistry,
+  type Snapshot,
+  type WatchChange,
+  type WatchHandle,
+  type WatchHandlers,
+  type WrittenLease,
+} from "./registry.js";
 
 export interface EtcdConnectionOptions {
   readonly endpoints: readonly string[];
@@ -90,32 +100,7 @@ function toRawEntry(kv: IKeyValue): RawEntry {
   };
 }
 
-/** A key written on a fresh etcd lease: the lease and the key's new revision. */
-export interface WrittenLease {
-  readonly leaseId: string;
-  readonly modRevision: number;
-}
-
-export interface Snapshot {
-  readonly entries: RawEntry[];
-  /** The store revision the snapshot was read at; watch from revision + 1. */
-  readonly revision: number;
-}
-
-export type WatchChange = { type: "put"; entry: RawEntry } | { type: "delete"; key: string };
-
-export interface WatchHandlers {
-  /** One batch of changes as etcd delivered them (one watch response). */
-  onChanges(changes: WatchChange[], revision: number): void;
-  /** The watch is broken (compaction, cancel, disconnect): the caller re-lists and re-watches. */
-  onBroken(reason: string): void;
-}
-
-export interface WatchHandle {
-  cancel(): Promise<void>;
-}
-
-export class EtcdRegistry {
+export class EtcdRegistry implements LeaseRegistry {
   readonly client: Etcd3;
 
   readonly endpoints: readonly string[];
@@ -129,8 +114,8 @@ export class EtcdRegistry {
   }
 
   /** An etcd error with the endpoints it concerns, so a log line says where to look. */
-  explain(error: unknown): string {
-    return `${errorMessage(error)} (etcd endpoints: ${this.endpoints.join(", ")})`;
+  explain(error: unknown): LeaseStoreError {
+    return new LeaseStoreError(`etcd endpoints: ${this.endpoints.join(", ")}`, error);
   }
 
   get configKey(): string {
@@ -291,9 +276,7 @@ export class EtcdRegistry {
     watcher.on("disconnected", (error: Error) => breakWith(`disconnected: ${error.message}`));
     // etcd 3.4 cancels a compacted watch with an empty reason: say what it almost always means.
     watcher.on("error", (error: Error) =>
-      breakWith(
-        /canceled:\s*$/.test(error.message) ? "watch cancelled by etcd (revision compacted)" : error.message,
-      ),
+      breakWith(/canceled:\s*$/.test(error.message) ? COMPACTED_WATCH_REASON : error.message),
     );
     watcher.on("end", () => breakWith("watch ended"));
     return {

@@ -4,14 +4,15 @@
 // (the loop that calls it, and cannot end while the agent runs, is the agent's).
 import type { NetworkConfig } from "../config/network-config.js";
 import { formatCidr, formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
+import { systemClock, type Clock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
-import { Backoff, sleep } from "../util/time.js";
+import { Backoff } from "../util/time.js";
 import { chooseSubnet } from "./allocate.js";
 import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
 import { parseSubnetKey, subnetKey } from "./key.js";
 import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 import type { RawEntry } from "./peer-view.js";
-import type { EtcdRegistry } from "./registry.js";
+import type { LeaseRegistry } from "./registry.js";
 
 export interface OwnLease {
   readonly subnet: Subnet;
@@ -78,11 +79,13 @@ export function leasesForAllocation(entries: readonly RawEntry[]): Lease[] {
 
 export class LeaseKeeper {
   constructor(
-    private readonly registry: EtcdRegistry,
+    private readonly registry: LeaseRegistry,
     private readonly options: KeeperOptions,
     private readonly log: Logger,
     private readonly observer: KeeperObserver = {},
+    /** Uniform in [0,1): the free subnet picked and the retry jitter. */
     private readonly random: () => number = Math.random,
+    private readonly clock: Clock = systemClock,
   ) {}
 
   /**
@@ -95,7 +98,7 @@ export class LeaseKeeper {
     preferred: Subnet | undefined,
     signal: AbortSignal,
   ): Promise<OwnLease> {
-    const backoff = new Backoff(500, 30_000);
+    const backoff = new Backoff(500, 30_000, this.random);
     const value = encodeLeaseAttrs(attrs);
     let racesLost = 0;
     while (!signal.aborted) {
@@ -122,7 +125,7 @@ export class LeaseKeeper {
             "another node took the subnet first; retrying with a fresh choice",
           );
           // Immediate retry for the first few races; back off if the cluster is stampeding.
-          if (racesLost > 3) await sleep(backoff.next(), signal);
+          if (racesLost > 3) await this.clock.sleep(backoff.next(), signal);
           continue;
         }
         this.observer.exhausted?.(result.message);
@@ -133,7 +136,7 @@ export class LeaseKeeper {
           "cannot acquire a subnet lease from etcd; retrying",
         );
       }
-      await sleep(backoff.next(), signal);
+      await this.clock.sleep(backoff.next(), signal);
     }
     throw new Error("stopped before a lease was acquired");
   }
@@ -222,7 +225,7 @@ export class LeaseKeeper {
       attrs,
       leaseId: written.leaseId,
       modRevision: written.modRevision,
-      expiresAt: Date.now() + this.options.ttlSeconds * 1000,
+      expiresAt: this.clock.now() + this.options.ttlSeconds * 1000,
     };
   }
 

@@ -2,9 +2,10 @@
 // the source of truth; the view is recomputed (pure, cached) after each batch and diffed, so a
 // compaction, a broken watch or an etcd restart is handled by one path — re-list and diff — which
 // delivers exactly the difference: no event lost, none duplicated.
+import { systemClock, type Clock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
-import { Backoff, raceAbort, sleep, stopped } from "../util/time.js";
+import { Backoff, raceAbort, stopped } from "../util/time.js";
 import {
   ParseCache,
   computeView,
@@ -15,7 +16,7 @@ import {
   type RawEntry,
   type ViewContext,
 } from "./peer-view.js";
-import type { EtcdRegistry, WatchChange, WatchHandle } from "./registry.js";
+import type { LeaseRegistry, WatchChange, WatchHandle } from "./registry.js";
 
 export interface SubnetWatchListener {
   /** Peer changes after a batch (possibly empty when only invalid entries or the own key moved). */
@@ -38,10 +39,11 @@ export class SubnetWatch {
   private synced = false;
 
   constructor(
-    private readonly registry: EtcdRegistry,
+    private readonly registry: LeaseRegistry,
     private context: ViewContext,
     private readonly listener: SubnetWatchListener,
     private readonly log: Logger,
+    private readonly clock: Clock = systemClock,
   ) {}
 
   /** New own subnet or config: recompute and deliver the difference at once. */
@@ -76,7 +78,7 @@ export class SubnetWatch {
         this.log.warn({ err: this.registry.explain(error) }, "cannot list subnets from etcd; retrying");
         this.listener.onWatchState?.("broken", errorMessage(error));
       }
-      await sleep(backoff.next(), signal);
+      await this.clock.sleep(backoff.next(), signal);
     }
   }
 

@@ -8,15 +8,18 @@ import { encodeLeaseAttrs } from "../../src/lease/attrs.js";
 import { LeaseKeeper, type OwnLease } from "../../src/lease/keeper.js";
 import type { LeaseAttrs } from "../../src/lease/lease.js";
 import type { InvalidEntry, PeerEvent, PeerView, RawEntry } from "../../src/lease/peer-view.js";
-import { EtcdRegistry } from "../../src/lease/registry.js";
+import { EtcdRegistry } from "../../src/lease/etcd-registry.js";
+import { COMPACTED_WATCH_REASON, type LeaseRegistry, type WatchChange } from "../../src/lease/registry.js";
 import { SubnetWatch } from "../../src/lease/subnet-watch.js";
+import { systemClock } from "../../src/util/clock.js";
 import { startEtcd, type EtcdServer } from "../helpers/etcd.js";
+import { MemoryRegistry } from "../helpers/memory-registry.js";
 import { waitFor } from "../helpers/processes.js";
 
 const silent = pino({ level: "silent" });
 let etcd: EtcdServer;
 let prefixCounter = 0;
-const registries: EtcdRegistry[] = [];
+const registries: LeaseRegistry[] = [];
 const controllers: AbortController[] = [];
 
 beforeAll(async () => {
@@ -486,5 +489,134 @@ describe("the peer view", () => {
     const { recorded } = startWatch(prefix, own);
     await waitFor("initial sync", () => recorded.view !== undefined);
     expect(recorded.own.map((e) => e?.modRevision)).toEqual([own.modRevision]);
+  });
+});
+
+// The unit tests of the lease room run on test/helpers/memory-registry.ts: these are the etcd
+// semantics it claims, checked against etcd itself and against it with the same assertions.
+describe.each<{ name: string; open: () => { registry: LeaseRegistry; compact: (revision: number) => void } }>(
+  [
+    {
+      name: "etcd",
+      open: () => ({
+        registry: registry(newPrefix()),
+        compact: (revision) => etcd.ctl(["compact", String(revision)]),
+      }),
+    },
+    {
+      name: "the memory registry",
+      open: () => {
+        const memory = new MemoryRegistry(systemClock, newPrefix());
+        registries.push(memory);
+        return { registry: memory, compact: (revision) => memory.compact(revision) };
+      },
+    },
+  ],
+)("the registry contract: $name", ({ open }) => {
+  const v = (ip: string): string => encodeLeaseAttrs(attrsFor(ip));
+
+  it("creates a key only if it is absent, on a fresh lease with the TTL", async () => {
+    const { registry: r } = open();
+    const key = `${r.subnetsPrefix}10.244.1.0-24`;
+    const written = await r.createIfAbsent(key, v("198.18.9.1"), 600);
+    expect(written).toBeDefined();
+    const entry = await r.getKey(key);
+    expect(entry).toMatchObject({ value: v("198.18.9.1"), etcdLeaseId: written?.leaseId });
+    expect(entry?.createRevision).toBe(written?.modRevision);
+    expect(entry?.modRevision).toBe(written?.modRevision);
+    const ttl = await r.timeToLive(written?.leaseId ?? "");
+    expect(ttl).toBeGreaterThan(590);
+    expect(ttl).toBeLessThanOrEqual(600);
+    expect(await r.createIfAbsent(key, v("198.18.9.2"), 600)).toBeUndefined();
+    expect((await r.getKey(key))?.value).toBe(v("198.18.9.1"));
+  });
+
+  it("replaces a key only at the expected revision, keeping its createRevision", async () => {
+    const { registry: r } = open();
+    const key = `${r.subnetsPrefix}10.244.2.0-24`;
+    const first = await r.createIfAbsent(key, v("198.18.9.1"), 600);
+    expect(
+      await r.replaceIfUnchanged(key, v("198.18.9.9"), 600, (first?.modRevision ?? 0) - 1),
+    ).toBeUndefined();
+    const second = await r.replaceIfUnchanged(key, v("198.18.9.1"), 600, first?.modRevision ?? 0);
+    expect(second?.modRevision).toBeGreaterThan(first?.modRevision ?? 0);
+    expect(await r.getKey(key)).toMatchObject({
+      etcdLeaseId: second?.leaseId,
+      createRevision: first?.modRevision,
+      modRevision: second?.modRevision,
+    });
+    // The key is off the old lease: revoking that one leaves the key alone.
+    await r.revoke(first?.leaseId ?? "");
+    expect(await r.timeToLive(first?.leaseId ?? "")).toBeUndefined();
+    expect((await r.getKey(key))?.etcdLeaseId).toBe(second?.leaseId);
+  });
+
+  it("compares an absent key's mod revision as 0, as an etcd transaction does", async () => {
+    const { registry: r } = open();
+    const key = `${r.subnetsPrefix}10.244.3.0-24`;
+    expect(await r.replaceIfUnchanged(key, v("198.18.9.1"), 600, 1)).toBeUndefined();
+    expect(await r.getKey(key)).toBeUndefined();
+    expect(await r.replaceIfUnchanged(key, v("198.18.9.1"), 600, 0)).toBeDefined();
+  });
+
+  it("keeps a reservation lease-less, deletes only at the expected revision, and revoking a lease deletes its key", async () => {
+    const { registry: r } = open();
+    const key = `${r.subnetsPrefix}10.244.4.0-24`;
+    const created = await r.createIfAbsent(key, v("198.18.9.1"), 600);
+    const reserved = await r.putReservationIfUnchanged(key, v("198.18.9.1"), created?.modRevision ?? 0);
+    expect(await r.getKey(key)).toMatchObject({ etcdLeaseId: "0", modRevision: reserved });
+    expect(await r.timeToLive("0")).toBeUndefined();
+    expect(await r.deleteIfUnchanged(key, created?.modRevision ?? 0)).toBe(false);
+    expect(await r.deleteIfUnchanged(key, reserved ?? 0)).toBe(true);
+    expect(await r.getKey(key)).toBeUndefined();
+
+    const other = `${r.subnetsPrefix}10.244.5.0-24`;
+    const leased = await r.createIfAbsent(other, v("198.18.9.2"), 600);
+    await r.revoke(leased?.leaseId ?? "");
+    expect(await r.getKey(other)).toBeUndefined();
+  });
+
+  it("lists the subnets by key at a revision, beside the config", async () => {
+    const { registry: r } = open();
+    await r.putConfig('{"Network":"10.244.0.0/16"}');
+    for (const tail of ["10.244.9.0-24", "10.244.10.0-24"]) {
+      await r.createIfAbsent(`${r.subnetsPrefix}${tail}`, v("198.18.9.1"), 600);
+    }
+    const snapshot = await r.listSubnets();
+    expect(snapshot.entries.map((e) => e.key)).toEqual([
+      `${r.subnetsPrefix}10.244.10.0-24`,
+      `${r.subnetsPrefix}10.244.9.0-24`,
+    ]);
+    expect(snapshot.revision).toBeGreaterThanOrEqual(Math.max(...snapshot.entries.map((e) => e.modRevision)));
+    expect((await r.getConfig()).text).toBe('{"Network":"10.244.0.0/16"}');
+  });
+
+  it("watches from a revision, and breaks a watch from before a compaction with the same reason", async () => {
+    const { registry: r, compact } = open();
+    const a = `${r.subnetsPrefix}10.244.11.0-24`;
+    const b = `${r.subnetsPrefix}10.244.12.0-24`;
+    const start = (await r.listSubnets()).revision;
+    const created = await r.createIfAbsent(a, v("198.18.9.1"), 600);
+    await r.createIfAbsent(b, v("198.18.9.2"), 600);
+    await r.deleteIfUnchanged(a, created?.modRevision ?? 0);
+    const seen: string[] = [];
+    const summary = (c: WatchChange): string => (c.type === "put" ? `put ${c.entry.key}` : `delete ${c.key}`);
+    const watch = await r.watchPrefix(r.subnetsPrefix, start + 1, {
+      onChanges: (changes) => seen.push(...changes.map(summary)),
+      onBroken: (reason) => seen.push(`broken: ${reason}`),
+    });
+    await waitFor("three changes", () => seen.length >= 3);
+    await watch.cancel();
+    expect(seen).toEqual([`put ${a}`, `put ${b}`, `delete ${a}`]);
+
+    compact((await r.listSubnets()).revision);
+    const reasons: string[] = [];
+    const late = await r.watchPrefix(r.subnetsPrefix, start + 1, {
+      onChanges: () => reasons.push("changes"),
+      onBroken: (reason) => reasons.push(reason),
+    });
+    await waitFor("the watch broken", () => reasons.length > 0);
+    await late.cancel();
+    expect(reasons).toEqual([COMPACTED_WATCH_REASON]);
   });
 });
