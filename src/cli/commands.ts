@@ -202,6 +202,9 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
             config,
             ownKey: undefined,
             ownSubnet: undefined,
+            // What an agent sets aside, this lists as invalid: vxlan leases need usable BackendData.
+            parsePeerData: (attrs) =>
+              attrs.backendType === "vxlan" ? parseVxlanBackendData(attrs.backendData) : undefined,
           });
     const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
       (a, b) => a.subnet.ip - b.subnet.ip,

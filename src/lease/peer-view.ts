@@ -1,10 +1,11 @@
 // The live view of other nodes' leases as a pure function of the raw etcd entries under
-// <prefix>/subnets/. Recomputed after every watch batch, so parsing is memoised and overlap
-// detection is hash-based. Unlike flannel (§1.6), a bad entry is set aside as invalid and never
-// makes valid peers disappear.
+// <prefix>/subnets/. computeView sorts every entry; LivePeerView keeps that result up to date one
+// watch batch at a time, looking only at the entries that changed. Parsing is memoised and overlap
+// detection is hash-based. Unlike flannel, a bad entry is set aside as invalid and never makes valid
+// peers disappear.
 import { formatCidr, maskOf, overlaps, containsSubnet, type Subnet } from "../ip/ipv4.js";
 import type { NetworkConfig } from "../config/network-config.js";
-import { decodeLeaseAttrs, LeaseDecodeError, parseVxlanBackendData, publicIpProblem } from "./attrs.js";
+import { decodeLeaseAttrs, LeaseDecodeError, publicIpProblem } from "./attrs.js";
 import { parseSubnetKey, SubnetKeyError, subnetsPrefix } from "./key.js";
 import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 
@@ -29,6 +30,12 @@ export interface ViewContext {
   /** This node's own key: never a peer, never invalid. */
   ownKey: string | undefined;
   ownSubnet: Subnet | undefined;
+  /**
+   * Parses a peer's BackendData for the backend of its BackendType (undefined when twill has no such
+   * backend); throws an error naming the bad field when the data is unusable, which makes the entry
+   * invalid. Called once per entry version; the result is the lease's `peerData`.
+   */
+  parsePeerData?: ((attrs: LeaseAttrs) => object | undefined) | undefined;
 }
 
 export interface PeerView {
@@ -42,13 +49,16 @@ export type PeerEvent =
   | { type: "changed"; lease: Lease; previous: Lease }
   | { type: "removed"; lease: Lease };
 
+/** One change to the raw entries, as a watch delivers it. */
+export type EntryChange = { type: "put"; entry: RawEntry } | { type: "delete"; key: string };
+
 /** What an entry says on its own, independent of the config and of other entries. */
 type Parsed =
   | { ok: false; reason: string }
   | {
       ok: true;
       lease: Lease;
-      /** A problem with the attrs themselves (PublicIP, vxlan BackendData), reported after the network check. */
+      /** A problem with the attrs themselves (PublicIP, BackendData), reported after the network check. */
       attrsProblem: string | undefined;
     };
 
@@ -61,11 +71,13 @@ interface Slot {
 /**
  * Memoises per-entry parsing by (key, modRevision, value) — plus lease id and createRevision, which
  * only change together with modRevision but are part of the Lease built. Entries not seen in a
- * computeView pass are dropped at its end, so the cache tracks the live key set.
+ * computeView pass are dropped at its end, so the cache tracks the live key set. A different
+ * parsePeerData hook starts it afresh: the peer data it holds came from the old one.
  */
 export class ParseCache {
   private readonly slots = new Map<string, Slot>();
   private generation = 0;
+  private parsePeerData: ViewContext["parsePeerData"];
 
   get size(): number {
     return this.slots.size;
@@ -77,7 +89,11 @@ export class ParseCache {
   }
 
   /** @internal The parse of this entry, reusing the previous one when the entry is unchanged. */
-  parse(entry: RawEntry): Parsed {
+  parse(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]): Parsed {
+    if (parsePeerData !== this.parsePeerData) {
+      this.slots.clear();
+      this.parsePeerData = parsePeerData;
+    }
     const slot = this.slots.get(entry.key);
     if (
       slot !== undefined &&
@@ -89,9 +105,14 @@ export class ParseCache {
       slot.generation = this.generation;
       return slot.parsed;
     }
-    const parsed = parseEntry(entry);
+    const parsed = parseEntry(entry, parsePeerData);
     this.slots.set(entry.key, { entry: { ...entry }, parsed, generation: this.generation });
     return parsed;
+  }
+
+  /** @internal Drops a deleted entry (a LivePeerView update, between passes). */
+  forget(key: string): void {
+    this.slots.delete(key);
   }
 
   /** @internal Ends a pass: forgets entries that were not seen in it. */
@@ -100,7 +121,7 @@ export class ParseCache {
   }
 }
 
-function parseEntry(entry: RawEntry): Parsed {
+function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]): Parsed {
   let subnet: Subnet;
   try {
     subnet = parseSubnetKey(entry.key);
@@ -115,14 +136,16 @@ function parseEntry(entry: RawEntry): Parsed {
     return { ok: false, reason: `bad value: ${message}` };
   }
   let attrsProblem = publicIpProblem(attrs.publicIP);
-  if (attrsProblem === undefined && attrs.backendType === "vxlan") {
+  let peerData: object | undefined;
+  if (attrsProblem === undefined && parsePeerData !== undefined) {
     try {
-      parseVxlanBackendData(attrs.backendData);
+      peerData = parsePeerData(attrs);
     } catch (err) {
-      attrsProblem = `bad vxlan BackendData: ${err instanceof LeaseDecodeError ? err.message : String(err)}`;
+      const message = err instanceof Error ? err.message : String(err);
+      attrsProblem = `bad ${attrs.backendType ?? "(no BackendType)"} BackendData: ${message}`;
     }
   }
-  return { ok: true, lease: leaseFrom(entry, subnet, attrs), attrsProblem };
+  return { ok: true, lease: leaseFrom(entry, subnet, attrs, peerData), attrsProblem };
 }
 
 /** Older first: lower createRevision, then key (one etcd txn can create several keys at one revision). */
@@ -166,58 +189,74 @@ function findOverlapLosers(candidates: readonly Lease[]): Map<Lease, Lease> {
   return losers;
 }
 
-/** Sorts every entry into valid peers and invalid entries (see the module comment). */
-export function computeView(entries: Iterable<RawEntry>, ctx: ViewContext, cache?: ParseCache): PeerView {
-  const memo = cache ?? new ParseCache();
-  const subnets = subnetsPrefix(ctx.prefix);
+/** Where one entry stands on its own, before overlaps with other entries are resolved. */
+type Standing =
+  | { kind: "own" }
+  | { kind: "invalid"; reason: string }
+  /** Valid by itself: takes part in overlap resolution, which makes it a peer or an overlap loser. */
+  | { kind: "candidate"; lease: Lease };
+
+function standingOf(entry: RawEntry, ctx: ViewContext, subnets: string, cache: ParseCache): Standing {
+  if (entry.key === ctx.ownKey) return { kind: "own" };
+  if (!entry.key.startsWith(subnets)) return { kind: "invalid", reason: `key is not under ${subnets}` };
+  const parsed = cache.parse(entry, ctx.parsePeerData);
+  if (!parsed.ok) return { kind: "invalid", reason: parsed.reason };
+  const { subnet } = parsed.lease;
   const network = ctx.config.network;
+  if (!containsSubnet(network, subnet)) {
+    return {
+      kind: "invalid",
+      reason: `subnet ${formatCidr(subnet)} is outside the network ${formatCidr(network)}`,
+    };
+  }
+  if (parsed.attrsProblem !== undefined) return { kind: "invalid", reason: parsed.attrsProblem };
+  if (ctx.ownSubnet !== undefined && overlaps(subnet, ctx.ownSubnet)) {
+    return { kind: "invalid", reason: `overlaps this node's own subnet ${formatCidr(ctx.ownSubnet)}` };
+  }
+  return { kind: "candidate", lease: parsed.lease };
+}
+
+function invalidEntry(entry: Pick<RawEntry, "key" | "modRevision">, reason: string): InvalidEntry {
+  return { key: entry.key, reason, modRevision: entry.modRevision };
+}
+
+/** The full computation, with the candidates it resolved (LivePeerView indexes them). */
+function computeFull(
+  entries: Iterable<RawEntry>,
+  ctx: ViewContext,
+  cache: ParseCache,
+): { peers: Map<string, Lease>; invalid: Map<string, InvalidEntry>; candidates: Lease[] } {
+  const subnets = subnetsPrefix(ctx.prefix);
   const invalid = new Map<string, InvalidEntry>();
   const candidates: Lease[] = [];
-  const reject = (entry: RawEntry, reason: string): void => {
-    invalid.set(entry.key, { key: entry.key, reason, modRevision: entry.modRevision });
-  };
-
-  memo.begin();
+  cache.begin();
   for (const entry of entries) {
-    if (entry.key === ctx.ownKey) continue;
-    if (!entry.key.startsWith(subnets)) {
-      reject(entry, `key is not under ${subnets}`);
-      continue;
-    }
-    const parsed = memo.parse(entry);
-    if (!parsed.ok) {
-      reject(entry, parsed.reason);
-      continue;
-    }
-    const { subnet } = parsed.lease;
-    if (!containsSubnet(network, subnet)) {
-      reject(entry, `subnet ${formatCidr(subnet)} is outside the network ${formatCidr(network)}`);
-    } else if (parsed.attrsProblem !== undefined) {
-      reject(entry, parsed.attrsProblem);
-    } else if (ctx.ownSubnet !== undefined && overlaps(subnet, ctx.ownSubnet)) {
-      reject(entry, `overlaps this node's own subnet ${formatCidr(ctx.ownSubnet)}`);
-    } else {
-      candidates.push(parsed.lease);
-    }
+    const standing = standingOf(entry, ctx, subnets, cache);
+    if (standing.kind === "invalid") invalid.set(entry.key, invalidEntry(entry, standing.reason));
+    else if (standing.kind === "candidate") candidates.push(standing.lease);
   }
-  memo.end();
+  cache.end();
 
   const losers = findOverlapLosers(candidates);
   const peers = new Map<string, Lease>();
   for (const lease of candidates) {
     const winner = losers.get(lease);
-    if (winner === undefined) {
-      peers.set(lease.key, lease);
-    } else {
-      invalid.set(lease.key, {
-        key: lease.key,
-        reason:
-          `subnet ${formatCidr(lease.subnet)} overlaps ${formatCidr(winner.subnet)} of older key ${winner.key}` +
-          ` (createRevision ${winner.createRevision} < ${lease.createRevision})`,
-        modRevision: lease.modRevision,
-      });
-    }
+    if (winner === undefined) peers.set(lease.key, lease);
+    else invalid.set(lease.key, invalidEntry(lease, overlapReason(lease, winner)));
   }
+  return { peers, invalid, candidates };
+}
+
+function overlapReason(loser: Lease, winner: Lease): string {
+  return (
+    `subnet ${formatCidr(loser.subnet)} overlaps ${formatCidr(winner.subnet)} of older key ${winner.key}` +
+    ` (createRevision ${winner.createRevision} < ${loser.createRevision})`
+  );
+}
+
+/** Sorts every entry into valid peers and invalid entries (see the module comment). */
+export function computeView(entries: Iterable<RawEntry>, ctx: ViewContext, cache?: ParseCache): PeerView {
+  const { peers, invalid } = computeFull(entries, ctx, cache ?? new ParseCache());
   return { peers, invalid };
 }
 
@@ -232,19 +271,254 @@ function sameAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {
 }
 
 /**
- * Peer events between two views, sorted by key: added, removed (carrying the old lease, which the
- * data plane needs to tear down), changed when the attrs differ. A renewal (new etcd lease id and
+ * Peer events between two views, sorted by key: added, removed (carrying the old lease, so a consumer
+ * knows what to tear down), changed when the attrs differ. A renewal (new etcd lease id and
  * modRevision, same attrs) is not an event.
  */
 export function diffViews(before: PeerView, after: PeerView): PeerEvent[] {
   const events: PeerEvent[] = [];
   for (const [key, lease] of after.peers) {
-    const previous = before.peers.get(key);
-    if (previous === undefined) events.push({ type: "added", lease });
-    else if (previous !== lease && !sameAttrs(previous.attrs, lease.attrs)) {
-      events.push({ type: "changed", lease, previous });
-    }
+    const event = peerEvent(before.peers.get(key), lease);
+    if (event !== undefined) events.push(event);
   }
   for (const [key, lease] of before.peers) if (!after.peers.has(key)) events.push({ type: "removed", lease });
-  return events.sort((a, b) => (a.lease.key < b.lease.key ? -1 : a.lease.key > b.lease.key ? 1 : 0));
+  return events.sort(byLeaseKey);
+}
+
+/** The event for one key whose peer went from `previous` to `lease` (undefined: none). */
+function peerEvent(previous: Lease | undefined, lease: Lease | undefined): PeerEvent | undefined {
+  if (previous === undefined) return lease === undefined ? undefined : { type: "added", lease };
+  if (lease === undefined) return { type: "removed", lease: previous };
+  if (previous !== lease && !sameAttrs(previous.attrs, lease.attrs)) {
+    return { type: "changed", lease, previous };
+  }
+  return undefined;
+}
+
+function byLeaseKey(a: PeerEvent, b: PeerEvent): number {
+  return a.lease.key < b.lease.key ? -1 : a.lease.key > b.lease.key ? 1 : 0;
+}
+
+/** Entries of `after` that are new there or changed (another modRevision) since `before`. */
+function newlyInvalid(
+  before: ReadonlyMap<string, InvalidEntry>,
+  after: Iterable<InvalidEntry>,
+): InvalidEntry[] {
+  const found: InvalidEntry[] = [];
+  for (const entry of after) if (before.get(entry.key)?.modRevision !== entry.modRevision) found.push(entry);
+  return found;
+}
+
+// ---- The live view: computeView's result, kept up to date one batch at a time ---------------------
+
+/** What one update of a LivePeerView changed. */
+export interface ViewUpdate {
+  /** Peer events, sorted by key: exactly diffViews(view before, view after). */
+  readonly events: PeerEvent[];
+  /** Entries that became invalid, or changed while invalid, in this update (to warn about once). */
+  readonly newlyInvalid: InvalidEntry[];
+  /**
+   * "incremental" when only the changed entries were looked at; "full" when every entry was: a re-list,
+   * a new context, or a change that involves an overlap (whose resolution depends on all entries).
+   */
+  readonly path: "incremental" | "full";
+}
+
+/** Where a 32-bit block of a given prefix length lives in a numeric map key (exact up to 2^37). */
+function slot(prefixLen: number, ip: number): number {
+  return ip * 32 + prefixLen;
+}
+
+/**
+ * The candidates' subnets, indexed so that "does this subnet overlap any candidate" is a few hash
+ * lookups. Aligned blocks overlap only by containment: a candidate containing S is found by S's
+ * block at each shorter length in play (`exact`); one inside S by a count of candidates kept per
+ * block at each length in play (`inside`). The lengths in play are fixed when the index is built:
+ * a candidate of another length needs a rebuild.
+ */
+class OverlapIndex {
+  private readonly exact = new Map<number, number>();
+  private readonly inside = new Map<number, number>();
+  private readonly levels: readonly number[];
+  private readonly levelSet: ReadonlySet<number>;
+
+  constructor(candidates: Iterable<Lease>) {
+    const all = [...candidates];
+    this.levelSet = new Set(all.map((lease) => lease.subnet.prefixLen));
+    this.levels = [...this.levelSet].sort((a, b) => a - b);
+    for (const lease of all) this.add(lease.subnet);
+  }
+
+  /** Whether subnets of this length can be added without a rebuild. */
+  covers(subnet: Subnet): boolean {
+    return this.levelSet.has(subnet.prefixLen);
+  }
+
+  add(subnet: Subnet): void {
+    this.count(subnet, 1);
+  }
+
+  remove(subnet: Subnet): void {
+    this.count(subnet, -1);
+  }
+
+  /** Whether `subnet` overlaps an indexed subnet other than itself (`indexed`: it is in the index). */
+  overlapsAnother(subnet: Subnet, indexed: boolean): boolean {
+    const { ip, prefixLen } = subnet;
+    for (const len of this.levels) {
+      if (len > prefixLen) break;
+      let holders = this.exact.get(slot(len, (ip & maskOf(len)) >>> 0)) ?? 0;
+      if (indexed && len === prefixLen) holders -= 1;
+      if (holders > 0) return true;
+    }
+    return (this.inside.get(slot(prefixLen, ip)) ?? 0) > 0;
+  }
+
+  private count(subnet: Subnet, delta: number): void {
+    const { ip, prefixLen } = subnet;
+    bump(this.exact, slot(prefixLen, ip), delta);
+    for (const len of this.levels) {
+      if (len >= prefixLen) break;
+      bump(this.inside, slot(len, (ip & maskOf(len)) >>> 0), delta);
+    }
+  }
+}
+
+function bump(counts: Map<number, number>, at: number, delta: number): void {
+  const next = (counts.get(at) ?? 0) + delta;
+  if (next === 0) counts.delete(at);
+  else counts.set(at, next);
+}
+
+/**
+ * The peer view of a set of raw entries that changes one watch batch at a time. A batch whose
+ * changed entries overlap no other candidate, before or after, is applied by looking at those
+ * entries only: O(changes), whatever the number of peers. An overlap (rare: hostile or broken
+ * entries) makes the outcome depend on every overlapping entry's age, so that batch, a re-list
+ * and a new context are computed in full with computeView's logic. Either way the view equals
+ * computeView over the same entries; its maps are updated in place.
+ */
+export class LivePeerView {
+  private readonly entries = new Map<string, RawEntry>();
+  private readonly cache = new ParseCache();
+  private readonly peers = new Map<string, Lease>();
+  private readonly invalid = new Map<string, InvalidEntry>();
+  /** Every candidate (peers and overlap losers), by key. */
+  private readonly candidates = new Map<string, Lease>();
+  private index = new OverlapIndex([]);
+  /** The live view: the same object after every update. */
+  readonly view: PeerView = { peers: this.peers, invalid: this.invalid };
+
+  constructor(private ctx: ViewContext) {}
+
+  get context(): ViewContext {
+    return this.ctx;
+  }
+
+  /** The raw entry under `key`, as of the last update. */
+  entry(key: string): RawEntry | undefined {
+    return this.entries.get(key);
+  }
+
+  /** A re-list: the entries are replaced by `entries`. */
+  replaceAll(entries: Iterable<RawEntry>): ViewUpdate {
+    this.entries.clear();
+    for (const entry of entries) this.entries.set(entry.key, entry);
+    return this.recomputeAll();
+  }
+
+  /** A new own subnet or config. */
+  setContext(ctx: ViewContext): ViewUpdate {
+    this.ctx = ctx;
+    return this.recomputeAll();
+  }
+
+  /** One watch batch, oldest change first. */
+  apply(changes: readonly EntryChange[]): ViewUpdate {
+    // Each key's final state; a key changed twice in one batch is looked at once.
+    const latest = new Map<string, RawEntry | undefined>();
+    for (const change of changes) {
+      if (change.type === "put") latest.set(change.entry.key, change.entry);
+      else latest.set(change.key, undefined);
+    }
+    const standings = this.standingsIfNoOverlap(latest);
+    for (const [key, entry] of latest) {
+      if (entry === undefined) this.entries.delete(key);
+      else this.entries.set(key, entry);
+    }
+    if (standings === undefined) return this.recomputeAll();
+
+    const events: PeerEvent[] = [];
+    const invalidNow: InvalidEntry[] = [];
+    for (const [key, standing] of standings) {
+      const previousPeer = this.peers.get(key);
+      const previousInvalid = this.invalid.get(key);
+      this.peers.delete(key);
+      this.invalid.delete(key);
+      this.candidates.delete(key);
+      const entry = latest.get(key);
+      if (entry === undefined) this.cache.forget(key);
+      if (entry !== undefined && standing?.kind === "invalid") {
+        const invalid = invalidEntry(entry, standing.reason);
+        this.invalid.set(key, invalid);
+        if (previousInvalid?.modRevision !== invalid.modRevision) invalidNow.push(invalid);
+      }
+      const lease = standing?.kind === "candidate" ? standing.lease : undefined;
+      if (lease !== undefined) {
+        this.peers.set(key, lease);
+        this.candidates.set(key, lease);
+      }
+      const event = peerEvent(previousPeer, lease);
+      if (event !== undefined) events.push(event);
+    }
+    return { events: events.sort(byLeaseKey), newlyInvalid: invalidNow, path: "incremental" };
+  }
+
+  /**
+   * Each changed key's new standing (undefined: deleted), with the index already updated; or
+   * undefined when an old or new candidate among them overlaps another candidate, or has a length
+   * the index was not built for: then the batch needs the full computation.
+   */
+  private standingsIfNoOverlap(
+    latest: ReadonlyMap<string, RawEntry | undefined>,
+  ): Map<string, Standing | undefined> | undefined {
+    for (const key of latest.keys()) {
+      const old = this.candidates.get(key);
+      if (old !== undefined && this.index.overlapsAnother(old.subnet, true)) return undefined;
+    }
+    const subnets = subnetsPrefix(this.ctx.prefix);
+    const standings = new Map<string, Standing | undefined>();
+    for (const [key, entry] of latest) {
+      standings.set(key, entry && standingOf(entry, this.ctx, subnets, this.cache));
+    }
+    for (const key of latest.keys()) {
+      const old = this.candidates.get(key);
+      if (old !== undefined) this.index.remove(old.subnet);
+    }
+    for (const standing of standings.values()) {
+      if (standing?.kind !== "candidate") continue;
+      const { subnet } = standing.lease;
+      // The index is rebuilt by the full computation, so a half-updated one is never used.
+      if (!this.index.covers(subnet) || this.index.overlapsAnother(subnet, false)) return undefined;
+      this.index.add(subnet);
+    }
+    return standings;
+  }
+
+  private recomputeAll(): ViewUpdate {
+    const next = computeFull(this.entries.values(), this.ctx, this.cache);
+    const events = diffViews(this.view, next);
+    const invalidNow = newlyInvalid(this.invalid, next.invalid.values());
+    replaceContents(this.peers, next.peers);
+    replaceContents(this.invalid, next.invalid);
+    this.candidates.clear();
+    for (const lease of next.candidates) this.candidates.set(lease.key, lease);
+    this.index = new OverlapIndex(next.candidates);
+    return { events, newlyInvalid: invalidNow, path: "full" };
+  }
+}
+
+function replaceContents<K, V>(target: Map<K, V>, source: ReadonlyMap<K, V>): void {
+  target.clear();
+  for (const [key, value] of source) target.set(key, value);
 }

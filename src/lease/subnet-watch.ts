@@ -1,25 +1,28 @@
 // The live peer view: list every subnet key, then watch from the next revision. The raw entries are
-// the source of truth; the view is recomputed (pure, cached) after each batch and diffed, so a
-// compaction, a broken watch or an etcd restart is handled by one path — re-list and diff — which
-// delivers exactly the difference: no event lost, none duplicated.
-import { systemClock, type Clock } from "../util/clock.js";
+// the source of truth. A watch batch updates the view looking at the changed entries only (see
+// LivePeerView); a compaction, a broken watch or an etcd restart is handled by one path — re-list and
+// diff — which delivers exactly the difference: no event lost, none duplicated.
+import type { Clock } from "../util/clock.js";
+import { systemClock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
 import { Backoff, raceAbort, stopped } from "../util/time.js";
 import {
-  ParseCache,
-  computeView,
-  diffViews,
+  LivePeerView,
   type InvalidEntry,
   type PeerEvent,
   type PeerView,
   type RawEntry,
   type ViewContext,
+  type ViewUpdate,
 } from "./peer-view.js";
 import type { LeaseRegistry, WatchChange, WatchHandle } from "./registry.js";
 
 export interface SubnetWatchListener {
-  /** Peer changes after a batch (possibly empty when only invalid entries or the own key moved). */
+  /**
+   * Peer changes after a batch (possibly empty when only invalid entries or the own key moved).
+   * `view` is the live view: the same object every time, updated in place.
+   */
   onPeers(events: PeerEvent[], view: PeerView): void;
   /** Entries that became invalid (or changed while invalid) in this batch, to warn about once. */
   onInvalid(entries: InvalidEntry[]): void;
@@ -29,27 +32,26 @@ export interface SubnetWatchListener {
   onWatchState?(state: "watching" | "broken", reason?: string): void;
 }
 
-const emptyView: PeerView = { peers: new Map(), invalid: new Map() };
-
 export class SubnetWatch {
-  private readonly entries = new Map<string, RawEntry>();
-  private readonly cache = new ParseCache();
-  private view: PeerView = emptyView;
+  private readonly live: LivePeerView;
   private watch: WatchHandle | undefined;
   private synced = false;
 
   constructor(
     private readonly registry: LeaseRegistry,
-    private context: ViewContext,
+    context: ViewContext,
     private readonly listener: SubnetWatchListener,
     private readonly log: Logger,
     private readonly clock: Clock = systemClock,
-  ) {}
+  ) {
+    this.live = new LivePeerView(context);
+  }
 
-  /** New own subnet or config: recompute and deliver the difference at once. */
+  /** New own subnet or config: recompute and deliver the difference at once (nothing if it is equal). */
   setContext(context: ViewContext): void {
-    this.context = context;
-    if (this.synced) this.recompute();
+    if (sameContext(this.live.context, context)) return;
+    const update = this.live.setContext(context);
+    if (this.synced) this.deliver(update);
   }
 
   /** Runs until `signal` aborts: list, watch, and on any break re-list with backoff. */
@@ -83,43 +85,40 @@ export class SubnetWatch {
   }
 
   private replaceAll(entries: readonly RawEntry[]): void {
-    const ownKey = this.context.ownKey;
-    const ownBefore = ownKey === undefined ? undefined : this.entries.get(ownKey);
+    const ownKey = this.live.context.ownKey;
+    const ownBefore = ownKey === undefined ? undefined : this.live.entry(ownKey);
     // The first list always reports the own key: one deleted between acquisition and this list is
     // absent both before and after, and no watch event will ever carry its deletion.
     const firstList = !this.synced;
-    this.entries.clear();
-    for (const entry of entries) this.entries.set(entry.key, entry);
+    const update = this.live.replaceAll(entries);
     this.synced = true;
-    this.recompute();
+    this.deliver(update);
     if (ownKey !== undefined) {
-      const ownAfter = this.entries.get(ownKey);
+      const ownAfter = this.live.entry(ownKey);
       if (firstList || ownBefore?.modRevision !== ownAfter?.modRevision) this.listener.onOwnKey(ownAfter);
     }
   }
 
   private apply(changes: readonly WatchChange[]): void {
-    let ownChanged = false;
-    for (const change of changes) {
-      const key = change.type === "put" ? change.entry.key : change.key;
-      if (change.type === "put") this.entries.set(key, change.entry);
-      else this.entries.delete(key);
-      if (key === this.context.ownKey) ownChanged = true;
-    }
-    this.recompute();
-    if (ownChanged && this.context.ownKey !== undefined) {
-      this.listener.onOwnKey(this.entries.get(this.context.ownKey));
-    }
+    const ownKey = this.live.context.ownKey;
+    const ownChanged = changes.some((c) => (c.type === "put" ? c.entry.key : c.key) === ownKey);
+    this.deliver(this.live.apply(changes));
+    if (ownChanged && ownKey !== undefined) this.listener.onOwnKey(this.live.entry(ownKey));
   }
 
-  private recompute(): void {
-    const before = this.view;
-    const after = computeView(this.entries.values(), this.context, this.cache);
-    this.view = after;
-    const newlyInvalid = [...after.invalid.values()].filter(
-      (entry) => before.invalid.get(entry.key)?.modRevision !== entry.modRevision,
-    );
-    if (newlyInvalid.length > 0) this.listener.onInvalid(newlyInvalid);
-    this.listener.onPeers(diffViews(before, after), after);
+  private deliver(update: ViewUpdate): void {
+    if (update.newlyInvalid.length > 0) this.listener.onInvalid(update.newlyInvalid);
+    this.listener.onPeers(update.events, this.live.view);
   }
+}
+
+function sameContext(a: ViewContext, b: ViewContext): boolean {
+  return (
+    a.prefix === b.prefix &&
+    a.config === b.config &&
+    a.ownKey === b.ownKey &&
+    a.ownSubnet?.ip === b.ownSubnet?.ip &&
+    a.ownSubnet?.prefixLen === b.ownSubnet?.prefixLen &&
+    a.parsePeerData === b.parsePeerData
+  );
 }

@@ -1,10 +1,15 @@
 import { describe, it, expect } from "vitest";
 import { formatCidr, parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
-import type { NetworkConfig } from "../../src/config/network-config.js";
+import { parseNetworkConfig, type NetworkConfig } from "../../src/config/network-config.js";
+import { parseVxlanBackendData } from "../../src/lease/attrs.js";
+import type { LeaseAttrs } from "../../src/lease/lease.js";
 import {
   computeView,
   diffViews,
+  LivePeerView,
   ParseCache,
+  type EntryChange,
+  type InvalidEntry,
   type PeerEvent,
   type PeerView,
   type RawEntry,
@@ -14,21 +19,14 @@ import {
 const PREFIX = "/coreos.com/network";
 const K = (tail: string): string => `${PREFIX}/subnets/${tail}`;
 
-const CONFIG: NetworkConfig = {
-  network: parseCidr("10.244.0.0/16"),
-  subnetLen: 24,
-  subnetMin: parseIPv4("10.244.1.0"),
-  subnetMax: parseIPv4("10.244.255.0"),
-  backend: {
-    type: "vxlan",
-    vni: 1,
-    port: 8472,
-    mtu: undefined,
-    gbp: false,
-    learning: false,
-    directRouting: false,
-  },
-};
+// Network 10.244.0.0/16, /24 subnets; the view never looks at the backend.
+const CONFIG: NetworkConfig = parseNetworkConfig(
+  '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}',
+).config;
+
+/** The vxlan backend's check, as the agent wires it: vxlan leases need usable BackendData. */
+const parseVxlanPeerData = (attrs: LeaseAttrs): object | undefined =>
+  attrs.backendType === "vxlan" ? parseVxlanBackendData(attrs.backendData) : undefined;
 
 const OWN_KEY = K("10.244.1.0-24");
 const CTX: ViewContext = {
@@ -36,6 +34,7 @@ const CTX: ViewContext = {
   config: CONFIG,
   ownKey: OWN_KEY,
   ownSubnet: parseCidr("10.244.1.0/24"),
+  parsePeerData: parseVxlanPeerData,
 };
 
 function vxlanValue(publicIP: string, mac = "02:00:00:00:00:01"): string {
@@ -364,5 +363,265 @@ describe("diffViews", () => {
     );
     const events = diffViews({ peers: new Map(), invalid: new Map() }, view);
     expect(events.map((e) => e.lease.key)).toEqual([...keys].sort().map(K));
+  });
+});
+
+describe("backend data (the parsePeerData hook)", () => {
+  const counting = (): { calls: string[]; ctx: ViewContext } => {
+    const calls: string[] = [];
+    return {
+      calls,
+      ctx: {
+        ...CTX,
+        parsePeerData: (attrs) => {
+          calls.push(attrs.backendData ?? "");
+          return parseVxlanPeerData(attrs);
+        },
+      },
+    };
+  };
+
+  it("keeps what the hook parsed as the lease's peerData", () => {
+    const a = peer(2);
+    const view = computeView([a], CTX);
+    expect(view.peers.get(a.key)?.peerData).toEqual({ vni: 1, vtepMac: "02:00:00:00:00:01" });
+  });
+
+  it("asks the hook once per entry version, not once per pass", () => {
+    const { calls, ctx } = counting();
+    const cache = new ParseCache();
+    const a = peer(2);
+    const b = peer(3);
+    computeView([a, b], ctx, cache);
+    computeView([a, b], ctx, cache);
+    expect(calls).toHaveLength(2);
+    computeView([a, { ...b, modRevision: b.modRevision + 1, etcdLeaseId: "77" }], ctx, cache);
+    expect(calls).toHaveLength(3);
+  });
+
+  it("parses again with a new hook: the peer data came from the old one", () => {
+    const cache = new ParseCache();
+    const a = peer(2);
+    computeView([a], CTX, cache);
+    const marked = { marked: true };
+    const view = computeView([a], { ...CTX, parsePeerData: () => marked }, cache);
+    expect(view.peers.get(a.key)?.peerData).toBe(marked);
+  });
+
+  it("sets an entry aside naming its BackendType and the hook's message when the hook throws", () => {
+    const bad = entry(
+      K("10.244.5.0-24"),
+      '{"PublicIP":"10.0.0.5","BackendType":"wireguard","BackendData":{}}',
+    );
+    const view = computeView([peer(2), bad], {
+      ...CTX,
+      parsePeerData: (attrs) => {
+        if (attrs.backendType === "wireguard") throw new Error("BackendData.PublicKey is missing");
+        return undefined;
+      },
+    });
+    expect(view.peers.has(bad.key)).toBe(false);
+    expect(view.invalid.get(bad.key)?.reason).toBe(
+      "bad wireguard BackendData: BackendData.PublicKey is missing",
+    );
+  });
+
+  it("reports a bad PublicIP without asking the hook", () => {
+    const { calls, ctx } = counting();
+    const bad = entry(K("10.244.5.0-24"), vxlanValue("127.0.0.1"));
+    const view = computeView([bad], ctx);
+    expect(view.invalid.get(bad.key)?.reason).toBe("PublicIP 127.0.0.1 is a loopback address");
+    expect(calls).toEqual([]);
+  });
+
+  it("without a hook does not look at BackendData at all (the backends do)", () => {
+    const odd = entry(K("10.244.5.0-24"), '{"PublicIP":"10.0.0.5","BackendType":"vxlan"}');
+    const view = computeView([odd], { ...CTX, parsePeerData: undefined });
+    expect(view.invalid.size).toBe(0);
+    expect(view.peers.get(odd.key)?.peerData).toBeUndefined();
+  });
+});
+
+/** mulberry32: a small seeded PRNG, so a failing sequence can be replayed from its seed. */
+function seeded(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const byKey = <T extends { key: string }>(items: Iterable<T>): T[] =>
+  [...items].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+
+describe("LivePeerView", () => {
+  /** Applies `changes` to a plain map of entries, as the live view is told about them. */
+  function applyTo(entries: Map<string, RawEntry>, changes: readonly EntryChange[]): void {
+    for (const change of changes) {
+      if (change.type === "put") entries.set(change.entry.key, change.entry);
+      else entries.delete(change.key);
+    }
+  }
+
+  it("a single peer event among 5,000 peers looks at that entry only", () => {
+    const ctx: ViewContext = { ...CTX, config: { ...CONFIG, network: parseCidr("10.0.0.0/8") } };
+    const entries: RawEntry[] = [];
+    for (let n = 2; n < 5002; n++) {
+      entries.push(entry(K(`10.${n >> 8}.${n & 255}.0-24`), vxlanValue(`192.168.${n >> 8}.${n & 255}`)));
+    }
+    const live = new LivePeerView(ctx);
+    expect(live.replaceAll(entries).path).toBe("full");
+    const added = entry(K("10.200.0.0-24"), vxlanValue("192.168.200.1"));
+    const put = live.apply([{ type: "put", entry: added }]);
+    expect(put.path).toBe("incremental");
+    expect(eventSummary(put.events)).toEqual(["added 10.200.0.0/24"]);
+    const renewed = live.apply([
+      { type: "put", entry: { ...added, etcdLeaseId: "99", modRevision: 99_999 } },
+    ]);
+    expect(renewed).toEqual({ events: [], newlyInvalid: [], path: "incremental" });
+    const gone = live.apply([{ type: "delete", key: added.key }]);
+    expect(gone.path).toBe("incremental");
+    expect(eventSummary(gone.events)).toEqual(["removed 10.200.0.0/24"]);
+    expect(live.view.peers.size).toBe(5000);
+  });
+
+  it("resolves a change that overlaps another entry in full, as computeView does", () => {
+    const older = entry(K("10.244.4.0-23"), vxlanValue("192.168.0.4"));
+    const live = new LivePeerView(CTX);
+    live.replaceAll([older, peer(7)]);
+    const inside = entry(K("10.244.5.0-24"), vxlanValue("192.168.0.5"));
+    const update = live.apply([{ type: "put", entry: inside }]);
+    expect(update.path).toBe("full");
+    expect(update.events).toEqual([]);
+    expect(update.newlyInvalid.map((e) => e.key)).toEqual([inside.key]);
+    expect(live.view.invalid.get(inside.key)?.reason).toContain(`of older key ${older.key}`);
+    // The older one goes: the newer one it was hiding becomes a peer.
+    const freed = live.apply([{ type: "delete", key: older.key }]);
+    expect(freed.path).toBe("full");
+    expect(eventSummary(freed.events)).toEqual(["removed 10.244.4.0/23", "added 10.244.5.0/24"]);
+  });
+
+  it("updates the same view object in place, and reports an invalid entry once per version", () => {
+    const live = new LivePeerView(CTX);
+    const view = live.view;
+    live.replaceAll([peer(2)]);
+    const bad = entry(K("10.244.3.0-24"), "garbage");
+    const first = live.apply([{ type: "put", entry: bad }]);
+    expect(first.newlyInvalid.map((e) => e.key)).toEqual([bad.key]);
+    expect(live.apply([{ type: "put", entry: peer(4) }]).newlyInvalid).toEqual([]);
+    expect(live.view).toBe(view);
+    expect(byKey(view.peers.values()).map((l) => formatCidr(l.subnet))).toEqual([
+      "10.244.2.0/24",
+      "10.244.4.0/24",
+    ]);
+    expect([...view.invalid.keys()]).toEqual([bad.key]);
+  });
+
+  it("equals computeView and diffViews after every batch (randomized, seeded)", () => {
+    const subnetTails = [
+      ...Array.from({ length: 40 }, (_, i) => `10.244.${10 + i}.0-24`), // disjoint: the common case
+      "10.244.2.0-24",
+      "10.244.3.0-24",
+      "10.244.3.0-024", // the same subnet under a second spelling
+      "10.244.2.0-23",
+      "10.244.3.128-25",
+      "10.244.0.0-22",
+      "10.244.1.0-24", // the own subnet under the own key
+      "10.244.1.0-25", // inside the own subnet
+      "10.9.0.0-24", // outside the network
+      "10.0.0.0-8", // larger than the network
+      "garbage",
+      "10.244.5.1-24", // host bits
+      "10.244.5.0-32",
+    ];
+    const values = [
+      vxlanValue("192.168.0.2"),
+      vxlanValue("192.168.0.3", "02:00:00:00:00:03"),
+      vxlanValue("192.168.0.4", "02:00:00:00:00:04"),
+      '{"PublicIP":"10.0.0.9","PublicIPv6":null,"BackendType":"host-gw"}',
+      "{not json",
+      vxlanValue("127.0.0.1"),
+      '{"PublicIP":"10.0.0.5","BackendType":"vxlan"}',
+      vxlanValue("10.0.0.6", "01:00:5e:00:00:01"),
+    ];
+    const contexts: ViewContext[] = [
+      CTX,
+      { ...CTX, ownKey: K("10.244.11.0-24"), ownSubnet: parseCidr("10.244.11.0/24") },
+      { ...CTX, ownKey: undefined, ownSubnet: undefined },
+      { ...CTX, config: { ...CONFIG, network: parseCidr("10.0.0.0/8") } },
+    ];
+    let incremental = 0;
+    let batches = 0;
+    for (let seed = 1; seed <= 150; seed++) {
+      const random = seeded(seed);
+      const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+      let revision = 1;
+      let ctx = CTX;
+      const entries = new Map<string, RawEntry>();
+      const live = new LivePeerView(ctx);
+      const referenceCache = new ParseCache();
+      let reference: PeerView = computeView([], ctx, referenceCache);
+      live.replaceAll([]);
+      const put = (key: string): EntryChange => {
+        const existing = entries.get(key);
+        const mod = ++revision;
+        return {
+          type: "put",
+          entry: {
+            key,
+            value: pick(values),
+            etcdLeaseId: String(1000 + mod),
+            createRevision: existing?.createRevision ?? mod,
+            modRevision: mod,
+          },
+        };
+      };
+      for (let step = 0; step < 60; step++) {
+        const roll = random();
+        let update;
+        if (roll < 0.04) {
+          ctx = pick(contexts);
+          update = live.setContext(ctx);
+        } else if (roll < 0.07) {
+          // A re-list that finds some keys gone.
+          for (const key of [...entries.keys()]) if (random() < 0.2) entries.delete(key);
+          update = live.replaceAll(entries.values());
+        } else {
+          const changes: EntryChange[] = [];
+          const size = 1 + Math.floor(random() * 4);
+          for (let i = 0; i < size; i++) {
+            const existing = [...entries.keys()];
+            let change: EntryChange;
+            if (existing.length > 0 && random() < 0.25) change = { type: "delete", key: pick(existing) };
+            else {
+              const tail = pick(subnetTails);
+              change = put(random() < 0.03 ? `/other/subnets/${tail}` : K(tail));
+            }
+            // As etcd has it after this change: the next one in the batch sees it.
+            applyTo(entries, [change]);
+            changes.push(change);
+          }
+          update = live.apply(changes);
+          batches++;
+          if (update.path === "incremental") incremental++;
+        }
+        const next = computeView(entries.values(), ctx, referenceCache);
+        const where = `seed ${seed}, step ${step}`;
+        expect(update.events, where).toEqual(diffViews(reference, next));
+        const expectedInvalid: InvalidEntry[] = [...next.invalid.values()].filter(
+          (e) => reference.invalid.get(e.key)?.modRevision !== e.modRevision,
+        );
+        expect(byKey(update.newlyInvalid), where).toEqual(byKey(expectedInvalid));
+        expect(byKey(live.view.peers.values()), where).toEqual(byKey(next.peers.values()));
+        expect(byKey(live.view.invalid.values()), where).toEqual(byKey(next.invalid.values()));
+        reference = next;
+      }
+    }
+    // The comparison means something only if both paths ran, and the fast one ran mostly.
+    expect(incremental).toBeGreaterThan(batches / 2);
+    expect(incremental).toBeLessThan(batches);
   });
 });
