@@ -1,6 +1,6 @@
 import { describe, it, expect } from "vitest";
 import { formatCidr, parseCidr, parseIPv4, sizeOf } from "../../src/ip/ipv4.js";
-import type { NetworkConfig } from "../../src/config/network-config.js";
+import { parseNetworkConfig, type NetworkConfig } from "../../src/config/network-config.js";
 import {
   chooseSubnet,
   isCompatible,
@@ -11,6 +11,8 @@ import { subnetKey } from "../../src/lease/key.js";
 import type { Lease } from "../../src/lease/lease.js";
 
 const OUR_IP = "192.168.1.10";
+/** Allocation never looks at the backend; any parsed one will do. */
+const BACKEND = parseNetworkConfig('{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}').config.backend;
 
 /** A config like flannel's defaults: min = network + one subnet, max = last subnet. */
 function config(network: string, subnetLen = 24, min?: string, max?: string): NetworkConfig {
@@ -21,7 +23,7 @@ function config(network: string, subnetLen = 24, min?: string, max?: string): Ne
     subnetLen,
     subnetMin: min === undefined ? net.ip + size : parseIPv4(min),
     subnetMax: max === undefined ? net.ip + sizeOf(net.prefixLen) - size : parseIPv4(max),
-    backend: { type: "host-gw" },
+    backend: BACKEND,
   };
 }
 
