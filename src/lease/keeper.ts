@@ -1,7 +1,6 @@
-// Acquiring and keeping this node's own lease. flannel exits on a lost creation race, on a revoked or
-// expired lease, and can stop renewing silently; twill retries the race with a fresh choice,
-// re-acquires a lost lease (the same subnet when still free) and renews with a guarded transaction
-// (the loop that calls it, and cannot end while the agent runs, is the agent's).
+// The etcd steps of this node's own lease: acquire, renew, re-publish, release. flannel exits on a
+// lost creation race and can stop renewing silently; twill retries the race with a fresh choice and
+// writes with guarded transactions. When to call which step is lifecycle.ts's.
 import type { NetworkConfig } from "../config/network-config.js";
 import { formatCidr, formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
 import { systemClock, type Clock } from "../util/clock.js";
@@ -247,7 +246,22 @@ export class LeaseKeeper {
    * Returns the renewed lease, "lost" when the key changed or vanished, or throws on etcd errors.
    */
   async renew(own: OwnLease): Promise<OwnLease | "lost"> {
-    const value = encodeLeaseAttrs(own.attrs);
+    const renewed = await this.republish(own, own.attrs);
+    if (renewed !== "lost") this.observer.renewed?.(renewed);
+    return renewed;
+  }
+
+  /**
+   * Rewrites the own key with `attrs`, only if the key is still the one we wrote: onto a fresh etcd
+   * lease, or kept a reservation (a key without a lease stays one). Returns the lease as now written,
+   * "lost" when the key changed or vanished, or throws on etcd errors.
+   */
+  async republish(own: OwnLease, attrs: LeaseAttrs): Promise<OwnLease | "lost"> {
+    const value = encodeLeaseAttrs(attrs);
+    if (own.leaseId === "0") {
+      const written = await this.registry.putReservationIfUnchanged(own.key, value, own.modRevision);
+      return written === undefined ? "lost" : { ...own, attrs, modRevision: written };
+    }
     const written = await this.registry.replaceIfUnchanged(
       own.key,
       value,
@@ -255,11 +269,9 @@ export class LeaseKeeper {
       own.modRevision,
     );
     if (written === undefined) return "lost";
-    const renewed = this.ownFrom(own.subnet, own.key, own.attrs, written);
     // The old etcd lease no longer holds the key; revoke it rather than leave it for 24 h.
     await this.registry.revoke(own.leaseId);
-    this.observer.renewed?.(renewed);
-    return renewed;
+    return this.ownFrom(own.subnet, own.key, attrs, written);
   }
 
   /** Releases the lease on request (--release-lease-on-exit): deletes the key if it is still ours. */
