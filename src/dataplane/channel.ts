@@ -117,4 +117,3 @@ export interface KernelChannel {
   /** Closes every socket; later calls throw. */
   close(): void;
 }
-

@@ -161,6 +161,10 @@ export function permanentNeighbour(spec: {
 }
 
 /** A permanent FDB entry in the device's own table (`bridge fdb replace … self dst … permanent`). */
-export function permanentFdb(spec: { readonly dev: string; readonly mac: string; readonly dst: string }): FdbEntry {
+export function permanentFdb(spec: {
+  readonly dev: string;
+  readonly mac: string;
+  readonly dst: string;
+}): FdbEntry {
   return { kind: "fdb", ...spec, state: NUD_PERMANENT, flags: NTF_SELF, master: undefined };
 }

@@ -32,7 +32,7 @@ function formatV6(bytes: Uint8Array): string {
   // RFC 5952: the longest run (≥ 2) of zero groups becomes "::", the first one on a tie.
   let bestStart = -1;
   let bestLength = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;
@@ -74,7 +74,10 @@ function parseV6(text: string): Uint8Array {
   const leftGroups = toGroups(left);
   const rightGroups = [...(right === undefined ? [] : toGroups(right)), ...tail];
   const fill = 8 - leftGroups.length - rightGroups.length;
-  const groups = right === undefined ? leftGroups.concat(tail) : [...leftGroups, ...Array<number>(fill).fill(0), ...rightGroups];
+  const groups =
+    right === undefined
+      ? leftGroups.concat(tail)
+      : [...leftGroups, ...Array<number>(fill).fill(0), ...rightGroups];
   const bytes = new Uint8Array(16);
   groups.forEach((g, i) => {
     bytes[2 * i] = g >> 8;

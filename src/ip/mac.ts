@@ -1,18 +1,30 @@
-// MAC addresses for VXLAN VTEPs.
+// MAC addresses: one parser for every place twill reads one (lease BackendData, the persisted VTEP MAC,
+// kernel dumps), accepting what Go's net.ParseMAC accepts for 6 octets, so flannel's leases read the same.
 import { randomBytes } from "node:crypto";
 
-const macPattern = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+/**
+ * The lower-case colon form of a 6-octet MAC given as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or
+ * aabb.ccdd.eeff (any case, surrounding whitespace ignored); undefined for anything else.
+ */
+export function parseMac(text: string): string | undefined {
+  const candidate = text.trim();
+  let hex: string;
+  if (/^[\da-f]{2}([:-])[\da-f]{2}(\1[\da-f]{2}){4}$/i.test(candidate)) hex = candidate.replace(/[:-]/g, "");
+  else if (/^[\da-f]{4}\.[\da-f]{4}\.[\da-f]{4}$/i.test(candidate)) hex = candidate.replace(/\./g, "");
+  else return undefined;
+  return hex.toLowerCase().replace(/(..)(?!$)/g, "$1:");
+}
 
-/** Lower-case colon form, or undefined when `text` is not a 6-octet MAC. Accepts - separators. */
-export function normalizeMac(text: string): string | undefined {
-  const candidate = text.trim().toLowerCase().replace(/-/g, ":");
-  return macPattern.test(candidate) ? candidate : undefined;
+/** Why a (parsed) MAC cannot be a unicast device address, or undefined if it can. */
+export function unicastMacProblem(mac: string): string | undefined {
+  if (mac === "00:00:00:00:00:00") return "the all-zero address";
+  if (parseInt(mac.slice(0, 2), 16) & 1) return "a multicast/broadcast address";
+  return undefined;
 }
 
 /** True for a unicast MAC (multicast bit clear), not all-zero. */
 export function isUnicastMac(mac: string): boolean {
-  const first = parseInt(mac.slice(0, 2), 16);
-  return (first & 1) === 0 && mac !== "00:00:00:00:00:00";
+  return unicastMacProblem(mac) === undefined;
 }
 
 /** A random locally-administered unicast MAC, as flannel makes for its VTEP (bit0 clear, bit1 set). */
