@@ -18,34 +18,13 @@ import {
   isJsonObject,
   JsonFieldError,
   optionalBoolean,
-  optionalInt,
   optionalString,
   optionalUint,
   resolveFields,
-  type JsonObject,
 } from "./json-fields.js";
 import { errorMessage } from "../util/log.js";
-
-export type BackendType = "vxlan" | "host-gw";
-
-export interface VxlanBackendConfig {
-  readonly type: "vxlan";
-  /** VXLAN network identifier, also the device suffix (flannel.<VNI>). Default 1. */
-  readonly vni: number;
-  /** UDP destination port. Default 8472 (flannel's 0 means the kernel default, 8472). */
-  readonly port: number;
-  /** Base MTU before the 50-byte VXLAN overhead; undefined = the external interface's MTU. */
-  readonly mtu: number | undefined;
-  readonly gbp: boolean;
-  readonly learning: boolean;
-  readonly directRouting: boolean;
-}
-
-export interface HostGwBackendConfig {
-  readonly type: "host-gw";
-}
-
-export type BackendConfig = VxlanBackendConfig | HostGwBackendConfig;
+import type { BackendConfig } from "../backends/backend.js";
+import { BACKENDS, backendForConfig, DEFAULT_BACKEND } from "../backends/registry.js";
 
 export interface NetworkConfig {
   /** The cluster network (host bits dropped), e.g. 10.244.0.0/16. */
@@ -55,6 +34,7 @@ export interface NetworkConfig {
   /** First and last subnet addresses a lease may take (inclusive, aligned to subnetLen). */
   readonly subnetMin: IPv4;
   readonly subnetMax: IPv4;
+  /** The backend (src/backends/<type>) with its options parsed. */
   readonly backend: BackendConfig;
 }
 
@@ -68,21 +48,6 @@ export class ConfigError extends Error {
     this.name = "ConfigError";
   }
 }
-
-export const SUPPORTED_BACKEND_TYPES: readonly BackendType[] = ["vxlan", "host-gw"];
-
-/** Linux's legacy VXLAN port, which the kernel uses when flannel passes Port 0. */
-export const VXLAN_DEFAULT_PORT = 8472;
-export const VXLAN_DEFAULT_VNI = 1;
-export const VXLAN_MAX_VNI = 0xffffff;
-/** Bytes of VXLAN encapsulation (outer IPv4 + UDP + VXLAN + inner Ethernet); device MTU = MTU - 50. */
-export const VXLAN_OVERHEAD = 50;
-/**
- * Smallest accepted Backend.MTU: the VXLAN device gets MTU - 50, and the kernel refuses a device MTU
- * below 68 (the IPv4 minimum), so a smaller value could only fail later with an opaque netlink error.
- */
-export const VXLAN_MIN_MTU = 68 + VXLAN_OVERHEAD;
-export const VXLAN_MAX_MTU = 65535;
 
 export const BACKEND_NOT_SET_WARNING =
   "Backend not set: using vxlan (flannel's code would pick udp, which twill does not implement)";
@@ -101,18 +66,6 @@ const TOP_LEVEL_FIELDS = [
   "IPv6SubnetMax",
   "Backend",
 ] as const;
-
-const VXLAN_FIELDS = ["Type", "VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting"] as const;
-
-const DEFAULT_VXLAN: VxlanBackendConfig = {
-  type: "vxlan",
-  vni: VXLAN_DEFAULT_VNI,
-  port: VXLAN_DEFAULT_PORT,
-  mtu: undefined,
-  gbp: false,
-  learning: false,
-  directRouting: false,
-};
 
 /**
  * Parses and validates flannel's network config JSON (etcd <prefix>/config or net-conf.json), filling
@@ -282,7 +235,7 @@ function checkIPv4(
 function parseBackend(present: boolean, raw: unknown, warnings: string[]): BackendConfig {
   if (!present) {
     warnings.push(BACKEND_NOT_SET_WARNING);
-    return DEFAULT_VXLAN;
+    return DEFAULT_BACKEND.parseConfig({}, []);
   }
   if (!isJsonObject(raw)) {
     throw new ConfigError(
@@ -290,7 +243,7 @@ function parseBackend(present: boolean, raw: unknown, warnings: string[]): Backe
       `Backend: expected an object such as {"Type": "vxlan"}, got ${describeJsonValue(raw)}`,
     );
   }
-  const supported = SUPPORTED_BACKEND_TYPES.join(", ");
+  const supported = BACKENDS.map((backend) => backend.type).join(", ");
   // Type decides which other keys are known, so look it up on its own first.
   const typeText = optionalString(resolveFields(raw, ["Type"]).values.get("Type"), "Backend.Type");
   if (typeText === undefined || typeText === "") {
@@ -299,52 +252,12 @@ function parseBackend(present: boolean, raw: unknown, warnings: string[]): Backe
       `Backend.Type is not set: choose one of ${supported} (flannel would fail with "unknown backend type")`,
     );
   }
-  const type = typeText.toLowerCase();
-  if (type === "host-gw") {
-    warnings.push(...resolveFields(raw, ["Type"], "Backend.").warnings);
-    return { type: "host-gw" };
-  }
-  if (type === "vxlan") return parseVxlan(raw, warnings);
-  throw new ConfigError(
-    "Backend.Type",
-    `Backend.Type ${JSON.stringify(typeText)} is not supported by twill (supported: ${supported})`,
-  );
-}
-
-function parseVxlan(raw: JsonObject, warnings: string[]): VxlanBackendConfig {
-  const { values, warnings: fieldWarnings } = resolveFields(raw, VXLAN_FIELDS, "Backend.");
-  warnings.push(...fieldWarnings);
-
-  const vni = optionalInt(values.get("VNI"), "Backend.VNI") ?? VXLAN_DEFAULT_VNI;
-  if (vni < 1 || vni > VXLAN_MAX_VNI) {
-    throw new ConfigError("Backend.VNI", `Backend.VNI ${vni}: VNI must be from 1 to ${VXLAN_MAX_VNI}`);
-  }
-  if (vni > 0xffff) {
-    // flannel decodes BackendData's VNI as a 16-bit number: its nodes could not read this lease.
-    warnings.push(`Backend.VNI ${vni} is above 65535: flanneld nodes in the same cluster cannot read it`);
-  }
-  const port = optionalInt(values.get("Port"), "Backend.Port") ?? 0;
-  if (port < 0 || port > 65535) {
+  const plugin = backendForConfig(typeText);
+  if (plugin === undefined) {
     throw new ConfigError(
-      "Backend.Port",
-      `Backend.Port ${port}: Port must be from 0 to 65535 (0 means ${VXLAN_DEFAULT_PORT})`,
+      "Backend.Type",
+      `Backend.Type ${JSON.stringify(typeText)} is not supported by twill (supported: ${supported})`,
     );
   }
-  const mtu = optionalInt(values.get("MTU"), "Backend.MTU") ?? 0;
-  if (mtu !== 0 && (mtu < VXLAN_MIN_MTU || mtu > VXLAN_MAX_MTU)) {
-    throw new ConfigError(
-      "Backend.MTU",
-      `Backend.MTU ${mtu}: MTU must be from ${VXLAN_MIN_MTU} to ${VXLAN_MAX_MTU}, or 0 for the interface's MTU ` +
-        `(the VXLAN device gets MTU - ${VXLAN_OVERHEAD}, and the kernel needs at least 68)`,
-    );
-  }
-  return {
-    type: "vxlan",
-    vni,
-    port: port === 0 ? VXLAN_DEFAULT_PORT : port,
-    mtu: mtu === 0 ? undefined : mtu,
-    gbp: optionalBoolean(values.get("GBP"), "Backend.GBP") ?? false,
-    learning: optionalBoolean(values.get("Learning"), "Backend.Learning") ?? false,
-    directRouting: optionalBoolean(values.get("DirectRouting"), "Backend.DirectRouting") ?? false,
-  };
+  return plugin.parseConfig(raw, warnings);
 }

@@ -3,8 +3,12 @@
 // workaround is `ethtool -K flannel.1 tx-checksum-ip-generic off`. Done by hand it is lost whenever the
 // device is re-created, which twill does to repair it, so with --vxlan-tx-checksum-offload=false the
 // agent turns it off and keeps it off.
-import type { CommandRunner } from "./kernel/runner.js";
-import { DeviceError, type DeviceRepair } from "./devices.js";
+import type { CommandRunner } from "../../exec/command.js";
+import type { DeviceRepair } from "../backend.js";
+
+export class OffloadError extends Error {
+  override name = "OffloadError";
+}
 
 export const TX_CHECKSUM_FEATURE = "tx-checksum-ip-generic";
 
@@ -22,16 +26,16 @@ export function parseEthtoolFeatures(text: string): Map<string, boolean> {
 export async function ensureTxChecksumOff(runner: CommandRunner, dev: string): Promise<DeviceRepair[]> {
   const shown = await runner.run("ethtool", ["-k", dev]);
   if (shown.exitCode !== 0) {
-    throw new DeviceError(
+    throw new OffloadError(
       `ethtool -k ${dev}: ${shown.stderr.trim() || `exit ${shown.exitCode}`} (is ethtool installed?)`,
     );
   }
   const on = parseEthtoolFeatures(shown.stdout).get(TX_CHECKSUM_FEATURE);
-  if (on === undefined) throw new DeviceError(`ethtool -k ${dev}: no ${TX_CHECKSUM_FEATURE} feature listed`);
+  if (on === undefined) throw new OffloadError(`ethtool -k ${dev}: no ${TX_CHECKSUM_FEATURE} feature listed`);
   if (!on) return [];
   const set = await runner.run("ethtool", ["-K", dev, TX_CHECKSUM_FEATURE, "off"]);
   if (set.exitCode !== 0) {
-    throw new DeviceError(
+    throw new OffloadError(
       `ethtool -K ${dev} ${TX_CHECKSUM_FEATURE} off: ${set.stderr.trim() || `exit ${set.exitCode}`}`,
     );
   }

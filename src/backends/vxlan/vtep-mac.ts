@@ -1,10 +1,10 @@
-// State kept across agent restarts and node reboots. Today: the VXLAN VTEP MAC, so peers never see
-// it change (flannel's etcd mode makes a new random MAC whenever the device is re-created, and peers
-// keep stale neighbour entries — flannel#1795, #1330).
+// The VTEP MAC, kept across agent restarts and node reboots in the state dir, so peers never see it
+// change (flannel's etcd mode makes a new random MAC whenever the device is re-created, and peers keep
+// stale neighbour entries: flannel#1795, #1330).
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { isUnicastMac, normalizeMac, randomVtepMac } from "../ip/mac.js";
-import { writeFileAtomic } from "./subnet-env.js";
+import { isUnicastMac, parseMac, randomVtepMac } from "../../ip/mac.js";
+import { writeFileAtomic } from "../../node/subnet-env.js";
 
 export function vtepMacPath(stateDir: string, vni: number): string {
   return join(stateDir, `vtep-mac.flannel.${vni}`);
@@ -22,12 +22,12 @@ export async function loadOrCreateVtepMac(
 ): Promise<string> {
   const path = vtepMacPath(stateDir, vni);
   try {
-    const mac = normalizeMac(await readFile(path, "utf8"));
+    const mac = parseMac(await readFile(path, "utf8"));
     if (mac !== undefined && isUnicastMac(mac)) return mac;
   } catch {
     // first start on this node (or unreadable): make a new one below
   }
-  const adopted = existingMac === undefined ? undefined : normalizeMac(existingMac);
+  const adopted = existingMac === undefined ? undefined : parseMac(existingMac);
   const mac = adopted !== undefined && isUnicastMac(adopted) ? adopted : randomVtepMac();
   await writeFileAtomic(path, `${mac}\n`, 0o644);
   return mac;

@@ -1,0 +1,124 @@
+// What a backend is. A backend is a folder under src/backends/ that provides a BackendPlugin and is
+// listed in registry.ts; nothing else in twill branches on the backend type. Everything here is pure
+// except `prepare`, which may read and write the backend's own state (e.g. the persisted VTEP MAC).
+import type { LinkSpec } from "../dataplane/channel.js";
+import type { KernelObject, Link } from "../dataplane/objects.js";
+import type { Prefix } from "../ip/address.js";
+import type { Subnet } from "../ip/ipv4.js";
+import type { JsonObject } from "../config/json-fields.js";
+import type { Lease } from "../lease/lease.js";
+import type { ExternalInterface } from "../node/external-interface.js";
+import type { CommandRunner } from "../exec/command.js";
+
+/** A plain option value, for status output and change detection. */
+export type OptionValue = string | number | boolean | null;
+
+export interface BackendPlugin {
+  /** flannel's Backend.Type, lower case ("vxlan", "host-gw"). */
+  readonly type: string;
+  /**
+   * The network config's Backend object → this backend's config. Keys are matched as Go does
+   * (case-insensitive; unknown keys are warned about); a bad value throws JsonFieldError naming
+   * "Backend.<Field>".
+   */
+  parseConfig(backend: JsonObject, warnings: string[]): BackendConfig;
+  /**
+   * A peer's BackendData (its lease has this BackendType) → an instance of this backend's own class,
+   * parsed once in the peer view. Throws an Error naming the field when the data is unusable; the
+   * entry is then set aside as invalid.
+   */
+  parsePeerData(backendData: string | undefined): object;
+}
+
+/** What preparing a backend may use. */
+export interface PrepareContext {
+  /** --state-dir: state kept across restarts and reboots. */
+  readonly stateDir: string;
+  /** A device of that name as the kernel has it now, if any (e.g. a flanneld VXLAN device to adopt). */
+  readonly existingLink: (name: string) => Promise<Link | undefined>;
+  /** --vxlan-tx-checksum-offload: false keeps TX checksum offload off on the tunnel device. */
+  readonly txChecksumOffload: boolean;
+}
+
+export interface BackendConfig {
+  readonly type: string;
+  /** The parsed options as plain values (defaults filled in), for status and logs. */
+  readonly options: Readonly<Record<string, OptionValue>>;
+  /** The MTU pods get, given the external interface: the interface's (or the configured) MTU less the encapsulation. */
+  mtu(external: ExternalInterface): number;
+  /** Loads or creates what this node publishes and programs with (e.g. the VTEP MAC). */
+  prepare(context: PrepareContext): Promise<NodeBackend>;
+}
+
+/** This node as the backends see it. */
+export interface NodeFacts {
+  /** This node's own lease. */
+  readonly subnet: Subnet;
+  /** The cluster network. */
+  readonly network: Subnet;
+  readonly external: ExternalInterface;
+  /** The external interface's on-link networks: a peer whose PublicIP is in one is reachable at L2. */
+  readonly connected: readonly Prefix[];
+}
+
+/**
+ * Per-peer outcome, for logs, metrics and status:
+ * - programmed: the peer's objects are in the desired state;
+ * - unreachable: this backend cannot reach the peer (e.g. host-gw peer not on-link), nothing programmed;
+ * - backend-mismatch: the peer runs another backend, VNI, or published unusable BackendData.
+ */
+export type PeerState = "programmed" | "unreachable" | "backend-mismatch";
+
+export interface PeerStatus {
+  readonly state: PeerState;
+  /** Why (for programmed peers: how, e.g. "vxlan via flannel.1 to 198.18.0.2"). */
+  readonly reason?: string;
+}
+
+export interface PeerProgram {
+  readonly objects: readonly KernelObject[];
+  readonly status: PeerStatus;
+}
+
+/** A device a backend (or the node) needs, and what must hold for it. */
+export interface DeviceSpec {
+  /** How to create it; its name is the device's name. */
+  readonly link: LinkSpec;
+  readonly mtu: number;
+  /** The MAC it must have; undefined = whatever it has. */
+  readonly mac: string | undefined;
+  /** Addresses it must carry ("10.244.5.0" / 32). */
+  readonly addresses: readonly { readonly address: string; readonly prefixLength: number }[];
+  /** Its addresses inside these networks that are not wanted are stale (an earlier lease) and removed. */
+  readonly addressScope: readonly Prefix[];
+  /** Why an existing device of that name cannot serve (it is then deleted and re-created), or undefined. */
+  incompatibility(link: Link): string | undefined;
+  /**
+   * For a bridge made by someone else: pin the MAC it has now, so it stops following its lowest port
+   * and pods keep a valid ARP entry for their gateway.
+   */
+  readonly pinMac?: boolean;
+  /** Checks no kernel channel call covers (e.g. ethtool offloads); returns what it changed. */
+  readonly extraChecks?: (runner: CommandRunner) => Promise<DeviceRepair[]>;
+}
+
+/** One change made to a device, for logs and drift metrics. */
+export interface DeviceRepair {
+  readonly device: string;
+  /** "created", "recreated", "address", "mtu", "up", "mac", "forwarding", "offload" */
+  readonly what: string;
+  readonly detail: string;
+}
+
+/** A backend prepared for this node. */
+export interface NodeBackend {
+  readonly config: BackendConfig;
+  /** The BackendData JSON this node publishes in its lease; undefined = none. */
+  readonly leaseData: string | undefined;
+  /** Devices whose permanent neighbour and FDB entries are twill's (the backend's own devices). */
+  readonly ownedDevices: readonly string[];
+  /** The devices this backend needs. */
+  devices(node: NodeFacts): DeviceSpec[];
+  /** What one peer needs in the kernel, and the verdict. */
+  peer(node: NodeFacts, lease: Lease): PeerProgram;
+}
