@@ -1,0 +1,709 @@
+// The data-plane loop: the imperative shell around the pure core (backends' per-peer objects, the
+// desired state, the planner). It keeps the kernel equal to the desired state at the cost of the change,
+// not of the whole state:
+//   - a peer change becomes that peer's objects, diffed against the cached kernel view and written at
+//     once (no fixed sleep; what arrives while a write is in flight is batched into the next round);
+//   - kernel notifications keep the view true; a slot someone else changed is re-planned and repaired at
+//     once, an echo of our own write finds the slot as desired and costs nothing more;
+//   - devices (bridge, backend devices) are checked when their links or addresses change;
+//   - a full re-read and re-plan runs at start, on a new node state, after a notification overflow and
+//     periodically as a safety net.
+// It never flushes anything: only owned objects are touched, and only to bring them to the desired state.
+import type {
+  DeviceRepair,
+  DeviceSpec,
+  NodeBackend,
+  NodeFacts,
+  PeerProgram,
+  PeerStatus,
+} from "../backends/backend.js";
+import type { NetworkConfig } from "../config/network-config.js";
+import { localRunner, type CommandRunner } from "../exec/command.js";
+import { parsePrefix, type Prefix } from "../ip/address.js";
+import { formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
+import type { Lease } from "../lease/lease.js";
+import type { ExternalInterface } from "../node/external-interface.js";
+import { bridgeSpec } from "../node/bridge.js";
+import { ensureForwarding, sysfsDeviceHost } from "../node/host.js";
+import { systemClock, type Clock, type Timer } from "../util/clock.js";
+import type { Logger } from "../util/log.js";
+import { Backoff, stopped } from "../util/time.js";
+import type { KernelChannel, KernelEvent } from "./channel.js";
+import { deviceInSync, ensureDevice, lostObjects, type DeviceHost } from "./devices.js";
+import { DesiredState } from "./desired.js";
+import { KernelView, type ViewChange } from "./kernel-view.js";
+import {
+  describeObject,
+  planSlot,
+  slotIdOf,
+  slotOf,
+  type OwnershipScope,
+  type PlannedOp,
+} from "./kinds/index.js";
+import { TWILL_ROUTE_PROTOCOL, type ObjectKind } from "./objects.js";
+import { allSlots, planSlots, type PlanInput } from "./planner.js";
+
+/** What started a round: labels of twill_reconcile_rounds_total. */
+export type Trigger = "self" | "peers" | "kernel" | "resync" | "overflow" | "retry";
+export const TRIGGERS: readonly Trigger[] = ["self", "peers", "kernel", "resync", "overflow", "retry"];
+
+/** This node, as the data plane needs it. */
+export interface DataplaneSelf {
+  readonly config: NetworkConfig;
+  readonly subnet: Subnet;
+  readonly external: ExternalInterface;
+  /** The backend prepared for this node (VTEP MAC and the like). */
+  readonly backend: NodeBackend;
+}
+
+export interface FailedOp {
+  readonly op: PlannedOp;
+  readonly error: string;
+}
+
+export interface RoundReport {
+  readonly trigger: Trigger;
+  readonly durationMs: number;
+  readonly ops: readonly PlannedOp[];
+  readonly failed: readonly FailedOp[];
+  readonly repairs: readonly DeviceRepair[];
+  /** Slots of each kind in the desired state after this round. */
+  readonly desiredCounts: Readonly<Record<ObjectKind, number>>;
+  /** ms from the oldest peer change this round covers to its completion (rounds that carried one). */
+  readonly peerLatencyMs: number | undefined;
+  /** Why the kernel view was read again in this round, if it was. */
+  readonly reload: "start" | Trigger | undefined;
+  readonly error: Error | undefined;
+}
+
+export interface DataplaneObserver {
+  round?(report: RoundReport): void;
+  /** Every peer's outcome, whenever one changed (the map is the loop's own: read, don't keep). */
+  peerStates?(states: ReadonlyMap<string, PeerStatus>): void;
+}
+
+export interface DataplaneOptions {
+  readonly bridge: string;
+  /** A full re-read and re-plan this often; notifications keep the view true in between. */
+  readonly resyncIntervalMs: number;
+  /** Follow the kernel's notifications (default); false = the periodic resync only (--kernel-watch=false). */
+  readonly watchKernel: boolean;
+}
+
+/** What the loop touches besides the channel; replaceable in unit tests. */
+export interface DataplaneHost extends DeviceHost {
+  /** Turns IPv4 forwarding on; true when it changed something. */
+  ensureForwarding(): Promise<boolean>;
+  /** Runs the few commands a device check may need (ethtool). */
+  readonly runner: CommandRunner;
+}
+
+export const systemDataplaneHost: DataplaneHost = {
+  ...sysfsDeviceHost,
+  ensureForwarding: () => ensureForwarding(),
+  runner: localRunner,
+};
+
+/** The order in which peers win a slot several want: by subnet, then key. */
+function rankOf(lease: Lease): string {
+  return `${lease.subnet.ip.toString(16).padStart(8, "0")}/${String(lease.subnet.prefixLen).padStart(3, "0")} ${lease.key}`;
+}
+
+function errorOf(caught: unknown): Error {
+  return caught instanceof Error ? caught : new Error(String(caught));
+}
+
+/** The work waiting for the next round. */
+interface Pending {
+  /** Re-read the whole kernel view, and why. */
+  reload: "start" | Trigger | undefined;
+  /** Re-compute every peer's objects (new node state, new on-link networks). */
+  recompute: boolean;
+  /** Check the devices. */
+  devices: boolean;
+  /** Peers changed since the last round: lease, or undefined when removed. */
+  readonly peers: Map<string, Lease | undefined>;
+  /** Slots the kernel changed and that are no longer as desired. */
+  readonly slots: Set<string>;
+  /** Re-plan the slots whose writes failed. */
+  retry: boolean;
+  /** When the oldest peer change not yet programmed arrived (monotonic ms). */
+  peerChangeAt: number | undefined;
+}
+
+function nothingPending(): Pending {
+  return {
+    reload: undefined,
+    recompute: false,
+    devices: false,
+    peers: new Map(),
+    slots: new Set(),
+    retry: false,
+    peerChangeAt: undefined,
+  };
+}
+
+export class DataplaneLoop {
+  private readonly view = new KernelView();
+  private readonly desired = new DesiredState();
+  private readonly statuses = new Map<string, PeerStatus>();
+  private readonly loggedStates = new Map<string, string>();
+  private readonly contests = new Map<string, string>();
+  private self: DataplaneSelf | undefined;
+  private selfKey: string | undefined;
+  private peers = new Map<string, Lease>();
+  private peersKnown = false;
+  private pending: Pending = nothingPending();
+  /** Slots whose last write failed: planned again on retry. */
+  private readonly failedSlots = new Set<string>();
+  /** The last round failed as a whole: the retry re-reads, re-checks and re-plans everything. */
+  private retryInFull = false;
+  private readonly backoff = new Backoff(250, 10_000);
+  private retryTimer: Timer | undefined;
+  private resyncTimer: Timer | undefined;
+  private wake: (() => void) | undefined;
+  private woken = false;
+  /** Notifications that arrive while a round runs: applied when it ends. */
+  private deferred: KernelEvent[] | undefined;
+  private facts: NodeFacts | undefined;
+  private programmedOnce = false;
+  private forwardingWarned = false;
+  private readonly extraCheckWarnings = new Map<string, string>();
+  private readonly clock: Clock;
+  private readonly host: DataplaneHost;
+
+  constructor(
+    private readonly channel: KernelChannel,
+    private readonly options: DataplaneOptions,
+    private readonly log: Logger,
+    private readonly observer: DataplaneObserver = {},
+    deps: { readonly clock?: Clock; readonly host?: DataplaneHost } = {},
+  ) {
+    this.clock = deps.clock ?? systemClock;
+    this.host = deps.host ?? systemDataplaneHost;
+  }
+
+  /** True once a full round has completed without failures. */
+  get programmed(): boolean {
+    return this.programmedOnce;
+  }
+
+  /** The outcome per peer lease key, as of the last round. */
+  get peerStates(): ReadonlyMap<string, PeerStatus> {
+    return this.statuses;
+  }
+
+  /** A new or changed node state (lease, config, interface, backend): everything is checked again. */
+  setSelf(self: DataplaneSelf): void {
+    const key = JSON.stringify([
+      self.subnet,
+      self.config.network,
+      self.config.backend.type,
+      self.config.backend.options,
+      self.external,
+      self.backend.leaseData,
+    ]);
+    if (key === this.selfKey) return;
+    this.self = self;
+    this.selfKey = key;
+    this.pending.reload ??= "self";
+    this.pending.recompute = true;
+    this.pending.devices = true;
+    this.kick();
+  }
+
+  /**
+   * Peer changes from the peer view. Without `changes` (the first call, or after the view was rebuilt)
+   * `peers` is taken as the complete set.
+   */
+  setPeers(
+    peers: ReadonlyMap<string, Lease>,
+    changes?: readonly { readonly key: string; readonly lease: Lease | undefined }[],
+  ): void {
+    this.pending.peerChangeAt ??= this.clock.monotonic();
+    if (changes === undefined || !this.peersKnown) {
+      for (const key of this.peers.keys()) if (!peers.has(key)) this.pending.peers.set(key, undefined);
+      for (const [key, lease] of peers) this.pending.peers.set(key, lease);
+      this.peersKnown = true;
+    } else {
+      for (const change of changes) this.pending.peers.set(change.key, change.lease);
+    }
+    this.kick();
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const subscription = this.options.watchKernel
+      ? this.channel.subscribe((events) => this.onKernelEvents(events))
+      : undefined;
+    this.channel.watchDevices([]);
+    this.pending.reload ??= "start";
+    this.scheduleResync();
+    try {
+      while (!stopped(signal)) {
+        await this.nextWork(signal);
+        if (stopped(signal)) break;
+        // Nothing can be planned before both the node and its peers are known: pruning then would
+        // remove good routes.
+        if (this.self === undefined || !this.peersKnown || !this.hasWork()) continue;
+        await this.round();
+      }
+    } finally {
+      subscription?.close();
+      this.retryTimer?.cancel();
+      this.resyncTimer?.cancel();
+    }
+  }
+
+  private hasWork(): boolean {
+    const p = this.pending;
+    return (
+      p.reload !== undefined || p.recompute || p.devices || p.peers.size > 0 || p.slots.size > 0 || p.retry
+    );
+  }
+
+  private kick(): void {
+    this.woken = true;
+    this.wake?.();
+  }
+
+  private nextWork(signal: AbortSignal): Promise<void> {
+    if (this.hasWork() || this.woken) {
+      this.woken = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.wake = undefined;
+        this.woken = false;
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      this.wake = done;
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
+
+  private scheduleResync(): void {
+    this.resyncTimer?.cancel();
+    this.resyncTimer = this.clock.setTimer(this.options.resyncIntervalMs, () => {
+      this.pending.reload ??= "resync";
+      this.pending.devices = true;
+      this.kick();
+      this.scheduleResync();
+    });
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer !== undefined) return;
+    this.retryTimer = this.clock.setTimer(this.backoff.next(), () => {
+      this.retryTimer = undefined;
+      this.pending.retry = true;
+      if (this.retryInFull) {
+        this.retryInFull = false;
+        this.pending.reload ??= "retry";
+        this.pending.recompute = true;
+        this.pending.devices = true;
+      }
+      this.kick();
+    });
+  }
+
+  // ---- kernel notifications -----------------------------------------------------------------------
+
+  private onKernelEvents(events: readonly KernelEvent[]): void {
+    if (this.deferred !== undefined) {
+      this.deferred.push(...events);
+      return;
+    }
+    this.absorb(this.view.apply(events));
+  }
+
+  /** Turns what a batch of notifications changed into work, keeping only slots that are now wrong. */
+  private absorb(change: ViewChange): void {
+    let work = false;
+    if (change.overflow) {
+      this.log.warn("kernel notifications were lost (receive buffer overflow); reading the kernel again");
+      this.pending.reload ??= "overflow";
+      this.pending.devices = true;
+      work = true;
+    }
+    if (change.lost.size > 0) {
+      // Deleted, re-created or down: the kernel dropped the device's routes and entries silently.
+      this.pending.reload ??= "kernel";
+      work = true;
+    }
+    if (change.devices.size > 0 && this.devicesNeedWork(change.devices)) work = true;
+    const scope = this.scope();
+    for (const id of change.slots) {
+      if (scope === undefined) break;
+      const { kind, key } = slotOf(id);
+      // An echo of our own write, or a change to something that is not ours: nothing to do.
+      if (planSlot(kind, this.desired.get(kind, key), this.view.objects.get(kind, key), scope).length === 0)
+        continue;
+      this.pending.slots.add(id);
+      work = true;
+    }
+    if (work) this.kick();
+  }
+
+  /**
+   * Whether link or address changes of watched devices call for a device check or a recompute: a device
+   * no longer as its spec asks, or new on-link networks on the external interface. Our own device
+   * changes echo back here and find everything in order.
+   */
+  private devicesNeedWork(devices: ReadonlySet<string>): boolean {
+    const self = this.self;
+    if (self === undefined) return false;
+    let work = false;
+    const facts = this.nodeFacts(self);
+    if (
+      devices.has(self.external.name) &&
+      JSON.stringify(facts.connected) !== JSON.stringify(this.facts?.connected)
+    ) {
+      this.pending.recompute = true;
+      work = true;
+    }
+    const specs = this.deviceSpecs(self, facts).filter((spec) => devices.has(spec.link.name));
+    if (specs.some((spec) => !deviceInSync(this.view, spec))) {
+      this.pending.devices = true;
+      work = true;
+    }
+    return work;
+  }
+
+  // ---- a round --------------------------------------------------------------------------------------
+
+  private chooseTrigger(p: Pending): Trigger {
+    if (p.reload === "start" || p.reload === "self" || p.recompute) return "self";
+    if (p.reload !== undefined) return p.reload;
+    if (p.peers.size > 0) return "peers";
+    if (p.slots.size > 0 || p.devices) return "kernel";
+    return "retry";
+  }
+
+  private scope(): OwnershipScope | undefined {
+    const self = this.self;
+    if (self === undefined) return undefined;
+    return { routeProtocol: TWILL_ROUTE_PROTOCOL, devices: new Set(self.backend.ownedDevices) };
+  }
+
+  private deviceSpecs(self: DataplaneSelf, facts: NodeFacts): DeviceSpec[] {
+    const mtu = self.config.backend.mtu(self.external);
+    return [
+      bridgeSpec(this.options.bridge, self.subnet, self.config.network, mtu),
+      ...self.backend.devices(facts),
+    ];
+  }
+
+  private async round(): Promise<void> {
+    const self = this.self;
+    const scope = this.scope();
+    if (self === undefined || scope === undefined) return;
+    const work = this.pending;
+    this.pending = nothingPending();
+    const trigger = this.chooseTrigger(work);
+    const started = this.clock.monotonic();
+    const repairs: DeviceRepair[] = [];
+    const failed: FailedOp[] = [];
+    let ops: PlannedOp[] = [];
+    let error: Error | undefined;
+    let reload = work.reload;
+    let full = work.reload !== undefined || work.recompute;
+    // Notifications that arrive during the round are applied after it, over the acknowledged writes
+    // and the devices as the round left them: a change someone made after our write wins, and the
+    // echoes of our own writes and device changes find everything as desired and cost nothing more.
+    this.deferred = [];
+    // The leases are recorded first: whatever fails below, a later full round starts from them.
+    for (const [key, lease] of work.peers) {
+      if (lease === undefined) this.peers.delete(key);
+      else this.peers.set(key, lease);
+    }
+    try {
+      const owned = self.backend.ownedDevices;
+      this.channel.watchDevices(owned);
+      this.view.watch([this.options.bridge, ...owned, self.external.name]);
+      if (reload !== undefined) await this.reload();
+      if (work.devices || reload !== undefined) {
+        repairs.push(...(await this.ensureDevices(self)));
+        if (lostObjects(repairs)) {
+          // A device made or brought up here holds none of its old entries: read them again.
+          reload ??= trigger;
+          await this.reload();
+          full = true;
+        }
+      }
+      const facts = this.nodeFacts(self);
+      if (
+        this.facts === undefined ||
+        JSON.stringify(facts.connected) !== JSON.stringify(this.facts.connected)
+      )
+        full = true;
+      this.facts = facts;
+      let slots: Set<string>;
+      if (full) {
+        this.recomputeAll(facts);
+        slots = allSlots(this.planInput());
+      } else {
+        slots = new Set(work.slots);
+        for (const key of work.peers.keys()) {
+          for (const id of this.setPeer(facts, key, this.peers.get(key))) slots.add(id);
+        }
+        if (work.retry) for (const id of this.failedSlots) slots.add(id);
+      }
+      this.reportContests(slots);
+      ops = planSlots(slots, this.planInput(), scope);
+      failed.push(...(await this.write(ops)));
+      if (full || work.retry) this.failedSlots.clear();
+      for (const failure of failed) this.failedSlots.add(slotIdOf(failure.op.object));
+      if (work.peers.size > 0 || full) this.reportPeerStates();
+    } catch (caught) {
+      error = errorOf(caught);
+      // Whatever failed is done again in full on the retry, from the peers as they are then.
+      this.retryInFull = true;
+    } finally {
+      const deferred = this.deferred;
+      this.deferred = undefined;
+      this.absorb(this.view.apply(deferred));
+    }
+    const ok = error === undefined && failed.length === 0;
+    const peerChangeAt = work.peerChangeAt;
+    if (!ok && peerChangeAt !== undefined) {
+      // Not programmed yet: the retry that programs it reports the latency from the original change.
+      this.pending.peerChangeAt = Math.min(this.pending.peerChangeAt ?? peerChangeAt, peerChangeAt);
+    }
+    if (ok) {
+      this.backoff.reset();
+      if (full) this.programmedOnce = true;
+    } else {
+      this.scheduleRetry();
+    }
+    const report: RoundReport = {
+      trigger,
+      durationMs: this.clock.monotonic() - started,
+      ops,
+      failed,
+      repairs,
+      desiredCounts: this.desiredCounts(),
+      peerLatencyMs: ok && peerChangeAt !== undefined ? this.clock.monotonic() - peerChangeAt : undefined,
+      reload,
+      error,
+    };
+    this.logRound(report);
+    this.observer.round?.(report);
+  }
+
+  /** Reads the whole kernel view again; notifications meanwhile are replayed over the dump. */
+  private async reload(): Promise<void> {
+    // What was reported before the dump is in the dump; replayed afterwards it would be stale.
+    if (this.deferred !== undefined) this.deferred.length = 0;
+    this.view.beginReload();
+    try {
+      const links = await this.channel.dumpLinks();
+      const addresses = await this.channel.dumpAddresses();
+      const routes = await this.channel.dumpRoutes();
+      const neighbours = await this.channel.dumpNeighbours();
+      const fdb = await this.channel.dumpFdb();
+      this.absorb(this.view.finishReload({ links, addresses, routes, neighbours, fdb }));
+    } catch (error) {
+      this.absorb(this.view.finishReload({ links: [], addresses: [], routes: [], neighbours: [], fdb: [] }));
+      throw error;
+    }
+  }
+
+  private async ensureDevices(self: DataplaneSelf): Promise<DeviceRepair[]> {
+    const repairs: DeviceRepair[] = [];
+    try {
+      if (await this.host.ensureForwarding()) {
+        repairs.push({ device: "-", what: "forwarding", detail: "net.ipv4.ip_forward=1" });
+      }
+    } catch (error) {
+      // In a container /proc/sys is often read-only, and the host may have forwarding on already
+      // (kubelet and kube-proxy usually do): say it once, clearly, and program the rest anyway.
+      if (!this.forwardingWarned) {
+        this.forwardingWarned = true;
+        this.log.error(
+          { err: errorOf(error) },
+          "cannot enable IPv4 forwarding: pods cannot reach other nodes until net.ipv4.ip_forward=1 on this host",
+        );
+      }
+    }
+    for (const spec of this.deviceSpecs(self, this.nodeFacts(self))) {
+      repairs.push(...(await ensureDevice(this.channel, this.view, spec, this.host)));
+      if (spec.extraChecks !== undefined) repairs.push(...(await this.extraChecks(spec)));
+    }
+    return repairs;
+  }
+
+  /** Checks outside the kernel channel (ethtool): a failure is reported once and never blocks peers. */
+  private async extraChecks(spec: DeviceSpec): Promise<DeviceRepair[]> {
+    const name = spec.link.name;
+    try {
+      const repairs = (await spec.extraChecks?.(this.host.runner)) ?? [];
+      this.extraCheckWarnings.delete(name);
+      return repairs;
+    } catch (caught) {
+      const error = errorOf(caught);
+      if (this.extraCheckWarnings.get(name) !== error.message) {
+        this.extraCheckWarnings.set(name, error.message);
+        this.log.error({ err: error, device: name }, "device check failed; the device works without it");
+      }
+      return [];
+    }
+  }
+
+  /** The on-link networks of the external interface come from the kernel view. */
+  private nodeFacts(self: DataplaneSelf): NodeFacts {
+    const connected: Prefix[] = this.view
+      .addressesOf(self.external.name)
+      .filter((a) => a.family === 4 && a.scope !== 254)
+      .map((a) => parsePrefix(`${a.address}/${a.prefixLength}`));
+    return { subnet: self.subnet, network: self.config.network, external: self.external, connected };
+  }
+
+  /** One peer's objects and verdict; a peer advertising our own public IP is never programmed. */
+  private program(facts: NodeFacts, lease: Lease): PeerProgram {
+    if (lease.attrs.publicIP === facts.external.publicIp) {
+      return {
+        objects: [],
+        status: {
+          state: "unreachable",
+          reason:
+            `peer ${formatCidr(lease.subnet)} advertises this node's own public IP ` +
+            `${formatIPv4(lease.attrs.publicIP)} (a stale lease of this node?); not programmed`,
+        },
+      };
+    }
+    return (
+      this.self?.backend.peer(facts, lease) ?? {
+        objects: [],
+        status: { state: "backend-mismatch", reason: "no backend" },
+      }
+    );
+  }
+
+  /** Sets one peer's contribution to the desired state; returns the slots it touched. */
+  private setPeer(facts: NodeFacts, key: string, lease: Lease | undefined): string[] {
+    if (lease === undefined) {
+      this.statuses.delete(key);
+      return this.desired.remove(`peer ${key}`);
+    }
+    const { objects, status } = this.program(facts, lease);
+    this.statuses.set(key, status);
+    return this.desired.set(`peer ${key}`, rankOf(lease), objects);
+  }
+
+  private recomputeAll(facts: NodeFacts): void {
+    this.desired.clear();
+    this.statuses.clear();
+    for (const [key, lease] of this.peers) this.setPeer(facts, key, lease);
+  }
+
+  private planInput(): PlanInput {
+    const { desired, view } = this;
+    return {
+      desired: (kind, key) => desired.get(kind, key),
+      actual: (kind, key) => view.objects.get(kind, key),
+      keys: (kind) => [...desired.keys(kind), ...view.objects.keys(kind)],
+    };
+  }
+
+  private desiredCounts(): Record<ObjectKind, number> {
+    return {
+      route: this.desired.count("route"),
+      neigh: this.desired.count("neigh"),
+      fdb: this.desired.count("fdb"),
+    };
+  }
+
+  /** Writes the ops and patches the view from each acknowledgement. */
+  private async write(ops: readonly PlannedOp[]): Promise<FailedOp[]> {
+    if (ops.length === 0) return [];
+    const outcomes = await this.channel.apply(ops);
+    ops.forEach((op, i) => {
+      if (outcomes[i]?.ok === true) this.view.patch(op);
+    });
+    const failed: FailedOp[] = [];
+    ops.forEach((op, i) => {
+      const outcome = outcomes[i];
+      if (outcome === undefined) failed.push({ op, error: "no answer from the kernel" });
+      else if (!outcome.ok) failed.push({ op, error: `${outcome.error.message} (${outcome.error.code})` });
+    });
+    return failed;
+  }
+
+  private reportContests(slots: Iterable<string>): void {
+    for (const id of slots) {
+      const { kind, key } = slotOf(id);
+      const contest = this.desired.contest(kind, key);
+      const signature = contest === undefined ? undefined : `${contest.winner} ${contest.losers.join(" ")}`;
+      if (signature === this.contests.get(id)) continue;
+      if (contest === undefined) {
+        this.contests.delete(id);
+        continue;
+      }
+      this.contests.set(id, signature ?? "");
+      this.log.warn(
+        { slot: id, winner: contest.winner, losers: contest.losers },
+        "several peers want the same kernel object; the lowest subnet gets it, the others are not programmed there",
+      );
+    }
+  }
+
+  private reportPeerStates(): void {
+    for (const [key, status] of this.statuses) {
+      const summary = `${status.state}:${status.reason ?? ""}`;
+      if (this.loggedStates.get(key) === summary) continue;
+      this.loggedStates.set(key, summary);
+      if (status.state !== "programmed") {
+        this.log.warn(
+          { key, state: status.state, reason: status.reason },
+          `peer not programmed: ${status.state}`,
+        );
+      }
+    }
+    for (const key of this.loggedStates.keys()) if (!this.statuses.has(key)) this.loggedStates.delete(key);
+    this.observer.peerStates?.(this.statuses);
+  }
+
+  private logRound(report: RoundReport): void {
+    for (const repair of report.repairs) {
+      this.log.info(
+        { device: repair.device, what: repair.what, detail: repair.detail, trigger: report.trigger },
+        "device repaired",
+      );
+    }
+    const drift = report.trigger !== "peers" && report.trigger !== "self";
+    const failures = new Map(report.failed.map((f) => [f.op, f.error]));
+    const debug = this.log.isLevelEnabled("debug");
+    for (const op of report.ops) {
+      const failure = failures.get(op);
+      if (failure === undefined && !drift && !debug) continue;
+      const fields = {
+        kind: op.object.kind,
+        action: op.action,
+        object: describeObject(op.object),
+        reason: op.reason,
+        trigger: report.trigger,
+      };
+      if (failure !== undefined)
+        this.log.error({ ...fields, err: failure }, "kernel operation failed; will retry");
+      else if (drift) this.log.warn(fields, "drift repaired");
+      else this.log.debug(fields, "kernel operation");
+    }
+    if (report.error !== undefined) {
+      this.log.error({ err: report.error, trigger: report.trigger }, "reconcile round failed; will retry");
+    } else if (report.ops.length > 0 || report.repairs.length > 0) {
+      this.log.info(
+        {
+          trigger: report.trigger,
+          ops: report.ops.length,
+          failed: report.failed.length,
+          durationMs: Math.round(report.durationMs),
+          routes: report.desiredCounts.route,
+          ...(report.reload === undefined ? {} : { reread: report.reload }),
+        },
+        "data plane reconciled",
+      );
+    }
+  }
+}

@@ -1,0 +1,515 @@
+// The data-plane loop at unit speed: a fake kernel behind the channel interface and a fake clock.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { parseNetworkConfig } from "../../src/config/network-config.js";
+import type { NodeBackend } from "../../src/backends/backend.js";
+import { DataplaneLoop, type DataplaneHost, type RoundReport } from "../../src/dataplane/loop.js";
+import { permanentFdb, permanentNeighbour, ownedRoute, type Route } from "../../src/dataplane/objects.js";
+import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import type { Lease } from "../../src/lease/lease.js";
+import type { ExternalInterface } from "../../src/node/external-interface.js";
+import { FakeClock, settle } from "../helpers/fake-clock.js";
+import { FakeKernel } from "../helpers/fake-kernel.js";
+import { leaseKey, peerLease, vtepMac } from "../helpers/leases.js";
+import { captureLogs, type CapturedLogs } from "../helpers/logs.js";
+
+const EXTERNAL: ExternalInterface = {
+  name: "eth0",
+  index: 11,
+  mtu: 1500,
+  ifaceIp: parseIPv4("198.18.0.1"),
+  publicIp: parseIPv4("198.18.0.1"),
+};
+const OWN = parseCidr("10.244.1.0/24");
+const RESYNC_MS = 300_000;
+
+const host: DataplaneHost = {
+  ensureForwarding: () => Promise.resolve(false),
+  macIsPinned: () => Promise.resolve(true),
+  runner: { where: "fake", run: () => Promise.resolve({ stdout: "", stderr: "", exitCode: 0 }) },
+};
+
+interface Harness {
+  readonly kernel: FakeKernel;
+  readonly clock: FakeClock;
+  readonly logs: CapturedLogs;
+  readonly rounds: RoundReport[];
+  readonly loop: DataplaneLoop;
+  readonly peers: Map<string, Lease>;
+  readonly backend: NodeBackend;
+  put(lease: Lease): Promise<void>;
+  remove(n: number): Promise<void>;
+  /** kernel.calls made since the mark. */
+  callsSince(mark: number): string[];
+  stop(): Promise<void>;
+}
+
+const harnesses: Harness[] = [];
+afterEach(async () => {
+  await Promise.all(harnesses.splice(0).map((h) => h.stop()));
+});
+
+async function start(
+  options: { backend?: "vxlan" | "host-gw"; peers?: readonly Lease[]; backendOptions?: string } = {},
+): Promise<Harness> {
+  const kernel = new FakeKernel();
+  const clock = new FakeClock();
+  const logs = captureLogs();
+  const rounds: RoundReport[] = [];
+  const type = options.backend ?? "vxlan";
+  const config = parseNetworkConfig(
+    `{"Network":"10.244.0.0/16","Backend":{"Type":"${type}"${options.backendOptions ?? ""}}}`,
+  ).config;
+  const dir = mkdtempSync(join(tmpdir(), "twill-loop-"));
+  const backend = await config.backend.prepare({
+    stateDir: dir,
+    existingLink: () => Promise.resolve(undefined),
+    txChecksumOffload: true,
+  });
+  const loop = new DataplaneLoop(
+    kernel,
+    { bridge: "cni0", resyncIntervalMs: RESYNC_MS, watchKernel: true },
+    logs.log,
+    { round: (report) => rounds.push(report) },
+    { clock, host },
+  );
+  const controller = new AbortController();
+  const running = loop.run(controller.signal);
+  const peers = new Map((options.peers ?? [peerLease(2), peerLease(3)]).map((l) => [l.key, l]));
+  loop.setSelf({ config, subnet: OWN, external: EXTERNAL, backend });
+  loop.setPeers(peers);
+  await settle();
+  const harness: Harness = {
+    kernel,
+    clock,
+    logs,
+    rounds,
+    loop,
+    peers,
+    backend,
+    put: async (lease) => {
+      peers.set(lease.key, lease);
+      loop.setPeers(peers, [{ key: lease.key, lease }]);
+      await settle();
+    },
+    remove: async (n) => {
+      peers.delete(leaseKey(n));
+      loop.setPeers(peers, [{ key: leaseKey(n), lease: undefined }]);
+      await settle();
+    },
+    callsSince: (mark) => kernel.calls.slice(mark),
+    stop: async () => {
+      controller.abort();
+      await running;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  harnesses.push(harness);
+  return harness;
+}
+
+const tunnelRoute = (n: number): Route =>
+  ownedRoute({
+    family: 4,
+    dst: `10.244.${n}.0/24`,
+    gateway: `10.244.${n}.0`,
+    dev: "flannel.1",
+    onlink: true,
+  });
+
+/** "kind action key" per applied op, in order. */
+const appliedSince = (h: Harness, mark: number): string[] =>
+  h.kernel.applied.slice(mark).map(({ op }) => {
+    const o = op.object;
+    const what = o.kind === "route" ? o.dst : o.kind === "neigh" ? o.dst : `${o.mac}>${o.dst ?? ""}`;
+    return `${o.kind} ${op.action} ${what}`;
+  });
+
+describe("data-plane loop: start", () => {
+  it("makes the bridge and the VXLAN device, then programs every peer, FDB before neighbours before routes", async () => {
+    const h = await start();
+    expect(h.loop.programmed).toBe(true);
+    const bridge = h.kernel.links.get("cni0");
+    expect(bridge).toMatchObject({ kind: "bridge", mtu: 1450, up: true, mac: "0a:58:0a:f4:01:01" });
+    const vxlan = h.kernel.links.get("flannel.1");
+    expect(vxlan).toMatchObject({ kind: "vxlan", mtu: 1450, up: true });
+    expect(vxlan?.vxlan).toMatchObject({
+      vni: 1,
+      local: "198.18.0.1",
+      port: 8472,
+      learning: false,
+      underlay: "eth0",
+    });
+    expect(
+      h.kernel.addresses
+        .filter((a) => a.dev !== "eth0")
+        .map((a) => `${a.dev} ${a.address}/${a.prefixLength}`),
+    ).toEqual(["cni0 10.244.1.1/24", "flannel.1 10.244.1.0/32"]);
+    expect(appliedSince(h, 0)).toEqual([
+      `fdb replace ${vtepMac(2)}>198.18.0.2`,
+      `fdb replace ${vtepMac(3)}>198.18.0.3`,
+      "neigh replace 10.244.2.0",
+      "neigh replace 10.244.3.0",
+      "route replace 10.244.2.0/24",
+      "route replace 10.244.3.0/24",
+    ]);
+    expect(h.kernel.routes()).toEqual(expect.arrayContaining([tunnelRoute(2), tunnelRoute(3)]));
+    expect(h.rounds.map((r) => r.trigger)).toEqual(["self"]);
+    expect(h.loop.peerStates.get(leaseKey(2))).toEqual({
+      state: "programmed",
+      reason: "vxlan via flannel.1 to 198.18.0.2",
+    });
+  });
+
+  it("on a restart finds everything in place and writes nothing", async () => {
+    const first = await start();
+    const kernel = first.kernel;
+    const mark = kernel.applied.length;
+    await first.stop();
+    harnesses.splice(harnesses.indexOf(first), 1);
+    // A second loop on the same kernel, as after an agent restart.
+    const logs = captureLogs();
+    const loop = new DataplaneLoop(
+      kernel,
+      { bridge: "cni0", resyncIntervalMs: RESYNC_MS, watchKernel: true },
+      logs.log,
+      {},
+      {
+        clock: new FakeClock(),
+        host,
+      },
+    );
+    const controller = new AbortController();
+    const running = loop.run(controller.signal);
+    loop.setSelf({
+      config: parseNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}').config,
+      subnet: OWN,
+      external: EXTERNAL,
+      backend: first.backend,
+    });
+    loop.setPeers(new Map([peerLease(2), peerLease(3)].map((l) => [l.key, l])));
+    await settle();
+    expect(loop.programmed).toBe(true);
+    expect(kernel.applied.length).toBe(mark);
+    expect(kernel.calls.filter((c) => c.startsWith("createLink") || c.startsWith("addAddress"))).toHaveLength(
+      2 + 2,
+    );
+    controller.abort();
+    await running;
+  });
+
+  it("removes owned entries of peers that vanished while it was down, and leaves foreign routes alone", async () => {
+    const h = await start({ peers: [peerLease(2), peerLease(3)] });
+    const foreign: Route = {
+      ...tunnelRoute(9),
+      protocol: 4,
+      dev: "eth0",
+      gateway: "198.18.0.9",
+      onlink: false,
+    };
+    h.kernel.foreignAdd(foreign);
+    await h.stop();
+    harnesses.splice(harnesses.indexOf(h), 1);
+    const mark = h.kernel.applied.length;
+    const loop = new DataplaneLoop(
+      h.kernel,
+      { bridge: "cni0", resyncIntervalMs: RESYNC_MS, watchKernel: true },
+      captureLogs().log,
+      {},
+      {
+        clock: new FakeClock(),
+        host,
+      },
+    );
+    const controller = new AbortController();
+    const running = loop.run(controller.signal);
+    loop.setSelf({
+      config: parseNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}').config,
+      subnet: OWN,
+      external: EXTERNAL,
+      backend: h.backend,
+    });
+    loop.setPeers(new Map([peerLease(2)].map((l) => [l.key, l])));
+    await settle();
+    expect(appliedSince(h, mark)).toEqual([
+      "route delete 10.244.3.0/24",
+      `fdb delete ${vtepMac(3)}>198.18.0.3`,
+      "neigh delete 10.244.3.0",
+    ]);
+    expect(h.kernel.routes()).toContainEqual(foreign);
+    controller.abort();
+    await running;
+  });
+});
+
+describe("data-plane loop: peer events cost their own objects only", () => {
+  it("writes a new peer's three objects at once, without reading the kernel", async () => {
+    const h = await start();
+    const mark = h.kernel.calls.length;
+    const applied = h.kernel.applied.length;
+    await h.put(peerLease(4));
+    expect(h.callsSince(mark)).toEqual(["apply 3"]);
+    expect(appliedSince(h, applied)).toEqual([
+      `fdb replace ${vtepMac(4)}>198.18.0.4`,
+      "neigh replace 10.244.4.0",
+      "route replace 10.244.4.0/24",
+    ]);
+    const last = h.rounds.at(-1);
+    expect(last?.trigger).toBe("peers");
+    expect(last?.peerLatencyMs).toBeDefined();
+  });
+
+  it("removes a peer's objects, route first", async () => {
+    const h = await start();
+    const applied = h.kernel.applied.length;
+    await h.remove(3);
+    expect(appliedSince(h, applied)).toEqual([
+      "route delete 10.244.3.0/24",
+      `fdb delete ${vtepMac(3)}>198.18.0.3`,
+      "neigh delete 10.244.3.0",
+    ]);
+    expect(h.kernel.routes().map((r) => r.dst)).toEqual(["10.244.2.0/24"]);
+  });
+
+  it("rewrites only what changed when a peer moves to a new public IP", async () => {
+    const h = await start();
+    const applied = h.kernel.applied.length;
+    await h.put(peerLease(2, { publicIP: "198.18.0.42" }));
+    expect(appliedSince(h, applied)).toEqual([`fdb replace ${vtepMac(2)}>198.18.0.42`]);
+  });
+
+  it("costs nothing more for the echo of its own FDB writes", async () => {
+    const h = await start();
+    const rounds = h.rounds.length;
+    await h.put(peerLease(4));
+    await h.clock.advance(1000);
+    expect(h.rounds.length).toBe(rounds + 1);
+  });
+
+  it("batches what arrives while a round runs into the next round", async () => {
+    const h = await start();
+    const rounds = h.rounds.length;
+    for (const n of [4, 5, 6]) {
+      h.peers.set(leaseKey(n), peerLease(n));
+      h.loop.setPeers(h.peers, [{ key: leaseKey(n), lease: peerLease(n) }]);
+    }
+    await settle();
+    expect(h.rounds.length).toBe(rounds + 1);
+    expect(h.rounds.at(-1)?.ops).toHaveLength(9);
+  });
+});
+
+describe("data-plane loop: drift", () => {
+  it.each([
+    ["route", (h: Harness) => h.kernel.foreignDelete(tunnelRoute(2)), "route replace 10.244.2.0/24"],
+    [
+      "neighbour",
+      (h: Harness) =>
+        h.kernel.foreignDelete(
+          permanentNeighbour({ family: 4, dev: "flannel.1", dst: "10.244.2.0", lladdr: vtepMac(2) }),
+        ),
+      "neigh replace 10.244.2.0",
+    ],
+    [
+      "FDB entry",
+      (h: Harness) =>
+        h.kernel.foreignDelete(permanentFdb({ dev: "flannel.1", mac: vtepMac(2), dst: "198.18.0.2" })),
+      `fdb replace ${vtepMac(2)}>198.18.0.2`,
+    ],
+  ])("repairs a %s deleted by hand from the notification", async (_, change, repair) => {
+    const h = await start();
+    const applied = h.kernel.applied.length;
+    const mark = h.kernel.calls.length;
+    change(h);
+    await settle();
+    expect(appliedSince(h, applied)).toEqual([repair]);
+    expect(h.callsSince(mark)).toEqual(["apply 1"]);
+    expect(h.rounds.at(-1)?.trigger).toBe("kernel");
+    expect(h.logs.withMsg("drift repaired")).toHaveLength(1);
+  });
+
+  it("takes a foreign route to a peer's subnet back (a route replaced by hand)", async () => {
+    const h = await start();
+    const applied = h.kernel.applied.length;
+    h.kernel.foreignReplace({
+      ...tunnelRoute(2),
+      protocol: 4,
+      gateway: "198.18.0.99",
+      dev: "eth0",
+      onlink: false,
+    });
+    await settle();
+    expect(appliedSince(h, applied)).toEqual(["route replace 10.244.2.0/24"]);
+    expect(h.kernel.routes().filter((r) => r.dst === "10.244.2.0/24")).toEqual([tunnelRoute(2)]);
+  });
+
+  it("re-creates a deleted VXLAN device and replays every peer on it", async () => {
+    const h = await start();
+    const mark = h.kernel.calls.length;
+    h.kernel.foreignDeleteLink("flannel.1");
+    await settle();
+    expect(h.kernel.links.get("flannel.1")).toMatchObject({ kind: "vxlan", up: true });
+    expect(h.kernel.routes().sort((a, b) => (a.dst < b.dst ? -1 : 1))).toEqual([
+      tunnelRoute(2),
+      tunnelRoute(3),
+    ]);
+    expect(h.kernel.neighbours()).toHaveLength(2);
+    expect(h.kernel.fdb()).toHaveLength(2);
+    expect(h.callsSince(mark)).toContain("createLink flannel.1");
+    expect(
+      h.logs.withMsg("device repaired").some((r) => r.what === "created" && r.trigger === "kernel"),
+    ).toBe(true);
+  });
+
+  it("puts back the bridge's gateway address", async () => {
+    const h = await start();
+    h.kernel.foreignDeleteAddress("cni0", "10.244.1.1");
+    await settle();
+    expect(
+      h.kernel.addresses.some((a) => a.dev === "cni0" && a.address === "10.244.1.1" && a.prefixLength === 24),
+    ).toBe(true);
+  });
+
+  it("reads the kernel again after lost notifications and repairs what changed meanwhile", async () => {
+    const h = await start();
+    const mark = h.kernel.calls.length;
+    h.kernel.loseNotifications(() => h.kernel.foreignDelete(tunnelRoute(3)));
+    await settle();
+    expect(h.callsSince(mark)).toEqual(expect.arrayContaining(["dump routes", "apply 1"]));
+    expect(h.kernel.routes()).toContainEqual(tunnelRoute(3));
+    expect(h.rounds.at(-1)).toMatchObject({ trigger: "overflow", reload: "overflow" });
+  });
+
+  it("reads the kernel again on the periodic resync, and only then", async () => {
+    const h = await start();
+    const mark = h.kernel.calls.length;
+    // Notifications off for a moment: the change is seen only by the resync.
+    h.kernel.loseNotifications(() => undefined);
+    await settle();
+    const afterOverflow = h.kernel.calls.length;
+    const route = tunnelRoute(2);
+    const key = route.dst;
+    h.kernel.objects.set("route", key, []); // silently, as a flushed device would
+    await h.clock.advance(RESYNC_MS - 1);
+    expect(h.kernel.calls.length).toBe(afterOverflow);
+    await h.clock.advance(1);
+    expect(h.callsSince(mark)).toContain("dump routes");
+    expect(h.kernel.routes()).toContainEqual(route);
+    expect(h.rounds.at(-1)?.trigger).toBe("resync");
+  });
+});
+
+describe("data-plane loop: failures", () => {
+  it("retries a refused write with backoff and reports the latency from the original change", async () => {
+    const h = await start();
+    h.kernel.failOps((op) => op.object.kind === "route" && op.object.dst === "10.244.4.0/24", "EPERM", 2);
+    await h.put(peerLease(4));
+    const failed = h.rounds.at(-1);
+    expect(failed?.failed.map((f) => f.error)).toEqual(["Operation not permitted (EPERM)"]);
+    expect(h.kernel.routes().some((r) => r.dst === "10.244.4.0/24")).toBe(false);
+    expect(h.logs.withMsg("kernel operation failed; will retry")).toHaveLength(1);
+    await h.clock.advance(400); // first backoff (250 ms ± 20 %): fails again
+    expect(h.rounds.at(-1)?.trigger).toBe("retry");
+    await h.clock.advance(10_000);
+    expect(h.kernel.routes().some((r) => r.dst === "10.244.4.0/24")).toBe(true);
+    const ok = h.rounds.at(-1);
+    expect(ok).toMatchObject({ trigger: "retry", failed: [] });
+    expect(ok?.peerLatencyMs).toBeGreaterThanOrEqual(250);
+  });
+
+  it("keeps programming other peers when one write fails", async () => {
+    const h = await start();
+    h.kernel.failOps((op) => op.object.kind === "neigh" && op.object.dst === "10.244.4.0", "EPERM");
+    h.peers.set(leaseKey(4), peerLease(4));
+    h.peers.set(leaseKey(5), peerLease(5));
+    h.loop.setPeers(h.peers, [
+      { key: leaseKey(4), lease: peerLease(4) },
+      { key: leaseKey(5), lease: peerLease(5) },
+    ]);
+    await settle();
+    expect(h.kernel.routes().some((r) => r.dst === "10.244.5.0/24")).toBe(true);
+  });
+
+  it("is not programmed, and says why, while the device cannot be made; then recovers", async () => {
+    const kernel = new FakeKernel();
+    const original = kernel.createLink.bind(kernel);
+    let refuse = true;
+    kernel.createLink = (spec) =>
+      refuse && spec.name === "flannel.1"
+        ? Promise.reject(new Error("create flannel.1: Operation not permitted (EPERM)"))
+        : original(spec);
+    const clock = new FakeClock();
+    const logs = captureLogs();
+    const config = parseNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}').config;
+    const dir = mkdtempSync(join(tmpdir(), "twill-loop-"));
+    const backend = await config.backend.prepare({
+      stateDir: dir,
+      existingLink: () => Promise.resolve(undefined),
+      txChecksumOffload: true,
+    });
+    const loop = new DataplaneLoop(
+      kernel,
+      { bridge: "cni0", resyncIntervalMs: RESYNC_MS, watchKernel: true },
+      logs.log,
+      {},
+      { clock, host },
+    );
+    const controller = new AbortController();
+    const running = loop.run(controller.signal);
+    loop.setSelf({ config, subnet: OWN, external: EXTERNAL, backend });
+    loop.setPeers(new Map([[leaseKey(2), peerLease(2)]]));
+    await settle();
+    expect(loop.programmed).toBe(false);
+    const failure = logs.withMsg("reconcile round failed; will retry")[0]?.err;
+    expect(JSON.stringify(failure)).toContain("Operation not permitted (EPERM)");
+    refuse = false;
+    await clock.advance(10_000);
+    expect(loop.programmed).toBe(true);
+    expect(kernel.routes()).toContainEqual(tunnelRoute(2));
+    controller.abort();
+    await running;
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe("data-plane loop: verdicts", () => {
+  it("never programs a peer that advertises this node's own public IP", async () => {
+    const h = await start({ peers: [peerLease(2, { publicIP: "198.18.0.1" })] });
+    expect(h.kernel.routes()).toEqual([]);
+    expect(h.loop.peerStates.get(leaseKey(2))?.state).toBe("unreachable");
+  });
+
+  it("host-gw: a route per on-link peer; an off-link peer is unreachable and gets nothing", async () => {
+    const h = await start({
+      backend: "host-gw",
+      peers: [peerLease(2, { type: "host-gw" }), peerLease(3, { type: "host-gw", publicIP: "198.19.0.3" })],
+    });
+    expect(h.kernel.routes()).toEqual([
+      ownedRoute({ family: 4, dst: "10.244.2.0/24", gateway: "198.18.0.2", dev: "eth0", onlink: false }),
+    ]);
+    expect(h.loop.peerStates.get(leaseKey(3))).toMatchObject({ state: "unreachable" });
+    expect(h.kernel.links.has("flannel.1")).toBe(false);
+  });
+
+  it("gives a contested VTEP MAC to the lowest subnet and says so", async () => {
+    const h = await start({ peers: [peerLease(2), peerLease(3, { mac: vtepMac(2) })] });
+    expect(h.kernel.fdb().map((f) => f.dst)).toEqual(["198.18.0.2"]);
+    expect(
+      h.logs.records().some((r) => String(r.msg).startsWith("several peers want the same kernel object")),
+    ).toBe(true);
+  });
+
+  it("follows the node to a new subnet: bridge and device addresses move, peers stay", async () => {
+    const h = await start();
+    const config = parseNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}').config;
+    h.loop.setSelf({ config, subnet: parseCidr("10.244.7.0/24"), external: EXTERNAL, backend: h.backend });
+    await settle();
+    const own = h.kernel.addresses
+      .filter((a) => a.dev !== "eth0")
+      .map((a) => `${a.dev} ${a.address}/${a.prefixLength}`);
+    expect(own.sort()).toEqual(["cni0 10.244.7.1/24", "flannel.1 10.244.7.0/32"]);
+    expect(h.kernel.routes()).toEqual(expect.arrayContaining([tunnelRoute(2), tunnelRoute(3)]));
+  });
+});
