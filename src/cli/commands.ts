@@ -2,6 +2,7 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
+import { StateStore } from "../state.js";
 import { agentFlags, ETCD_NAMED_FLAGS, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
 import {
   FlagError,
@@ -265,15 +266,15 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   // handle, which would kill the agent mid-shutdown. stop() is idempotent.
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
-  const metrics = new Metrics({ version: VERSION });
-  const agent = new Agent(options, log, metrics);
-  metrics.followStatus(() => agent.status);
+  const store = new StateStore();
+  const metrics = new Metrics({ version: VERSION, state: () => store.current });
+  const agent = new Agent(options, log, metrics, { store });
   const addresses = [options.metricsAddress, options.healthzAddress].filter(
     (address): address is ListenAddress => address !== undefined,
   );
   const handler = createHandler({
     registry: metrics.registry,
-    source: agentEndpoints(agent, metrics, VERSION),
+    source: agentEndpoints({ state: () => agent.store.current, heartbeats: agent.heartbeats }, VERSION),
     onError: (path, error) => log.error({ path, err: errorMessage(error) }, "HTTP endpoint failed"),
   });
   const endpoints = serve(addresses, handler, {

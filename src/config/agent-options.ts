@@ -1,10 +1,10 @@
 // The agent's options: flanneld's flags (same names, defaults and meaning where they apply) plus
 // twill's own. docs/configuration.md documents this table; keep them in step.
-import { parseListenAddress, type ListenAddress } from "../metrics/server.js";
+import { parseListenAddress, type ListenAddress } from "./listen-address.js";
 import { errorMessage } from "../util/log.js";
 import { tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
 import { etcdEndpointProblem } from "./etcd-endpoint.js";
-import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../masq/backend-choice.js";
+import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "./iptables-mode.js";
 import {
   FlagError,
   flagLabel,

@@ -100,4 +100,3 @@ export interface LeaseRegistry {
 }
 
 // Until src/agent.ts imports it from etcd-registry.js: it still names it from here.
-export { EtcdRegistry } from "./etcd-registry.js";

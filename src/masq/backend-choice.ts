@@ -4,16 +4,9 @@
 // iptables-wrapper script that flannel's and kube-proxy's images use, "auto" follows kubelet's hint chain,
 // then whichever backend holds more rules, and otherwise the system's own `iptables`.
 
-export const IPTABLES_MODES = ["auto", "nft", "legacy", "system"] as const;
-export type IptablesMode = (typeof IPTABLES_MODES)[number];
+import type { IptablesMode } from "../config/iptables-mode.js";
 
-/** Narrows a flag value already checked against IPTABLES_MODES. */
-export function iptablesMode(value: string): IptablesMode {
-  const mode = IPTABLES_MODES.find((m) => m === value);
-  if (mode === undefined)
-    throw new Error(`--iptables-mode: "${value}" is not one of ${IPTABLES_MODES.join(", ")}`);
-  return mode;
-}
+export { IPTABLES_MODES, iptablesMode, type IptablesMode } from "../config/iptables-mode.js";
 
 /** What each backend holds now: `<command>-save` output, or undefined when that backend cannot be read. */
 export interface BackendEvidence {

@@ -2,7 +2,7 @@
 // when something is off — one `iptables-restore --noflush` that touches nothing but our chains and jumps.
 // A resync where all is well costs one iptables-save per table and no write. Rules are never removed: an
 // exiting agent leaves the data plane as it is (as flanneld does).
-import { KernelCommandError, type CommandResult, type CommandRunner } from "../dataplane/kernel/runner.js";
+import { CommandError, type CommandResult, type CommandRunner } from "../exec/command.js";
 import { chooseIptablesBackend, type BackendEvidence, type IptablesMode } from "./backend-choice.js";
 import {
   atLeast162,
@@ -51,7 +51,7 @@ export interface MasqManagerOptions {
 }
 
 /** iptables-restore failed; `line` is the payload line it named, when it named one. */
-export class IptablesRestoreError extends KernelCommandError {
+export class IptablesRestoreError extends CommandError {
   constructor(
     command: string,
     result: CommandResult,
@@ -128,7 +128,7 @@ export class MasqManager {
           );
     const result = await this.runner.run(choice.command, ["--version"]);
     const command = `${choice.command} --version`;
-    if (result.exitCode !== 0) throw new KernelCommandError(`${command} (${this.runner.where})`, result);
+    if (result.exitCode !== 0) throw new CommandError(`${command} (${this.runner.where})`, result);
     const version = parseIptablesVersion(result.stdout);
     if (version === undefined) throw new Error(`${command}: no version in ${JSON.stringify(result.stdout)}`);
     const recent = atLeast162(version);
@@ -148,7 +148,7 @@ export class MasqManager {
       tables.map(async (table) => {
         const result = await this.runner.run(`${command}-save`, ["-t", table]);
         if (result.exitCode !== 0) {
-          throw new KernelCommandError(`${command}-save -t ${table} (${this.runner.where})`, result);
+          throw new CommandError(`${command}-save -t ${table} (${this.runner.where})`, result);
         }
         return result.stdout;
       }),

@@ -7,57 +7,9 @@ import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
 import { errorMessage } from "../util/log.js";
 import { Backoff, sleep, stopped } from "../util/time.js";
+import { formatListenAddress, type ListenAddress } from "../config/listen-address.js";
 
-/**
- * Liveness by heartbeat: each loop beats and says by when it will beat again at the latest. A loop
- * that misses its own deadline is stuck (e.g. a kernel or etcd call that never returns). A loop that is
- * legitimately waiting on the outside world (etcd down) beats with Infinity: liveness must not restart
- * a process that restarting cannot help.
- */
-export class Heartbeats {
-  private readonly loops = new Map<string, { at: number; withinMs: number }>();
-
-  constructor(private readonly now: () => number = Date.now) {}
-
-  /** `loop` is alive now and beats again within `withinMs` (Infinity: no deadline). */
-  beat(loop: string, withinMs: number): void {
-    this.loops.set(loop, { at: this.now(), withinMs });
-  }
-
-  /** The loop ended normally; forget it. */
-  end(loop: string): void {
-    this.loops.delete(loop);
-  }
-
-  /** Why the process is unhealthy: one line per stuck loop; empty when healthy. */
-  problems(): string[] {
-    const now = this.now();
-    const problems: string[] = [];
-    for (const [loop, { at, withinMs }] of this.loops) {
-      const silentMs = now - at;
-      if (silentMs > withinMs) {
-        problems.push(
-          `${loop} loop stuck: last heartbeat ${formatSeconds(silentMs)} ago, expected within ${formatSeconds(withinMs)}`,
-        );
-      }
-    }
-    return problems.sort();
-  }
-
-  /** Last beat per loop, ms since the epoch. */
-  snapshot(): Record<string, number> {
-    return Object.fromEntries([...this.loops].map(([loop, { at }]) => [loop, at]));
-  }
-}
-
-function formatSeconds(ms: number): string {
-  return `${Math.round(ms / 1000)}s`;
-}
-
-/** The deadline for the data-plane loop: it runs a round at least every resync interval. */
-export function dataplaneDeadlineMs(resyncIntervalMs: number): number {
-  return 3 * resyncIntervalMs + 30_000;
-}
+export { formatListenAddress, parseListenAddress, type ListenAddress } from "../config/listen-address.js";
 
 /** What the endpoints serve, read at request time. */
 export interface EndpointSource {
@@ -133,29 +85,6 @@ export function createHandler(options: HandlerOptions): Handler {
       else send(res, 500, TEXT, `internal error: ${errorMessage(error)}\n`);
     });
   };
-}
-
-export interface ListenAddress {
-  /** IP to bind; "" = every address (IPv4 and IPv6 where available). */
-  readonly host: string;
-  readonly port: number;
-}
-
-/** Parses "IP:PORT", "[IPv6]:PORT" or ":PORT"; throws an Error saying what is wrong. */
-export function parseListenAddress(text: string): ListenAddress {
-  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]*)):(\d{1,5})$/.exec(text);
-  if (!match) throw new Error(`"${text}" is not an address (use IP:PORT, [IPv6]:PORT or :PORT)`);
-  const host = match[1] ?? match[2] ?? "";
-  const port = Number(match[3]);
-  if (port > 65535) throw new Error(`"${text}": port ${port} is out of range (0 to 65535)`);
-  if (match[2] !== undefined && match[2] !== "" && !/^(\d{1,3})(\.\d{1,3}){3}$/.test(host)) {
-    throw new Error(`"${text}": "${host}" is not an IPv4 address`);
-  }
-  return { host, port };
-}
-
-export function formatListenAddress(address: ListenAddress): string {
-  return `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
 }
 
 export interface RunningServer {

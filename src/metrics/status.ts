@@ -3,11 +3,10 @@
 // JSON is an interface between versions (an old CLI may read a new agent): add fields, never rename.
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
-import type { AgentStatus } from "../agent.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { tryParseSubnetKey } from "../lease/key.js";
+import { notReadyReasons, type AgentState, type DriftKind, type KernelKind } from "../state.js";
 import { errorMessage } from "../util/log.js";
-import type { DriftKind, KernelKind, Metrics, Observed } from "./metrics.js";
 import type { EndpointSource } from "./server.js";
 
 export const STATUS_SCHEMA = 1;
@@ -38,6 +37,8 @@ export interface StatusJson {
     readonly state: "unknown" | "missing" | "invalid" | "valid";
     readonly network: string | null;
     readonly backend: string | null;
+    /** The backend's options as parsed, defaults filled in (e.g. {"VNI":1,"Port":8472,…}). */
+    readonly backendOptions?: Readonly<Record<string, string | number | boolean | null>> | null;
     readonly message: string | null;
   };
   readonly node: { readonly interface: string | null; readonly publicIP: string | null };
@@ -79,14 +80,15 @@ export interface StatusJson {
     readonly errors: number;
     /** The iptables command the rules go through and why; null until chosen or without rules. */
     readonly iptables: { readonly command: string; readonly reason: string } | null;
+    /** How a removed rule is noticed ("nftables notifications", "legacy table counters", "timer"). */
+    readonly watch?: string | null;
   };
 }
 
 export interface StatusInput {
   readonly version: string;
   readonly now: number;
-  readonly agent: AgentStatus;
-  readonly observed: Observed;
+  readonly state: AgentState;
   readonly unhealthy: readonly string[];
 }
 
@@ -94,16 +96,18 @@ const iso = (ms: number | undefined): string | null => (ms === undefined ? null 
 
 /** Builds the /status document (pure). */
 export function buildStatus(input: StatusInput): StatusJson {
-  const { agent, observed } = input;
+  const agent = input.state;
+  const dataplane = agent.dataplane;
   const config = agent.config;
   const own = agent.ownLease;
+  const notReady = notReadyReasons(agent);
   const peers: PeerJson[] = [];
   if (agent.view) {
     const leases = [...agent.view.peers.values()].sort(
       (a, b) => a.subnet.ip - b.subnet.ip || a.subnet.prefixLen - b.subnet.prefixLen,
     );
     for (const lease of leases) {
-      const status = observed.peerStates.get(lease.key);
+      const status = dataplane.peerStates.get(lease.key);
       peers.push({
         key: lease.key,
         subnet: formatCidr(lease.subnet),
@@ -126,19 +130,20 @@ export function buildStatus(input: StatusInput): StatusJson {
       });
     }
   }
-  const round = observed.lastRound;
+  const round = dataplane.lastRound;
   return {
     schema: STATUS_SCHEMA,
     version: input.version,
     generatedAt: new Date(input.now).toISOString(),
-    ready: agent.notReady.length === 0,
-    notReady: [...agent.notReady],
+    ready: notReady.length === 0,
+    notReady,
     healthy: input.unhealthy.length === 0,
     unhealthy: [...input.unhealthy],
     config: {
       state: config.kind,
       network: config.kind === "valid" ? formatCidr(config.config.network) : null,
       backend: config.kind === "valid" ? config.config.backend.type : null,
+      backendOptions: config.kind === "valid" ? { ...config.config.backend.options } : null,
       message:
         config.kind === "invalid"
           ? config.message
@@ -158,7 +163,7 @@ export function buildStatus(input: StatusInput): StatusJson {
           backend: own.attrs.backendType ?? null,
           reserved: own.expiresAt === Infinity,
           expiresAt: own.expiresAt === Infinity ? null : iso(own.expiresAt),
-          lost: observed.leaseLost,
+          lost: agent.leaseLost,
         }
       : null,
     subnetFileWritten: agent.subnetFileWritten,
@@ -175,42 +180,36 @@ export function buildStatus(input: StatusInput): StatusJson {
           error: round.error ?? null,
         }
       : null,
-    lastSuccessAt: iso(observed.lastSuccessAt),
-    kernelObjects: { ...observed.kernelObjects },
-    driftRepairs: { ...observed.driftRepairs },
+    lastSuccessAt: iso(dataplane.lastSuccessAt),
+    kernelObjects: { ...dataplane.kernelObjects },
+    driftRepairs: { ...dataplane.driftRepairs },
     etcd: {
-      watch: observed.watch.state,
-      since: iso(observed.watch.since),
-      reason: observed.watch.reason ?? null,
-      restarts: observed.watch.restarts,
+      watch: agent.subnetWatch.state,
+      since: iso(agent.subnetWatch.since),
+      reason: agent.subnetWatch.reason ?? null,
+      restarts: agent.subnetWatch.restarts,
     },
     nodeProblems: [...agent.nodeProblems],
     masq: {
-      restored: observed.masqRestored,
-      errors: observed.masqErrors,
-      iptables: agent.iptables ? { ...agent.iptables } : null,
+      restored: agent.masq.restored,
+      errors: agent.masq.errors,
+      iptables: agent.masq.iptables ? { ...agent.masq.iptables } : null,
+      watch: agent.masq.watch ?? null,
     },
   };
 }
 
 /** The HTTP endpoints' view of a running agent: readiness, liveness and the /status document. */
 export function agentEndpoints(
-  agent: { readonly status: AgentStatus; readonly heartbeats: { problems(): string[] } },
-  metrics: Metrics,
+  agent: { readonly state: () => AgentState; readonly heartbeats: { problems(): string[] } },
   version: string,
   now: () => number = Date.now,
 ): EndpointSource {
   return {
-    notReady: () => agent.status.notReady,
+    notReady: () => notReadyReasons(agent.state()),
     unhealthy: () => agent.heartbeats.problems(),
     status: () =>
-      buildStatus({
-        version,
-        now: now(),
-        agent: agent.status,
-        observed: metrics.observed(),
-        unhealthy: agent.heartbeats.problems(),
-      }),
+      buildStatus({ version, now: now(), state: agent.state(), unhealthy: agent.heartbeats.problems() }),
   };
 }
 
@@ -317,8 +316,10 @@ export function renderStatus(status: StatusJson): string {
       ? "none"
       : `${driftTotal} (route ${d.route}, neighbour ${d.neighbour}, fdb ${d.fdb}, device ${d.device})`,
   );
-  if (status.masq.iptables)
-    field("iptables", `${status.masq.iptables.command} (${status.masq.iptables.reason})`);
+  if (status.masq.iptables) {
+    const watch = status.masq.watch ? `; removals noticed by ${status.masq.watch}` : "";
+    field("iptables", `${status.masq.iptables.command} (${status.masq.iptables.reason})${watch}`);
+  }
   if (status.masq.restored > 0 || status.masq.errors > 0) {
     field("masquerade", `${status.masq.restored} rules restored, ${plural(status.masq.errors, "error")}`);
   }

@@ -3,7 +3,7 @@
 // without br_netfilter (net.bridge.bridge-nf-call-iptables=1), never meets kube-proxy's NAT, so the
 // client drops it. flanneld exits when the module is missing (flannel#2068, #2166); twill says what is
 // wrong and how to fix it, and keeps the overlay running, since pod-to-pod traffic does not need it.
-import type { CommandRunner } from "../dataplane/kernel/runner.js";
+import { readFile } from "node:fs/promises";
 
 export const BR_NETFILTER_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
@@ -20,7 +20,8 @@ export function brNetfilterProblem(content: string | undefined): string | undefi
   return `net.bridge.bridge-nf-call-iptables is ${value || "empty"}, not 1: ${CONSEQUENCE}; run \`sysctl -w net.bridge.bridge-nf-call-iptables=1\` and set it in /etc/sysctl.d`;
 }
 
-export async function checkBrNetfilter(runner: CommandRunner): Promise<string | undefined> {
-  const result = await runner.run("cat", [BR_NETFILTER_SYSCTL]);
-  return brNetfilterProblem(result.exitCode === 0 ? result.stdout : undefined);
+/** Reads the sysctl in the agent's own namespace (undefined content: the module is not loaded). */
+export async function checkBrNetfilter(path = BR_NETFILTER_SYSCTL): Promise<string | undefined> {
+  const content = await readFile(path, "utf8").catch(() => undefined);
+  return brNetfilterProblem(content);
 }

@@ -1,7 +1,7 @@
 // Choosing the external (underlay) interface and the public IP, as flanneld does (§9.2 of the
 // reference): --iface (name or IP) in order, then --iface-regex (addresses first, then names), then
 // the interface of the IPv4 default route. The choice is a pure function of what `ip -j` reports.
-import { execa } from "execa";
+import { CommandError, localRunner, type CommandRunner } from "../exec/command.js";
 import { formatIPv4, parseIPv4, tryParseIPv4, type IPv4 } from "../ip/ipv4.js";
 
 export interface InterfaceAddress {
@@ -153,11 +153,24 @@ export function parseIpAddrJson(text: string): NodeInterface[] {
   });
 }
 
-/** Reads the interfaces and default route of the current network namespace and selects. */
-export async function detectExternalInterface(request: SelectionRequest): Promise<ExternalInterface> {
-  const addrs = await execa("ip", ["-j", "-4", "addr", "show"]);
-  const routes = await execa("ip", ["-j", "-4", "route", "show", "default"]);
-  const defaultRoute = asRecordArray(JSON.parse(routes.stdout || "[]"))[0];
+async function ipJson(runner: CommandRunner, args: readonly string[]): Promise<string> {
+  const result = await runner.run("ip", args);
+  if (result.exitCode !== 0) throw new CommandError(`ip ${args.join(" ")} (${runner.where})`, result);
+  return result.stdout;
+}
+
+/**
+ * Reads the interfaces and default route of the runner's network namespace and selects. Two `ip -j`
+ * calls, once at start: interface selection is rare, and iproute2's view of address flags
+ * (dynamic, deprecated) is exactly what flannel's selection needs.
+ */
+export async function detectExternalInterface(
+  request: SelectionRequest,
+  runner: CommandRunner = localRunner,
+): Promise<ExternalInterface> {
+  const addrs = await ipJson(runner, ["-j", "-4", "addr", "show"]);
+  const routes = await ipJson(runner, ["-j", "-4", "route", "show", "default"]);
+  const defaultRoute = asRecordArray(JSON.parse(routes || "[]"))[0];
   const dev = typeof defaultRoute?.dev === "string" ? defaultRoute.dev : undefined;
-  return selectExternalInterface(parseIpAddrJson(addrs.stdout), dev, request);
+  return selectExternalInterface(parseIpAddrJson(addrs), dev, request);
 }

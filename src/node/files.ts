@@ -1,12 +1,15 @@
-// The files consumers read from the agent besides subnet.env: the CNI conflist (kubelet/containerd,
-// `twill netns`) and, on Docker hosts, the docker options file and daemon.json. Each is written
-// atomically and only when its content changes, so watchers (containerd watches /etc/cni/net.d) see
-// an event only for a real change and never a half-written file.
+// The files consumers read from the agent: subnet.env (flannel's CNI plugin, mk-docker-opts.sh, and
+// twill itself at the next start), the CNI conflist (kubelet/containerd, `twill netns`) and, on Docker
+// hosts, the docker options file and daemon.json. Each is written atomically and only when its content
+// changes, so watchers (containerd watches /etc/cni/net.d) see an event only for a real change and never a
+// half-written file, and a restart with the same lease touches nothing.
 import { readFile } from "node:fs/promises";
-import { writeFileAtomic, type SubnetEnv } from "../node/subnet-env.js";
-import { daemonJsonFragment, formatDockerOpts, mergeDaemonJson } from "../node/docker-opts.js";
-import { formatConflist, twillConflist } from "./conflist.js";
-import { errorMessage } from "../util/log.js";
+import { formatSubnetEnv, writeFileAtomic, type SubnetEnv } from "./subnet-env.js";
+import { daemonJsonFragment, formatDockerOpts, mergeDaemonJson } from "./docker-opts.js";
+import { formatConflist, twillConflist } from "../cni/conflist.js";
+import { formatCidr } from "../ip/ipv4.js";
+import { systemClock, type Clock } from "../util/clock.js";
+import { errorMessage, type Logger } from "../util/log.js";
 
 export type UpdateOutcome = "created" | "updated" | "unchanged";
 
@@ -32,6 +35,8 @@ export async function updateFile(
 }
 
 export interface NodeFilesOptions {
+  /** --subnet-file; "" = do not write one (the tests of the other files). */
+  readonly subnetFile?: string;
   /** --cni-conf-file; "" = do not write a conflist. */
   readonly cniConfFile: string;
   /** --bridge */
@@ -43,7 +48,7 @@ export interface NodeFilesOptions {
 }
 
 export interface NodeFileReport {
-  readonly kind: "cni-conflist" | "docker-opts" | "docker-daemon-json";
+  readonly kind: "subnet-env" | "cni-conflist" | "docker-opts" | "docker-daemon-json";
   readonly path: string;
   readonly outcome: UpdateOutcome | undefined;
   /** Why it could not be written; the other files are still tried. */
@@ -58,6 +63,9 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
     render: (current: string | undefined) => string;
   }[] = [];
   // Rendering happens inside each job, so a rendering error is reported like a write error.
+  if (options.subnetFile !== undefined && options.subnetFile !== "") {
+    jobs.push({ kind: "subnet-env", path: options.subnetFile, render: () => formatSubnetEnv(env) });
+  }
   if (options.cniConfFile !== "") {
     jobs.push({
       kind: "cni-conflist",
@@ -94,4 +102,88 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
     }
   }
   return reports;
+}
+
+export interface NodeFilesEvents {
+  /** After every attempt: whether subnet.env now holds the current lease. */
+  subnetFileWritten(written: boolean): void;
+}
+
+/**
+ * The node-files writer: whenever the lease, config or MTU changes, brings every file in line, and
+ * retries what could not be written every few seconds until it is.
+ */
+export class NodeFilesWriter {
+  private target: SubnetEnv | undefined;
+  private written: string | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly options: NodeFilesOptions & { readonly subnetFile: string },
+    private readonly log: Logger,
+    private readonly events: NodeFilesEvents,
+    private readonly clock: Clock = systemClock,
+    private readonly retryMs = 5000,
+  ) {}
+
+  /** The lease the files must describe. */
+  set(target: SubnetEnv): void {
+    this.target = target;
+    this.wake?.();
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const target = this.target;
+      const want = target === undefined ? undefined : JSON.stringify(target);
+      let retry = false;
+      if (target !== undefined && want !== this.written) {
+        retry = !(await this.writeAll(target));
+        if (!retry) this.written = want;
+      }
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.wake = undefined;
+          signal.removeEventListener("abort", done);
+          timer?.cancel();
+          resolve();
+        };
+        const timer = retry ? this.clock.setTimer(this.retryMs, done) : undefined;
+        this.wake = done;
+        signal.addEventListener("abort", done, { once: true });
+        // A change that arrived while writing is picked up at once.
+        if (this.target !== target) done();
+      });
+    }
+  }
+
+  /** Writes every file; true when all of them are right. */
+  private async writeAll(target: SubnetEnv): Promise<boolean> {
+    const reports = await updateNodeFiles(target, this.options);
+    let ok = true;
+    for (const report of reports) {
+      if (report.error !== undefined) {
+        ok = false;
+        this.log.error(
+          { err: report.error, path: report.path, file: report.kind },
+          report.kind === "subnet-env"
+            ? "cannot write the subnet file; retrying"
+            : "cannot write a node file; retrying",
+        );
+      } else if (report.kind === "subnet-env") {
+        this.log.info(
+          { path: report.path, subnet: formatCidr(target.subnet), outcome: report.outcome },
+          "subnet file written",
+        );
+      } else {
+        this.log.info(
+          { path: report.path, file: report.kind, subnet: formatCidr(target.subnet) },
+          `node file ${report.outcome ?? ""}`,
+        );
+      }
+    }
+    const subnetEnv = reports.find((r) => r.kind === "subnet-env");
+    this.events.subnetFileWritten(subnetEnv === undefined || subnetEnv.error === undefined);
+    return ok;
+  }
 }

@@ -33,7 +33,7 @@ import {
   type PluginRun,
 } from "../../src/cni/exec.js";
 import type { JsonObject } from "../../src/cni/json.js";
-import { updateFile, updateNodeFiles } from "../../src/cni/node-files.js";
+import { updateFile, updateNodeFiles } from "../../src/node/files.js";
 import { formatPortMapping, parsePortMapping, PortMappingError } from "../../src/cni/port-mappings.js";
 import { formatCniResult, parseCniError, parseCniResult } from "../../src/cni/result.js";
 import { netnsCommand, withIgnoreUnknown } from "../../src/cli/netns.js";

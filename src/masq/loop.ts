@@ -1,0 +1,204 @@
+// The masquerade loop: installs flannel's masquerade (--ip-masq) and forward (--iptables-forward-rules)
+// rules for the current lease and keeps them in. A removed rule is noticed without polling iptables:
+// through nftables' change notifications where the rules live in nf_tables, through the legacy tables'
+// entry counters otherwise (a cheap kernel read, no process), and each notice costs one check. A full
+// check still runs on a timer as the safety net; without any notice source it is the only way, every
+// --iptables-resync seconds as in flannel. Rules are never removed: an exiting agent leaves them.
+import { formatCidr, type Subnet } from "../ip/ipv4.js";
+import { systemClock, type Clock, type Timer } from "../util/clock.js";
+import type { Logger } from "../util/log.js";
+import type { IptablesInfo, MasqManager } from "./iptables.js";
+import { FORWARD_CHAIN, forwardRules, MASQ_CHAIN, masqRules, type RuleSet } from "./rules.js";
+
+/** The lease the rules are for. */
+export interface MasqTarget {
+  readonly network: Subnet;
+  readonly subnet: Subnet;
+}
+
+export interface MasqOptions {
+  readonly ipMasq: boolean;
+  readonly fullyRandomDisable: boolean;
+  readonly forwardRules: boolean;
+  /** --iptables-resync: the full check's interval when nothing reports removed rules. */
+  readonly resyncMs: number;
+  /** The full check's interval while a notice source works (a safety net only). */
+  readonly safetyResyncMs: number;
+}
+
+/** The chains whose changes concern us: ours and the built-in ones holding our jumps. */
+export const WATCHED_CHAINS: ReadonlyMap<string, readonly string[]> = new Map([
+  ["nat", [MASQ_CHAIN, "POSTROUTING"]],
+  ["filter", [FORWARD_CHAIN, "FORWARD"]],
+]);
+
+/** Something that tells when the rules may have changed. */
+export interface RuleWatch {
+  /** For status and logs: "nftables notifications", "legacy table counters". */
+  readonly kind: string;
+  close(): void;
+}
+
+/** Opens a notice source for the chosen iptables backend; undefined when none works (timer only). */
+export type RuleWatchFactory = (info: IptablesInfo, onChange: () => void) => RuleWatch | undefined;
+
+export interface MasqEvents {
+  /** The iptables backend was chosen (once). */
+  chosen?(info: IptablesInfo, watch: string | undefined): void;
+  /** A check ran: rules it restored (after the first install), or the error. */
+  checked?(result: {
+    readonly missing: readonly string[];
+    readonly error: Error | undefined;
+    readonly first: boolean;
+  }): void;
+  /** The rules are in for the current lease (or none are wanted). */
+  installed?(): void;
+  /** Liveness: the loop beats and says by when it beats again. */
+  heartbeat?(withinMs: number): void;
+}
+
+/** Notices arriving together (a restore touches many rules) make one check. */
+const NOTICE_DEBOUNCE_MS = 50;
+
+export class MasqLoop {
+  private target: MasqTarget | undefined;
+  private wake: (() => void) | undefined;
+  private noticed = false;
+  private installedFor: string | undefined;
+
+  constructor(
+    private readonly manager: MasqManager,
+    private readonly options: MasqOptions,
+    private readonly log: Logger,
+    private readonly events: MasqEvents = {},
+    private readonly watchFactory: RuleWatchFactory = () => undefined,
+    private readonly clock: Clock = systemClock,
+  ) {}
+
+  get wanted(): boolean {
+    return this.options.ipMasq || this.options.forwardRules;
+  }
+
+  set(target: MasqTarget): void {
+    this.target = target;
+    this.wake?.();
+  }
+
+  private ruleSets(info: IptablesInfo, target: MasqTarget): RuleSet[] {
+    const sets: RuleSet[] = [];
+    if (this.options.ipMasq) {
+      sets.push(
+        masqRules(target.network, target.subnet, {
+          randomFully: info.randomFully && !this.options.fullyRandomDisable,
+        }),
+      );
+    }
+    if (this.options.forwardRules) sets.push(forwardRules(target.network));
+    return sets;
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    if (!this.wanted) {
+      this.events.installed?.();
+      return;
+    }
+    let watch: RuleWatch | undefined;
+    let info: IptablesInfo | undefined;
+    try {
+      while (!signal.aborted) {
+        const interval = watch === undefined ? this.options.resyncMs : this.options.safetyResyncMs;
+        // Generous: iptables-save and the xtables lock can be slow on a node full of kube-proxy rules.
+        this.events.heartbeat?.(3 * interval + 120_000);
+        const target = this.target;
+        let failed = false;
+        if (target !== undefined) {
+          try {
+            if (info === undefined) {
+              info = await this.manager.info();
+              watch = this.openWatch(info);
+              this.events.chosen?.(info, watch?.kind);
+              this.log.info(
+                {
+                  command: info.command,
+                  reason: info.reason,
+                  version: info.version,
+                  backend: info.backend,
+                  removalsNoticedBy:
+                    watch?.kind ?? `a check every ${Math.round(this.options.resyncMs / 1000)} s`,
+                },
+                "iptables backend chosen",
+              );
+            }
+            await this.check(info, target);
+          } catch (caught) {
+            failed = true;
+            const error = caught instanceof Error ? caught : new Error(String(caught));
+            this.log.error({ err: error }, "cannot install masquerade/forward rules; retrying");
+            this.events.checked?.({ missing: [], error, first: this.installedFor === undefined });
+          }
+        }
+        await this.sleep(failed ? Math.min(interval, this.options.resyncMs) : interval, signal);
+      }
+    } finally {
+      watch?.close();
+    }
+  }
+
+  private openWatch(info: IptablesInfo): RuleWatch | undefined {
+    try {
+      return this.watchFactory(info, () => {
+        this.noticed = true;
+        this.wake?.();
+      });
+    } catch (caught) {
+      const error = caught instanceof Error ? caught : new Error(String(caught));
+      this.log.warn(
+        { err: error },
+        `cannot follow iptables changes; checking the rules every ${Math.round(this.options.resyncMs / 1000)} s instead`,
+      );
+      return undefined;
+    }
+  }
+
+  private async check(info: IptablesInfo, target: MasqTarget): Promise<void> {
+    const key = `${formatCidr(target.network)} ${formatCidr(target.subnet)}`;
+    const first = this.installedFor !== key;
+    const result = await this.manager.ensure(this.ruleSets(info, target));
+    if (result.changed && !first) {
+      this.log.warn({ missing: result.missing }, "masquerade/forward rules were missing; restored");
+    }
+    this.installedFor = key;
+    this.events.checked?.({ missing: result.missing, error: undefined, first });
+    this.events.installed?.();
+  }
+
+  /** Waits for the interval, a new target, or a notice (debounced); a notice before the wait counts. */
+  private async sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (this.noticed) {
+      this.noticed = false;
+      await this.clock.sleep(NOTICE_DEBOUNCE_MS, signal);
+      return;
+    }
+    await new Promise<void>((resolve) => {
+      let timer: Timer | undefined;
+      const done = (): void => {
+        timer?.cancel();
+        this.wake = undefined;
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      timer = this.clock.setTimer(ms, done);
+      this.wake = () => {
+        if (!this.noticed) {
+          done();
+          return;
+        }
+        // Let the rest of a burst of notices land first.
+        this.noticed = false;
+        timer?.cancel();
+        timer = this.clock.setTimer(NOTICE_DEBOUNCE_MS, done);
+      };
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
+}
