@@ -1,8 +1,8 @@
 // The demo cluster's code path, shared by scripts/demo.ts (interactive) and its test: a real etcd
 // and three hosts in network namespaces running the real agent, two pods per host; it reports the
 // leases, each host's routes and VXLAN entries and a pod-to-pod ping matrix.
-import { readFdb, readNeighbours, readRoutes } from "../src/dataplane/kernel/read.js";
-import { TWILL_ROUTE_PROTOCOL } from "../src/dataplane/model.js";
+import { readFdb, readNeighbours, readRoutes } from "../test/helpers/ip-read.js";
+import { TWILL_ROUTE_PROTOCOL } from "../src/dataplane/objects.js";
 import { runTwill } from "../test/helpers/agent.js";
 import { waitFor } from "../test/helpers/processes.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";

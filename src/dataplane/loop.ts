@@ -242,9 +242,7 @@ export class DataplaneLoop {
       while (!stopped(signal)) {
         await this.nextWork(signal);
         if (stopped(signal)) break;
-        // Nothing can be planned before both the node and its peers are known: pruning then would
-        // remove good routes.
-        if (this.self === undefined || !this.peersKnown || !this.hasWork()) continue;
+        if (!this.ready() || !this.hasWork()) continue;
         await this.round();
       }
     } finally {
@@ -266,8 +264,14 @@ export class DataplaneLoop {
     this.wake?.();
   }
 
+  /** Nothing can be planned before both the node and its peers are known: pruning then would remove good routes. */
+  private ready(): boolean {
+    return this.self !== undefined && this.peersKnown;
+  }
+
+  /** Resolves when there is work the loop can do (or on abort); never spins while it cannot. */
   private nextWork(signal: AbortSignal): Promise<void> {
-    if (this.hasWork() || this.woken) {
+    if (this.ready() && (this.hasWork() || this.woken)) {
       this.woken = false;
       return Promise.resolve();
     }

@@ -12,7 +12,7 @@
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { execa } from "execa";
-import { netnsRunner, type CommandRunner } from "../../src/dataplane/kernel/runner.js";
+import { netnsRunner, type CommandRunner } from "../../src/exec/command.js";
 import { startEtcd, type EtcdServer, type EtcdTls } from "./etcd.js";
 import { startProcess, waitFor, type Started } from "./processes.js";
 

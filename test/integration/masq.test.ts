@@ -2,7 +2,7 @@
 // the rule text against flannel's goldens on each iptables backend, drift repair, foreign rules left alone,
 // and packets: pod → outside is masqueraded, pod → pod keeps its address.
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import type { CommandRunner } from "../../src/dataplane/kernel/runner.js";
+import type { CommandRunner } from "../../src/exec/command.js";
 import { parseCidr } from "../../src/ip/ipv4.js";
 import { IptablesRestoreError, MasqManager, type MasqLogger } from "../../src/masq/iptables.js";
 import { forwardRules, masqRules, type RuleSet } from "../../src/masq/rules.js";
@@ -46,7 +46,6 @@ function recording(inner: CommandRunner): { runner: CommandRunner; calls: string
         calls.push([cmd, ...args].join(" "));
         return inner.run(cmd, args, input);
       },
-      start: (cmd, args, onLine) => inner.start(cmd, args, onLine),
     },
   };
 }

@@ -15,8 +15,8 @@ import {
   readLink,
   readNeighbours,
   readRoutes,
-} from "../../src/dataplane/kernel/read.js";
-import { netnsRunner, type CommandRunner } from "../../src/dataplane/kernel/runner.js";
+} from "../helpers/ip-read.js";
+import { netnsRunner, type CommandRunner } from "../../src/exec/command.js";
 import { openNetlinkChannel, type NetlinkChannel } from "../../src/dataplane/netlink-channel.js";
 import {
   NUD_FAILED,

@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import type { CommandResult, CommandRunner } from "../../src/dataplane/kernel/runner.js";
+import type { CommandResult, CommandRunner } from "../../src/exec/command.js";
 import { parseCidr } from "../../src/ip/ipv4.js";
 import { IptablesRestoreError, MasqManager } from "../../src/masq/iptables.js";
 import {
@@ -357,9 +357,6 @@ describe("MasqManager (fake iptables)", () => {
         }
         return ok("");
       },
-      start: () => {
-        throw new Error("not used");
-      },
     };
     return { runner, calls };
   }
@@ -427,9 +424,6 @@ describe("MasqManager (fake iptables)", () => {
     const runner: CommandRunner = {
       where: "fake",
       run: () => Promise.resolve({ stdout: "", stderr: "iptables-save: permission denied", exitCode: 1 }),
-      start: () => {
-        throw new Error("not used");
-      },
     };
     await expect(new MasqManager(runner).ensure(desired())).rejects.toThrow(/permission denied/);
   });

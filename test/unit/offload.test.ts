@@ -1,6 +1,6 @@
 // Reading `ethtool -k` output for the TX checksum feature.
 import { describe, expect, it } from "vitest";
-import { parseEthtoolFeatures, TX_CHECKSUM_FEATURE } from "../../src/dataplane/offload.js";
+import { parseEthtoolFeatures, TX_CHECKSUM_FEATURE } from "../../src/backends/vxlan/offload.js";
 
 // As ethtool 6.1 prints it for a vxlan device (trimmed).
 const VXLAN_ON = `Features for flannel.1:

@@ -1,4 +1,4 @@
-// Typed readers over iproute2's JSON output (`ip -j`, `bridge -j`), validated field by field from `unknown`.
+// Test witnesses: typed readers over iproute2's JSON output (`ip -j`, `bridge -j`), validated field by field from `unknown`.
 //
 // Shapes on iproute2 6.1 (verified by experiment):
 //   - `ip -j route show` omits every field that was used as a filter (dev, proto, table), omits `protocol`
@@ -11,7 +11,7 @@
 //     entries.
 //   - A filter naming a missing device fails ("Cannot find device …", "Device … does not exist."); a missing
 //     routing table fails with "FIB table does not exist". Readers return [] for those.
-import { KernelCommandError, type CommandRunner } from "./runner.js";
+import { CommandError, type CommandRunner } from "../../src/exec/command.js";
 
 export interface VxlanInfo {
   readonly id: number;
@@ -212,7 +212,7 @@ async function readJson(runner: CommandRunner, cmd: string, args: readonly strin
   const result = await runner.run(cmd, args);
   if (result.exitCode === 0) return result.stdout;
   if (MISSING.test(result.stderr)) return "";
-  throw new KernelCommandError(`${cmd} ${args.join(" ")} (${runner.where})`, result);
+  throw new CommandError(`${cmd} ${args.join(" ")} (${runner.where})`, result);
 }
 
 // --- readers -----------------------------------------------------------------------------------------
