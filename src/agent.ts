@@ -64,7 +64,7 @@ export interface AgentDeps {
 
 /** Peer lists up to this size are logged peer by peer at start; larger ones as one line. */
 const PEERS_LOGGED_AT_START = 100;
-/** How often the node's br_netfilter setting is read again (a /proc read). */
+/** How often, at most, the node's br_netfilter setting is read again (a /proc read). */
 const NODE_CHECK_MS = 30_000;
 /** The masquerade full check's interval while notifications report removed rules. */
 const MASQ_SAFETY_RESYNC_MS = 300_000;
@@ -374,7 +374,7 @@ export class Agent {
     return undefined;
   }
 
-  /** br_netfilter at start and every half minute; each change is logged once. */
+  /** br_netfilter at start and every resync interval (at most 30 s apart); each change is logged once. */
   private async checkNode(signal: AbortSignal): Promise<void> {
     while (!stopped(signal)) {
       const problem = await checkBrNetfilter();
@@ -384,7 +384,7 @@ export class Agent {
         else this.log.info({ resolved: before }, "node problem resolved");
         this.store.update({ nodeProblems: problem === undefined ? [] : [problem] });
       }
-      await this.clock.sleep(NODE_CHECK_MS, signal);
+      await this.clock.sleep(Math.min(NODE_CHECK_MS, this.options.resyncIntervalSeconds * 1000), signal);
     }
   }
 

@@ -148,17 +148,17 @@ export const agentFlags: readonly FlagSpec[] = [
   {
     name: "resync-interval",
     kind: "duration",
-    default: "30s",
+    default: "5m",
     min: 1,
     max: 3600,
-    help: "full reconcile of routes, neighbours and FDB entries against the kernel this often (drift is also repaired at once from kernel notifications)",
+    help: "read the kernel again and reconcile everything this often, a safety net: drift is repaired at once from the kernel's notifications",
     metavar: "DURATION",
   },
   {
     name: "kernel-watch",
     kind: "bool",
     default: "true",
-    help: "watch the kernel (ip monitor) and repair drift at once; false = periodic resync only",
+    help: "follow the kernel's netlink notifications and repair drift at once; false = periodic resync only",
   },
   {
     name: "vxlan-tx-checksum-offload",

@@ -343,7 +343,8 @@ describe("the agent process", () => {
       const code = await agent.process.exited();
       expect(code).toBe(1);
       const fatal = agent.logs().find((l) => l.level === 60);
-      expect(String(fatal?.err)).toContain(join(dir, "file"));
+      // Errors are logged as objects (type, message, stack): the message names the path.
+      expect(JSON.stringify(fatal?.err)).toContain(join(dir, "file"));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
