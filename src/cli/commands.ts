@@ -21,6 +21,7 @@ import type { LeaseRegistry } from "../lease/registry.js";
 import { computeView } from "../lease/peer-view.js";
 import { parseVxlanBackendData } from "../lease/attrs.js";
 import { missingConfigMessage } from "../lease/config-watch.js";
+import { agentRuleWatch } from "../masq/watch.js";
 import { Metrics } from "../metrics/metrics.js";
 import { createHandler, formatListenAddress, serve, type ListenAddress } from "../metrics/server.js";
 import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../metrics/status.js";
@@ -262,20 +263,20 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     log.info({ signal }, "stopping; the data plane is left as it is");
     controller.abort();
   };
-  // `on`, not `once`: execa's signal-exit re-raises a signal that no other listener is left to
-  // handle, which would kill the agent mid-shutdown. stop() is idempotent.
+  // `on`, not `once`: a second signal during shutdown must not fall back to the default action and
+  // kill the agent halfway through. stop() is idempotent.
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   const store = new StateStore();
   const metrics = new Metrics({ version: VERSION, state: () => store.current });
-  const agent = new Agent(options, log, metrics, { store });
+  const agent = new Agent(options, log, metrics, { store, ruleWatch: agentRuleWatch(env) });
   const addresses = [options.metricsAddress, options.healthzAddress].filter(
     (address): address is ListenAddress => address !== undefined,
   );
   const handler = createHandler({
     registry: metrics.registry,
     source: agentEndpoints({ state: () => agent.store.current, heartbeats: agent.heartbeats }, VERSION),
-    onError: (path, error) => log.error({ path, err: errorMessage(error) }, "HTTP endpoint failed"),
+    onError: (path, error) => log.error({ path, err: error }, "HTTP endpoint failed"),
   });
   const endpoints = serve(addresses, handler, {
     listening: (server) =>
@@ -285,7 +286,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
       ),
     failed: (address, error) =>
       log.error(
-        { address: formatListenAddress(address), err: errorMessage(error) },
+        { address: formatListenAddress(address), err: error },
         "cannot serve the metrics and health endpoints; retrying",
       ),
   });

@@ -4,7 +4,7 @@
 import { constants } from "node:fs";
 import { access, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { execa } from "execa";
+import { spawn } from "node:child_process";
 import { CNI_ERROR_CODES, parseCniError } from "./result.js";
 
 export type CniCommand = "ADD" | "DEL" | "CHECK";
@@ -81,28 +81,28 @@ export const processExecutor: PluginExecutor = {
     }
     return undefined;
   },
-  async run({ binary, env, stdin, timeoutMs }) {
-    const result = await execa(binary, [], {
-      env,
-      input: stdin,
-      reject: false,
-      timeout: timeoutMs,
-      stripFinalNewline: false,
-      encoding: "utf8",
+  run({ binary, env, stdin, timeoutMs }) {
+    return new Promise((resolve) => {
+      let stdout = "";
+      let stderr = "";
+      let spawnError: string | undefined;
+      let timedOut = false;
+      const child = spawn(binary, [], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+      child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+      child.on("error", (error) => (spawnError = error.message));
+      const timer = setTimeout(() => {
+        timedOut = true;
+        child.kill("SIGKILL");
+      }, timeoutMs);
+      child.on("close", (code) => {
+        clearTimeout(timer);
+        resolve({ exitCode: code ?? undefined, stdout, stderr, timedOut, spawnError });
+      });
+      // A plugin may exit without reading its config (e.g. a bad binary): that is its answer, not ours.
+      child.stdin.on("error", () => undefined);
+      child.stdin.end(stdin);
     });
-    const spawnError =
-      result.exitCode === undefined && !result.timedOut && result.signal === undefined
-        ? result.cause instanceof Error
-          ? result.cause.message
-          : result.shortMessage
-        : undefined;
-    return {
-      exitCode: result.exitCode,
-      stdout: result.stdout,
-      stderr: result.stderr,
-      timedOut: result.timedOut,
-      spawnError,
-    };
   },
 };
 

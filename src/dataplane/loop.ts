@@ -459,7 +459,13 @@ export class DataplaneLoop {
       failed.push(...(await this.write(ops)));
       if (full || work.retry) this.failedSlots.clear();
       for (const failure of failed) this.failedSlots.add(slotIdOf(failure.op.object));
-      if (work.peers.size > 0 || full) this.reportPeerStates();
+      if (full) {
+        for (const key of this.loggedStates.keys())
+          if (!this.statuses.has(key)) this.loggedStates.delete(key);
+        this.reportPeerStates(this.statuses.keys());
+      } else if (work.peers.size > 0) {
+        this.reportPeerStates(work.peers.keys());
+      }
     } catch (caught) {
       error = errorOf(caught);
       // Whatever failed is done again in full on the retry, from the peers as they are then.
@@ -653,8 +659,14 @@ export class DataplaneLoop {
     }
   }
 
-  private reportPeerStates(): void {
-    for (const [key, status] of this.statuses) {
+  /** Warns once per change of a peer's verdict; `keys` limits the look to the peers of this round. */
+  private reportPeerStates(keys: Iterable<string>): void {
+    for (const key of keys) {
+      const status = this.statuses.get(key);
+      if (status === undefined) {
+        this.loggedStates.delete(key);
+        continue;
+      }
       const summary = `${status.state}:${status.reason ?? ""}`;
       if (this.loggedStates.get(key) === summary) continue;
       this.loggedStates.set(key, summary);
@@ -665,7 +677,6 @@ export class DataplaneLoop {
         );
       }
     }
-    for (const key of this.loggedStates.keys()) if (!this.statuses.has(key)) this.loggedStates.delete(key);
     this.observer.peerStates?.(this.statuses);
   }
 

@@ -53,6 +53,8 @@ export interface NodeFileReport {
   readonly outcome: UpdateOutcome | undefined;
   /** Why it could not be written; the other files are still tried. */
   readonly error: string | undefined;
+  /** The error itself, for the log (type, message, stack). */
+  readonly cause?: unknown;
 }
 
 /** Brings every configured file in line with the lease; never throws, reports per file. */
@@ -98,6 +100,7 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
         path: job.path,
         outcome: undefined,
         error: errorMessage(error),
+        cause: error,
       });
     }
   }
@@ -165,7 +168,7 @@ export class NodeFilesWriter {
       if (report.error !== undefined) {
         ok = false;
         this.log.error(
-          { err: report.error, path: report.path, file: report.kind },
+          { err: report.cause ?? report.error, path: report.path, file: report.kind },
           report.kind === "subnet-env"
             ? "cannot write the subnet file; retrying"
             : "cannot write a node file; retrying",
