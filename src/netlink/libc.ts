@@ -7,6 +7,10 @@ import { constants } from "node:os";
 import koffi from "koffi";
 
 export const AF_NETLINK = 16;
+export const AF_INET = 2;
+export const IPPROTO_RAW = 255;
+/** Level of IPv4 socket options, the legacy iptables ones among them. */
+export const SOL_IP = 0;
 export const SOCK_RAW = 3;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
@@ -155,6 +159,23 @@ export function getsockoptInt(fd: number, level: number, name: number, call: str
   length.writeUInt32LE(4, 0);
   checked(call, bindings().getsockopt(fd, level, name, option, length));
   return option.readInt32LE(0);
+}
+
+/**
+ * getsockopt with a structure for a value: `value` goes in as the kernel's input (e.g. a table name)
+ * and comes back filled; returns the length the kernel wrote.
+ */
+export function getsockoptBytes(
+  fd: number,
+  level: number,
+  name: number,
+  value: Buffer,
+  call: string,
+): number {
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(value.length, 0);
+  checked(call, bindings().getsockopt(fd, level, name, value, length));
+  return length.readUInt32LE(0);
 }
 
 export function close(fd: number): void {
