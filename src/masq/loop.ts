@@ -104,11 +104,12 @@ export class MasqLoop {
     }
     let watch: RuleWatch | undefined;
     let info: IptablesInfo | undefined;
+    // Each beat covers the wait that follows it and the check after that. Generous: iptables-save and
+    // the xtables lock can be slow on a node full of kube-proxy rules.
+    const beat = (interval: number): void => this.events.heartbeat?.(3 * interval + 120_000);
+    beat(this.options.resyncMs);
     try {
       while (!signal.aborted) {
-        const interval = watch === undefined ? this.options.resyncMs : this.options.safetyResyncMs;
-        // Generous: iptables-save and the xtables lock can be slow on a node full of kube-proxy rules.
-        this.events.heartbeat?.(3 * interval + 120_000);
         const target = this.target;
         let failed = false;
         if (target !== undefined) {
@@ -137,6 +138,9 @@ export class MasqLoop {
             this.events.checked?.({ missing: [], error, first: this.installedFor === undefined });
           }
         }
+        // Decided after the check: the first check is also where the watch opens.
+        const interval = watch === undefined ? this.options.resyncMs : this.options.safetyResyncMs;
+        beat(interval);
         await this.sleep(failed ? Math.min(interval, this.options.resyncMs) : interval, signal);
       }
     } finally {
@@ -188,13 +192,17 @@ export class MasqLoop {
         resolve();
       };
       timer = this.clock.setTimer(ms, done);
+      let debouncing = false;
       this.wake = () => {
         if (!this.noticed) {
           done();
           return;
         }
-        // Let the rest of a burst of notices land first.
+        // Let the rest of a burst of notices land first, but counted from the first notice: a steady
+        // stream of notices must not postpone the check for ever.
         this.noticed = false;
+        if (debouncing) return;
+        debouncing = true;
         timer?.cancel();
         timer = this.clock.setTimer(NOTICE_DEBOUNCE_MS, done);
       };
