@@ -1,164 +1,184 @@
-import { describe, it, expect } from "vitest";
-import type { FdbEntry, Neighbour, Route } from "../../src/dataplane/kernel/read.js";
-import type { DesiredFdb, DesiredNeighbour, DesiredRoute, DesiredState } from "../../src/dataplane/model.js";
-import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/model.js";
-import { plan, type ActualState, type Op, type OwnershipScope } from "../../src/dataplane/planner.js";
+// The generic planner over slots: a desired state (DesiredState) against what the kernel view holds
+// (an ObjectTable of the objects the view caches) → the minimal ops, in phase order. Every case also
+// applies its plan to a kernel model — the kinds' own afterWrite, which the fake kernel and the cache
+// share — and plans again: nothing may be left to do.
+import { describe, expect, it } from "vitest";
+import { DesiredState } from "../../src/dataplane/desired.js";
+import {
+  afterWrite,
+  isCached,
+  keyOf,
+  KIND_NAMES,
+  slotId,
+  type OwnershipScope,
+  type PlannedOp,
+} from "../../src/dataplane/kinds/index.js";
+import {
+  MAIN_TABLE,
+  NTF_MASTER,
+  NTF_SELF,
+  NUD_NOARP,
+  NUD_PERMANENT,
+  NUD_REACHABLE,
+  NUD_STALE,
+  ownedRoute,
+  permanentFdb,
+  permanentNeighbour,
+  SCOPE_LINK,
+  TWILL_ROUTE_PROTOCOL,
+  type FdbEntry,
+  type KernelObject,
+  type Neighbour,
+  type Route,
+} from "../../src/dataplane/objects.js";
+import { allSlots, planAll, planSlots, type PlanInput } from "../../src/dataplane/planner.js";
+import { ObjectTable } from "../../src/dataplane/table.js";
+import { vtepMac } from "../helpers/leases.js";
 
-const P = TWILL_ROUTE_PROTOCOL;
 const DEV = "flannel.1";
-const VXLAN_SCOPE: OwnershipScope = { routeProtocol: P, vxlanDev: DEV };
-const HOSTGW_SCOPE: OwnershipScope = { routeProtocol: P, vxlanDev: undefined };
-const mac = (n: number): string => `0a:00:00:00:00:${n.toString(16).padStart(2, "0")}`;
+const VXLAN_SCOPE: OwnershipScope = { routeProtocol: TWILL_ROUTE_PROTOCOL, devices: new Set([DEV]) };
+const HOSTGW_SCOPE: OwnershipScope = { routeProtocol: TWILL_ROUTE_PROTOCOL, devices: new Set() };
+const PROTO_BOOT = 3;
+const PROTO_STATIC = 4;
 
-// ---- builders for desired and kernel objects -----------------------------------------------------
+// ---- objects ---------------------------------------------------------------------------------------
 
-/** The desired vxlan triple for peer n (public IP 198.18.0.<n> unless given). */
-function peerDesired(n: number, publicIP = `198.18.0.${n}`, vtep = mac(n)): DesiredState {
-  const gw = `10.244.${n}.0`;
+/** What the vxlan backend wants for peer n: FDB entry, neighbour entry and onlink route. */
+function tunnel(n: number, publicIP = `198.18.0.${n}`, mac = vtepMac(n)): KernelObject[] {
+  const gateway = `10.244.${n}.0`;
+  return [
+    permanentFdb({ dev: DEV, mac, dst: publicIP }),
+    permanentNeighbour({ family: 4, dev: DEV, dst: gateway, lladdr: mac }),
+    ownedRoute({ family: 4, dst: `${gateway}/24`, gateway, dev: DEV, onlink: true }),
+  ];
+}
+
+/** What host-gw (or vxlan DirectRouting) wants for peer n: a route via its public IP on eth0. */
+function direct(n: number, gateway = `198.18.0.${n}`): Route {
+  return ownedRoute({ family: 4, dst: `10.244.${n}.0/24`, gateway, dev: "eth0", onlink: false });
+}
+
+function tunnelRoute(n: number): Route {
+  const gateway = `10.244.${n}.0`;
+  return ownedRoute({ family: 4, dst: `${gateway}/24`, gateway, dev: DEV, onlink: true });
+}
+
+/** The same route as someone else made it (another protocol, and whatever else `changes` says). */
+function foreign(route: Route, changes: Partial<Route> = {}): Route {
+  return { ...route, protocol: PROTO_BOOT, ...changes };
+}
+
+/** A permanent entry of ours with another NUD state, as a kernel or an operator may leave it. */
+function withState<T extends Neighbour | FdbEntry>(entry: T, state: number): T {
+  return { ...entry, state };
+}
+
+const UNDERLAY_ROUTE: Route = {
+  kind: "route",
+  family: 4,
+  dst: "198.18.0.0/24",
+  table: MAIN_TABLE,
+  protocol: 2, // kernel
+  type: "unicast",
+  scope: SCOPE_LINK,
+  metric: 0,
+  gateway: undefined,
+  dev: "eth0",
+  onlink: false,
+  multipath: false,
+};
+
+/** The VXLAN device's own address in its FDB (no destination): never a peer's, never touched. */
+const LOCAL_FDB: FdbEntry = {
+  kind: "fdb",
+  dev: DEV,
+  mac: vtepMac(1),
+  dst: undefined,
+  state: NUD_PERMANENT,
+  flags: NTF_SELF,
+  master: undefined,
+};
+
+// ---- desired state, kernel model and the planner's view of it ----------------------------------------
+
+/** One contributor per group ("peer 0", "peer 1", …), ranked in order. */
+function desiredOf(groups: readonly (readonly KernelObject[])[]): DesiredState {
+  const desired = new DesiredState();
+  groups.forEach((objects, i) => desired.set(`peer ${i}`, String(i).padStart(4, "0"), objects));
+  return desired;
+}
+
+function tableOf(objects: readonly KernelObject[]): ObjectTable {
+  const table = new ObjectTable();
+  for (const object of objects) table.add(object);
+  return table;
+}
+
+/** What the kernel view would hold of this kernel: the objects it caches. */
+function viewOf(kernel: ObjectTable): ObjectTable {
+  const view = new ObjectTable();
+  for (const kind of KIND_NAMES)
+    for (const object of kernel.objects(kind)) if (isCached(object)) view.add(object);
+  return view;
+}
+
+function planInput(desired: DesiredState, view: ObjectTable): PlanInput {
   return {
-    routes: [{ dst: `${gw}/24`, gateway: gw, dev: DEV, onlink: true }],
-    neighbours: [{ dev: DEV, dst: gw, lladdr: vtep }],
-    fdb: [{ dev: DEV, mac: vtep, dst: publicIP }],
+    desired: (kind, key) => desired.get(kind, key),
+    actual: (kind, key) => view.get(kind, key),
+    keys: (kind) => [...desired.keys(kind), ...view.keys(kind)],
   };
 }
 
-function merge(...parts: DesiredState[]): DesiredState {
-  return {
-    routes: parts.flatMap((p) => p.routes),
-    neighbours: parts.flatMap((p) => p.neighbours),
-    fdb: parts.flatMap((p) => p.fdb),
-  };
+function planKernel(desired: DesiredState, kernel: ObjectTable, scope: OwnershipScope): PlannedOp[] {
+  return planAll(planInput(desired, viewOf(kernel)), scope);
 }
 
-const EMPTY: DesiredState = { routes: [], neighbours: [], fdb: [] };
-
-function kRoute(
-  dst: string,
-  gateway: string | undefined,
-  dev: string | undefined,
-  over: Partial<Route> = {},
-): Route {
-  const onlink = over.onlink ?? false;
-  return {
-    dst,
-    ...(gateway === undefined ? {} : { gateway }),
-    ...(dev === undefined ? {} : { dev }),
-    protocol: P,
-    scope: 0,
-    table: 254,
-    type: "unicast",
-    onlink,
-    flags: onlink ? ["onlink"] : [],
-    ...over,
-  };
-}
-
-function kNeigh(dst: string, lladdr: string, state = ["PERMANENT"]): Neighbour {
-  return { dst, dev: DEV, lladdr, state };
-}
-
-function kFdb(m: string, dst: string | undefined, state = "permanent"): FdbEntry {
-  return { mac: m, dev: DEV, ...(dst === undefined ? {} : { dst }), flags: ["self"], state };
-}
-
-/** What the kernel holds once the desired state has been applied by twill. */
-function kernelOf(desired: DesiredState): ActualState {
-  return {
-    routes: desired.routes.map((r) => kRoute(r.dst, r.gateway, r.dev, { onlink: r.onlink })),
-    neighbours: desired.neighbours.map((n) => kNeigh(n.dst, n.lladdr)),
-    fdb: desired.fdb.map((f) => kFdb(f.mac, f.dst)),
-  };
-}
-
-const UNDERLAY_ROUTE = kRoute("198.18.0.0/24", undefined, "eth0", { protocol: 2, scope: 253 });
-const LOCAL_FDB = kFdb("0a:00:00:00:00:01", undefined); // the device's own entry, no dst
-
-// ---- a pure model of what the kernel does with each op (semantics verified with iproute2 6.1) ---------
-
-function applyOps(actual: ActualState, ops: readonly Op[]): ActualState {
-  let routes = [...actual.routes];
-  let neighbours = [...actual.neighbours];
-  let fdb = [...actual.fdb];
+/** Applies ops to the kernel model, as the kernel does; a delete that would find nothing throws. */
+function applyOps(kernel: ObjectTable, ops: readonly PlannedOp[]): void {
   for (const op of ops) {
-    if (op.kind === "route" && op.action === "replace") {
-      const r: DesiredRoute = op.route;
-      // replace overwrites the route with the same dst and metric 0, whatever its protocol.
-      routes = routes.filter((x) => !(x.table === 254 && x.dst === r.dst && (x.metric ?? 0) === 0));
-      routes.push(kRoute(r.dst, r.gateway, r.dev, { onlink: r.onlink }));
-    } else if (op.kind === "route") {
-      const ref = op.route;
-      const i = routes.findIndex(
-        (x) =>
-          x.dst === ref.dst &&
-          x.protocol === P &&
-          (ref.gateway === undefined || x.gateway === ref.gateway) &&
-          (ref.dev === undefined || x.dev === ref.dev) &&
-          (ref.metric === undefined || x.metric === ref.metric),
-      );
-      if (i < 0) throw new Error(`route del would fail: ${JSON.stringify(ref)}`);
-      routes.splice(i, 1);
-    } else if (op.kind === "neigh" && op.action === "replace") {
-      const n: DesiredNeighbour = op.neigh;
-      neighbours = neighbours.filter((x) => !(x.dev === n.dev && x.dst === n.dst));
-      neighbours.push(kNeigh(n.dst, n.lladdr));
-    } else if (op.kind === "neigh") {
-      const before = neighbours.length;
-      neighbours = neighbours.filter((x) => !(x.dev === op.neigh.dev && x.dst === op.neigh.dst));
-      if (neighbours.length === before) throw new Error(`neigh del would fail: ${op.neigh.dst}`);
-    } else if (op.action === "replace") {
-      const f: DesiredFdb = op.fdb;
-      // A unicast MAC has one remote: replace rewrites its dst (and state) in place.
-      const i = fdb.findIndex((x) => x.dev === f.dev && x.mac === f.mac && x.dst !== undefined);
-      if (i >= 0) fdb.splice(i, 1, kFdb(f.mac, f.dst));
-      else fdb.push(kFdb(f.mac, f.dst));
-    } else {
-      const f = op.fdb;
-      if (!fdb.some((x) => x.dev === f.dev && x.mac === f.mac))
-        throw new Error(`fdb del would fail: ${f.mac}`);
-      // With a non-matching dst the kernel answers 0 and keeps the entry.
-      fdb = fdb.filter((x) => !(x.dev === f.dev && x.mac === f.mac && x.dst === f.dst));
+    const key = keyOf(op.object);
+    const before = kernel.get(op.object.kind, key);
+    const after = afterWrite(op, before);
+    if (op.action === "delete" && after.length === before.length) {
+      throw new Error(`the kernel would refuse: ${op.action} ${JSON.stringify(op.object)}`);
     }
+    kernel.set(op.object.kind, key, after);
   }
-  return { routes, neighbours, fdb };
 }
 
-/** "route replace 10.244.2.0/24" style summaries, to compare plans at a glance. */
-function summary(ops: readonly Op[]): string[] {
-  return ops.map((op) => {
-    switch (op.kind) {
-      case "route":
-        return `route ${op.action} ${op.route.dst}${op.action === "replace" ? ` via ${op.route.gateway}` : ""}`;
-      case "neigh":
-        return `neigh ${op.action} ${op.neigh.dst}${op.action === "replace" ? ` ${op.neigh.lladdr}` : ""}`;
-      case "fdb":
-        return `fdb ${op.action} ${op.fdb.mac} ${op.fdb.dst}`;
-    }
-  });
+/** "route replace 10.244.2.0/24 via 10.244.2.0", to compare plans at a glance. */
+function summary(op: PlannedOp): string {
+  const object = op.object;
+  switch (object.kind) {
+    case "route":
+      return `route ${op.action} ${object.dst}${op.action === "replace" ? ` via ${object.gateway ?? "-"}` : ""}`;
+    case "neigh":
+      return `neigh ${op.action} ${object.dst}${op.action === "replace" ? ` ${object.lladdr ?? "-"}` : ""}`;
+    case "fdb":
+      return `fdb ${op.action} ${object.mac} ${object.dst ?? "-"}`;
+  }
 }
 
-// ---- table -------------------------------------------------------------------------------------------
+// ---- the table -----------------------------------------------------------------------------------------
 
 interface Case {
-  name: string;
-  desired: DesiredState;
-  actual: ActualState;
-  scope?: OwnershipScope;
-  ops: string[];
+  readonly name: string;
+  /** What each peer wants. */
+  readonly desired: readonly (readonly KernelObject[])[];
+  /** What the kernel holds. */
+  readonly kernel: readonly KernelObject[];
+  readonly scope?: OwnershipScope;
+  readonly ops: readonly string[];
   /** Reason pattern per op index. */
-  reasons?: Record<number, RegExp>;
+  readonly reasons?: Readonly<Record<number, RegExp>>;
 }
-
-const withUnderlay = (a: ActualState): ActualState => ({
-  ...a,
-  routes: [UNDERLAY_ROUTE, ...a.routes],
-  fdb: [LOCAL_FDB, ...a.fdb],
-});
 
 const cases: Case[] = [
   {
     name: "add: empty kernel → FDB, neighbour, then route",
-    desired: peerDesired(2),
-    actual: withUnderlay({ routes: [], neighbours: [], fdb: [] }),
+    desired: [tunnel(2)],
+    kernel: [UNDERLAY_ROUTE, LOCAL_FDB],
     ops: [
       "fdb replace 0a:00:00:00:00:02 198.18.0.2",
       "neigh replace 10.244.2.0 0a:00:00:00:00:02",
@@ -167,94 +187,83 @@ const cases: Case[] = [
     reasons: { 0: /^missing$/, 1: /^missing$/, 2: /^missing$/ },
   },
   {
-    name: "adopt-existing: kernel already correct → no ops",
-    desired: merge(peerDesired(2), peerDesired(3)),
-    actual: withUnderlay(kernelOf(merge(peerDesired(2), peerDesired(3)))),
+    name: "adopt: the kernel already holds what is wanted → no ops",
+    desired: [tunnel(2), tunnel(3)],
+    kernel: [UNDERLAY_ROUTE, LOCAL_FDB, ...tunnel(2), ...tunnel(3)],
     ops: [],
   },
   {
-    name: "adopt-existing: MACs read in upper case still match",
-    desired: peerDesired(2),
-    actual: {
-      routes: kernelOf(peerDesired(2)).routes,
-      neighbours: [kNeigh("10.244.2.0", "0A:00:00:00:00:02")],
-      fdb: [kFdb("0A:00:00:00:00:02", "198.18.0.2")],
-    },
-    ops: [],
-  },
-  {
-    name: "change: peer VTEP MAC changed → old FDB deleted, new FDB, neighbour replaced",
-    desired: peerDesired(2, "198.18.0.2", mac(0x22)),
-    actual: withUnderlay(kernelOf(peerDesired(2))),
+    name: "change: peer VTEP MAC changed → old FDB deleted, new FDB, neighbour replaced, route kept",
+    desired: [tunnel(2, "198.18.0.2", vtepMac(0x22))],
+    kernel: [UNDERLAY_ROUTE, LOCAL_FDB, ...tunnel(2)],
     ops: [
       "fdb delete 0a:00:00:00:00:02 198.18.0.2",
       "fdb replace 0a:00:00:00:00:22 198.18.0.2",
       "neigh replace 10.244.2.0 0a:00:00:00:00:22",
     ],
-    reasons: { 0: /^stale/, 1: /^missing$/, 2: /^differs: lladdr 0a:00:00:00:00:02 → 0a:00:00:00:00:22$/ },
+    reasons: {
+      0: /^stale: no peer has this VTEP MAC$/,
+      1: /^missing$/,
+      2: /^differs: lladdr 0a:00:00:00:00:02 → 0a:00:00:00:00:22$/,
+    },
   },
   {
     name: "change: peer public IP changed → FDB dst rewritten in place (no delete)",
-    desired: peerDesired(2, "198.18.0.42"),
-    actual: kernelOf(peerDesired(2)),
+    desired: [tunnel(2, "198.18.0.42")],
+    kernel: tunnel(2),
     ops: ["fdb replace 0a:00:00:00:00:02 198.18.0.42"],
     reasons: { 0: /^differs: dst 198\.18\.0\.2 → 198\.18\.0\.42$/ },
   },
   {
     name: "change: host-gw peer public IP changed → route replaced",
-    desired: {
-      routes: [{ dst: "10.244.2.0/24", gateway: "198.18.0.42", dev: "eth0", onlink: false }],
-      neighbours: [],
-      fdb: [],
-    },
-    actual: { routes: [kRoute("10.244.2.0/24", "198.18.0.2", "eth0")], neighbours: [], fdb: [] },
+    desired: [[direct(2, "198.18.0.42")]],
+    kernel: [direct(2)],
     scope: HOSTGW_SCOPE,
     ops: ["route replace 10.244.2.0/24 via 198.18.0.42"],
     reasons: { 0: /^differs: gateway 198\.18\.0\.2 → 198\.18\.0\.42$/ },
   },
   {
-    name: "change: DirectRouting turned on → vxlan route becomes a plain route, entries removed",
-    desired: {
-      routes: [{ dst: "10.244.2.0/24", gateway: "198.18.0.2", dev: "eth0", onlink: false }],
-      neighbours: [],
-      fdb: [],
-    },
-    actual: kernelOf(peerDesired(2)),
+    name: "change: DirectRouting turned on → the tunnel route becomes a plain route, entries removed",
+    desired: [[direct(2)]],
+    kernel: tunnel(2),
     ops: [
       "fdb delete 0a:00:00:00:00:02 198.18.0.2",
       "neigh delete 10.244.2.0",
       "route replace 10.244.2.0/24 via 198.18.0.2",
     ],
     reasons: {
+      0: /^stale: no peer has this VTEP MAC$/,
+      1: /^stale: no such peer$/,
       2: /^differs: gateway 10\.244\.2\.0 → 198\.18\.0\.2, dev flannel\.1 → eth0, onlink on → off$/,
     },
   },
   {
     name: "remove: peer gone → route, FDB and neighbour deleted (route first)",
-    desired: peerDesired(3),
-    actual: withUnderlay(kernelOf(merge(peerDesired(2), peerDesired(3)))),
+    desired: [tunnel(3)],
+    kernel: [UNDERLAY_ROUTE, LOCAL_FDB, ...tunnel(2), ...tunnel(3)],
     ops: ["route delete 10.244.2.0/24", "fdb delete 0a:00:00:00:00:02 198.18.0.2", "neigh delete 10.244.2.0"],
-    reasons: { 0: /^stale: no such peer$/ },
+    reasons: {
+      0: /^stale: no such peer$/,
+      1: /^stale: no peer has this VTEP MAC$/,
+      2: /^stale: no such peer$/,
+    },
   },
   {
-    name: "garbage-collect: owned leftovers go, foreign routes elsewhere stay, foreign on desired dst is taken over",
-    desired: merge(peerDesired(2), peerDesired(3)),
-    actual: {
-      routes: [
-        UNDERLAY_ROUTE,
-        kRoute("10.244.9.0/24", "10.244.9.0", DEV, { onlink: true }), // ours, peer vanished while down
-        kRoute("10.244.8.0/24", "198.18.0.8", "eth0", { protocol: 3 }), // someone else's: untouched
-        kRoute("10.244.3.0/24", "10.244.3.0", DEV, { protocol: 3, onlink: true }), // flannel's: taken over
-        kRoute("10.244.2.0/24", "10.244.2.0", DEV, { onlink: true }),
-      ],
-      neighbours: [
-        kNeigh("10.244.2.0", mac(2)),
-        kNeigh("10.244.3.0", mac(3)),
-        kNeigh("10.244.9.0", mac(9)),
-        kNeigh("10.244.77.0", mac(77), ["REACHABLE"]), // kernel-learned: not ours
-      ],
-      fdb: [LOCAL_FDB, kFdb(mac(2), "198.18.0.2"), kFdb(mac(3), "198.18.0.3"), kFdb(mac(9), "198.18.0.9")],
-    },
+    name: "garbage-collect: owned leftovers go, foreign routes elsewhere stay, a foreign route on a desired dst is taken over",
+    desired: [tunnel(2), tunnel(3)],
+    kernel: [
+      UNDERLAY_ROUTE,
+      LOCAL_FDB,
+      ...tunnel(2),
+      ...tunnel(3).filter((object) => object.kind !== "route"),
+      foreign(tunnelRoute(3)), // flannel's: taken over
+      ...tunnel(9), // ours, from a peer that vanished while the agent was down
+      foreign(direct(8)), // someone else's, on no desired dst: untouched
+      withState(
+        permanentNeighbour({ family: 4, dev: DEV, dst: "10.244.77.0", lladdr: vtepMac(77) }),
+        NUD_REACHABLE,
+      ),
+    ],
     ops: [
       "route delete 10.244.9.0/24",
       "fdb delete 0a:00:00:00:00:09 198.18.0.9",
@@ -266,102 +275,106 @@ const cases: Case[] = [
     },
   },
   {
-    name: "foreign route with another metric on a desired dst is left in place, said so",
-    desired: peerDesired(2),
-    actual: {
-      ...kernelOf(peerDesired(2)),
-      routes: [kRoute("10.244.2.0/24", "198.18.0.99", "eth0", { protocol: 4, metric: 100 })],
-    },
+    name: "a foreign route with another metric on a desired dst is left in place, and the reason says so",
+    desired: [tunnel(2)],
+    kernel: [
+      ...tunnel(2).filter((object) => object.kind !== "route"),
+      foreign(direct(2, "198.18.0.99"), { protocol: PROTO_STATIC, metric: 100 }),
+    ],
     ops: ["route replace 10.244.2.0/24 via 10.244.2.0"],
     reasons: {
       0: /^missing; foreign route \(via 198\.18\.0\.99 dev eth0 proto static metric 100\) left in place$/,
     },
   },
   {
-    name: "owned route with a metric on a desired dst is replaced by a metric-0 one and deleted",
-    desired: peerDesired(2),
-    actual: {
-      ...kernelOf(peerDesired(2)),
-      routes: [kRoute("10.244.2.0/24", "10.244.2.0", DEV, { onlink: true, metric: 5 })],
-    },
+    name: "a stale owned route with a metric on a desired dst is deleted next to the replace",
+    desired: [tunnel(2)],
+    kernel: [...tunnel(2).filter((object) => object.kind !== "route"), { ...tunnelRoute(2), metric: 5 }],
     ops: ["route delete 10.244.2.0/24", "route replace 10.244.2.0/24 via 10.244.2.0"],
+    reasons: {
+      0: /^stale: via 10\.244\.2\.0 dev flannel\.1 onlink proto 151 metric 5 \(ours carry no metric\)$/,
+      1: /^missing$/,
+    },
   },
   {
-    name: "non-permanent neighbour on a desired dst is made permanent; FDB not permanent is fixed",
-    desired: peerDesired(2),
-    actual: {
-      routes: kernelOf(peerDesired(2)).routes,
-      neighbours: [kNeigh("10.244.2.0", mac(2), ["STALE"])],
-      fdb: [kFdb(mac(2), "198.18.0.2", "static")],
+    name: "duplicates: a second owned route on a desired dst (another gateway, another metric) is deleted",
+    desired: [tunnel(2)],
+    kernel: [...tunnel(2), { ...direct(2), metric: 10 }],
+    ops: ["route delete 10.244.2.0/24"],
+    reasons: {
+      0: /^duplicate of the desired route \(via 198\.18\.0\.2 dev eth0 proto 151 metric 10\)$/,
     },
+  },
+  {
+    name: "a non-permanent neighbour is made permanent; an FDB entry that is not permanent is fixed",
+    desired: [tunnel(2)],
+    kernel: [
+      tunnelRoute(2),
+      withState(
+        permanentNeighbour({ family: 4, dev: DEV, dst: "10.244.2.0", lladdr: vtepMac(2) }),
+        NUD_STALE,
+      ),
+      withState(permanentFdb({ dev: DEV, mac: vtepMac(2), dst: "198.18.0.2" }), NUD_NOARP), // "static"
+    ],
     ops: ["fdb replace 0a:00:00:00:00:02 198.18.0.2", "neigh replace 10.244.2.0 0a:00:00:00:00:02"],
-    reasons: { 0: /^not permanent \(static\)$/, 1: /^not permanent \(STALE\)$/ },
+    reasons: { 0: /^not permanent \(NOARP\)$/, 1: /^not permanent \(STALE\)$/ },
   },
   {
     name: "entries on other devices and non-permanent FDB entries are never touched",
-    desired: EMPTY,
-    actual: {
-      routes: [],
-      neighbours: [{ dst: "10.0.0.1", dev: "eth0", lladdr: mac(1), state: ["PERMANENT"] }],
-      fdb: [
-        { mac: mac(5), dev: "vxlan0", dst: "198.18.0.5", flags: ["self"], state: "permanent" },
-        kFdb(mac(6), "198.18.0.6", "dynamic"),
-      ],
-    },
+    desired: [],
+    kernel: [
+      permanentNeighbour({ family: 4, dev: "eth0", dst: "10.0.0.1", lladdr: vtepMac(1) }),
+      permanentFdb({ dev: "vxlan0", mac: vtepMac(5), dst: "198.18.0.5" }),
+      withState(permanentFdb({ dev: DEV, mac: vtepMac(6), dst: "198.18.0.6" }), NUD_REACHABLE), // learned
+    ],
     ops: [],
   },
   {
-    name: "host-gw: no vxlan device → neighbours and FDB never garbage-collected",
-    desired: EMPTY,
-    actual: {
-      routes: [kRoute("10.244.2.0/24", "198.18.0.2", "eth0")],
-      neighbours: [kNeigh("10.244.2.0", mac(2))],
-      fdb: [kFdb(mac(2), "198.18.0.2")],
-    },
+    name: "local FDB entries (no dst) and a bridge's entries are left alone",
+    desired: [tunnel(2)],
+    kernel: [
+      ...tunnel(2),
+      LOCAL_FDB,
+      { ...LOCAL_FDB, mac: vtepMac(0x33), flags: NTF_MASTER, master: "cni0" },
+    ],
+    ops: [],
+  },
+  {
+    name: "host-gw: no device of its own → neighbours and FDB entries are never garbage-collected",
+    desired: [],
+    kernel: [direct(2), ...tunnel(3).filter((object) => object.kind !== "route")],
     scope: HOSTGW_SCOPE,
     ops: ["route delete 10.244.2.0/24"],
   },
   {
-    name: "prune off: only additions and repairs",
-    desired: peerDesired(3),
-    actual: kernelOf(peerDesired(2)),
-    scope: { ...VXLAN_SCOPE, prune: false },
-    ops: [
-      "fdb replace 0a:00:00:00:00:03 198.18.0.3",
-      "neigh replace 10.244.3.0 0a:00:00:00:00:03",
-      "route replace 10.244.3.0/24 via 10.244.3.0",
-    ],
-  },
-  {
-    name: "routes of other tables are ignored",
-    desired: EMPTY,
-    actual: {
-      routes: [kRoute("10.244.2.0/24", "198.18.0.2", "eth0", { table: 100 })],
-      neighbours: [],
-      fdb: [],
-    },
+    name: "routes of other tables are not the view's, so never planned",
+    desired: [],
+    kernel: [{ ...direct(2), table: 100 }],
     ops: [],
   },
 ];
 
-describe("plan", () => {
+describe("planAll", () => {
   it.each(cases)("$name", (c) => {
     const scope = c.scope ?? VXLAN_SCOPE;
-    const ops = plan(c.desired, c.actual, scope);
-    expect(summary(ops)).toEqual(c.ops);
+    const desired = desiredOf(c.desired);
+    const kernel = tableOf(c.kernel);
+    const ops = planKernel(desired, kernel, scope);
+    expect(ops.map(summary)).toEqual(c.ops);
     for (const [i, pattern] of Object.entries(c.reasons ?? {})) {
       expect(ops[Number(i)]?.reason).toMatch(pattern);
     }
-    // Idempotence: once applied, the same desired state needs nothing more (prune off keeps leftovers).
-    const after = applyOps(c.actual, ops);
-    expect(plan(c.desired, after, scope)).toEqual([]);
+    // Idempotence: once applied, the same desired state needs nothing more.
+    applyOps(kernel, ops);
+    expect(planKernel(desired, kernel, scope)).toEqual([]);
   });
 
-  it("orders route deletes, FDB, neighbours, route replaces", () => {
-    const desired = merge(peerDesired(3), peerDesired(4, "198.18.0.4", mac(0x44)));
-    const actual = kernelOf(merge(peerDesired(2), peerDesired(4)));
-    const ops = plan(desired, actual, VXLAN_SCOPE);
-    expect(ops.map((o) => `${o.kind} ${o.action}`)).toEqual([
+  it("orders route deletes, FDB deletes, FDB replaces, neighbour deletes, neighbour replaces, route replaces", () => {
+    // Peer 2 goes, peer 3 comes, peer 4 changes its VTEP MAC: every phase has work.
+    const desired = desiredOf([tunnel(3), tunnel(4, "198.18.0.4", vtepMac(0x44))]);
+    const kernel = tableOf([...tunnel(2), ...tunnel(4)]);
+    const ops = planKernel(desired, kernel, VXLAN_SCOPE);
+    expect(ops.map((op) => `${op.object.kind} ${op.action}`)).toEqual([
       "route delete",
       "fdb delete",
       "fdb delete",
@@ -372,61 +385,166 @@ describe("plan", () => {
       "neigh replace",
       "route replace",
     ]);
+    applyOps(kernel, ops);
+    expect(planKernel(desired, kernel, VXLAN_SCOPE)).toEqual([]);
   });
 
-  it("delete ops identify the route exactly as read", () => {
-    const actual: ActualState = {
-      routes: [
-        kRoute("10.244.9.0/24", "198.18.0.9", "eth0", { metric: 20 }),
-        kRoute("10.244.8.0/24", undefined, undefined, { type: "blackhole" }),
-      ],
-      neighbours: [],
-      fdb: [],
-    };
-    expect(plan(EMPTY, actual, HOSTGW_SCOPE)).toEqual([
-      {
-        kind: "route",
-        action: "delete",
-        route: { dst: "10.244.9.0/24", gateway: "198.18.0.9", dev: "eth0", metric: 20, type: "unicast" },
-        reason: "stale: no such peer",
-      },
-      {
-        kind: "route",
-        action: "delete",
-        route: { dst: "10.244.8.0/24", type: "blackhole" },
-        reason: "stale: no such peer",
-      },
+  it("deletes name the kernel's own objects, exactly as read", () => {
+    const metric20 = { ...direct(9), metric: 20 };
+    const blackhole: Route = { ...direct(8), type: "blackhole", gateway: undefined, dev: undefined };
+    const ops = planKernel(desiredOf([]), tableOf([metric20, blackhole]), HOSTGW_SCOPE);
+    expect(ops).toHaveLength(2);
+    expect(ops.find((op) => op.object.dst === "10.244.9.0/24")?.object).toBe(metric20);
+    expect(ops.find((op) => op.object.dst === "10.244.8.0/24")?.object).toBe(blackhole);
+    expect(ops.every((op) => op.action === "delete" && op.reason === "stale: no such peer")).toBe(true);
+  });
+
+  it("plans objects several peers want once", () => {
+    const ops = planKernel(desiredOf([tunnel(2), tunnel(2)]), tableOf([]), VXLAN_SCOPE);
+    expect(ops.map(summary)).toEqual([
+      "fdb replace 0a:00:00:00:00:02 198.18.0.2",
+      "neigh replace 10.244.2.0 0a:00:00:00:00:02",
+      "route replace 10.244.2.0/24 via 10.244.2.0",
     ]);
   });
 
-  it("duplicate desired objects are planned once", () => {
-    const desired = merge(peerDesired(2), peerDesired(2));
-    const ops = plan(desired, { routes: [], neighbours: [], fdb: [] }, VXLAN_SCOPE);
-    expect(ops).toHaveLength(3);
+  it("never removes a local FDB entry, even when one reaches it", () => {
+    // The view does not cache local entries; the ownership rule holds on its own as well.
+    const ops = planSlots(
+      [slotId("fdb", keyOf(LOCAL_FDB))],
+      planInput(desiredOf([]), tableOf([LOCAL_FDB])),
+      VXLAN_SCOPE,
+    );
+    expect(ops).toEqual([]);
   });
 
   it("converges from a messy kernel in one round, for many peers", () => {
-    const desired = merge(
-      ...Array.from({ length: 50 }, (_, i) => peerDesired(i + 2, `198.18.0.${i + 2}`, mac(i + 2))),
+    const desired = desiredOf(Array.from({ length: 50 }, (_, i) => tunnel(i + 2)));
+    // Half the peers present, some with old public IPs or MACs, plus leftovers of vanished peers.
+    const messy = tableOf([
+      ...Array.from({ length: 25 }, (_, i) =>
+        i % 3 === 0
+          ? tunnel(i + 2, `198.18.0.${i + 100}`)
+          : i % 3 === 1
+            ? tunnel(i + 2, `198.18.0.${i + 2}`, vtepMac(i + 150))
+            : tunnel(i + 2),
+      ).flat(),
+      ...Array.from({ length: 10 }, (_, i) => tunnel(i + 200)).flat(),
+    ]);
+    const ops = planKernel(desired, messy, VXLAN_SCOPE);
+    applyOps(messy, ops);
+    expect(planKernel(desired, messy, VXLAN_SCOPE)).toEqual([]);
+    expect(messy.count("route")).toBe(50);
+    expect(messy.count("neigh")).toBe(50);
+    expect(messy.count("fdb")).toBe(50);
+  });
+});
+
+describe("planSlots", () => {
+  it("plans the given slots only: a peer change costs that peer's objects", () => {
+    const desired = desiredOf([tunnel(2)]);
+    // Peer 9 is stale in the kernel and peer 2 is missing; only peer 3's slots are planned.
+    const kernel = tableOf([...tunnel(9)]);
+    const touched = desired.set("peer 3", "0003", tunnel(3));
+    const ops = planSlots(touched, planInput(desired, viewOf(kernel)), VXLAN_SCOPE);
+    expect(ops.map(summary)).toEqual([
+      "fdb replace 0a:00:00:00:00:03 198.18.0.3",
+      "neigh replace 10.244.3.0 0a:00:00:00:00:03",
+      "route replace 10.244.3.0/24 via 10.244.3.0",
+    ]);
+  });
+
+  it("adds nothing for slots in sync, and orders the slots it is given by phase", () => {
+    const desired = desiredOf([tunnel(2)]);
+    const kernel = tableOf([...tunnel(2), ...tunnel(9)]);
+    const input = planInput(desired, viewOf(kernel));
+    const slots = [...tunnel(2), ...tunnel(9)].reverse().map((object) => slotId(object.kind, keyOf(object)));
+    expect(planSlots(slots, input, VXLAN_SCOPE).map(summary)).toEqual([
+      "route delete 10.244.9.0/24",
+      "fdb delete 0a:00:00:00:00:09 198.18.0.9",
+      "neigh delete 10.244.9.0",
+    ]);
+  });
+
+  it("allSlots covers every desired and every cached slot, each once", () => {
+    const desired = desiredOf([tunnel(2)]);
+    const input = planInput(desired, viewOf(tableOf([...tunnel(2), direct(8)])));
+    expect([...allSlots(input)].sort()).toEqual(
+      [
+        "fdb|flannel.1 0a:00:00:00:00:02",
+        "neigh|flannel.1 10.244.2.0",
+        "route|10.244.2.0/24",
+        "route|10.244.8.0/24",
+      ].sort(),
     );
-    // Half the peers present, some with old MACs or IPs, plus leftovers of vanished peers.
-    const messy = kernelOf(
-      merge(
-        ...Array.from({ length: 25 }, (_, i) =>
-          i % 3 === 0
-            ? peerDesired(i + 2, `198.18.0.${i + 100}`)
-            : i % 3 === 1
-              ? peerDesired(i + 2, `198.18.0.${i + 2}`, mac(i + 150))
-              : peerDesired(i + 2),
-        ),
-        ...Array.from({ length: 10 }, (_, i) => peerDesired(i + 200)),
-      ),
+  });
+});
+
+describe("DesiredState", () => {
+  const neighbourFor = (mac: string): Neighbour =>
+    permanentNeighbour({ family: 4, dev: DEV, dst: "10.244.2.0", lladdr: mac });
+  const SLOT = slotId("neigh", `${DEV} 10.244.2.0`);
+
+  it("gives a contested slot to the lowest rank, whatever the order the contributors came in", () => {
+    const lowFirst = new DesiredState();
+    lowFirst.set("peer a", "0001", [neighbourFor(vtepMac(1))]);
+    lowFirst.set("peer b", "0002", [neighbourFor(vtepMac(2))]);
+    const highFirst = new DesiredState();
+    highFirst.set("peer b", "0002", [neighbourFor(vtepMac(2))]);
+    highFirst.set("peer a", "0001", [neighbourFor(vtepMac(1))]);
+    for (const desired of [lowFirst, highFirst]) {
+      expect(desired.get("neigh", `${DEV} 10.244.2.0`)).toEqual(neighbourFor(vtepMac(1)));
+      expect(desired.count("neigh")).toBe(1);
+    }
+  });
+
+  it("hands the slot to the next contributor when the winner leaves, and reports the slot touched", () => {
+    const desired = new DesiredState();
+    desired.set("peer a", "0001", [neighbourFor(vtepMac(1))]);
+    desired.set("peer b", "0002", [neighbourFor(vtepMac(2))]);
+    expect(desired.remove("peer a")).toEqual([SLOT]);
+    expect(desired.get("neigh", `${DEV} 10.244.2.0`)).toEqual(neighbourFor(vtepMac(2)));
+    expect(desired.remove("peer b")).toEqual([SLOT]);
+    expect(desired.get("neigh", `${DEV} 10.244.2.0`)).toBeUndefined();
+    expect([...desired.keys("neigh")]).toEqual([]);
+    expect(desired.remove("peer b")).toEqual([]);
+  });
+
+  it("reports a contest only while contributors disagree", () => {
+    const desired = new DesiredState();
+    desired.set("peer a", "0001", [neighbourFor(vtepMac(1))]);
+    desired.set("peer c", "0003", [neighbourFor(vtepMac(1))]);
+    expect(desired.contest("neigh", `${DEV} 10.244.2.0`)).toBeUndefined();
+    desired.set("peer b", "0002", [neighbourFor(vtepMac(2))]);
+    expect(desired.contest("neigh", `${DEV} 10.244.2.0`)).toEqual({
+      slot: SLOT,
+      winner: "peer a",
+      losers: ["peer b"],
+    });
+    desired.remove("peer b");
+    expect(desired.contest("neigh", `${DEV} 10.244.2.0`)).toBeUndefined();
+    expect(desired.contest("neigh", `${DEV} 10.244.99.0`)).toBeUndefined();
+  });
+
+  it("replaces what a contributor wanted before, touching the old slots and the new", () => {
+    const desired = new DesiredState();
+    desired.set("peer 2", "0002", tunnel(2));
+    const touched = desired.set("peer 2", "0002", [direct(2)]);
+    expect([...touched].sort()).toEqual(
+      ["fdb|flannel.1 0a:00:00:00:00:02", "neigh|flannel.1 10.244.2.0", "route|10.244.2.0/24"].sort(),
     );
-    const ops = plan(desired, messy, VXLAN_SCOPE);
-    const after = applyOps(messy, ops);
-    expect(plan(desired, after, VXLAN_SCOPE)).toEqual([]);
-    expect(after.routes).toHaveLength(50);
-    expect(after.neighbours).toHaveLength(50);
-    expect(after.fdb).toHaveLength(50);
+    expect(desired.get("route", "10.244.2.0/24")).toEqual(direct(2));
+    expect(desired.get("fdb", `${DEV} ${vtepMac(2)}`)).toBeUndefined();
+    expect(desired.count("fdb")).toBe(0);
+    // Wanting nothing is leaving.
+    expect(desired.set("peer 2", "0002", [])).toEqual(["route|10.244.2.0/24"]);
+    expect(desired.count("route")).toBe(0);
+  });
+
+  it("clear forgets every contributor", () => {
+    const desired = desiredOf([tunnel(2), tunnel(3)]);
+    desired.clear();
+    expect(desired.count("route") + desired.count("neigh") + desired.count("fdb")).toBe(0);
+    expect(desired.remove("peer 0")).toEqual([]);
   });
 });
