@@ -17,9 +17,8 @@ export function addressLength(family: Family): 4 | 16 {
 
 /** The family of canonical or non-canonical address text; throws AddressError if it is neither. */
 export function familyOf(text: string): Family {
-  if (isIPv4(text)) return 4;
-  if (isIPv6(text)) return 6;
-  throw new AddressError(`"${text}" is not an IP address`);
+  // Through the parser, so both agree on what an address is (node:net also accepts a zone, "fe80::1%eth0").
+  return parseAddressBytes(text).length === 4 ? 4 : 6;
 }
 
 function formatV6(bytes: Uint8Array): string {

@@ -85,6 +85,7 @@ describe("canonical addresses", () => {
     expect(() => parseAddressBytes(text)).toThrow(AddressError);
     expect(() => parseAddressBytes(text)).toThrow(`"${text}" is not an IP address`);
     expect(() => canonicalAddress(text)).toThrow(`"${text}"`);
+    expect(() => familyOf(text)).toThrow(`"${text}"`);
   });
 
   it("formats only 4 or 16 bytes", () => {
