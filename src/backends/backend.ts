@@ -28,6 +28,11 @@ export interface BackendPlugin {
    * entry is then set aside as invalid.
    */
   parsePeerData(backendData: string | undefined): object;
+  /**
+   * What `twill leases` shows of a peer's parsed BackendData (vxlan: its VTEP MAC); undefined, or no
+   * such method, when there is nothing to show.
+   */
+  describePeerData?(data: object): string | undefined;
 }
 
 /** What preparing a backend may use. */

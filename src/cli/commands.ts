@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
 import { StateStore } from "../state.js";
+import { backendForLease } from "../backends/registry.js";
 import { agentFlags, ETCD_NAMED_FLAGS, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
 import {
   FlagError,
@@ -14,12 +15,11 @@ import {
 } from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
-import type { Lease } from "../lease/lease.js";
+import type { Lease, LeaseAttrs } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { EtcdRegistry, EtcdSettingsError } from "../lease/etcd-registry.js";
 import type { LeaseRegistry } from "../lease/registry.js";
 import { computeView } from "../lease/peer-view.js";
-import { parseVxlanBackendData } from "../lease/attrs.js";
 import { missingConfigMessage } from "../lease/config-watch.js";
 import { agentRuleWatch } from "../masq/watch.js";
 import { Metrics } from "../metrics/metrics.js";
@@ -179,6 +179,29 @@ async function timesToLive(
   return results;
 }
 
+/** The same hook as the agent's: the backend of the lease's type parses its BackendData. */
+function parsePeerData(attrs: LeaseAttrs): object | undefined {
+  return backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
+}
+
+/**
+ * The VTEP MAC column: what the lease's backend shows of its BackendData; "?" when that data is
+ * unusable (only leases listed without a network config get here unparsed), "-" when there is none.
+ */
+function peerDataColumn(lease: Lease): string {
+  const backend = backendForLease(lease.attrs.backendType);
+  if (backend?.describePeerData === undefined) return "-";
+  let data = lease.peerData;
+  if (data === undefined) {
+    try {
+      data = backend.parsePeerData(lease.attrs.backendData);
+    } catch {
+      return "?";
+    }
+  }
+  return backend.describePeerData(data) ?? "-";
+}
+
 async function leasesCommand(argv: readonly string[], env: Env): Promise<number> {
   const { registry } = openRegistry(argv, env);
   try {
@@ -204,9 +227,8 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
             config,
             ownKey: undefined,
             ownSubnet: undefined,
-            // What an agent sets aside, this lists as invalid: vxlan leases need usable BackendData.
-            parsePeerData: (attrs) =>
-              attrs.backendType === "vxlan" ? parseVxlanBackendData(attrs.backendData) : undefined,
+            // What an agent sets aside, this lists as invalid: e.g. vxlan leases need usable BackendData.
+            parsePeerData,
           });
     const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
       (a, b) => a.subnet.ip - b.subnet.ip,
@@ -214,19 +236,11 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
     const ttls = await timesToLive(registry, leases);
     const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN"]];
     for (const [i, lease] of leases.entries()) {
-      let mac = "-";
-      if (lease.attrs.backendType === "vxlan") {
-        try {
-          mac = parseVxlanBackendData(lease.attrs.backendData).vtepMac;
-        } catch {
-          mac = "?";
-        }
-      }
       rows.push([
         formatCidr(lease.subnet),
         formatIPv4(lease.attrs.publicIP),
         lease.attrs.backendType ?? "-",
-        mac,
+        peerDataColumn(lease),
         formatDuration(ttls[i]),
       ]);
     }

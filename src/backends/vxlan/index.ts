@@ -193,4 +193,5 @@ export const vxlanBackend: BackendPlugin = {
   type: "vxlan",
   parseConfig: (raw, warnings) => new VxlanConfig(parseVxlanOptions(raw, warnings)),
   parsePeerData: (data) => parseVxlanBackendData(data),
+  describePeerData: (data) => (data instanceof VxlanPeerData ? data.vtepMac : undefined),
 };
