@@ -1,5 +1,6 @@
-// The lease value (flannel's LeaseAttrs JSON) and the vxlan BackendData inside it. Encoding must be
-// byte-identical to Go's encoding/json so that flannel and twill nodes can share one etcd.
+// The lease value (flannel's LeaseAttrs JSON). Encoding must be byte-identical to Go's encoding/json so
+// that flannel and twill nodes can share one etcd. BackendData is kept as raw JSON text here: each
+// backend reads its own (src/backends/<name>, e.g. vxlan/backend-data.ts).
 import { formatIPv4, tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
 import type { LeaseAttrs } from "./lease.js";
 
@@ -120,89 +121,4 @@ function rawField(fields: Map<string, unknown>, name: string): string | undefine
 export function publicIpProblem(ip: IPv4): string | undefined {
   const reason = unusableUnicastReason(ip);
   return reason === undefined ? undefined : `PublicIP ${formatIPv4(ip)} is ${reason}`;
-}
-
-// ---- vxlan BackendData: {"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"} --------------------------------
-
-/** Largest VXLAN network identifier (24 bits). */
-export const MAX_VNI = 0xffffff;
-
-/**
- * Parses a MAC in the forms Go's net.ParseMAC accepts for 6 octets (aa:bb:…, aa-bb-…, aabb.ccdd.eeff)
- * and returns the lower-case colon form, or undefined.
- */
-function normaliseMac(text: string): string | undefined {
-  let hex: string;
-  if (/^[\da-f]{2}([:-])[\da-f]{2}(\1[\da-f]{2}){4}$/i.test(text)) hex = text.replace(/[:-]/g, "");
-  else if (/^[\da-f]{4}\.[\da-f]{4}\.[\da-f]{4}$/i.test(text)) hex = text.replace(/\./g, "");
-  else return undefined;
-  return hex.toLowerCase().replace(/(..)(?!$)/g, "$1:");
-}
-
-/** Why a (normalised) MAC cannot be a VTEP address, or undefined if it can. */
-function vtepMacProblem(mac: string): string | undefined {
-  if (mac === "00:00:00:00:00:00") return "the all-zero address";
-  if (parseInt(mac.slice(0, 2), 16) & 1) return "a multicast/broadcast address";
-  return undefined;
-}
-
-/** The BackendData a vxlan node publishes. Throws on a bad VNI or MAC (a bug in the caller). */
-export function vxlanBackendData(vni: number, mac: string): string {
-  if (!Number.isInteger(vni) || vni < 0 || vni > MAX_VNI) throw new RangeError(`VNI ${vni} is out of range`);
-  const normal = normaliseMac(mac);
-  if (normal === undefined || vtepMacProblem(normal) !== undefined) {
-    throw new RangeError(`"${mac}" is not a unicast MAC address`);
-  }
-  return `{"VNI":${vni},"VtepMAC":"${normal}"}`;
-}
-
-/**
- * Reads a peer's vxlan BackendData. VtepMAC is required (6 octets, unicast), returned lower-case
- * colon form. VNI defaults to 0 when absent (older flannel releases did not publish it; flannel itself
- * never reads a peer's VNI) and must otherwise be an integer 0–2^24−1.
- */
-export function parseVxlanBackendData(text: string | undefined): { vni: number; vtepMac: string } {
-  if (text === undefined) {
-    throw new LeaseDecodeError("BackendData", "BackendData is missing (vxlan needs VtepMAC)");
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (err) {
-    throw new LeaseDecodeError("BackendData", `BackendData is not valid JSON: ${(err as Error).message}`);
-  }
-  if (!isPlainObject(parsed)) {
-    throw new LeaseDecodeError("BackendData", `BackendData is ${describe(parsed)}, not a JSON object`);
-  }
-  const fields = pickFields(parsed, ["VNI", "VtepMAC"] as const);
-
-  const vni = fields.get("VNI") ?? 0;
-  if (typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 || vni > MAX_VNI) {
-    throw new LeaseDecodeError(
-      "BackendData.VNI",
-      `BackendData.VNI is ${describe(vni)}, not an integer 0–${MAX_VNI}`,
-    );
-  }
-
-  if (!fields.has("VtepMAC"))
-    throw new LeaseDecodeError("BackendData.VtepMAC", "BackendData.VtepMAC is missing");
-  const macText = fields.get("VtepMAC");
-  if (typeof macText !== "string") {
-    throw new LeaseDecodeError(
-      "BackendData.VtepMAC",
-      `BackendData.VtepMAC is ${describe(macText)}, not a string`,
-    );
-  }
-  const vtepMac = normaliseMac(macText);
-  if (vtepMac === undefined) {
-    throw new LeaseDecodeError(
-      "BackendData.VtepMAC",
-      `BackendData.VtepMAC "${macText}" is not a 6-octet MAC address`,
-    );
-  }
-  const problem = vtepMacProblem(vtepMac);
-  if (problem !== undefined) {
-    throw new LeaseDecodeError("BackendData.VtepMAC", `BackendData.VtepMAC "${macText}" is ${problem}`);
-  }
-  return { vni, vtepMac };
 }

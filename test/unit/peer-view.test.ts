@@ -1,7 +1,8 @@
 import { describe, it, expect } from "vitest";
 import { formatCidr, parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { parseNetworkConfig, type NetworkConfig } from "../../src/config/network-config.js";
-import { parseVxlanBackendData } from "../../src/lease/attrs.js";
+import { backendForLease } from "../../src/backends/registry.js";
+import { VxlanPeerData } from "../../src/backends/vxlan/backend-data.js";
 import type { LeaseAttrs } from "../../src/lease/lease.js";
 import {
   computeView,
@@ -24,9 +25,9 @@ const CONFIG: NetworkConfig = parseNetworkConfig(
   '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}',
 ).config;
 
-/** The vxlan backend's check, as the agent wires it: vxlan leases need usable BackendData. */
-const parseVxlanPeerData = (attrs: LeaseAttrs): object | undefined =>
-  attrs.backendType === "vxlan" ? parseVxlanBackendData(attrs.backendData) : undefined;
+/** As the agent wires it: the backend of the lease's type parses its BackendData (vxlan needs usable data). */
+const parsePeerData = (attrs: LeaseAttrs): object | undefined =>
+  backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
 
 const OWN_KEY = K("10.244.1.0-24");
 const CTX: ViewContext = {
@@ -34,7 +35,7 @@ const CTX: ViewContext = {
   config: CONFIG,
   ownKey: OWN_KEY,
   ownSubnet: parseCidr("10.244.1.0/24"),
-  parsePeerData: parseVxlanPeerData,
+  parsePeerData,
 };
 
 function vxlanValue(publicIP: string, mac = "02:00:00:00:00:01"): string {
@@ -375,7 +376,7 @@ describe("backend data (the parsePeerData hook)", () => {
         ...CTX,
         parsePeerData: (attrs) => {
           calls.push(attrs.backendData ?? "");
-          return parseVxlanPeerData(attrs);
+          return parsePeerData(attrs);
         },
       },
     };
@@ -384,7 +385,9 @@ describe("backend data (the parsePeerData hook)", () => {
   it("keeps what the hook parsed as the lease's peerData", () => {
     const a = peer(2);
     const view = computeView([a], CTX);
-    expect(view.peers.get(a.key)?.peerData).toEqual({ vni: 1, vtepMac: "02:00:00:00:00:01" });
+    const peerData = view.peers.get(a.key)?.peerData;
+    expect(peerData).toBeInstanceOf(VxlanPeerData);
+    expect(peerData).toEqual(new VxlanPeerData(1, "02:00:00:00:00:01"));
   });
 
   it("asks the hook once per entry version, not once per pass", () => {
