@@ -2,9 +2,12 @@
 // for a compaction, a broken watch and an outage, each delivering exactly the difference.
 import { afterEach, describe, expect, it } from "vitest";
 import { pino } from "pino";
+import { backendForLease } from "../../src/backends/registry.js";
+import { VxlanPeerData } from "../../src/backends/vxlan/backend-data.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { formatCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { encodeLeaseAttrs } from "../../src/lease/attrs.js";
+import type { LeaseAttrs } from "../../src/lease/lease.js";
 import type { InvalidEntry, PeerEvent, PeerView, RawEntry, ViewContext } from "../../src/lease/peer-view.js";
 import { COMPACTED_WATCH_REASON } from "../../src/lease/registry.js";
 import { SubnetWatch } from "../../src/lease/subnet-watch.js";
@@ -15,6 +18,10 @@ const PREFIX = "/coreos.com/network";
 const K = (tail: string): string => `${PREFIX}/subnets/${tail}`;
 const CONFIG = parseNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}').config;
 const silent = pino({ level: "silent" });
+
+/** As the agent wires it, one function for the watch's whole life: each backend parses its own BackendData. */
+const parsePeerData = (attrs: LeaseAttrs): object | undefined =>
+  backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
 
 const value = (ip: string): string =>
   encodeLeaseAttrs({
@@ -47,7 +54,7 @@ function startWatch(
   const summary = (e: PeerEvent): string => `${e.type} ${formatCidr(e.lease.subnet)}`;
   const watch = new SubnetWatch(
     registry,
-    { prefix: PREFIX, config: CONFIG, ownKey: undefined, ownSubnet: undefined, ...context },
+    { prefix: PREFIX, config: CONFIG, ownKey: undefined, ownSubnet: undefined, parsePeerData, ...context },
     {
       onPeers: (events, view) => {
         recorded.events.push(...events.map(summary));
@@ -153,6 +160,36 @@ describe("SubnetWatch", () => {
     expect(recorded.events).toEqual(["added 10.244.40.0/24", "added 10.244.41.0/24"]);
   });
 
+  it("sets aside a lease whose BackendData its backend cannot read, and passes the parsed data of the others on", async () => {
+    const clock = new FakeClock();
+    const registry = new MemoryRegistry(clock, PREFIX);
+    const vxlan = (ip: string, backendData: string | undefined): string =>
+      encodeLeaseAttrs({
+        publicIP: parseIPv4(ip),
+        publicIPv6: null,
+        backendType: "vxlan",
+        backendData,
+        backendV6Data: undefined,
+      });
+    registry.put(K("10.244.2.0-24"), vxlan("198.18.0.2", '{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}'));
+    registry.put(K("10.244.3.0-24"), value("198.18.0.3"));
+    const { recorded } = startWatch(registry, clock);
+    await settle();
+    registry.put(K("10.244.4.0-24"), vxlan("198.18.0.4", '{"VNI":1}'));
+    await settle();
+    expect(peersOf(recorded)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+    expect(recorded.views.at(-1)?.peers.get(K("10.244.2.0-24"))?.peerData).toEqual(
+      new VxlanPeerData(1, "0a:00:00:00:00:02"),
+    );
+    expect(recorded.invalid).toEqual([
+      {
+        key: K("10.244.4.0-24"),
+        reason: "bad vxlan BackendData: BackendData.VtepMAC is missing",
+        modRevision: expect.any(Number) as number,
+      },
+    ]);
+  });
+
   it("reports the own key on the first list and whenever it changes, never as a peer", async () => {
     const clock = new FakeClock();
     const registry = new MemoryRegistry(clock, PREFIX);
@@ -175,6 +212,7 @@ describe("SubnetWatch", () => {
       config: CONFIG,
       ownKey,
       ownSubnet: { ip: parseIPv4("10.244.1.0"), prefixLen: 24 },
+      parsePeerData,
     });
     expect(recorded.views).toHaveLength(deliveries);
   });
