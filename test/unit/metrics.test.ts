@@ -1,20 +1,39 @@
+// Prometheus metrics: counters fed by the loops' events, gauges read from the agent's state at scrape
+// (so they never disagree with /readyz and /status), and no label that grows with the cluster.
 import { describe, expect, it } from "vitest";
-import { initialAgentStatus, type AgentStatus } from "../../src/agent.js";
+import type { PeerStatus } from "../../src/backends/backend.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
-import type { RoundReport } from "../../src/dataplane/controller.js";
-import type { PeerStatus } from "../../src/dataplane/model.js";
-import type { Op } from "../../src/dataplane/planner.js";
+import type { PlannedOp } from "../../src/dataplane/kinds/index.js";
+import { TRIGGERS, type RoundReport } from "../../src/dataplane/loop.js";
+import { ownedRoute, permanentFdb, permanentNeighbour } from "../../src/dataplane/objects.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import type { OwnLease } from "../../src/lease/keeper.js";
 import type { Lease } from "../../src/lease/lease.js";
 import type { PeerView } from "../../src/lease/peer-view.js";
 import { Metrics, backendLabel } from "../../src/metrics/metrics.js";
-import { Heartbeats, dataplaneDeadlineMs } from "../../src/metrics/server.js";
+import { afterRound, StateStore, type AgentState } from "../../src/state.js";
+import { Heartbeats, dataplaneDeadlineMs } from "../../src/supervisor.js";
 
 const T0 = Date.UTC(2026, 0, 2, 3, 4, 5);
 
-function metrics(): Metrics {
-  return new Metrics({ version: "1.2.3", defaultMetrics: false, now: () => T0 });
+/** Metrics over a state store, wired as the agent wires them. */
+class Wired {
+  readonly store = new StateStore();
+  readonly metrics = new Metrics({
+    version: "1.2.3",
+    defaultMetrics: false,
+    state: () => this.store.current,
+  });
+
+  update(change: Partial<AgentState>): void {
+    this.store.update(change);
+  }
+
+  /** A finished round, as the agent records it: in the counters and in the data-plane state. */
+  round(report: RoundReport): void {
+    this.metrics.round(report);
+    this.store.updateDataplane((dataplane) => afterRound(dataplane, report, T0));
+  }
 }
 
 /** The value of one series (a histogram's _count/_sum/_bucket too), matched by the given labels. */
@@ -71,25 +90,21 @@ function view(leases: Lease[], invalid = 0): PeerView {
   };
 }
 
-const routeOp = (n: number, action: "replace" | "delete" = "replace"): Op =>
-  action === "replace"
-    ? {
-        kind: "route",
-        action,
-        route: { dst: `${net(n)}/24`, gateway: net(n), dev: "flannel.1", onlink: true },
-        reason: "missing",
-      }
-    : { kind: "route", action, route: { dst: `${net(n)}/24`, type: "unicast" }, reason: "stale" };
-const neighOp = (n: number): Op => ({
-  kind: "neigh",
+const tunnelRoute = (n: number) =>
+  ownedRoute({ family: 4, dst: `${net(n)}/24`, gateway: net(n), dev: "flannel.1", onlink: true });
+const routeOp = (n: number, action: "replace" | "delete" = "replace"): PlannedOp => ({
+  action,
+  object: tunnelRoute(n),
+  reason: action === "replace" ? "missing" : "stale: no such peer",
+});
+const neighOp = (n: number): PlannedOp => ({
   action: "replace",
-  neigh: { dev: "flannel.1", dst: net(n), lladdr: "0a:00:00:00:00:01" },
+  object: permanentNeighbour({ family: 4, dev: "flannel.1", dst: net(n), lladdr: "0a:00:00:00:00:01" }),
   reason: "missing",
 });
-const fdbOp = (n: number): Op => ({
-  kind: "fdb",
+const fdbOp = (n: number): PlannedOp => ({
   action: "replace",
-  fdb: { dev: "flannel.1", mac: "0a:00:00:00:00:01", dst: `198.18.0.${n}` },
+  object: permanentFdb({ dev: "flannel.1", mac: "0a:00:00:00:00:01", dst: `198.18.0.${n % 250}` }),
   reason: "missing",
 });
 
@@ -102,38 +117,52 @@ function report(partial: Partial<RoundReport>): RoundReport {
     repairs: [],
     desiredCounts: { route: 0, neigh: 0, fdb: 0 },
     peerLatencyMs: undefined,
+    reload: undefined,
     error: undefined,
     ...partial,
   };
 }
 
+const RELOAD_REASONS = ["start", "self", "resync", "overflow", "kernel", "retry"];
+
 describe("Metrics", () => {
   it("exposes build info and every fixed-label series from the start", async () => {
-    const m = metrics();
+    const { metrics: m } = new Wired();
     expect(await value(m, "twill_build_info", { version: "1.2.3", nodejs: process.version })).toBe(1);
     const text = await m.registry.metrics();
     expect(text).toContain('twill_lease_acquisitions_total{result="race_lost"} 0');
     expect(text).toContain('twill_dataplane_operations_total{kind="fdb",op="delete",result="error"} 0');
-    expect(text).toContain('twill_reconcile_rounds_total{trigger="kernel",result="ok"} 0');
+    for (const trigger of TRIGGERS) {
+      expect(text).toContain(`twill_reconcile_rounds_total{trigger="${trigger}",result="ok"} 0`);
+      expect(text).toContain(`twill_reconcile_rounds_total{trigger="${trigger}",result="error"} 0`);
+    }
+    expect(TRIGGERS).toContain("overflow");
+    for (const reason of RELOAD_REASONS) {
+      expect(text).toContain(`twill_kernel_view_reloads_total{reason="${reason}"} 0`);
+    }
     expect(text).toContain('twill_drift_repairs_total{kind="device"} 0');
+    expect(text).toContain('twill_kernel_objects{kind="neighbour"} 0');
     expect(text).toContain("twill_ready 0");
     expect(text).toContain("twill_etcd_connected 0");
+    expect(text).toContain("twill_config_valid 0");
     // Only twill_ metrics when default metrics are off.
     for (const metric of await m.registry.getMetricsAsJSON()) expect(metric.name).toMatch(/^twill_/);
   });
 
   it("includes prom-client's default process metrics by default, unprefixed", async () => {
-    const m = new Metrics({ version: "1.2.3" });
+    const store = new StateStore();
+    const m = new Metrics({ version: "1.2.3", state: () => store.current });
     const text = await m.registry.metrics();
     expect(text).toContain("process_cpu_user_seconds_total");
     expect(text).toContain("nodejs_heap_size_used_bytes");
   });
 
-  it("counts acquisitions by result and tracks the own lease expiry", async () => {
-    const m = metrics();
-    m.acquired(own(), "created-free");
-    m.acquired(own(), "created-previous");
-    m.acquired(own(), "reused");
+  it("counts acquisitions by result and shows the own lease's expiry from the state", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    m.acquired("created-free");
+    m.acquired("created-previous");
+    m.acquired("reused");
     m.raceLost();
     m.raceLost();
     m.exhausted();
@@ -141,21 +170,27 @@ describe("Metrics", () => {
     expect(await value(m, "twill_lease_acquisitions_total", { result: "reused" })).toBe(1);
     expect(await value(m, "twill_lease_acquisitions_total", { result: "race_lost" })).toBe(2);
     expect(await value(m, "twill_lease_acquisitions_total", { result: "exhausted" })).toBe(1);
+    expect(await value(m, "twill_lease_expiry_timestamp_seconds")).toBe(0);
+    agent.update({ ownLease: own() });
     expect(await value(m, "twill_lease_expiry_timestamp_seconds")).toBe((T0 + 3600_000) / 1000);
     expect(await value(m, "twill_lease_reserved")).toBe(0);
   });
 
   it("shows a reservation as expiry 0 with twill_lease_reserved 1", async () => {
-    const m = metrics();
-    m.acquired(own(Infinity), "reserved");
-    expect(await value(m, "twill_lease_acquisitions_total", { result: "reserved" })).toBe(1);
-    expect(await value(m, "twill_lease_expiry_timestamp_seconds")).toBe(0);
-    expect(await value(m, "twill_lease_reserved")).toBe(1);
+    const agent = new Wired();
+    agent.metrics.acquired("reserved");
+    agent.update({ ownLease: own(Infinity) });
+    expect(await value(agent.metrics, "twill_lease_acquisitions_total", { result: "reserved" })).toBe(1);
+    expect(await value(agent.metrics, "twill_lease_expiry_timestamp_seconds")).toBe(0);
+    expect(await value(agent.metrics, "twill_lease_reserved")).toBe(1);
   });
 
-  it("counts renewals and lost leases", async () => {
-    const m = metrics();
-    m.renewed(own(T0 + 7200_000));
+  it("counts renewals and lost leases; the expiry follows the renewed lease", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    agent.update({ ownLease: own() });
+    m.renewed();
+    agent.update({ ownLease: own(T0 + 7200_000) });
     m.renewFailed();
     m.renewFailed();
     m.leaseLost();
@@ -163,61 +198,57 @@ describe("Metrics", () => {
     expect(await value(m, "twill_lease_renewals_total", { result: "failure" })).toBe(2);
     expect(await value(m, "twill_lease_expiry_timestamp_seconds")).toBe((T0 + 7200_000) / 1000);
     expect(await value(m, "twill_lease_lost_total")).toBe(1);
-    expect(m.observed().leaseLost).toBe(1);
   });
 
-  it("tracks invalid entries: the current number and each newly skipped one", async () => {
-    const m = metrics();
-    m.invalid([{ key: "a", reason: "x", modRevision: 1 }]);
-    m.peers([], view([lease(2)], 1));
-    m.invalid([
-      { key: "b", reason: "y", modRevision: 2 },
-      { key: "c", reason: "z", modRevision: 3 },
-    ]);
-    m.peers([], view([lease(2)], 3));
-    expect(await value(m, "twill_invalid_entries")).toBe(3);
-    expect(await value(m, "twill_invalid_entries_skipped_total")).toBe(3);
+  it("tracks invalid entries: the current number from the view, and each newly skipped one", async () => {
+    const agent = new Wired();
+    agent.metrics.invalidSkipped(1);
+    agent.update({ view: view([lease(2)], 1) });
+    expect(await value(agent.metrics, "twill_invalid_entries")).toBe(1);
+    agent.metrics.invalidSkipped(2);
+    agent.update({ view: view([lease(2)], 3) });
+    expect(await value(agent.metrics, "twill_invalid_entries")).toBe(3);
+    expect(await value(agent.metrics, "twill_invalid_entries_skipped_total")).toBe(3);
+    // Fixed entries leave the gauge; the counter keeps its history.
+    agent.update({ view: view([lease(2)], 0) });
+    expect(await value(agent.metrics, "twill_invalid_entries")).toBe(0);
+    expect(await value(agent.metrics, "twill_invalid_entries_skipped_total")).toBe(3);
   });
 
   it("is connected to etcd from the config watch on, before any lease or subnet watch", async () => {
-    const m = metrics();
-    expect(await value(m, "twill_etcd_connected")).toBe(0);
-    m.configWatchState("broken");
-    expect(await value(m, "twill_etcd_connected")).toBe(0);
-    m.configWatchState("watching");
-    expect(await value(m, "twill_etcd_connected")).toBe(1);
-    m.watchState("broken", "etcd restarted");
-    expect(await value(m, "twill_etcd_connected")).toBe(0);
-    m.watchState("watching");
-    expect(await value(m, "twill_etcd_connected")).toBe(1);
-    m.configWatchState("broken");
-    expect(await value(m, "twill_etcd_connected")).toBe(0);
+    const agent = new Wired();
+    const connected = (): Promise<number> => value(agent.metrics, "twill_etcd_connected");
+    const broken = { state: "broken", since: T0, reason: "etcd restarted", restarts: 1 } as const;
+    expect(await connected()).toBe(0);
+    agent.update({ configWatch: "broken" });
+    expect(await connected()).toBe(0);
+    agent.update({ configWatch: "watching" });
+    expect(await connected()).toBe(1);
+    agent.update({ subnetWatch: broken });
+    expect(await connected()).toBe(0);
+    agent.update({ subnetWatch: { ...broken, state: "watching", reason: undefined } });
+    expect(await connected()).toBe(1);
+    agent.update({ configWatch: "broken" });
+    expect(await connected()).toBe(0);
   });
 
-  it("tracks the etcd watch: connected while watching, a restart per break", async () => {
-    const m = metrics();
-    m.configWatchState("watching");
-    m.watchState("watching");
-    expect(await value(m, "twill_etcd_connected")).toBe(1);
-    m.watchState("broken", "etcd restarted");
-    expect(await value(m, "twill_etcd_connected")).toBe(0);
-    m.watchState("watching");
-    m.watchState("broken", "compacted");
-    m.watchState("watching");
-    expect(await value(m, "twill_etcd_watch_restarts_total")).toBe(2);
-    expect(await value(m, "twill_etcd_connected")).toBe(1);
-    expect(m.observed().watch).toEqual({ state: "watching", since: T0, reason: undefined, restarts: 2 });
+  it("counts a restart per broken subnet watch", async () => {
+    const agent = new Wired();
+    agent.metrics.subnetWatchBroken();
+    agent.metrics.subnetWatchBroken();
+    expect(await value(agent.metrics, "twill_etcd_watch_restarts_total")).toBe(2);
   });
 
   it("counts rounds, operations by kind/op/result, kernel objects and durations", async () => {
-    const m = metrics();
+    const agent = new Wired();
+    const m = agent.metrics;
     const failedOp = neighOp(3);
-    m.round(
+    agent.round(
       report({
         trigger: "peers",
         durationMs: 12,
         ops: [routeOp(2), routeOp(3), routeOp(9, "delete"), neighOp(2), failedOp, fdbOp(2)],
-        failed: [{ op: failedOp, error: "RTNETLINK answers: No such device" }],
+        failed: [{ op: failedOp, error: "No such device (ENODEV)" }],
         desiredCounts: { route: 2, neigh: 2, fdb: 2 },
         peerLatencyMs: 30,
       }),
@@ -237,6 +268,9 @@ describe("Metrics", () => {
       }),
     ).toBe(1);
     expect(
+      await value(m, "twill_dataplane_operations_total", { kind: "neighbour", op: "replace", result: "ok" }),
+    ).toBe(1);
+    expect(
       await value(m, "twill_dataplane_operations_total", { kind: "fdb", op: "replace", result: "ok" }),
     ).toBe(1);
     // The failed neighbour is not in the kernel.
@@ -248,37 +282,43 @@ describe("Metrics", () => {
     // Not programmed: no latency observed. Peer changes never count as drift.
     expect(await value(m, "twill_peer_event_to_programmed_seconds_count")).toBe(0);
     expect(await value(m, "twill_drift_repairs_total", { kind: "route" })).toBe(0);
-    expect(m.observed().lastRound).toMatchObject({
+    expect(agent.store.current.dataplane.lastRound).toMatchObject({
       at: T0,
       trigger: "peers",
       ops: 6,
       failed: 1,
       result: "error",
-      error: "RTNETLINK answers: No such device",
+      error: "No such device (ENODEV)",
     });
-    expect(m.observed().lastSuccessAt).toBeUndefined();
+    expect(agent.store.current.dataplane.lastSuccessAt).toBeUndefined();
 
-    m.round(report({ trigger: "retry", ops: [neighOp(3)], desiredCounts: { route: 2, neigh: 2, fdb: 2 } }));
+    agent.round(
+      report({ trigger: "retry", ops: [neighOp(3)], desiredCounts: { route: 2, neigh: 2, fdb: 2 } }),
+    );
     expect(await value(m, "twill_reconcile_rounds_total", { trigger: "retry", result: "ok" })).toBe(1);
     expect(await value(m, "twill_kernel_objects", { kind: "neighbour" })).toBe(2);
-    expect(m.observed().lastSuccessAt).toBe(T0);
+    expect(agent.store.current.dataplane.lastSuccessAt).toBe(T0);
   });
 
   it("observes peer-event latency only for rounds that programmed the kernel", async () => {
-    const m = metrics();
-    m.round(report({ peerLatencyMs: 40 }));
-    m.round(report({ peerLatencyMs: 90, error: "ip: spawn failed" }));
+    const agent = new Wired();
+    const m = agent.metrics;
+    agent.round(report({ peerLatencyMs: 40 }));
+    agent.round(report({ peerLatencyMs: 90, error: new Error("netlink: socket closed") }));
+    const failedOp = routeOp(2);
+    agent.round(report({ peerLatencyMs: 70, ops: [failedOp], failed: [{ op: failedOp, error: "ENODEV" }] }));
     expect(await value(m, "twill_peer_event_to_programmed_seconds_count")).toBe(1);
     expect(await value(m, "twill_peer_event_to_programmed_seconds_sum")).toBeCloseTo(0.04);
     expect(await value(m, "twill_peer_event_to_programmed_seconds_bucket", { le: "0.05" })).toBe(1);
   });
 
   it("does not count the ops of a round that threw (they may never have run)", async () => {
-    const m = metrics();
-    m.round(
+    const agent = new Wired();
+    const m = agent.metrics;
+    agent.round(
       report({
         ops: [routeOp(2)],
-        error: "ip -batch: killed",
+        error: new Error("netlink: socket closed"),
         desiredCounts: { route: 5, neigh: 0, fdb: 0 },
       }),
     );
@@ -289,24 +329,48 @@ describe("Metrics", () => {
     expect(await value(m, "twill_reconcile_rounds_total", { trigger: "peers", result: "error" })).toBe(1);
   });
 
-  it("counts drift repairs by kind in resync- and kernel-triggered rounds only", async () => {
-    const m = metrics();
+  it("counts drift repairs by kind only in rounds etcd did not start (kernel, resync, overflow)", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
     const repair = { device: "flannel.1", what: "recreated", detail: "deleted" };
-    m.round(report({ trigger: "self", ops: [routeOp(2)], repairs: [repair] }));
-    m.round(report({ trigger: "kernel", ops: [routeOp(2), fdbOp(2)] }));
-    m.round(report({ trigger: "resync", ops: [neighOp(2)], repairs: [repair, repair] }));
-    expect(await value(m, "twill_drift_repairs_total", { kind: "route" })).toBe(1);
+    agent.round(report({ trigger: "self", ops: [routeOp(2)], repairs: [repair] }));
+    agent.round(report({ trigger: "peers", ops: [fdbOp(2)], repairs: [repair] }));
+    agent.round(report({ trigger: "kernel", ops: [routeOp(2), fdbOp(2)] }));
+    agent.round(report({ trigger: "resync", ops: [neighOp(2)], repairs: [repair, repair] }));
+    agent.round(report({ trigger: "overflow", ops: [routeOp(3)] }));
+    // A failed repair is not a repair.
+    const failedOp = neighOp(4);
+    agent.round(report({ trigger: "kernel", ops: [failedOp], failed: [{ op: failedOp, error: "EPERM" }] }));
+    expect(await value(m, "twill_drift_repairs_total", { kind: "route" })).toBe(2);
     expect(await value(m, "twill_drift_repairs_total", { kind: "fdb" })).toBe(1);
     expect(await value(m, "twill_drift_repairs_total", { kind: "neighbour" })).toBe(1);
     expect(await value(m, "twill_drift_repairs_total", { kind: "device" })).toBe(2);
-    expect(m.observed().driftRepairs).toEqual({ route: 1, neighbour: 1, fdb: 1, device: 2 });
+    // /status counts the same.
+    expect(agent.store.current.dataplane.driftRepairs).toEqual({ route: 2, neighbour: 1, fdb: 1, device: 2 });
   });
 
-  it("counts peers by backend and state, with unknown backends folded into one label value", async () => {
-    const m = metrics();
-    m.acquired(own(), "created-free");
+  it("counts the kernel view's reloads by reason", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    agent.round(report({ trigger: "self", reload: "start" }));
+    agent.round(report({ trigger: "peers" }));
+    agent.round(report({ trigger: "overflow", reload: "overflow" }));
+    agent.round(report({ trigger: "resync", reload: "resync" }));
+    agent.round(report({ trigger: "resync", reload: "resync" }));
+    expect(await value(m, "twill_kernel_view_reloads_total", { reason: "start" })).toBe(1);
+    expect(await value(m, "twill_kernel_view_reloads_total", { reason: "overflow" })).toBe(1);
+    expect(await value(m, "twill_kernel_view_reloads_total", { reason: "resync" })).toBe(2);
+    expect(await value(m, "twill_kernel_view_reloads_total", { reason: "kernel" })).toBe(0);
+    expect(await value(m, "twill_reconcile_rounds_total", { trigger: "overflow", result: "ok" })).toBe(1);
+  });
+
+  it("counts peers by backend and state at scrape, with unknown backends folded into one label value", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    // Once the own backend is known its series exist, so "0 unreachable" is a sample, not an absence.
+    agent.update({ backend: { type: "vxlan", options: {} } });
+    expect(await value(m, "twill_peers", { backend: "vxlan", state: "unreachable" })).toBe(0);
     const leases = [lease(2), lease(3), lease(4, "host-gw"), lease(5, null), lease(6, "evil-$(x)")];
-    m.peers([], view(leases));
     const states = new Map<string, PeerStatus>([
       [key(2), { state: "programmed", reason: "vxlan via flannel.1" }],
       [key(3), { state: "programmed" }],
@@ -314,71 +378,85 @@ describe("Metrics", () => {
       [key(5), { state: "backend-mismatch" }],
       [key(6), { state: "backend-mismatch" }],
     ]);
-    m.peerStates(states);
+    agent.update({ ownLease: own(), view: view(leases) });
+    agent.store.updateDataplane(() => ({ peerStates: states }));
     expect(await value(m, "twill_peers", { backend: "vxlan", state: "programmed" })).toBe(2);
     expect(await value(m, "twill_peers", { backend: "vxlan", state: "unreachable" })).toBe(0);
     expect(await value(m, "twill_peers", { backend: "host-gw", state: "backend_mismatch" })).toBe(1);
     expect(await value(m, "twill_peers", { backend: "unknown", state: "backend_mismatch" })).toBe(2);
     // A peer that went away drops out at the next scrape.
-    m.peerStates(new Map([[key(2), { state: "unreachable" }]]));
+    agent.update({ view: view([lease(2)]) });
+    agent.store.updateDataplane(() => ({ peerStates: new Map([[key(2), { state: "unreachable" }]]) }));
     const text = await m.registry.getSingleMetricAsString("twill_peers");
     expect(text).toContain('twill_peers{backend="vxlan",state="unreachable"} 1');
     expect(text).toContain('twill_peers{backend="vxlan",state="programmed"} 0');
     expect(text).not.toContain("host-gw");
-    expect(m.observed().peerStates.get(key(2))?.state).toBe("unreachable");
+    expect(text).not.toContain("unknown");
   });
 
-  it("counts restored masquerade rules after the first install, and errors", async () => {
-    const m = metrics();
-    m.rulesChecked({ missing: ["nat: chain FLANNEL-POSTRTG", "nat: rule -A …"], error: undefined });
-    m.rulesChecked({ missing: [], error: undefined });
-    m.rulesChecked({ missing: [], error: "iptables-restore: lock held" });
-    m.rulesChecked({ missing: ["filter: rule -A FLANNEL-FWD …"], error: undefined });
-    expect(await value(m, "twill_masq_rules_restored_total")).toBe(1);
+  it("counts restored masquerade rules and failed checks", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    // The first install restores nothing (the agent reports 0 for it), then one rule came back.
+    m.rulesChecked({ restored: 0, failed: false });
+    m.rulesChecked({ restored: 0, failed: false });
+    m.rulesChecked({ restored: 0, failed: true });
+    m.rulesChecked({ restored: 1, failed: false });
+    m.rulesChecked({ restored: 2, failed: false });
+    expect(await value(m, "twill_masq_rules_restored_total")).toBe(3);
     expect(await value(m, "twill_masq_errors_total")).toBe(1);
   });
 
-  it("reads readiness, config validity and the own lease from the agent status at scrape", async () => {
-    const m = metrics();
-    m.setReady(true);
-    expect(await value(m, "twill_ready")).toBe(1);
-    const status: AgentStatus = {
-      ...initialAgentStatus(),
-      config: { kind: "missing", key: "/coreos.com/network/config" },
-      notReady: ["no subnet lease yet"],
-    };
-    m.followStatus(() => status);
+  it("reads readiness, config validity and the own lease from the state at scrape", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    agent.update({ config: { kind: "missing", key: "/coreos.com/network/config" } });
     expect(await value(m, "twill_ready")).toBe(0);
     expect(await value(m, "twill_config_valid")).toBe(0);
     const text = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
-    status.config = { kind: "valid", config: parseNetworkConfig(text).config, text };
-    status.ownLease = own(Infinity);
-    status.notReady = [];
+    agent.update({
+      config: { kind: "valid", config: parseNetworkConfig(text).config, text },
+      ownLease: own(Infinity),
+      subnetFileWritten: true,
+      view: view([]),
+      phase: undefined,
+    });
+    agent.store.updateDataplane(() => ({ programmed: true }));
+    expect(await value(m, "twill_ready")).toBe(0); // the rules are not in yet
+    agent.store.updateMasq(() => ({ installed: true }));
     expect(await value(m, "twill_ready")).toBe(1);
     expect(await value(m, "twill_config_valid")).toBe(1);
     expect(await value(m, "twill_lease_reserved")).toBe(1);
     expect(await value(m, "twill_lease_expiry_timestamp_seconds")).toBe(0);
+    // Exactly what /readyz says.
+    expect(agent.store.notReady()).toEqual([]);
+    agent.update({ config: { kind: "invalid", key: "k", field: "Network", message: "Network: bad" } });
+    expect(await value(m, "twill_ready")).toBe(0);
+    expect(await value(m, "twill_config_valid")).toBe(0);
+    expect(agent.store.notReady()).toEqual(["invalid network config: Network: bad"]);
   });
 
   it("has no per-peer labels: the series count does not grow with the number of peers", async () => {
     const seriesFor = async (peerCount: number): Promise<number> => {
-      const m = metrics();
-      m.acquired(own(), "created-free");
+      const agent = new Wired();
+      const m = agent.metrics;
       const leases = Array.from({ length: peerCount }, (_, i) => lease(i + 2, i % 2 ? "vxlan" : "host-gw"));
-      m.peers([], view(leases, peerCount));
-      m.invalid([...view([], peerCount).invalid.values()]);
-      m.peerStates(
-        new Map(
-          leases.map((l, i) => [l.key, { state: i % 3 ? "programmed" : "unreachable", reason: l.key }]),
+      agent.update({ ownLease: own(), view: view(leases, peerCount) });
+      agent.store.updateDataplane(() => ({
+        peerStates: new Map(
+          leases.map((l, i): [string, PeerStatus] => [
+            l.key,
+            { state: i % 3 ? "programmed" : "unreachable", reason: l.key },
+          ]),
         ),
-      );
-      const ops = leases.flatMap((l, i) => [routeOp(i + 2), neighOp(i + 2), fdbOp(i + 2)]);
-      m.round(report({ trigger: "kernel", ops, peerLatencyMs: 5 }));
+      }));
+      m.invalidSkipped(peerCount);
+      const ops = leases.flatMap((_, i) => [routeOp(i + 2), neighOp(i + 2), fdbOp(i + 2)]);
+      agent.round(report({ trigger: "kernel", ops, peerLatencyMs: 5, reload: "kernel" }));
       let series = 0;
       for (const metric of await m.registry.getMetricsAsJSON()) {
         for (const v of metric.values) {
-          const labels = Object.keys(v.labels);
-          for (const label of labels)
+          for (const label of Object.keys(v.labels)) {
             expect([
               "result",
               "backend",
@@ -386,10 +464,12 @@ describe("Metrics", () => {
               "kind",
               "op",
               "trigger",
+              "reason",
               "le",
               "version",
               "nodejs",
             ]).toContain(label);
+          }
           series += 1;
         }
       }
@@ -431,5 +511,10 @@ describe("Heartbeats", () => {
     expect(beats.snapshot()).toEqual({ dataplane: now, lease: 1_000_000 });
     beats.end("dataplane");
     expect(Object.keys(beats.snapshot())).toEqual(["lease"]);
+  });
+
+  it("gives the data plane three resync intervals and 30 s before it counts as stuck", () => {
+    expect(dataplaneDeadlineMs(30_000)).toBe(120_000);
+    expect(dataplaneDeadlineMs(300_000)).toBe(930_000);
   });
 });
