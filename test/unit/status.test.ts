@@ -1,9 +1,8 @@
+// The /status document and `twill status`'s rendering of it, built from the agent's state.
 import { describe, expect, it } from "vitest";
-import type { AgentStatus } from "../../src/agent.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import type { Lease } from "../../src/lease/lease.js";
-import type { Observed } from "../../src/metrics/metrics.js";
 import {
   buildStatus,
   formatAge,
@@ -11,6 +10,7 @@ import {
   renderStatus,
   type StatusJson,
 } from "../../src/metrics/status.js";
+import { initialState, type AgentState, type DataplaneState } from "../../src/state.js";
 
 const NOW = Date.UTC(2026, 10, 22, 12, 0, 0);
 const key = (n: number): string => `/coreos.com/network/subnets/10.244.${n}.0-24`;
@@ -34,12 +34,16 @@ function lease(n: number, backendType: string | undefined): Lease {
 
 const configText = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
 
-function agentStatus(): AgentStatus {
+/** A ready agent with three peers through a round, one pending and two invalid entries. */
+function readyAgent(): AgentState {
   const own = lease(1, "vxlan");
   // Inserted out of order: the document sorts peers by subnet.
   const peers = [lease(12, "vxlan"), lease(3, "vxlan"), lease(4, "host-gw"), lease(5, "vxlan")];
+  const config = parseNetworkConfig(configText).config;
   return {
-    config: { kind: "valid", config: parseNetworkConfig(configText).config, text: configText },
+    ...initialState(),
+    phase: undefined,
+    config: { kind: "valid", config, text: configText },
     external: {
       name: "eth0",
       index: 2,
@@ -55,6 +59,7 @@ function agentStatus(): AgentStatus {
       modRevision: 1,
       expiresAt: NOW + 23 * 3600_000 + 15 * 60_000,
     },
+    backend: { type: config.backend.type, options: config.backend.options },
     subnetFileWritten: true,
     view: {
       peers: new Map(peers.map((l) => [l.key, l])),
@@ -73,47 +78,53 @@ function agentStatus(): AgentStatus {
         ],
       ]),
     },
-    iptables: { command: "iptables-nft", reason: "kubelet's KUBE-IPTABLES-HINT chain is in the nft tables" },
-    nodeProblems: [],
-    notReady: [],
-  };
-}
-
-function observed(): Observed {
-  return {
-    lastRound: {
-      at: NOW - 3000,
-      trigger: "peers",
-      durationMs: 4.26,
-      ops: 9,
-      failed: 0,
-      repairs: 0,
-      result: "ok",
-      error: undefined,
+    dataplane: {
+      programmed: true,
+      lastRound: {
+        at: NOW - 3000,
+        trigger: "peers",
+        durationMs: 4.26,
+        ops: 9,
+        failed: 0,
+        repairs: 0,
+        result: "ok",
+        error: undefined,
+      },
+      lastSuccessAt: NOW - 3000,
+      peerStates: new Map([
+        [key(3), { state: "programmed", reason: "vxlan via flannel.1 to 198.18.0.3" }],
+        [key(4), { state: "backend-mismatch", reason: "peer 10.244.4.0/24 uses backend host-gw" }],
+        [key(12), { state: "programmed", reason: "vxlan via flannel.1 to 198.18.0.12" }],
+      ]),
+      driftRepairs: { route: 2, neighbour: 0, fdb: 1, device: 1 },
+      kernelObjects: { route: 2, neighbour: 2, fdb: 2 },
     },
-    lastSuccessAt: NOW - 3000,
-    peerStates: new Map([
-      [key(3), { state: "programmed", reason: "vxlan via flannel.1 to 198.18.0.3" }],
-      [key(4), { state: "backend-mismatch", reason: "peer 10.244.4.0/24 uses backend host-gw" }],
-      [key(12), { state: "programmed", reason: "vxlan via flannel.1 to 198.18.0.12" }],
-    ]),
-    watch: { state: "watching", since: NOW - 3_720_000, reason: undefined, restarts: 2 },
-    driftRepairs: { route: 2, neighbour: 0, fdb: 1, device: 1 },
-    kernelObjects: { route: 2, neighbour: 2, fdb: 2 },
+    masq: {
+      installed: true,
+      iptables: {
+        command: "iptables-nft",
+        reason: "kubelet's KUBE-IPTABLES-HINT chain is in the nft tables",
+      },
+      watch: "nftables notifications",
+      restored: 0,
+      errors: 0,
+    },
+    configWatch: "watching",
+    subnetWatch: { state: "watching", since: NOW - 3_720_000, reason: undefined, restarts: 2 },
     leaseLost: 0,
-    masqRestored: 0,
-    masqErrors: 0,
+    nodeProblems: [],
   };
 }
 
-function status(agent = agentStatus(), obs = observed(), unhealthy: string[] = []): StatusJson {
-  return buildStatus({ version: "0.1.0", now: NOW, agent, observed: obs, unhealthy });
+function status(agent: AgentState = readyAgent(), unhealthy: string[] = []): StatusJson {
+  return buildStatus({ version: "0.1.0", now: NOW, state: agent, unhealthy });
 }
 
 describe("buildStatus", () => {
   it("joins the agent's view with the data plane's peer states, sorted, invalid entries last", () => {
     const s = status();
     expect(s.ready).toBe(true);
+    expect(s.notReady).toEqual([]);
     expect(s.generatedAt).toBe("2026-11-22T12:00:00.000Z");
     expect(s.lease).toEqual({
       subnet: "10.244.1.0/24",
@@ -124,7 +135,13 @@ describe("buildStatus", () => {
       expiresAt: "2026-11-23T11:15:00.000Z",
       lost: 0,
     });
-    expect(s.config).toEqual({ state: "valid", network: "10.244.0.0/16", backend: "vxlan", message: null });
+    expect(s.config).toEqual({
+      state: "valid",
+      network: "10.244.0.0/16",
+      backend: "vxlan",
+      backendOptions: { VNI: 1, Port: 8472, MTU: null, GBP: false, Learning: false, DirectRouting: false },
+      message: null,
+    });
     expect(s.peers.map((p) => [p.subnet, p.state])).toEqual([
       ["10.244.3.0/24", "programmed"],
       ["10.244.4.0/24", "backend-mismatch"],
@@ -140,28 +157,98 @@ describe("buildStatus", () => {
       restarts: 2,
     });
     expect(s.lastRound?.durationMs).toBe(4.3);
+    expect(s.masq).toEqual({
+      restored: 0,
+      errors: 0,
+      iptables: {
+        command: "iptables-nft",
+        reason: "kubelet's KUBE-IPTABLES-HINT chain is in the nft tables",
+      },
+      watch: "nftables notifications",
+    });
     // Plain JSON: survives a round trip unchanged.
     expect(JSON.parse(JSON.stringify(s))).toEqual(s);
   });
 
   it("shows a reservation without an expiry, and a missing config with its key", () => {
-    const agent = agentStatus();
+    const agent = readyAgent();
     const own = agent.ownLease;
     if (!own) throw new Error("fixture");
-    agent.ownLease = { ...own, leaseId: "0", expiresAt: Infinity };
-    agent.config = { kind: "missing", key: "/coreos.com/network/config" };
-    const s = status(agent);
+    const s = status({
+      ...agent,
+      ownLease: { ...own, leaseId: "0", expiresAt: Infinity },
+      config: { kind: "missing", key: "/coreos.com/network/config" },
+    });
     expect(s.lease?.reserved).toBe(true);
     expect(s.lease?.expiresAt).toBeNull();
     expect(s.config).toEqual({
       state: "missing",
       network: null,
       backend: null,
+      backendOptions: null,
       message: "no network config at /coreos.com/network/config",
     });
+    expect(s.ready).toBe(false);
+    expect(s.notReady).toEqual(["no network config at /coreos.com/network/config"]);
     expect(JSON.stringify(s)).not.toContain("Infinity");
   });
+
+  it("derives readiness from the state, every reason in order, and health from the loops", () => {
+    const s = status({ ...initialState(), masq: { ...initialState().masq, installed: false } }, [
+      "dataplane loop stuck: last heartbeat 130s ago, expected within 120s",
+    ]);
+    expect(s.ready).toBe(false);
+    expect(s.notReady).toEqual([
+      "starting",
+      "no subnet lease yet",
+      "subnet file not written",
+      "peer view not synced",
+      "data plane not programmed yet",
+      "masquerade/forward rules not installed yet",
+    ]);
+    expect(s.healthy).toBe(false);
+    expect(s.unhealthy).toEqual(["dataplane loop stuck: last heartbeat 130s ago, expected within 120s"]);
+    expect(s.config).toMatchObject({ state: "unknown", network: null, backendOptions: null });
+    expect(s.lease).toBeNull();
+    expect(s.peers).toEqual([]);
+    expect(s.lastRound).toBeNull();
+    expect(s.masq).toEqual({ restored: 0, errors: 0, iptables: null, watch: null });
+  });
 });
+
+/** The agent while it (re-)acquires a lease after a failed round, with a broken watch. */
+function startingAgent(): AgentState {
+  const ready = readyAgent();
+  const dataplane: DataplaneState = {
+    ...ready.dataplane,
+    programmed: false,
+    lastRound: {
+      at: NOW - 65_000,
+      trigger: "retry",
+      durationMs: 120,
+      ops: 3,
+      failed: 1,
+      repairs: 0,
+      result: "error",
+      error: "Network is unreachable (ENETUNREACH)",
+    },
+    lastSuccessAt: undefined,
+    driftRepairs: { route: 0, neighbour: 0, fdb: 0, device: 0 },
+    kernelObjects: { route: 1, neighbour: 0, fdb: 0 },
+  };
+  return {
+    ...ready,
+    phase: "acquiring a subnet lease",
+    ownLease: undefined,
+    external: undefined,
+    view: undefined,
+    subnetFileWritten: false,
+    nodeProblems: ["net.bridge.bridge-nf-call-iptables is 0, not 1: …"],
+    dataplane,
+    subnetWatch: { state: "broken", since: NOW - 20_000, reason: "etcd unavailable", restarts: 1 },
+    masq: { ...ready.masq, watch: undefined, restored: 3, errors: 1 },
+  };
+}
 
 describe("renderStatus", () => {
   it("renders a healthy agent (golden)", () => {
@@ -177,7 +264,7 @@ describe("renderStatus", () => {
         "last reconcile: 3s ago, trigger peers, 9 ops, 4.3 ms, ok",
         "kernel:         2 routes, 2 neighbours, 2 FDB entries",
         "drift repaired: 4 (route 2, neighbour 0, fdb 1, device 1)",
-        "iptables:       iptables-nft (kubelet's KUBE-IPTABLES-HINT chain is in the nft tables)",
+        "iptables:       iptables-nft (kubelet's KUBE-IPTABLES-HINT chain is in the nft tables); removals noticed by nftables notifications",
         "",
         "peers: 6 (2 programmed, 1 pending, 1 backend-mismatch, 2 invalid)",
         "  SUBNET                            PUBLIC IP    BACKEND  STATE             DETAIL",
@@ -193,39 +280,16 @@ describe("renderStatus", () => {
   });
 
   it("renders a starting, unhealthy agent with a broken watch and a failed round (golden)", () => {
-    const agent = agentStatus();
-    agent.ownLease = undefined;
-    agent.external = undefined;
-    agent.view = undefined;
-    agent.subnetFileWritten = false;
-    agent.notReady = ["no subnet lease yet", "data plane not programmed yet"];
-    agent.nodeProblems = ["net.bridge.bridge-nf-call-iptables is 0, not 1: …"];
-    const obs: Observed = {
-      ...observed(),
-      lastRound: {
-        at: NOW - 65_000,
-        trigger: "retry",
-        durationMs: 120,
-        ops: 3,
-        failed: 1,
-        repairs: 0,
-        result: "error",
-        error: "RTNETLINK answers: Network is unreachable",
-      },
-      lastSuccessAt: undefined,
-      watch: { state: "broken", since: NOW - 20_000, reason: "etcd unavailable", restarts: 1 },
-      driftRepairs: { route: 0, neighbour: 0, fdb: 0, device: 0 },
-      kernelObjects: { route: 1, neighbour: 0, fdb: 0 },
-      masqRestored: 3,
-      masqErrors: 1,
-    };
     const text = renderStatus(
-      status(agent, obs, ["dataplane loop stuck: last heartbeat 130s ago, expected within 120s"]),
+      status(startingAgent(), ["dataplane loop stuck: last heartbeat 130s ago, expected within 120s"]),
     );
     expect(text).toBe(
       [
         "twill 0.1.0 — NOT READY",
+        "  not ready: acquiring a subnet lease",
         "  not ready: no subnet lease yet",
+        "  not ready: subnet file not written",
+        "  not ready: peer view not synced",
         "  not ready: data plane not programmed yet",
         "  UNHEALTHY: dataplane loop stuck: last heartbeat 130s ago, expected within 120s",
         "  node problem: net.bridge.bridge-nf-call-iptables is 0, not 1: …",
@@ -235,7 +299,7 @@ describe("renderStatus", () => {
         "interface:      not selected yet",
         "subnet file:    not written",
         "etcd:           watch broken 20s ago: etcd unavailable; 1 watch restart",
-        "last reconcile: 1m05s ago, trigger retry, 3 ops (1 failed), 120 ms, ERROR: RTNETLINK answers: Network is unreachable",
+        "last reconcile: 1m05s ago, trigger retry, 3 ops (1 failed), 120 ms, ERROR: Network is unreachable (ENETUNREACH)",
         "last success:   never",
         "kernel:         1 route, 0 neighbours, 0 FDB entries",
         "drift repaired: none",
@@ -249,11 +313,12 @@ describe("renderStatus", () => {
   });
 
   it("renders a reservation and a lost lease", () => {
-    const agent = agentStatus();
+    const agent = readyAgent();
     const own = agent.ownLease;
     if (!own) throw new Error("fixture");
-    agent.ownLease = { ...own, leaseId: "0", expiresAt: Infinity };
-    const text = renderStatus(status(agent, { ...observed(), leaseLost: 2 }));
+    const text = renderStatus(
+      status({ ...agent, ownLease: { ...own, leaseId: "0", expiresAt: Infinity }, leaseLost: 2 }),
+    );
     expect(text).toContain(
       "lease:          10.244.1.0/24 public IP 198.18.0.1, reservation, never expires, lost and re-acquired 2 times\n",
     );
