@@ -3,12 +3,12 @@
 // `twill status` client against it. No agent, no namespaces.
 import { spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { initialAgentStatus, type AgentStatus } from "../../src/agent.js";
-import type { Op } from "../../src/dataplane/planner.js";
+import type { PlannedOp } from "../../src/dataplane/kinds/index.js";
+import { ownedRoute } from "../../src/dataplane/objects.js";
+import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { Metrics } from "../../src/metrics/metrics.js";
 import {
-  Heartbeats,
   createHandler,
   listen,
   listenPlan,
@@ -17,16 +17,15 @@ import {
   type RunningServer,
 } from "../../src/metrics/server.js";
 import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../../src/metrics/status.js";
+import { afterRound, StateStore } from "../../src/state.js";
+import { Heartbeats } from "../../src/supervisor.js";
 import { waitFor } from "../helpers/processes.js";
 
 let now = Date.UTC(2026, 10, 22, 12, 0, 0);
 const heartbeats = new Heartbeats(() => now);
-const metrics = new Metrics({ version: "0.1.0" });
-const agent: AgentStatus = {
-  ...initialAgentStatus(),
-  notReady: ["acquiring a subnet lease", "data plane not programmed yet"],
-};
-metrics.followStatus(() => agent);
+const store = new StateStore();
+store.update({ phase: "acquiring a subnet lease" });
+const metrics = new Metrics({ version: "0.1.0", state: () => store.current });
 
 let server: RunningServer;
 const errors: string[] = [];
@@ -34,7 +33,7 @@ const errors: string[] = [];
 beforeAll(async () => {
   const handler = createHandler({
     registry: metrics.registry,
-    source: agentEndpoints({ status: agent, heartbeats }, metrics, "0.1.0", () => now),
+    source: agentEndpoints({ state: () => store.current, heartbeats }, "0.1.0", () => now),
     onError: (path, error) => errors.push(`${path}: ${String(error)}`),
   });
   server = await listen({ host: "127.0.0.1", port: 0 }, handler);
@@ -56,8 +55,8 @@ async function get(
   };
 }
 
-/** Feeds metrics a little of everything, so the exposition has histograms and labelled series. */
-function feed(m: Metrics = metrics): void {
+/** Feeds metrics (and the state they read) a little of everything: histograms and labelled series. */
+function feed(m: Metrics = metrics, state: StateStore = store): void {
   const subnet = parseCidr("10.244.1.0/24");
   const attrs = {
     publicIP: parseIPv4("198.18.0.1"),
@@ -66,8 +65,10 @@ function feed(m: Metrics = metrics): void {
     backendData: undefined,
     backendV6Data: undefined,
   };
-  m.acquired(
-    {
+  m.acquired("created-free");
+  const peerKey = "/coreos.com/network/subnets/10.244.2.0-24";
+  state.update({
+    ownLease: {
       subnet,
       key: "/coreos.com/network/subnets/10.244.1.0-24",
       attrs,
@@ -75,34 +76,40 @@ function feed(m: Metrics = metrics): void {
       modRevision: 3,
       expiresAt: now + 86_400_000,
     },
-    "created-free",
-  );
-  m.watchState("watching");
-  const peerKey = "/coreos.com/network/subnets/10.244.2.0-24";
-  m.peers([], {
-    peers: new Map([
-      [
-        peerKey,
-        {
-          subnet: parseCidr("10.244.2.0/24"),
-          attrs: { ...attrs, publicIP: parseIPv4("198.18.0.2") },
-          key: peerKey,
-          etcdLeaseId: "6",
-          createRevision: 4,
-          modRevision: 4,
-        },
-      ],
-    ]),
-    invalid: new Map(),
+    configWatch: "watching",
+    subnetWatch: { state: "watching", since: now, reason: undefined, restarts: 0 },
+    view: {
+      peers: new Map([
+        [
+          peerKey,
+          {
+            subnet: parseCidr("10.244.2.0/24"),
+            attrs: { ...attrs, publicIP: parseIPv4("198.18.0.2") },
+            key: peerKey,
+            etcdLeaseId: "6",
+            createRevision: 4,
+            modRevision: 4,
+          },
+        ],
+      ]),
+      invalid: new Map(),
+    },
   });
-  m.peerStates(new Map([[peerKey, { state: "programmed", reason: "vxlan via flannel.1" }]]));
-  const op: Op = {
-    kind: "route",
+  state.updateDataplane(() => ({
+    peerStates: new Map([[peerKey, { state: "programmed", reason: "vxlan via flannel.1" }]]),
+  }));
+  const op: PlannedOp = {
     action: "replace",
-    route: { dst: "10.244.2.0/24", gateway: "10.244.2.0", dev: "flannel.1", onlink: true },
+    object: ownedRoute({
+      family: 4,
+      dst: "10.244.2.0/24",
+      gateway: "10.244.2.0",
+      dev: "flannel.1",
+      onlink: true,
+    }),
     reason: "missing",
   };
-  m.round({
+  const report = {
     trigger: "peers",
     durationMs: 3.2,
     ops: [op],
@@ -110,8 +117,11 @@ function feed(m: Metrics = metrics): void {
     repairs: [],
     desiredCounts: { route: 1, neigh: 1, fdb: 1 },
     peerLatencyMs: 25,
+    reload: "start",
     error: undefined,
-  });
+  } as const;
+  m.round(report);
+  state.updateDataplane((dataplane) => afterRound(dataplane, report, now));
 }
 
 describe("HTTP endpoints", () => {
@@ -132,10 +142,28 @@ describe("HTTP endpoints", () => {
     const notReady = await get("/readyz");
     expect(notReady.status).toBe(503);
     expect(notReady.type).toMatch(/^text\/plain/);
-    expect(notReady.body).toBe("acquiring a subnet lease\ndata plane not programmed yet\n");
+    expect(notReady.body).toBe(
+      [
+        "acquiring a subnet lease",
+        "no subnet lease yet",
+        "subnet file not written",
+        "peer view not synced",
+        "data plane not programmed yet",
+        "masquerade/forward rules not installed yet",
+        "",
+      ].join("\n"),
+    );
     expect((await get("/metrics")).body).toMatch(/^twill_ready 0$/m);
 
-    agent.notReady = [];
+    const text = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
+    feed();
+    store.update({
+      phase: undefined,
+      config: { kind: "valid", config: parseNetworkConfig(text).config, text },
+      subnetFileWritten: true,
+    });
+    store.updateDataplane(() => ({ programmed: true }));
+    store.updateMasq(() => ({ installed: true }));
     expect(await get("/readyz")).toMatchObject({ status: 200, body: "ready\n" });
     expect((await get("/metrics")).body).toMatch(/^twill_ready 1$/m);
   });
@@ -171,11 +199,14 @@ describe("HTTP endpoints", () => {
       );
     }
 
-    const own = new Metrics({ version: "0.1.0", defaultMetrics: false });
-    feed(own);
+    const ownStore = new StateStore();
+    const own = new Metrics({ version: "0.1.0", defaultMetrics: false, state: () => ownStore.current });
+    feed(own, ownStore);
     own.leaseLost();
-    own.invalid([{ key: "k", reason: "r", modRevision: 1 }]);
-    own.rulesChecked({ missing: [], error: "x" });
+    own.invalidSkipped(1);
+    own.subnetWatchBroken();
+    own.rulesChecked({ restored: 2, failed: false });
+    own.rulesChecked({ restored: 0, failed: true });
     const twillOnly = spawnSync("promtool", ["check", "metrics"], {
       input: await own.registry.metrics(),
       encoding: "utf8",
@@ -185,27 +216,15 @@ describe("HTTP endpoints", () => {
   });
 
   it("/status: JSON that `twill status` fetches and renders", async () => {
-    agent.external = {
-      name: "eth0",
-      index: 2,
-      mtu: 1500,
-      ifaceIp: parseIPv4("198.18.0.1"),
-      publicIp: parseIPv4("198.18.0.1"),
-    };
-    agent.ownLease = {
-      subnet: parseCidr("10.244.1.0/24"),
-      key: "/coreos.com/network/subnets/10.244.1.0-24",
-      attrs: {
-        publicIP: parseIPv4("198.18.0.1"),
-        publicIPv6: null,
-        backendType: "vxlan",
-        backendData: undefined,
-        backendV6Data: undefined,
+    store.update({
+      external: {
+        name: "eth0",
+        index: 2,
+        mtu: 1500,
+        ifaceIp: parseIPv4("198.18.0.1"),
+        publicIp: parseIPv4("198.18.0.1"),
       },
-      leaseId: "5",
-      modRevision: 3,
-      expiresAt: now + 86_400_000,
-    };
+    });
     const res = await get("/status");
     expect(res.status).toBe(200);
     expect(res.type).toMatch(/^application\/json/);
@@ -213,6 +232,8 @@ describe("HTTP endpoints", () => {
     expect(status.ready).toBe(true);
     expect(status.lease?.subnet).toBe("10.244.1.0/24");
     expect(status.etcd.watch).toBe("watching");
+    expect(status.peers.map((peer) => [peer.subnet, peer.state])).toEqual([["10.244.2.0/24", "programmed"]]);
+    expect(status.lastRound).toMatchObject({ trigger: "peers", ops: 1, result: "ok" });
     expect(renderStatus(status)).toContain("twill 0.1.0 — ready");
     // Without a scheme too, as people type it.
     expect((await fetchStatus(server.url.replace("http://", ""))).version).toBe("0.1.0");
