@@ -38,6 +38,7 @@ import {
   NFPROTO_IPV4,
   NFPROTO_IPV6,
   NFT_MSG_NEWCHAIN,
+  NFT_MSG_NEWGEN,
   type NftablesNotice,
 } from "../netlink/nftables.js";
 import { NETLINK_NETFILTER, NetlinkSocket, type SubscriptionListener } from "../netlink/socket.js";
@@ -82,6 +83,8 @@ export function concernsOurRules(
 export class NftablesChangeListener implements SubscriptionListener {
   /** nf_tables messages received. */
   messages = 0;
+  /** Transactions seen (NEWGEN ends each): all of a command's messages are in once its count is. */
+  transactions = 0;
   /** Times onChange was called. */
   reported = 0;
   private changed = false;
@@ -93,8 +96,9 @@ export class NftablesChangeListener implements SubscriptionListener {
 
   message(message: MessageView): void {
     this.messages++;
-    if (this.changed) return; // already reporting this drain: skip the decoding
     const header = nftablesHeader(message);
+    if (header?.type === NFT_MSG_NEWGEN) this.transactions++;
+    if (this.changed) return; // already reporting this drain: skip the decoding
     // The cheap first look: most of kube-proxy's traffic is rules, so the family and kind filter little,
     // but generations (one per transaction) and other families need no attribute parsing at all.
     if (header === undefined || !WATCHED_FAMILIES.has(header.family)) return;

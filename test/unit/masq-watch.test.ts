@@ -300,6 +300,7 @@ describe("NftablesChangeListener", () => {
     drain(listener, writer);
     expect(notices).toBe(0);
     expect(listener.messages).toBe(401);
+    expect(listener.transactions).toBe(1);
   });
 
   it("one change of ours among many messages reports once per drain", () => {
