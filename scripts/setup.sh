@@ -11,6 +11,7 @@ declare -A needs=(
   [ip]=iproute2
   [bridge]=iproute2
   [iptables-restore]=iptables
+  [nft]=nftables
   [ping]=iputils-ping
   [openssl]=openssl
   [sysctl]=procps
