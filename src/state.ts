@@ -2,7 +2,7 @@
 // their part; /status, /readyz, the metrics gauges and `twill status` read it. Readiness is derived
 // from the state every time it is read, so no step can hide another's reason.
 import type { OptionValue, PeerStatus } from "./backends/backend.js";
-import type { RoundReport, Trigger } from "./dataplane/loop.js";
+import { isDriftRound, type RoundReport, type Trigger } from "./dataplane/loop.js";
 import type { ConfigState } from "./lease/config-watch.js";
 import type { OwnLease } from "./lease/keeper.js";
 import type { PeerView } from "./lease/peer-view.js";
@@ -121,11 +121,6 @@ export function notReadyReasons(state: AgentState): string[] {
   if (!state.dataplane.programmed) reasons.push("data plane not programmed yet");
   if (!state.masq.installed) reasons.push("masquerade/forward rules not installed yet");
   return reasons;
-}
-
-/** Whether a round's ops repaired drift (someone else changed the kernel) rather than following etcd. */
-export function isDriftRound(trigger: Trigger): boolean {
-  return trigger !== "peers" && trigger !== "self";
 }
 
 /** The data-plane state after a round. */

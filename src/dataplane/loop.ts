@@ -47,6 +47,15 @@ import { allSlots, planSlots, type PlanInput } from "./planner.js";
 export type Trigger = "self" | "peers" | "kernel" | "resync" | "overflow" | "retry";
 export const TRIGGERS: readonly Trigger[] = ["self", "peers", "kernel", "resync", "overflow", "retry"];
 
+/**
+ * Whether a round's ops repaired drift (someone else changed the kernel) rather than following etcd:
+ * rounds started by a notification, a resync or lost notifications. A retry finishes an earlier round's
+ * work and is not drift.
+ */
+export function isDriftRound(trigger: Trigger): boolean {
+  return trigger === "kernel" || trigger === "resync" || trigger === "overflow";
+}
+
 /** This node, as the data plane needs it. */
 export interface DataplaneSelf {
   readonly config: NetworkConfig;
@@ -687,7 +696,7 @@ export class DataplaneLoop {
         "device repaired",
       );
     }
-    const drift = report.trigger !== "peers" && report.trigger !== "self";
+    const drift = isDriftRound(report.trigger);
     const failures = new Map(report.failed.map((f) => [f.op, f.error]));
     const debug = this.log.isLevelEnabled("debug");
     for (const op of report.ops) {

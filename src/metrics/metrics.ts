@@ -4,11 +4,10 @@
 // the docs. No label carries a peer: every label has a small fixed set of values.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { PeerState } from "../backends/backend.js";
-import { TRIGGERS, type RoundReport } from "../dataplane/loop.js";
+import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
 import type { AcquireResult } from "../lease/keeper.js";
 import {
   DRIFT_KINDS,
-  isDriftRound,
   KERNEL_KINDS,
   kernelKind,
   notReadyReasons,
