@@ -209,7 +209,7 @@ export const agentFlags: readonly FlagSpec[] = [
     default: "5",
     min: 1,
     max: 3600,
-    help: "check the masquerade/forward rules this many seconds apart and restore any that are missing",
+    help: "restore missing masquerade/forward rules, checking this often when nothing reports removals; with nft notifications or legacy counters, every 5 min (or this often if longer)",
     flannel: true,
     metavar: "SECONDS",
   },
