@@ -250,7 +250,7 @@ describe("concernsOurRules", () => {
       { type: NFT_MSG_NEWCHAIN, family: ip, flags: NLM_F_EXCL, table: "nat", chain: "KUBE-SEP-XYZ" },
     ],
     [
-      "a built-in chain of ours' table created (NLM_F_CREATE) that holds nothing of ours",
+      "a built-in chain that holds nothing of ours created (NLM_F_CREATE)",
       { type: NFT_MSG_NEWCHAIN, family: ip, flags: NLM_F_CREATE, table: "nat", chain: "PREROUTING" },
     ],
     ["a KUBE chain deleted", { type: NFT_MSG_DELCHAIN, family: ip, table: "filter", chain: "KUBE-FORWARD" }],
