@@ -10,8 +10,8 @@ import { Etcd3 } from "etcd3";
 
 export interface WriterRequest {
   readonly id: number;
-  readonly op: "put" | "delete";
-  /** For "put": [key, value] pairs; for "delete": keys (value ignored). */
+  readonly op: "put" | "delete" | "list";
+  /** For "put": [key, value] pairs; for "delete": keys (value ignored); for "list": one prefix. */
   readonly kvs: readonly (readonly [string, string])[];
   /** Requests in flight at once; 1 = strictly one after the other. */
   readonly concurrency: number;
@@ -23,6 +23,8 @@ export interface WriterAnswer {
   readonly startNs: string;
   /** hrtime after the last acknowledgement. */
   readonly endNs: string;
+  /** For "list": every key under the prefix with its value. */
+  readonly kvs?: readonly (readonly [string, string])[];
   readonly error?: string;
 }
 
@@ -31,7 +33,7 @@ function isRequest(value: unknown): value is WriterRequest {
   const r = value as Record<string, unknown>;
   return (
     typeof r.id === "number" &&
-    (r.op === "put" || r.op === "delete") &&
+    (r.op === "put" || r.op === "delete" || r.op === "list") &&
     typeof r.concurrency === "number" &&
     Array.isArray(r.kvs)
   );
@@ -61,6 +63,12 @@ let queue: Promise<void> = Promise.resolve();
 async function serve(request: WriterRequest): Promise<WriterAnswer> {
   const start = process.hrtime.bigint();
   try {
+    if (request.op === "list") {
+      const prefix = request.kvs[0]?.[0] ?? "";
+      const all = await client.getAll().prefix(prefix).strings();
+      const kvs = Object.entries(all);
+      return { id: request.id, startNs: String(start), endNs: String(process.hrtime.bigint()), kvs };
+    }
     await pool(request.kvs, request.concurrency, ([key, value]) =>
       request.op === "put" ? client.put(key).value(value).exec() : client.delete().key(key).exec(),
     );
