@@ -1,0 +1,326 @@
+// The agent build a benchmark measures, and how it is started and watched from outside.
+//
+// AGENT_CLI points at another build's dist/cli/main.js (default: this checkout's), so the same
+// benchmark can run against a baseline and the current code one after the other on the same machine.
+// BENCH_LABEL names the run (default: the directory holding that build's dist/, e.g. "main").
+// The agent is started like test/helpers/agent.ts does (`ip netns exec <host> node … agent …`, its own
+// subnet file, state dir and CNI file in a temp dir), but with that CLI and optional V8 flags for node.
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Cluster, Host } from "../test/helpers/netns.js";
+import type { Started } from "../test/helpers/processes.js";
+import { parseLogLines } from "../test/helpers/agent.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+export interface AgentBuild {
+  /** Absolute path of the CLI (…/dist/cli/main.js). */
+  readonly cli: string;
+  readonly label: string;
+  /** git commit of the build's checkout, with "-dirty" when it has uncommitted changes; "" if unknown. */
+  readonly commit: string;
+  /** The agent's default --resync-interval, read from its --help, in ms. */
+  readonly defaultResyncMs: number;
+  readonly defaultResyncText: string;
+}
+
+function git(dir: string, args: string[]): string {
+  try {
+    return execFileSync("git", ["-C", dir, ...args], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+  } catch {
+    return "";
+  }
+}
+
+/** "5m", "30s", "1h30m", "250ms" → ms (the forms the agents print as defaults). */
+export function parseDuration(text: string): number {
+  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  let total = 0;
+  let rest = text.trim();
+  while (rest !== "") {
+    const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)/.exec(rest);
+    if (match?.[1] === undefined || match[2] === undefined) throw new Error(`not a duration: ${text}`);
+    total += Number(match[1]) * (units[match[2]] ?? Number.NaN);
+    rest = rest.slice(match[0].length);
+  }
+  return total;
+}
+
+export function resolveBuild(): AgentBuild {
+  const cli = resolve(process.env.AGENT_CLI ?? join(here, "..", "dist", "cli", "main.js"));
+  if (!existsSync(cli)) throw new Error(`no agent at ${cli}: build it (npm run build) or set AGENT_CLI`);
+  // …/<checkout>/dist/cli/main.js → <checkout>
+  const checkout = dirname(dirname(dirname(cli)));
+  const label = process.env.BENCH_LABEL ?? basename(checkout);
+  if (!/^[\w.-]+$/.test(label)) throw new Error(`BENCH_LABEL must be a plain file name part: ${label}`);
+  const head = git(checkout, ["rev-parse", "--short=12", "HEAD"]).trim();
+  const dirty = head !== "" && git(checkout, ["status", "--porcelain", "--", "src"]).trim() !== "";
+  const help = execFileSync(process.execPath, [cli, "agent", "--help"], { encoding: "utf8" });
+  const match = /--resync-interval[^\n]*\n[^\n]*\(default ([^)]+)\)/.exec(help);
+  const defaultResyncText = match?.[1] ?? "30s";
+  return {
+    cli,
+    label,
+    commit: head === "" ? "" : `${head}${dirty ? "-dirty" : ""}`,
+    defaultResyncMs: parseDuration(defaultResyncText),
+    defaultResyncText,
+  };
+}
+
+// ---- /proc -------------------------------------------------------------------------------------------
+
+const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    const text = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim();
+    if (text !== "") out.push(...text.split(/\s+/).map(Number));
+  }
+  return out;
+}
+
+/**
+ * The node process of an agent. `ip netns exec` execs node in place, but right after the spawn the
+ * PID may still be `ip`; wait for the exec (or, with another ip, for a node child) rather than assume.
+ */
+export async function nodePid(pid: number): Promise<number> {
+  const comm = (p: number): string => readFileSync(`/proc/${p}/comm`, "utf8").trim();
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    if (comm(pid) === "node") return pid;
+    const child = childPids(pid).find((c) => comm(c) === "node");
+    if (child !== undefined) return child;
+    if (Date.now() > deadline) throw new Error(`no node process at or under PID ${pid}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+export interface Cpu {
+  /** utime + stime of the process itself, seconds. */
+  readonly self: number;
+  /** cutime + cstime: children it has waited for (iptables, ip, bridge, …), seconds. */
+  readonly children: number;
+}
+
+export function readCpu(pid: number): Cpu {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after "(comm)": state is field 3, so utime (14) … cstime (17) are at 11 … 14 here.
+  const f = stat
+    .slice(stat.lastIndexOf(")") + 2)
+    .split(" ")
+    .map(Number);
+  const at = (i: number): number => f[i] ?? 0;
+  return { self: (at(11) + at(12)) / CLK_TCK, children: (at(13) + at(14)) / CLK_TCK };
+}
+
+/**
+ * CPU of the process and everything under it: its own, what its reaped children used (cutime), and what
+ * its live descendants used so far (a long-lived child such as the baseline's `ip monitor` is only
+ * counted in cutime when it exits). The difference of two readings is the tree's CPU in between.
+ */
+export function readTreeCpu(pid: number): Cpu {
+  const own = readCpu(pid);
+  let children = own.children;
+  const visit = (p: number): void => {
+    let kids: number[];
+    try {
+      kids = childPids(p);
+    } catch {
+      return; // exited meanwhile
+    }
+    for (const kid of kids) {
+      try {
+        const c = readCpu(kid);
+        children += c.self + c.children;
+      } catch {
+        continue;
+      }
+      visit(kid);
+    }
+  };
+  visit(pid);
+  return { self: own.self, children };
+}
+
+/** VmHWM (peak resident set) and VmRSS (now) in MiB. */
+export function readRss(pid: number): { peakMiB: number; nowMiB: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (name: string): number => {
+    const match = new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status);
+    return match?.[1] === undefined ? Number.NaN : Number(match[1]) / 1024;
+  };
+  return { peakMiB: field("VmHWM"), nowMiB: field("VmRSS") };
+}
+
+// ---- the agent process ------------------------------------------------------------------------------
+
+export type LogLine = Record<string, unknown>;
+
+/**
+ * BENCH_NODE_FLAGS: node flags for every agent, for a look inside (e.g. "--cpu-prof
+ * --cpu-prof-dir=/tmp/prof": a profile per agent, written when it exits). They change what is measured.
+ */
+export const EXTRA_NODE_FLAGS: readonly string[] = (process.env.BENCH_NODE_FLAGS ?? "")
+  .split(" ")
+  .filter((f) => f !== "");
+
+export interface AgentOptions {
+  /** Agent flags after `agent` (--iface=eth0 and the per-agent files are always given). */
+  readonly args?: readonly string[];
+  /** V8/node flags before the CLI path, e.g. --max-semi-space-size=1. */
+  readonly nodeFlags?: readonly string[];
+}
+
+export class RunningAgent {
+  readonly startNs: bigint;
+  readonly startWall: number;
+  readonly process: Started;
+  private readonly dir: string;
+  private readonly subnetFile: string;
+  private pidCache: number | undefined;
+  private parsed: LogLine[] = [];
+  private parsedUpTo = 0;
+
+  constructor(
+    cluster: Cluster,
+    readonly host: Host,
+    build: AgentBuild,
+    etcdEndpoint: string,
+    readonly prefix: string,
+    readonly options: AgentOptions = {},
+  ) {
+    this.dir = mkdtempSync(join(tmpdir(), "twill-bench-"));
+    this.subnetFile = join(this.dir, "subnet.env");
+    const args = [
+      ...(options.nodeFlags ?? []),
+      ...EXTRA_NODE_FLAGS,
+      build.cli,
+      "agent",
+      `--etcd-endpoints=${etcdEndpoint}`,
+      `--etcd-prefix=${prefix}`,
+      `--subnet-file=${this.subnetFile}`,
+      `--state-dir=${join(this.dir, "state")}`,
+      `--cni-conf-file=${join(this.dir, "10-twill.conflist")}`,
+      "--iface=eth0",
+      ...(options.args ?? []),
+    ];
+    this.startNs = process.hrtime.bigint();
+    this.startWall = Date.now();
+    this.process = cluster.spawn(host.ns, process.execPath, args);
+  }
+
+  async pid(): Promise<number> {
+    this.pidCache ??= await nodePid(this.process.pid);
+    return this.pidCache;
+  }
+
+  /** Parsed JSON log lines so far (parsed incrementally: the 5,000-peer logs are long). */
+  logs(): readonly LogLine[] {
+    const out = this.process.stdout();
+    const end = out.lastIndexOf("\n") + 1;
+    if (end > this.parsedUpTo) {
+      this.parsed.push(...parseLogLines(out.slice(this.parsedUpTo, end)));
+      this.parsedUpTo = end;
+    }
+    return this.parsed;
+  }
+
+  /** Log lines with this message, optionally only those logged at or after `sinceWall` (Date.now()). */
+  lines(msg: string, sinceWall = 0, untilWall = Number.POSITIVE_INFINITY): LogLine[] {
+    return this.logs().filter((l) => {
+      if (l.msg !== msg) return false;
+      const t = logWall(l);
+      return t === undefined || (t >= sinceWall && t <= untilWall);
+    });
+  }
+
+  /** ms from the agent's start to the first line with this message, if any. */
+  msTo(msg: string): number | undefined {
+    const line = this.logs().find((l) => l.msg === msg);
+    const t = line === undefined ? undefined : logWall(line);
+    return t === undefined ? undefined : t - this.startWall;
+  }
+
+  /** The subnet file's FLANNEL_SUBNET (e.g. "10.0.255.1/24"), once written. */
+  subnet(): string | undefined {
+    try {
+      return /^FLANNEL_SUBNET=(\S+)$/m.exec(readFileSync(this.subnetFile, "utf8"))?.[1];
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The etcd key of the agent's own lease, once it has one. */
+  leaseKey(): string | undefined {
+    const subnet = this.subnet();
+    if (subnet === undefined) return undefined;
+    const [ip, len] = subnet.split("/");
+    const network = (ip ?? "").replace(/\.\d+$/, ".0");
+    return `${this.prefix}/subnets/${network}-${len ?? "24"}`;
+  }
+
+  tail(chars = 3000): string {
+    return this.process.output().slice(-chars);
+  }
+
+  /** SIGTERM (SIGKILL after 5 s) by PID, then removes the temp dir. */
+  async stop(): Promise<void> {
+    await this.process.stop(5000);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function logWall(line: LogLine): number | undefined {
+  if (typeof line.time === "string") return Date.parse(line.time);
+  if (typeof line.time === "number") return line.time;
+  return undefined;
+}
+
+export function num(line: LogLine, field: string): number | undefined {
+  const value = line[field];
+  return typeof value === "number" ? value : undefined;
+}
+
+export function str(line: LogLine, field: string): string | undefined {
+  const value = line[field];
+  return typeof value === "string" ? value : undefined;
+}
+
+/** Counters from the agent's /metrics, read inside its namespace with curl: name{labels} → value. */
+export async function scrapeMetrics(cluster: Cluster, host: Host): Promise<Map<string, number>> {
+  const result = await cluster.exec(host.ns, [
+    "curl",
+    "-s",
+    "--max-time",
+    "10",
+    "http://127.0.0.1:9102/metrics",
+  ]);
+  const metrics = new Map<string, number>();
+  if (result.exitCode !== 0) return metrics;
+  for (const line of result.stdout.split("\n")) {
+    if (line.startsWith("#") || line.trim() === "") continue;
+    const at = line.lastIndexOf(" ");
+    metrics.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return metrics;
+}
+
+/** Sum of every series of `name` whose labels include all of `labels` (e.g. trigger="resync"). */
+export function metricSum(metrics: ReadonlyMap<string, number>, name: string, labels: string[] = []): number {
+  let sum = 0;
+  let found = false;
+  for (const [series, value] of metrics) {
+    if (series !== name && !series.startsWith(`${name}{`)) continue;
+    if (!labels.every((l) => series.includes(l))) continue;
+    sum += value;
+    found = true;
+  }
+  return found ? sum : Number.NaN;
+}

@@ -1,0 +1,569 @@
+// What the data-plane benchmark sees of a host namespace from outside the agent: kernel notifications
+// through `ip monitor` / `bridge monitor` children in the namespace, route counts, iptables polls, the
+// kernel's state compared with the leases in etcd, and the raw `ip`/`bridge -batch` limit.
+import { execFile } from "node:child_process";
+import { createInterface } from "node:readline";
+import { promisify } from "node:util";
+import { parseVxlanBackendData } from "../src/backends/vxlan/backend-data.js";
+import { TWILL_ROUTE_PROTOCOL } from "../src/dataplane/objects.js";
+import { decodeLeaseAttrs } from "../src/lease/attrs.js";
+import { formatIPv4 } from "../src/ip/ipv4.js";
+import { readFdb, readNeighbours, readRoutes } from "../test/helpers/ip-read.js";
+import type { Cluster, Host } from "../test/helpers/netns.js";
+import type { Started } from "../test/helpers/processes.js";
+import { VXLAN_DEV, type Peer } from "./peers.js";
+
+const run = promisify(execFile);
+export const nowNs = (): bigint => process.hrtime.bigint();
+export const msSince = (start: bigint, end: bigint = nowNs()): number => Number(end - start) / 1e6;
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+// ---- notifications ----------------------------------------------------------------------------------
+
+export type WatchKind = "route" | "neigh" | "fdb" | "link" | "addr";
+
+export interface SeenEvent {
+  /**
+   * When the monitor read the event, on the hrtime scale (CLOCK_MONOTONIC, comparable with the etcd
+   * writer's): its own timestamp, not this process's, which may be busy when a line arrives, so that
+   * a deletion and its repair a fraction of a millisecond later do not arrive here as one chunk.
+   */
+  readonly at: bigint;
+  /** hrtime when the line arrived here. */
+  readonly readAt: bigint;
+  readonly kind: WatchKind;
+  /** route: dst as printed ("10.0.1.0/24"); neigh: dst; fdb: MAC; link: name; addr: "dev cidr". */
+  readonly key: string;
+  readonly deleted: boolean;
+  /** neigh: lladdr (absent on FAILED); fdb: dst. */
+  readonly detail: string | undefined;
+  /** neigh: the NUD state printed last ("PERMANENT", "FAILED", …). */
+  readonly state: string | undefined;
+}
+
+interface Waiter {
+  readonly after: bigint;
+  readonly match: (e: SeenEvent) => boolean;
+  readonly resolve: (e: SeenEvent) => void;
+}
+
+// -t: each event is preceded by "Timestamp: <ctime> <µs> usec", taken by the monitor as it reads the
+// event; -rc: an 8 MiB receive buffer (capped by rmem_max), so a burst of thousands is not dropped.
+// `chrt -f 1`: the lowest real-time priority, so a monitor runs the moment the kernel wakes it rather
+// than after whatever else is runnable (the agent itself, on a loaded 2-core machine): a notification
+// and the agent's repair a fraction of a millisecond later then get stamps that far apart, instead of
+// both being read, and stamped, in one go after both happened. The monitors do little work per event.
+const MONITOR_COMMANDS: Record<WatchKind, readonly string[]> = {
+  route: ["chrt", "-f", "1", "ip", "-t", "-4", "-rc", "8388608", "monitor", "route"],
+  neigh: ["chrt", "-f", "1", "ip", "-t", "-4", "-rc", "8388608", "monitor", "neigh"],
+  fdb: ["chrt", "-f", "1", "bridge", "-t", "monitor", "fdb"],
+  link: ["chrt", "-f", "1", "ip", "-t", "monitor", "link", "address"],
+  addr: [],
+};
+
+/**
+ * CLOCK_REALTIME − CLOCK_MONOTONIC in ns, to put the monitors' wall-clock stamps on the benchmark's
+ * hrtime scale. Date.now() has 1 ms steps: taken right at a step, it agrees with hrtime to a few µs.
+ * The median of a few tries; recalibrated while monitors run, so clock slewing does not add up.
+ */
+export function wallMinusMonoNs(): bigint {
+  const tries: bigint[] = [];
+  for (let i = 0; i < 5; i++) {
+    const first = Date.now();
+    let now = first;
+    while (now === first) now = Date.now();
+    tries.push(BigInt(now) * 1_000_000n - process.hrtime.bigint());
+  }
+  tries.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return tries[2] ?? 0n;
+}
+
+/** "Timestamp: Wed Dec  2 16:35:18 2026 808221 usec" → wall-clock ns, or undefined. */
+function parseStamp(line: string): bigint | undefined {
+  const match = /^Timestamp: (.+) (\d+) usec$/.exec(line);
+  if (match?.[1] === undefined || match[2] === undefined) return undefined;
+  const seconds = Date.parse(match[1]);
+  if (Number.isNaN(seconds)) return undefined;
+  return BigInt(seconds) * 1_000_000n + BigInt(match[2]) * 1000n;
+}
+
+function parseLine(kind: WatchKind, raw: string, at: bigint, readAt: bigint): SeenEvent | undefined {
+  if (raw.startsWith(" ") || raw.trim() === "") return undefined; // continuation lines
+  const deleted = raw.startsWith("Deleted ");
+  const line = deleted ? raw.slice("Deleted ".length) : raw;
+  const tokens = line.trim().split(/\s+/);
+  const first = tokens[0] ?? "";
+  switch (kind) {
+    case "route":
+      return { at, readAt, kind, key: first, deleted, detail: undefined, state: undefined };
+    case "neigh":
+      return {
+        at,
+        readAt,
+        kind,
+        key: first,
+        deleted,
+        detail: / lladdr (\S+)/.exec(line)?.[1],
+        state: tokens[tokens.length - 1],
+      };
+    case "fdb":
+      return {
+        at,
+        readAt,
+        kind,
+        key: first,
+        deleted,
+        detail: / dst (\S+)/.exec(line)?.[1],
+        state: undefined,
+      };
+    case "link":
+    case "addr": {
+      // "12: flannel.1: <…> mtu …" (link) or "12: cni0    inet 10.0.5.1/24 scope global cni0" (address)
+      const address = /^\d+: (\S+)\s+inet6? (\S+)/.exec(line);
+      if (address?.[1] !== undefined && address[2] !== undefined) {
+        return {
+          at,
+          readAt,
+          kind: "addr",
+          key: `${address[1]} ${address[2]}`,
+          deleted,
+          detail: undefined,
+          state: undefined,
+        };
+      }
+      const link = /^\d+: ([^:@\s]+)(?:@\S+)?:/.exec(line);
+      if (link?.[1] === undefined) return undefined;
+      return { at, readAt, kind: "link", key: link[1], deleted, detail: undefined, state: undefined };
+    }
+  }
+}
+
+/**
+ * Kernel notifications of one host namespace, from monitor children inside it. The kernel multicasts
+ * each change as it is made and the monitors flush every event, so a timestamp taken here is late only by
+ * a pipe hop: unlike a dump poll, it adds no period and no process start, and no load next to the agent.
+ */
+export class KernelMonitor {
+  private readonly byKey = new Map<string, SeenEvent[]>();
+  private readonly waiters = new Map<string, Set<Waiter>>();
+  private readonly children: Started[] = [];
+
+  private offset = wallMinusMonoNs();
+  private readonly calibration: NodeJS.Timeout;
+  /** Events whose monitor stamp was missing (their `at` is the read time). */
+  unstamped = 0;
+
+  constructor(cluster: Cluster, ns: string, kinds: readonly Exclude<WatchKind, "addr">[]) {
+    this.calibration = setInterval(() => (this.offset = wallMinusMonoNs()), 10_000);
+    for (const kind of kinds) {
+      const [command, ...args] = MONITOR_COMMANDS[kind];
+      if (command === undefined) continue;
+      const child = cluster.spawn(ns, command, args);
+      this.children.push(child);
+      const stdout = child.child.stdout;
+      if (stdout === null) throw new Error(`${command} monitor has no stdout`);
+      let stamp: bigint | undefined;
+      createInterface({ input: stdout }).on("line", (line) => {
+        const readAt = nowNs();
+        if (line.startsWith("Timestamp: ")) {
+          stamp = parseStamp(line);
+          return;
+        }
+        const at = stamp === undefined ? readAt : stamp - this.offset;
+        const event = parseLine(kind, line, at, readAt);
+        if (event === undefined) return;
+        stamp = undefined;
+        if (at === readAt) this.unstamped++;
+        this.record(event);
+      });
+    }
+  }
+
+  /** The monitors print nothing once subscribed; give them a moment (callers warm up where it matters). */
+  async settle(): Promise<void> {
+    await sleep(400);
+  }
+
+  private record(event: SeenEvent): void {
+    const id = `${event.kind} ${event.key}`;
+    let list = this.byKey.get(id);
+    if (list === undefined) this.byKey.set(id, (list = []));
+    list.push(event);
+    const waiting = this.waiters.get(id);
+    if (waiting === undefined) return;
+    for (const w of waiting) {
+      if (event.at >= w.after && w.match(event)) {
+        waiting.delete(w);
+        w.resolve(event);
+      }
+    }
+  }
+
+  /** The first event of `kind` for `key` at or after `after` that matches, waiting up to `timeoutMs`. */
+  async next(
+    kind: WatchKind,
+    key: string,
+    after: bigint,
+    match: (e: SeenEvent) => boolean,
+    timeoutMs: number,
+  ): Promise<SeenEvent | undefined> {
+    const id = `${kind} ${key}`;
+    const known = this.byKey.get(id)?.find((e) => e.at >= after && match(e));
+    if (known !== undefined) return known;
+    if (timeoutMs <= 0) return undefined;
+    return new Promise((resolve) => {
+      let set = this.waiters.get(id);
+      if (set === undefined) this.waiters.set(id, (set = new Set()));
+      const waiters = set;
+      const timer = setTimeout(() => {
+        waiters.delete(waiter);
+        resolve(undefined);
+      }, timeoutMs);
+      timer.unref(); // a wait nobody awaits any more must not keep the benchmark alive
+      const waiter: Waiter = {
+        after,
+        match,
+        resolve: (e) => {
+          clearTimeout(timer);
+          resolve(e);
+        },
+      };
+      waiters.add(waiter);
+    });
+  }
+
+  /** The time by which every key has had a matching event after `after`; undefined if one did not. */
+  async all(
+    kind: WatchKind,
+    keys: readonly string[],
+    after: bigint,
+    match: (e: SeenEvent) => boolean,
+    timeoutMs: number,
+  ): Promise<{ last: bigint | undefined; missing: number }> {
+    const deadline = Date.now() + timeoutMs;
+    let last = after;
+    let missing = 0;
+    for (const key of keys) {
+      const e = await this.next(kind, key, after, match, Math.max(0, deadline - Date.now()));
+      if (e === undefined) missing++;
+      else if (e.at > last) last = e.at;
+    }
+    return { last: missing === 0 ? last : undefined, missing };
+  }
+
+  /** Receive-buffer overflows the monitors reported (events lost). */
+  overflows(): number {
+    return this.children.reduce(
+      (n, c) => n + (c.output().match(/No buffer space available/g)?.length ?? 0),
+      0,
+    );
+  }
+
+  /** Forgets what was seen (long runs). */
+  clear(): void {
+    this.byKey.clear();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.calibration);
+    await Promise.all(this.children.map((c) => c.stop(2000)));
+  }
+}
+
+export const added = (e: SeenEvent): boolean => !e.deleted;
+export const removed = (e: SeenEvent): boolean => e.deleted;
+/** A neighbour that is not (or no longer) a permanent entry: deleted, or FAILED on its way out. */
+export const neighGone = (e: SeenEvent): boolean => e.deleted || e.state !== "PERMANENT";
+export const neighIs =
+  (lladdr: string) =>
+  (e: SeenEvent): boolean =>
+    !e.deleted && e.state === "PERMANENT" && e.detail === lladdr;
+
+// ---- polls -----------------------------------------------------------------------------------------
+
+/**
+ * twill's routes in `ns`: plain text with `ip -n` (a setns, no mount namespace like `ip netns exec`), the
+ * cheapest dump there is, since it runs in a loop next to the agent.
+ */
+export async function countRoutes(ns: string): Promise<number> {
+  const { stdout } = await run(
+    "ip",
+    ["-n", ns, "-4", "route", "show", "proto", String(TWILL_ROUTE_PROTOCOL)],
+    {
+      maxBuffer: 64 * 1024 * 1024,
+    },
+  );
+  return stdout.split("\n").filter((l) => l.trim() !== "").length;
+}
+
+/** Polls until `ns` holds exactly `count` twill routes; returns the hrtime at the end of that dump. */
+export async function waitRouteCount(
+  ns: string,
+  count: number,
+  timeoutMs: number,
+  intervalMs = 25,
+): Promise<bigint> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const last = await countRoutes(ns);
+    if (last === count) return nowNs();
+    if (Date.now() > deadline)
+      throw new Error(`${ns}: ${last} twill routes after ${timeoutMs} ms, want ${count}`);
+    await sleep(intervalMs);
+  }
+}
+
+/**
+ * When every one of `dsts` has been added as a route in `ns` since `after`: from the route monitor, or,
+ * should it have dropped events, from a dump poll every 500 ms running alongside (its time then counts,
+ * with a period's error, 1 s after the poll saw them all and the monitor had not). Undefined on timeout.
+ */
+export async function routesPresent(
+  mon: KernelMonitor,
+  ns: string,
+  dsts: readonly string[],
+  after: bigint,
+  timeoutMs: number,
+): Promise<{ at: bigint; method: string } | undefined> {
+  const state = { finished: false };
+  const viaMonitor = mon
+    .all("route", dsts, after, added, timeoutMs)
+    .then((r) => (r.last === undefined ? undefined : { at: r.last, method: "ip monitor" }));
+  const viaPoll = (async () => {
+    const deadline = Date.now() + timeoutMs;
+    while (!state.finished && Date.now() < deadline) {
+      if ((await countRoutes(ns)) === dsts.length) {
+        const at = nowNs();
+        await sleep(1000);
+        return { at, method: `dump poll (the monitor missed some; ${mon.overflows()} overflows)` };
+      }
+      await sleep(500);
+    }
+    return undefined;
+  })();
+  const first = await Promise.race([viaMonitor, viaPoll]);
+  state.finished = true;
+  return first ?? (await viaMonitor) ?? (await viaPoll);
+}
+
+/** The iptables command the agent chose, read back with `-S`; nat chain FLANNEL-POSTRTG. */
+export const MASQ_CHAIN = "FLANNEL-POSTRTG";
+
+/**
+ * Polls `<iptables> -t nat -S FLANNEL-POSTRTG` in a loop inside the namespace (a shell loop there, so no
+ * `ip netns exec` per poll), ~10 ms apart. A snapshot counts from the moment its poll started.
+ */
+export class RulePoller {
+  private readonly child: Started;
+  private blockStart: bigint | undefined;
+  private block: string[] = [];
+  private readonly snapshots: { start: bigint; end: bigint; rules: Set<string> }[] = [];
+  private readonly waiters = new Set<() => void>();
+
+  constructor(cluster: Cluster, ns: string, command: string) {
+    if (!/^[\w.-]+$/.test(command)) throw new Error(`unexpected iptables command ${command}`);
+    const script = `while :; do echo @@; ${command} -w -t nat -S ${MASQ_CHAIN} 2>&1; sleep 0.01; done`;
+    this.child = cluster.spawn(ns, "sh", ["-c", script]);
+    const stdout = this.child.child.stdout;
+    if (stdout === null) throw new Error("rule poller has no stdout");
+    createInterface({ input: stdout }).on("line", (line) => {
+      const at = nowNs();
+      if (line !== "@@") {
+        this.block.push(line);
+        return;
+      }
+      if (this.blockStart !== undefined) {
+        this.snapshots.push({ start: this.blockStart, end: at, rules: new Set(this.block) });
+        for (const w of this.waiters) w();
+      }
+      this.blockStart = at;
+      this.block = [];
+    });
+  }
+
+  /** The rules (`-A …` lines) of the latest complete poll that started at or after `after`. */
+  async rules(after: bigint, timeoutMs = 10_000): Promise<string[]> {
+    const snap = await this.first(after, () => true, timeoutMs);
+    return snap === undefined ? [] : [...snap.rules].filter((l) => l.startsWith("-A "));
+  }
+
+  /** The end of the first poll started at or after `after` that shows `rule` (undefined on timeout). */
+  async present(rule: string, after: bigint, timeoutMs: number): Promise<bigint | undefined> {
+    return (await this.first(after, (rules) => rules.has(rule), timeoutMs))?.end;
+  }
+
+  /** The end of the first poll started at or after `after` that does not show `rule`. */
+  async absent(rule: string, after: bigint, timeoutMs: number): Promise<bigint | undefined> {
+    return (await this.first(after, (rules) => !rules.has(rule), timeoutMs))?.end;
+  }
+
+  private async first(
+    after: bigint,
+    match: (rules: Set<string>) => boolean,
+    timeoutMs: number,
+  ): Promise<{ end: bigint; rules: Set<string> } | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    let checked = 0;
+    for (;;) {
+      for (; checked < this.snapshots.length; checked++) {
+        const s = this.snapshots[checked];
+        if (s !== undefined && s.start >= after && match(s.rules)) return s;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.waiters.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, left);
+        this.waiters.add(done);
+      });
+    }
+  }
+
+  stop(): Promise<void> {
+    return this.child.stop(2000);
+  }
+}
+
+// ---- the kernel against etcd -----------------------------------------------------------------------
+
+export interface KindDiff {
+  readonly expected: number;
+  readonly actual: number;
+  readonly missing: number;
+  readonly extra: number;
+  /** A few of the differences, for a look by hand. */
+  readonly examples: string[];
+}
+
+export interface StateCheck {
+  readonly equal: boolean;
+  readonly leases: number;
+  readonly routes: KindDiff;
+  readonly neighbours: KindDiff;
+  readonly fdb: KindDiff;
+}
+
+function diff(expected: ReadonlySet<string>, actual: ReadonlySet<string>): KindDiff {
+  const missing = [...expected].filter((e) => !actual.has(e));
+  const extra = [...actual].filter((a) => !expected.has(a));
+  return {
+    expected: expected.size,
+    actual: actual.size,
+    missing: missing.length,
+    extra: extra.length,
+    examples: [
+      ...missing.slice(0, 3).map((m) => `missing ${m}`),
+      ...extra.slice(0, 3).map((x) => `extra ${x}`),
+    ],
+  };
+}
+
+/**
+ * Routes, neighbours and FDB entries on flannel.1 against the leases in etcd (all but `ownKey`): every
+ * lease must have exactly its onlink route (proto 151), its permanent neighbour with the VtepMAC and its
+ * permanent FDB entry to the PublicIP, and nothing else of ours may be there.
+ */
+export async function kernelVsEtcd(
+  host: Host,
+  leases: readonly (readonly [string, string])[],
+  ownKey: string | undefined,
+): Promise<StateCheck> {
+  const routes = new Set<string>();
+  const neighbours = new Set<string>();
+  const fdb = new Set<string>();
+  let count = 0;
+  for (const [key, value] of leases) {
+    if (key === ownKey) continue;
+    const match = /\/subnets\/(\d+\.\d+\.\d+\.\d+)-(\d+)$/.exec(key);
+    if (match?.[1] === undefined || match[2] === undefined) continue;
+    count++;
+    const attrs = decodeLeaseAttrs(value);
+    const mac = parseVxlanBackendData(attrs.backendData).vtepMac;
+    routes.add(`${match[1]}/${match[2]} via ${match[1]} dev ${VXLAN_DEV} onlink`);
+    neighbours.add(`${match[1]} lladdr ${mac}`);
+    fdb.add(`${mac} dst ${formatIPv4(attrs.publicIP)}`);
+  }
+  const [kRoutes, kNeigh, kFdb] = await Promise.all([
+    readRoutes(host.runner, { protocol: TWILL_ROUTE_PROTOCOL }),
+    readNeighbours(host.runner, VXLAN_DEV),
+    readFdb(host.runner, VXLAN_DEV),
+  ]);
+  const actualRoutes = new Set(
+    kRoutes.map((r) => `${r.dst} via ${r.gateway ?? "-"} dev ${r.dev ?? "-"}${r.onlink ? " onlink" : ""}`),
+  );
+  const actualNeigh = new Set(
+    kNeigh.filter((n) => n.state.includes("PERMANENT")).map((n) => `${n.dst} lladdr ${n.lladdr ?? "-"}`),
+  );
+  const actualFdb = new Set(
+    kFdb
+      .filter((e) => e.dst !== undefined && e.state === "permanent")
+      .map((e) => `${e.mac} dst ${e.dst ?? ""}`),
+  );
+  const result = {
+    leases: count,
+    routes: diff(routes, actualRoutes),
+    neighbours: diff(neighbours, actualNeigh),
+    fdb: diff(fdb, actualFdb),
+  };
+  const equal = [result.routes, result.neighbours, result.fdb].every((d) => d.missing === 0 && d.extra === 0);
+  return { equal, ...result };
+}
+
+// ---- the raw limit -----------------------------------------------------------------------------------
+
+/** The peers' objects as iproute2 batch lines, in the agent's order: FDB, neighbours, routes. */
+export function batchLines(list: readonly Peer[]): { bridge: string; ip: string } {
+  const bridge = list.map((p) => `fdb replace ${p.mac} dev ${VXLAN_DEV} self dst ${p.publicIP} permanent`);
+  const neigh = list.map((p) => `neigh replace ${p.gateway} lladdr ${p.mac} dev ${VXLAN_DEV} nud permanent`);
+  const route = list.map(
+    (p) => `route replace ${p.dst} via ${p.gateway} dev ${VXLAN_DEV} onlink proto ${TWILL_ROUTE_PROTOCOL}`,
+  );
+  return { bridge: `${bridge.join("\n")}\n`, ip: `${[...neigh, ...route].join("\n")}\n` };
+}
+
+/** Makes flannel.1 in `host` as the agent would (VNI 1, port 8472, nolearning, MTU 1450, up, /32). */
+export async function makeVxlanDevice(host: Host, address: string): Promise<void> {
+  const ip = (args: string[]) => run("ip", ["-n", host.ns, ...args]);
+  await ip([
+    "link",
+    "add",
+    VXLAN_DEV,
+    "address",
+    "02:ff:ff:ff:ff:01",
+    "type",
+    "vxlan",
+    "id",
+    "1",
+    "local",
+    host.address,
+    "dev",
+    "eth0",
+    "dstport",
+    "8472",
+    "nolearning",
+  ]);
+  await ip(["link", "set", VXLAN_DEV, "mtu", "1450", "up"]);
+  await ip(["address", "add", `${address}/32`, "dev", VXLAN_DEV]);
+}
+
+/** Feeds `input` to `<tool> -n <ns> -force -batch -`; returns the wall time in ms. */
+export async function rawBatch(tool: "ip" | "bridge", ns: string, input: string): Promise<number> {
+  const start = nowNs();
+  await new Promise<void>((resolve, reject) => {
+    const child = execFile(
+      tool,
+      ["-n", ns, "-force", "-batch", "-"],
+      { maxBuffer: 16 * 1024 * 1024 },
+      (error, _o, stderr) => {
+        if (error) reject(new Error(`${tool} -batch failed: ${stderr.slice(0, 500)}`));
+        else resolve();
+      },
+    );
+    child.stdin?.end(input);
+  });
+  return msSince(start);
+}
