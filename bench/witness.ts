@@ -49,17 +49,29 @@ interface Waiter {
 
 // -t: each event is preceded by "Timestamp: <ctime> <µs> usec", taken by the monitor as it reads the
 // event; -rc: an 8 MiB receive buffer (capped by rmem_max), so a burst of thousands is not dropped.
-// `chrt -f 1`: the lowest real-time priority, so a monitor runs the moment the kernel wakes it rather
-// than after whatever else is runnable (the agent itself, on a loaded 2-core machine): a notification
-// and the agent's repair a fraction of a millisecond later then get stamps that far apart, instead of
-// both being read, and stamped, in one go after both happened. The monitors do little work per event.
 const MONITOR_COMMANDS: Record<WatchKind, readonly string[]> = {
-  route: ["chrt", "-f", "1", "ip", "-t", "-4", "-rc", "8388608", "monitor", "route"],
-  neigh: ["chrt", "-f", "1", "ip", "-t", "-4", "-rc", "8388608", "monitor", "neigh"],
-  fdb: ["chrt", "-f", "1", "bridge", "-t", "monitor", "fdb"],
-  link: ["chrt", "-f", "1", "ip", "-t", "monitor", "link", "address"],
+  route: ["ip", "-t", "-4", "-rc", "8388608", "monitor", "route"],
+  neigh: ["ip", "-t", "-4", "-rc", "8388608", "monitor", "neigh"],
+  fdb: ["bridge", "-t", "monitor", "fdb"],
+  link: ["ip", "-t", "monitor", "link", "address"],
   addr: [],
 };
+
+/**
+ * How a monitor is scheduled.
+ *
+ * "realtime" (`chrt -f 1`, the lowest real-time priority) for latencies of one change at a time: the
+ * monitor runs the moment the kernel wakes it, not after whatever else is runnable on a loaded 2-core
+ * machine (the agent itself), so a deletion and the agent's repair a millisecond later get stamps that
+ * far apart instead of being read, and stamped, together after both happened.
+ *
+ * "normal" for thousands of changes at once (cold start, bursts, a device replay): a real-time monitor
+ * woken by every notification preempts the writer in the middle of its sendmsg — the kernel delivers
+ * notifications in the writer's context — and a CPU profile of the agent then shows that time in
+ * `send`. At normal priority the monitor reads in batches when it gets a CPU; its stamps may be late
+ * by a scheduling delay, small next to the figures it times.
+ */
+export type MonitorPriority = "realtime" | "normal";
 
 /**
  * CLOCK_REALTIME − CLOCK_MONOTONIC in ns, to put the monitors' wall-clock stamps on the benchmark's
@@ -153,10 +165,17 @@ export class KernelMonitor {
   /** Events whose monitor stamp was missing (their `at` is the read time). */
   unstamped = 0;
 
-  constructor(cluster: Cluster, ns: string, kinds: readonly Exclude<WatchKind, "addr">[]) {
+  constructor(
+    cluster: Cluster,
+    ns: string,
+    kinds: readonly Exclude<WatchKind, "addr">[],
+    readonly priority: MonitorPriority,
+  ) {
     this.calibration = setInterval(() => (this.offset = wallMinusMonoNs()), 10_000);
     for (const kind of kinds) {
-      const [command, ...args] = MONITOR_COMMANDS[kind];
+      if (MONITOR_COMMANDS[kind].length === 0) continue;
+      const argv = [...(priority === "realtime" ? ["chrt", "-f", "1"] : []), ...MONITOR_COMMANDS[kind]];
+      const [command, ...args] = argv;
       if (command === undefined) continue;
       const child = cluster.spawn(ns, command, args);
       this.children.push(child);
