@@ -23,6 +23,8 @@ export interface Contest {
 export class DesiredState {
   private readonly slots = new Map<ObjectKind, Map<string, Contribution[]>>();
   private readonly contributors = new Map<string, { readonly objects: readonly KernelObject[] }>();
+  /** Slots wanted by more than one contributor (slot ids). */
+  private readonly shared = new Set<string>();
 
   private table(kind: ObjectKind): Map<string, Contribution[]> {
     let table = this.slots.get(kind);
@@ -42,12 +44,19 @@ export class DesiredState {
     for (const object of objects) {
       const key = keyOf(object);
       const table = this.table(object.kind);
-      const list = table.get(key) ?? [];
-      const mine = list.filter((c) => c.contributor !== contributor);
-      mine.push({ contributor, rank, object });
-      mine.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
-      table.set(key, mine);
-      touched.add(slotId(object.kind, key));
+      const id = slotId(object.kind, key);
+      const list = table.get(key);
+      if (list === undefined) {
+        // The common case: nobody else wants this slot.
+        table.set(key, [{ contributor, rank, object }]);
+      } else {
+        const mine = list.filter((c) => c.contributor !== contributor);
+        mine.push({ contributor, rank, object });
+        mine.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
+        table.set(key, mine);
+        if (mine.length > 1) this.shared.add(id);
+      }
+      touched.add(id);
     }
     if (objects.length > 0) this.contributors.set(contributor, { objects });
     return [...touched];
@@ -67,9 +76,11 @@ export class DesiredState {
       const key = keyOf(object);
       const table = this.table(object.kind);
       const rest = (table.get(key) ?? []).filter((c) => c.contributor !== contributor);
+      const id = slotId(object.kind, key);
       if (rest.length === 0) table.delete(key);
       else table.set(key, rest);
-      touched.add(slotId(object.kind, key));
+      if (rest.length <= 1) this.shared.delete(id);
+      touched.add(id);
     }
     return touched;
   }
@@ -77,6 +88,12 @@ export class DesiredState {
   clear(): void {
     this.slots.clear();
     this.contributors.clear();
+    this.shared.clear();
+  }
+
+  /** Slots more than one contributor wants (contested or not: see contest()). */
+  contested(): IterableIterator<string> {
+    return this.shared.values();
   }
 
   /** The object a slot should hold: the lowest-ranked contributor's. */

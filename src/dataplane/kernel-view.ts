@@ -7,7 +7,7 @@ import { isUnicastMac } from "../ip/mac.js";
 import type { KernelEvent, KernelOp } from "./channel.js";
 import { afterWrite, isCached, keyOf, slotId } from "./kinds/index.js";
 import type { Address, FdbEntry, KernelObject, Link, Neighbour, Route } from "./objects.js";
-import { ObjectTable } from "./table.js";
+import { ObjectTable, sameObject } from "./table.js";
 
 export interface KernelSnapshot {
   readonly links: readonly Link[];
@@ -102,14 +102,22 @@ export class KernelView {
   /** Records the effect of one of our own writes, from its acknowledgement. */
   patch(op: KernelOp): void {
     const key = keyOf(op.object);
-    const after = afterWrite(op, this.objects.get(op.object.kind, key)).filter(isCached);
-    this.objects.set(op.object.kind, key, after);
+    const before = this.objects.get(op.object.kind, key);
+    // A write into an empty slot (a cold start's every write) leaves just the object written.
+    if (before.length === 0 && op.action === "replace") {
+      if (isCached(op.object)) this.objects.set(op.object.kind, key, [op.object]);
+      return;
+    }
+    this.objects.set(op.object.kind, key, afterWrite(op, before).filter(isCached));
   }
 
   private applyObject(action: "new" | "del", object: KernelObject, change: ViewChange): void {
     if (!isCached(object)) return;
     const key = keyOf(object);
     const before = this.objects.get(object.kind, key);
+    // An echo of a write already patched in (FDB notifications carry no writer): nothing changed.
+    if (action === "new" && before.length === 1 && before[0] !== undefined && sameObject(before[0], object))
+      return;
     let after: readonly KernelObject[];
     if (action === "del") {
       after = before.filter((o) => !sameIdentity(o, object));

@@ -41,7 +41,7 @@ import {
   type PlannedOp,
 } from "./kinds/index.js";
 import { TWILL_ROUTE_PROTOCOL, type ObjectKind } from "./objects.js";
-import { allSlots, planSlots, type PlanInput } from "./planner.js";
+import { planAll, planSlots, type PlanInput } from "./planner.js";
 
 /** What started a round: labels of twill_reconcile_rounds_total. */
 export type Trigger = "self" | "peers" | "kernel" | "resync" | "overflow" | "retry";
@@ -452,19 +452,19 @@ export class DataplaneLoop {
       )
         full = true;
       this.facts = facts;
-      let slots: Set<string>;
       if (full) {
         this.recomputeAll(facts);
-        slots = allSlots(this.planInput());
+        this.reportContests(this.desired.contested(), true);
+        ops = planAll(this.planInput(), scope);
       } else {
-        slots = new Set(work.slots);
+        const slots = new Set(work.slots);
         for (const key of work.peers.keys()) {
           for (const id of this.setPeer(facts, key, this.peers.get(key))) slots.add(id);
         }
         if (work.retry) for (const id of this.failedSlots) slots.add(id);
+        this.reportContests(slots, false);
+        ops = planSlots(slots, this.planInput(), scope);
       }
-      this.reportContests(slots);
-      ops = planSlots(slots, this.planInput(), scope);
       failed.push(...(await this.write(ops)));
       if (full || work.retry) this.failedSlots.clear();
       for (const failure of failed) this.failedSlots.add(slotIdOf(failure.op.object));
@@ -650,8 +650,14 @@ export class DataplaneLoop {
     return failed;
   }
 
-  private reportContests(slots: Iterable<string>): void {
+  /**
+   * Warns once per change of who wins a contested slot. `all`: `slots` are every contested slot, so
+   * contests not among them are over.
+   */
+  private reportContests(slots: Iterable<string>, all: boolean): void {
+    const seen = new Set<string>();
     for (const id of slots) {
+      seen.add(id);
       const { kind, key } = slotOf(id);
       const contest = this.desired.contest(kind, key);
       const signature = contest === undefined ? undefined : `${contest.winner} ${contest.losers.join(" ")}`;
@@ -666,6 +672,7 @@ export class DataplaneLoop {
         "several peers want the same kernel object; the lowest subnet gets it, the others are not programmed there",
       );
     }
+    if (all) for (const id of [...this.contests.keys()]) if (!seen.has(id)) this.contests.delete(id);
   }
 
   /** Warns once per change of a peer's verdict; `keys` limits the look to the peers of this round. */

@@ -446,7 +446,7 @@ export class NetlinkChannel implements KernelChannel {
       else outcomes[i] = { ok: false, error: problem };
     }
     if (sent.length > 0) {
-      this.exchange("apply", writer).forEach((outcome, k) => {
+      this.exchange("apply", writer, true).forEach((outcome, k) => {
         const i = sent[k];
         if (i !== undefined) outcomes[i] = outcome.ok ? OK : { ok: false, error: outcome.error };
       });
@@ -455,9 +455,9 @@ export class NetlinkChannel implements KernelChannel {
   }
 
   /** Sends what the writer holds; a failure of the exchange as a whole becomes a KernelCallError. */
-  private exchange(call: string, writer: MessageWriter): OpOutcome[] {
+  private exchange(call: string, writer: MessageWriter, quietSuccess = false): OpOutcome[] {
     try {
-      return this.requests.request(writer.finish());
+      return this.requests.request(writer.finish(), { quietSuccess });
     } catch (error) {
       if (error instanceof SystemCallError) throw new KernelCallError(call, kernelError(error));
       throw error;

@@ -20,15 +20,19 @@ export interface PlanInput {
   keys(kind: ObjectKind): Iterable<string>;
 }
 
+/** Phase index by kind and action, so placing an op costs a lookup. */
+const PHASE_OF = new Map(PHASES.map(([kind, action], index) => [`${kind} ${action}`, index]));
+
+function place(buckets: PlannedOp[][], ops: readonly PlannedOp[]): void {
+  for (const op of ops) buckets[PHASE_OF.get(`${op.object.kind} ${op.action}`) ?? 0]?.push(op);
+}
+
 /** The ops for the given slots (ids from slotId), ordered by phase; slots in sync add nothing. */
 export function planSlots(slotIds: Iterable<string>, input: PlanInput, scope: OwnershipScope): PlannedOp[] {
   const buckets: PlannedOp[][] = PHASES.map(() => []);
   for (const id of slotIds) {
     const { kind, key } = slotOf(id);
-    for (const op of planSlot(kind, input.desired(kind, key), input.actual(kind, key), scope)) {
-      const phase = PHASES.findIndex(([k, action]) => k === op.object.kind && action === op.action);
-      buckets[phase]?.push(op);
-    }
+    place(buckets, planSlot(kind, input.desired(kind, key), input.actual(kind, key), scope));
   }
   return buckets.flat();
 }
@@ -40,7 +44,19 @@ export function allSlots(input: PlanInput): Set<string> {
   return ids;
 }
 
-/** The ops that bring the whole kernel view to the whole desired state. */
+/**
+ * The ops that bring the whole kernel view to the whole desired state: every key of every kind, each
+ * once, walked kind by kind (no slot ids to build and parse: a cold start plans 15,000 slots).
+ */
 export function planAll(input: PlanInput, scope: OwnershipScope): PlannedOp[] {
-  return planSlots(allSlots(input), input, scope);
+  const buckets: PlannedOp[][] = PHASES.map(() => []);
+  for (const kind of KIND_NAMES) {
+    const seen = new Set<string>();
+    for (const key of input.keys(kind)) {
+      if (seen.has(key)) continue;
+      seen.add(key);
+      place(buckets, planSlot(kind, input.desired(kind, key), input.actual(kind, key), scope));
+    }
+  }
+  return buckets.flat();
 }

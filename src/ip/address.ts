@@ -2,7 +2,7 @@
 // spelling per address (dotted quad for IPv4, RFC 5952 for IPv6: lower case, longest zero run as ::),
 // so string equality is address equality and kernel objects can use addresses in their keys. The
 // netlink codec converts to and from bytes; the allocator keeps its numeric IPv4 (ipv4.ts).
-import { isIPv4, isIPv6 } from "node:net";
+import { isIPv6 } from "node:net";
 
 export type Family = 4 | 6;
 
@@ -51,7 +51,7 @@ function formatV6(bytes: Uint8Array): string {
 
 /** Canonical text of 4 or 16 address bytes. */
 export function formatAddress(bytes: Uint8Array): string {
-  if (bytes.length === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
+  if (bytes.length === 4) return `${bytes[0] ?? 0}.${bytes[1] ?? 0}.${bytes[2] ?? 0}.${bytes[3] ?? 0}`;
   if (bytes.length === 16) return formatV6(bytes);
   throw new AddressError(`an address has 4 or 16 bytes, not ${bytes.length}`);
 }
@@ -85,9 +85,38 @@ function parseV6(text: string): Uint8Array {
   return bytes;
 }
 
+/**
+ * Dotted-quad text to 4 bytes without a regular expression (this runs for every object a cold start
+ * writes), or undefined when it is not exactly four decimal octets without leading zeros.
+ */
+function parseDottedQuad(text: string): Uint8Array | undefined {
+  const bytes = new Uint8Array(4);
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const code = i === text.length ? 46 : text.charCodeAt(i);
+    if (code === 46) {
+      if (digits === 0 || part > 3) return undefined;
+      bytes[part++] = value;
+      value = 0;
+      digits = 0;
+    } else if (code >= 48 && code <= 57) {
+      if (digits > 0 && value === 0) return undefined; // a leading zero
+      value = value * 10 + (code - 48);
+      digits += 1;
+      if (value > 255) return undefined;
+    } else {
+      return undefined;
+    }
+  }
+  return part === 4 ? bytes : undefined;
+}
+
 /** The 4 or 16 bytes of address text (any valid spelling); throws AddressError naming the text. */
 export function parseAddressBytes(text: string): Uint8Array {
-  if (isIPv4(text)) return Uint8Array.from(text.split(".").map(Number));
+  const quad = parseDottedQuad(text);
+  if (quad !== undefined) return quad;
   if (isIPv6(text) && !text.includes("%")) return parseV6(text);
   throw new AddressError(`"${text}" is not an IP address`);
 }

@@ -18,7 +18,10 @@ export function parseMac(text: string): string | undefined {
 /** Why a (parsed) MAC cannot be a unicast device address, or undefined if it can. */
 export function unicastMacProblem(mac: string): string | undefined {
   if (mac === "00:00:00:00:00:00") return "the all-zero address";
-  if (parseInt(mac.slice(0, 2), 16) & 1) return "a multicast/broadcast address";
+  // The group bit is the low bit of the first octet, i.e. of its second hex digit.
+  const digit = mac.charCodeAt(1);
+  const value = digit <= 57 ? digit - 48 : (digit | 32) - 87;
+  if (value & 1) return "a multicast/broadcast address";
   return undefined;
 }
 

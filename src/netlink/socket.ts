@@ -245,7 +245,7 @@ export class NetlinkSocket {
    * whole messages and returns one outcome per request, in order. Throws SystemCallError only when the
    * exchange itself fails (send refused, the kernel fell silent).
    */
-  request(messages: EncodedMessages): RequestOutcome[] {
+  request(messages: EncodedMessages, options: { readonly quietSuccess?: boolean } = {}): RequestOutcome[] {
     const fd = this.fd;
     this.discardStale(fd);
     const { bytes, starts } = messages;
@@ -265,11 +265,22 @@ export class NetlinkSocket {
       const firstSeq = (this.sequence + 1) >>> 0;
       for (let i = first; i < last; i++) {
         const at = starts[i] ?? 0;
-        bytes.writeUInt16LE(bytes.readUInt16LE(at + 6) | NLM_F_REQUEST | NLM_F_ACK, at + 6);
+        // quietSuccess: only the datagram's last request asks for an acknowledgement; the kernel answers
+        // every failed request anyway, and it handles a datagram's requests in order inside send(), so
+        // the last acknowledgement means every request without an error message succeeded.
+        const ack = options.quietSuccess === true && i < last - 1 ? 0 : NLM_F_ACK;
+        bytes.writeUInt16LE(bytes.readUInt16LE(at + 6) | NLM_F_REQUEST | ack, at + 6);
         bytes.writeUInt32LE(this.nextSequence(), at + 8);
       }
       send(fd, bytes.subarray(from, to), 0);
-      this.collectAcknowledgements(fd, firstSeq, last - first, outcomes, first);
+      this.collectAcknowledgements(
+        fd,
+        firstSeq,
+        last - first,
+        outcomes,
+        first,
+        options.quietSuccess === true,
+      );
       first = last;
     }
     return outcomes;
@@ -393,6 +404,7 @@ export class NetlinkSocket {
     count: number,
     outcomes: RequestOutcome[],
     into: number,
+    quietSuccess = false,
   ): void {
     let missing = count;
     let lost = false;
@@ -413,6 +425,15 @@ export class NetlinkSocket {
         if (index < into || index >= into + count || outcomes[index] !== undefined) return;
         outcomes[index] = ack.errno === 0 ? OK : { ok: false, error: netlinkError(ack.errno, ack.text) };
         missing--;
+        if (quietSuccess && index === into + count - 1) {
+          // The last request's answer: the silent ones before it succeeded.
+          for (let i = into; i < into + count; i++) {
+            if (outcomes[i] === undefined) {
+              outcomes[i] = OK;
+              missing--;
+            }
+          }
+        }
       });
     }
     if (missing === 0) return;

@@ -111,6 +111,9 @@ export function planSlot(
   actual: readonly KernelObject[],
   scope: OwnershipScope,
 ): PlannedOp[] {
+  // Nothing in the kernel there (every slot of a cold start): every kind writes the desired object.
+  if (actual.length === 0)
+    return desired === undefined ? [] : [{ action: "replace", object: desired, reason: "missing" }];
   switch (kind) {
     case "route":
       return routeKind.plan(only(desired, isRoute), actual.filter(isRoute), scope);
