@@ -9,13 +9,7 @@ import { execa } from "execa";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { KernelEvent, KernelOp, LinkSpec } from "../../src/dataplane/channel.js";
 import { KernelCallError } from "../../src/dataplane/channel.js";
-import {
-  readAddresses,
-  readFdb,
-  readLink,
-  readNeighbours,
-  readRoutes,
-} from "../helpers/ip-read.js";
+import { readAddresses, readFdb, readLink, readNeighbours, readRoutes } from "../helpers/ip-read.js";
 import { netnsRunner, type CommandRunner } from "../../src/exec/command.js";
 import { openNetlinkChannel, type NetlinkChannel } from "../../src/dataplane/netlink-channel.js";
 import {
