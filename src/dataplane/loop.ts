@@ -706,9 +706,20 @@ export class DataplaneLoop {
     const drift = isDriftRound(report.trigger);
     const failures = new Map(report.failed.map((f) => [f.op, f.error]));
     const debug = this.log.isLevelEnabled("debug");
+    // One line per op up to a limit, then one summary: a re-created device replays every peer, and
+    // 15,000 warn lines would bury the one line that says why.
+    const unlogged = { repaired: new Map<string, number>(), failed: new Map<string, number>() };
+    let logged = 0;
     for (const op of report.ops) {
       const failure = failures.get(op);
       if (failure === undefined && !drift && !debug) continue;
+      const outcome = failure !== undefined ? "failed" : drift ? "repaired" : undefined;
+      if (outcome !== undefined && logged >= OPS_LOGGED_PER_ROUND) {
+        const what = `${op.action} ${op.object.kind}`;
+        unlogged[outcome].set(what, (unlogged[outcome].get(what) ?? 0) + 1);
+        continue;
+      }
+      if (outcome !== undefined) logged++;
       const fields = {
         kind: op.object.kind,
         action: op.action,
@@ -720,6 +731,18 @@ export class DataplaneLoop {
         this.log.error({ ...fields, err: failure }, "kernel operation failed; will retry");
       else if (drift) this.log.warn(fields, "drift repaired");
       else this.log.debug(fields, "kernel operation");
+    }
+    if (unlogged.failed.size > 0) {
+      this.log.error(
+        { trigger: report.trigger, more: Object.fromEntries(unlogged.failed) },
+        `kernel operation failed; will retry: ${sumOf(unlogged.failed)} more not logged one by one`,
+      );
+    }
+    if (unlogged.repaired.size > 0) {
+      this.log.warn(
+        { trigger: report.trigger, more: Object.fromEntries(unlogged.repaired) },
+        `drift repaired: ${sumOf(unlogged.repaired)} more not logged one by one`,
+      );
     }
     if (report.error !== undefined) {
       this.log.error({ err: report.error, trigger: report.trigger }, "reconcile round failed; will retry");
@@ -737,4 +760,13 @@ export class DataplaneLoop {
       );
     }
   }
+}
+
+/** Per round, kernel operations logged one by one (drift repairs, failures); the rest are summed up. */
+const OPS_LOGGED_PER_ROUND = 20;
+
+function sumOf(counts: ReadonlyMap<string, number>): number {
+  let sum = 0;
+  for (const n of counts.values()) sum += n;
+  return sum;
 }

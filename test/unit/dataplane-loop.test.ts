@@ -363,6 +363,20 @@ describe("data-plane loop: drift", () => {
     ).toBe(true);
   });
 
+  it("logs a device's replay one op at a time only up to a limit, then one summary line", async () => {
+    const peers = Array.from({ length: 40 }, (_, i) => peerLease(i + 2));
+    const h = await start({ peers });
+    h.kernel.foreignDeleteLink("flannel.1");
+    await settle();
+    expect(h.kernel.routes()).toHaveLength(40);
+    expect(h.logs.withMsg("drift repaired")).toHaveLength(20);
+    const summary = h.logs.records().filter((r) => String(r.msg).startsWith("drift repaired: 100 more"));
+    expect(summary).toHaveLength(1);
+    const more = summary[0]?.more as Record<string, number>;
+    expect(Object.values(more).reduce((a, b) => a + b, 0)).toBe(100);
+    expect(Object.keys(more).every((k) => k.startsWith("replace "))).toBe(true);
+  });
+
   it("puts back the bridge's gateway address", async () => {
     const h = await start();
     h.kernel.foreignDeleteAddress("cni0", "10.244.1.1");
