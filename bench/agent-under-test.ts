@@ -12,7 +12,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Cluster, Host } from "../test/helpers/netns.js";
 import type { Started } from "../test/helpers/processes.js";
-import { parseLogLines } from "../test/helpers/agent.js";
+import { parseLogLines, shebangNodeFlags } from "../test/helpers/agent.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -25,6 +25,8 @@ export interface AgentBuild {
   /** The agent's default --resync-interval, read from its --help, in ms. */
   readonly defaultResyncMs: number;
   readonly defaultResyncText: string;
+  /** The node flags the build's own launcher gives (its shebang line): how an operator runs it. */
+  readonly launcherFlags: readonly string[];
 }
 
 function git(dir: string, args: string[]): string {
@@ -70,6 +72,7 @@ export function resolveBuild(): AgentBuild {
     commit: head === "" ? "" : `${head}${dirty ? "-dirty" : ""}`,
     defaultResyncMs: parseDuration(defaultResyncText),
     defaultResyncText,
+    launcherFlags: shebangNodeFlags(cli),
   };
 }
 
@@ -174,7 +177,7 @@ export const EXTRA_NODE_FLAGS: readonly string[] = (process.env.BENCH_NODE_FLAGS
 export interface AgentOptions {
   /** Agent flags after `agent` (--iface=eth0 and the per-agent files are always given). */
   readonly args?: readonly string[];
-  /** V8/node flags before the CLI path, e.g. --max-semi-space-size=1. */
+  /** V8/node flags before the CLI path (default: the build's launcher flags), e.g. --max-semi-space-size=1. */
   readonly nodeFlags?: readonly string[];
 }
 
@@ -199,7 +202,7 @@ export class RunningAgent {
     this.dir = mkdtempSync(join(tmpdir(), "twill-bench-"));
     this.subnetFile = join(this.dir, "subnet.env");
     const args = [
-      ...(options.nodeFlags ?? []),
+      ...(options.nodeFlags ?? build.launcherFlags),
       ...EXTRA_NODE_FLAGS,
       build.cli,
       "agent",

@@ -1050,11 +1050,15 @@ function driftFigures(base: number, r: { kinds: Record<string, DriftKind | strin
 
 // ---- 4. memory -----------------------------------------------------------------------------------------
 
-const FLAG_SETS: Record<string, string[]> = {
-  default: [],
-  semiSpace1: ["--max-semi-space-size=1"],
-  semiSpace1OptimizeForSize: ["--max-semi-space-size=1", "--optimize-for-size"],
-};
+/** `default` is how the build's own launcher starts node (its shebang); the others are fixed sets. */
+function flagSets(): Record<string, readonly string[]> {
+  return {
+    default: build.launcherFlags,
+    noFlags: [],
+    semiSpace1: ["--max-semi-space-size=1"],
+    semiSpace1OptimizeForSize: ["--max-semi-space-size=1", "--optimize-for-size"],
+  };
+}
 
 /** VmHWM of a bare node with these flags (the floor under any agent), read while it idles. */
 async function bareNode(flags: readonly string[]): Promise<number> {
@@ -1077,7 +1081,8 @@ async function memory(): Promise<object> {
   const { prefix } = await prefixFor(n);
   const runs: Record<string, { peakMiB: number; nowMiB: number; bareNodeMiB: number; load: number }[]> = {};
   for (let run = 0; run < cfg.runs; run++) {
-    for (const [name, nodeFlags] of Object.entries(FLAG_SETS)) {
+    for (const [name, nodeFlags] of Object.entries(flagSets())) {
+      if (name !== "default" && nodeFlags.join(" ") === build.launcherFlags.join(" ")) continue;
       const agent = await launch(prefix, { nodeFlags });
       try {
         const pid = await agent.pid();
@@ -1107,7 +1112,7 @@ async function memory(): Promise<object> {
     const l = median(list.map((r) => r.load));
     figure(
       `rss.${n}.${name}MiB`,
-      `peak RSS at ${n} peers, node flags: ${FLAG_SETS[name]?.join(" ") || "none"}`,
+      `peak RSS at ${n} peers, node flags: ${flagSets()[name]?.join(" ") || "none"}${name === "default" ? " (the launcher's)" : ""}`,
       peak,
       "MiB",
       {
@@ -1118,7 +1123,7 @@ async function memory(): Promise<object> {
       },
     );
     out[name] = {
-      nodeFlags: FLAG_SETS[name],
+      nodeFlags: flagSets()[name],
       medianPeakMiB: round(peak, 1),
       maxPeakMiB: Math.max(...list.map((r) => r.peakMiB)),
       medianBareNodeMiB: round(bare, 1),
@@ -1366,7 +1371,7 @@ async function main(): Promise<void> {
   const details: Record<string, unknown> = {};
   console.log(
     `dataplane benchmark${quick ? " (quick)" : ""} of ${build.cli} (label ${build.label}, ${build.commit || "no git"}, ` +
-      `default resync ${build.defaultResyncText}): ${cfg.runs} run(s), sections ${[...only].join(", ")}, load ${load()}`,
+      `default resync ${build.defaultResyncText}, node flags ${build.launcherFlags.join(" ") || "none"}): ${cfg.runs} run(s), sections ${[...only].join(", ")}, load ${load()}`,
   );
   try {
     net = await createUnderlay();

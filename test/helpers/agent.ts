@@ -9,6 +9,21 @@ import { startProcess, waitFor, type Started } from "./processes.js";
 
 export const cliPath = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url));
 
+/** Node flags in a `#!/usr/bin/env -S node …` first line; none for `#!/usr/bin/env node`. */
+export function shebangNodeFlags(file: string): string[] {
+  const first = readFileSync(file, "utf8").split("\n", 1)[0] ?? "";
+  const match = /^#!\S*env(?: -S)? node((?: \S+)*)\s*$/.exec(first);
+  return (match?.[1] ?? "").split(" ").filter((f) => f.startsWith("--"));
+}
+
+/**
+ * The node flags twill's launchers start the agent with (src/cli/main.ts's first line; the Dockerfile
+ * and the systemd notes repeat them). Tests and the demo start it the same way.
+ */
+export const LAUNCHER_FLAGS: readonly string[] = shebangNodeFlags(
+  fileURLToPath(new URL("../../src/cli/main.ts", import.meta.url)),
+);
+
 export interface AgentProcess {
   readonly dir: string;
   readonly subnetFile: string;
@@ -66,6 +81,7 @@ export function startAgent(spec: AgentSpec): AgentProcess {
     .filter(([flag]) => !given(flag ?? ""))
     .map(([flag, value]) => `--${flag ?? ""}=${value ?? ""}`);
   const args = [
+    ...LAUNCHER_FLAGS,
     cliPath,
     "agent",
     `--etcd-endpoints=${spec.etcdEndpoint}`,

@@ -29,6 +29,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments, stringify } from "yaml";
 import { parseAgentOptions } from "../../src/config/agent-options.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
+import { LAUNCHER_FLAGS } from "../helpers/agent.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const deployPath = (...parts: string[]): string => join(ROOT, "deploy", ...parts);
@@ -235,6 +236,26 @@ function envFileAssignments(source: string): { name: string; value: string }[] {
   return out;
 }
 
+describe("node flags of every launcher", () => {
+  it("src/cli/main.ts's first line gives node a small young generation, and node accepts the flags", () => {
+    expect(LAUNCHER_FLAGS).toContain("--max-semi-space-size=1");
+    const result = run(process.execPath, [...LAUNCHER_FLAGS, "-e", "process.exit(0)"]);
+    expect(result.status, result.stderr).toBe(0);
+  });
+
+  it("the built CLI keeps that line, is executable, and runs through it", () => {
+    const built = join(ROOT, "dist", "cli", "main.js");
+    expect(read(built).split("\n", 1)[0]).toBe(read(join(ROOT, "src", "cli", "main.ts")).split("\n", 1)[0]);
+    const result = run(built, ["--version"]);
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stdout.trim()).toMatch(/^twill \d+\.\d+\.\d+/);
+  });
+
+  it("the systemd notes name the same flags for a wrapper script", () => {
+    expect(read(deployPath("systemd", "twill.service"))).toContain(`exec node ${LAUNCHER_FLAGS.join(" ")} `);
+  });
+});
+
 describe("systemd unit (deploy/systemd)", () => {
   const unitPath = deployPath("systemd", "twill.service");
   const envPath = deployPath("systemd", "twill.env.example");
@@ -250,7 +271,10 @@ describe("systemd unit (deploy/systemd)", () => {
     // copy of the unit runs a stub instead. Everything else is verified as written.
     const dir = tempDir("unit");
     const stub = join(dir, "twill");
-    writeFileSync(stub, '#!/bin/sh\nexec node /opt/twill/dist/cli/main.js "$@"\n');
+    writeFileSync(
+      stub,
+      `#!/bin/sh\nexec node ${LAUNCHER_FLAGS.join(" ")} /opt/twill/dist/cli/main.js "$@"\n`,
+    );
     chmodSync(stub, 0o755);
     expect(unitText).toMatch(/^ExecStart=\/usr\/local\/bin\/twill agent/m);
     const copy = join(dir, "twill.service");
@@ -1021,12 +1045,18 @@ describe("Dockerfile (structure; docker build cannot run here)", () => {
     }
   });
 
-  it("runs the built agent: ENTRYPOINT node dist/cli/main.js, CMD agent", () => {
+  it("the twill command in the image starts node with the launcher's flags", () => {
+    const runs = (final?.instructions ?? []).filter((i) => i.op === "RUN").map((i) => i.args);
+    const wrapper = runs.find((r) => r.includes("/usr/local/bin/twill"));
+    expect(wrapper).toContain(`exec node ${LAUNCHER_FLAGS.join(" ")} /app/dist/cli/main.js`);
+  });
+
+  it("runs the built agent: ENTRYPOINT node with the launcher's flags dist/cli/main.js, CMD agent", () => {
     const last = (op: string): unknown => {
       const found = (final?.instructions ?? []).filter((i) => i.op === op).at(-1);
       return found === undefined ? undefined : (JSON.parse(found.args) as unknown);
     };
-    expect(last("ENTRYPOINT")).toEqual(["node", "/app/dist/cli/main.js"]);
+    expect(last("ENTRYPOINT")).toEqual(["node", ...LAUNCHER_FLAGS, "/app/dist/cli/main.js"]);
     expect(last("CMD")).toEqual(["agent"]);
     expect(
       at(
