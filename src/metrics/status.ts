@@ -1,5 +1,5 @@
-// The /status document and `twill status`: what the agent knows (AgentStatus) plus what the metrics
-// hooks observed (last round, peer states, etcd watch), as plain JSON, and its text rendering. The
+// The /status document and `twill status`: the agent's state store (AgentState: lease, config, last
+// round, peer states, etcd watch, masquerade) rendered as plain JSON, and that JSON as text. The
 // JSON is an interface between versions (an old CLI may read a new agent): add fields, never rename.
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
