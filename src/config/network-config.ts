@@ -49,8 +49,7 @@ export class ConfigError extends Error {
   }
 }
 
-export const BACKEND_NOT_SET_WARNING =
-  "Backend not set: using vxlan (flannel's code would pick udp, which twill does not implement)";
+export const BACKEND_NOT_SET_WARNING = `Backend not set: using ${DEFAULT_BACKEND.type} (flannel's code would pick udp, which twill does not implement)`;
 
 const TOP_LEVEL_FIELDS = [
   "EnableIPv4",

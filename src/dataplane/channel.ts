@@ -1,5 +1,5 @@
 // The kernel channel: the one door between the data plane and the kernel's networking. The data plane
-// only ever talks to this interface; production uses in-process netlink (netlink/channel.ts), the
+// only ever talks to this interface; production uses in-process netlink (netlink-channel.ts), the
 // unit tests an in-memory kernel (test/helpers/fake-kernel.ts). A channel is long-lived: it is opened
 // once and reused for every write, dump and notification, never a process per round.
 import type { Address, FdbEntry, KernelObject, Link, Neighbour, Route } from "./objects.js";

@@ -1,6 +1,6 @@
-// The desired state, kept up to date one contributor at a time: each peer (and the node itself)
-// contributes the kernel objects it needs, and a slot wanted by several contributors goes to the one
-// with the lowest rank (the node first, then peers by subnet), so the outcome never depends on the
+// The desired state, kept up to date one contributor at a time: each peer contributes the kernel
+// objects it needs, and a slot wanted by several contributors goes to the one with the lowest rank
+// (the lowest subnet), so the outcome never depends on the
 // order events arrived in. Changing one peer touches only that peer's slots: that is what makes a
 // peer event cost O(1) instead of O(peers).
 import { keyOf, slotId } from "./kinds/index.js";

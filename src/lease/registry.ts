@@ -98,5 +98,3 @@ export interface LeaseRegistry {
 
   close(): void;
 }
-
-// Until src/agent.ts imports it from etcd-registry.js: it still names it from here.

@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 /** How often the nodejs_eventloop_lag_* histogram samples the event loop (see docs/metrics.md). */
 const EVENT_LOOP_SAMPLE_MS = 1000;
 import type { PeerState } from "../backends/backend.js";
+import { BACKENDS } from "../backends/registry.js";
 import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
 import type { AcquireResult } from "../lease/keeper.js";
 import {
@@ -24,10 +25,11 @@ const ACQUIRE_RESULTS = ["reused", "created", "reserved", "race_lost", "exhauste
 const RELOAD_REASONS = ["start", "self", "resync", "overflow", "kernel", "retry"] as const;
 
 /**
- * Backend label values. BackendType is free text in etcd; anything else becomes "unknown" so a
- * hostile or broken entry cannot grow the label set.
+ * Backend label values: flannel's backend names and twill's own. BackendType is free text in etcd;
+ * anything else becomes "unknown" so a hostile or broken entry cannot grow the label set.
  */
 const KNOWN_BACKENDS = new Set([
+  ...BACKENDS.map((backend) => backend.type),
   "vxlan",
   "host-gw",
   "udp",

@@ -1,5 +1,6 @@
 // The kinds of kernel objects twill programs, and typed dispatch from a KernelObject to its kind. A new
-// kind (e.g. WireGuard peers) is a module implementing Kind plus a line here and in the phase table.
+// kind (e.g. WireGuard peers) is a module implementing Kind, its object type in objects.ts, and its
+// cases here (dispatch and the phase table), in kernel-view.ts (identity) and in the channel's codec.
 import type { KernelOp } from "../channel.js";
 import type { FdbEntry, KernelObject, Neighbour, ObjectKind, Route } from "../objects.js";
 import { fdbKind } from "./fdb.js";
