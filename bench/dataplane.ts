@@ -295,6 +295,8 @@ interface ColdAgentRun {
   programmingMs: number;
   rounds: { trigger: string; ops: number; durationMs: number }[];
   subnetFileMs: number | undefined;
+  /** The agent's first log lines as "<ms after start> ms <msg>": where the time before programming goes. */
+  timeline: string[];
   cpuSeconds: number;
   childCpuSeconds: number;
   peakRssMiB: number;
@@ -341,6 +343,10 @@ async function coldAgent(n: number): Promise<ColdAgentRun> {
       programmingMs: rounds.reduce((s, r) => s + r.durationMs, 0),
       rounds,
       subnetFileMs: agent.msTo("subnet file written"),
+      timeline: agent
+        .logs()
+        .slice(0, 40)
+        .map((l) => `${Math.round((logWall(l) ?? 0) - agent.startWall)} ms ${str(l, "msg") ?? "?"}`),
       cpuSeconds: cpu.self,
       childCpuSeconds: cpu.children,
       peakRssMiB: rss.peakMiB,
