@@ -152,6 +152,42 @@ export function readTreeCpu(pid: number): Cpu {
   return { self: own.self, children };
 }
 
+/** CPU seconds (user, system) of each thread of a process, keyed "<tid> <name>" (main thread: "node"). */
+export function readThreadCpu(pid: number): Map<string, { user: number; system: number }> {
+  const out = new Map<string, { user: number; system: number }>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const f = stat
+        .slice(stat.lastIndexOf(")") + 2)
+        .split(" ")
+        .map(Number);
+      out.set(`${tid} ${name}`, { user: (f[11] ?? 0) / CLK_TCK, system: (f[12] ?? 0) / CLK_TCK });
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+/** Per thread name, the CPU seconds used between two readThreadCpu readings (threads with any). */
+export function threadCpuDelta(
+  before: Map<string, { user: number; system: number }>,
+  after: Map<string, { user: number; system: number }>,
+): Record<string, { user: number; system: number }> {
+  const out: Record<string, { user: number; system: number }> = {};
+  for (const [key, a] of after) {
+    const b = before.get(key) ?? { user: 0, system: 0 };
+    const name = key.slice(key.indexOf(" ") + 1);
+    const sum = (out[name] ??= { user: 0, system: 0 });
+    sum.user = Math.round((sum.user + a.user - b.user) * 100) / 100;
+    sum.system = Math.round((sum.system + a.system - b.system) * 100) / 100;
+  }
+  for (const [name, v] of Object.entries(out)) if (v.user === 0 && v.system === 0) delete out[name];
+  return out;
+}
+
 /** VmHWM (peak resident set) and VmRSS (now) in MiB. */
 export function readRss(pid: number): { peakMiB: number; nowMiB: number } {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");

@@ -23,6 +23,8 @@ import {
   readCpu,
   readRss,
   readTreeCpu,
+  readThreadCpu,
+  threadCpuDelta,
   resolveBuild,
   RunningAgent,
   scrapeMetrics,
@@ -1152,6 +1154,8 @@ interface Window {
   rounds: Record<string, number>;
   peakRssMiB: number;
   load: { start: number; end: number };
+  /** CPU seconds in the window by thread name (node = the main thread; V8 and libuv workers). */
+  threads: Record<string, { user: number; system: number }>;
 }
 
 const TRIGGERS = ["resync", "kernel", "peers", "self", "retry", "overflow"];
@@ -1168,9 +1172,11 @@ async function cpuWindow(name: string, args: string[]): Promise<Window> {
     const before = await scrapeMetrics(cluster, agent.host);
     const startLoad = load();
     const cpu0 = readTreeCpu(pid);
+    const threads0 = readThreadCpu(pid);
     const start = nowNs();
     await sleep(cfg.windowS * 1000);
     const cpu1 = readTreeCpu(pid);
+    const threads = threadCpuDelta(threads0, readThreadCpu(pid));
     const windowS = msSince(start) / 1000;
     const after = await scrapeMetrics(cluster, agent.host);
     const rounds: Record<string, number> = {};
@@ -1192,11 +1198,13 @@ async function cpuWindow(name: string, args: string[]): Promise<Window> {
       rounds,
       peakRssMiB: round(readRss(pid).peakMiB, 1),
       load: { start: startLoad, end: load() },
+      threads,
     };
     console.log(
       `  ${name}: ${w.percentOfCore}% of a core over ${w.windowS} s (agent ${w.cpuSeconds} s + children ${w.childCpuSeconds} s), ` +
         `rounds ${JSON.stringify(rounds)}, peak RSS ${w.peakRssMiB} MiB, load ${w.load.start}→${w.load.end}`,
     );
+    console.log(`    by thread (user/system s): ${JSON.stringify(threads)}`);
     return w;
   } finally {
     await stopAgent(agent);
