@@ -184,8 +184,7 @@ export function threadCpuDelta(
     sum.user = Math.round((sum.user + a.user - b.user) * 100) / 100;
     sum.system = Math.round((sum.system + a.system - b.system) * 100) / 100;
   }
-  for (const [name, v] of Object.entries(out)) if (v.user === 0 && v.system === 0) delete out[name];
-  return out;
+  return Object.fromEntries(Object.entries(out).filter(([, v]) => v.user !== 0 || v.system !== 0));
 }
 
 /** VmHWM (peak resident set) and VmRSS (now) in MiB. */
