@@ -33,10 +33,10 @@ COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 # `twill` on the PATH for admin commands in the pod: kubectl exec ds/twill -- twill leases ...
 # Node's flags are those of dist/cli/main.js's first line (docs/operations.md, "Memory and CPU"): a 1 MiB
-# young generation and one V8 worker thread keep a resident agent small.
-RUN printf '#!/bin/sh\nexec node --max-semi-space-size=1 --v8-pool-size=1 /app/dist/cli/main.js "$@"\n' \
+# young generation, one V8 worker thread and a heap that grows in 10 % steps keep a resident agent small.
+RUN printf '#!/bin/sh\nexec node --max-semi-space-size=1 --v8-pool-size=1 --heap-growing-percent=10 /app/dist/cli/main.js "$@"\n' \
     >/usr/local/bin/twill \
     && chmod 0755 /usr/local/bin/twill
 EXPOSE 9102
-ENTRYPOINT ["node", "--max-semi-space-size=1", "--v8-pool-size=1", "/app/dist/cli/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=1", "--v8-pool-size=1", "--heap-growing-percent=10", "/app/dist/cli/main.js"]
 CMD ["agent"]
