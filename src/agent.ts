@@ -73,6 +73,9 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
+/** After this long stopping, the loops not yet ended are logged. */
+const STOP_WARN_MS = 5000;
+
 export class Agent {
   readonly store: StateStore;
   readonly heartbeats: Heartbeats;
@@ -102,18 +105,22 @@ export class Agent {
     outer.addEventListener("abort", forward, { once: true });
     const signal = inner.signal;
     const loops: Promise<void>[] = [];
+    const running = new Set<string>();
     let failure: Error | undefined;
     const supervise = (name: string, loop: Promise<void>): void => {
+      running.add(name);
       loops.push(
-        loop.catch((error: unknown) => {
-          if (stopped(signal)) return;
-          failure ??= asError(error);
-          this.log.fatal(
-            { err: failure, loop: name },
-            "agent failed; stopping (the data plane is left as it is)",
-          );
-          inner.abort();
-        }),
+        loop
+          .finally(() => running.delete(name))
+          .catch((error: unknown) => {
+            if (stopped(signal)) return;
+            failure ??= asError(error);
+            this.log.fatal(
+              { err: failure, loop: name },
+              "agent failed; stopping (the data plane is left as it is)",
+            );
+            inner.abort();
+          }),
       );
     };
     let channel: KernelChannel | undefined;
@@ -133,7 +140,12 @@ export class Agent {
     } finally {
       inner.abort();
       outer.removeEventListener("abort", forward);
+      // A loop that does not end on abort would hold the exit forever; name it.
+      const slow = this.clock.setTimer(STOP_WARN_MS, () =>
+        this.log.warn({ waitingFor: [...running] }, "still stopping: waiting for these loops to end"),
+      );
       await Promise.all(loops);
+      slow.cancel();
       await this.shutdown(registry, channel);
     }
     if (failure !== undefined && !stopped(outer)) throw failure;

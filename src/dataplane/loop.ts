@@ -280,6 +280,8 @@ export class DataplaneLoop {
 
   /** Resolves when there is work the loop can do (or on abort); never spins while it cannot. */
   private nextWork(signal: AbortSignal): Promise<void> {
+    // Aborted during a round: an abort listener added now would never fire.
+    if (signal.aborted) return Promise.resolve();
     if (this.ready() && (this.hasWork() || this.woken)) {
       this.woken = false;
       return Promise.resolve();

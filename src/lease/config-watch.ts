@@ -71,6 +71,10 @@ export class ConfigWatch {
       };
       const unsubscribe = this.onChange(check);
       if (check(this.state)) return;
+      if (signal.aborted) {
+        onAbort();
+        return;
+      }
       signal.addEventListener("abort", onAbort, { once: true });
     });
   }

@@ -180,6 +180,8 @@ export class MasqLoop {
 
   /** Waits for the interval, a new target, or a notice (debounced); a notice before the wait counts. */
   private async sleep(ms: number, signal: AbortSignal): Promise<void> {
+    // Aborted during the check: an abort listener added now would never fire.
+    if (signal.aborted) return;
     if (this.noticed) {
       this.noticed = false;
       await this.clock.sleep(NOTICE_DEBOUNCE_MS, signal);

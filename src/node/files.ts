@@ -154,8 +154,9 @@ export class NodeFilesWriter {
         const timer = retry ? this.clock.setTimer(this.retryMs, done) : undefined;
         this.wake = done;
         signal.addEventListener("abort", done, { once: true });
-        // A change that arrived while writing is picked up at once.
-        if (this.target !== target) done();
+        // A change that arrived while writing is picked up at once; an abort then (whose event has
+        // fired already) ends the wait too.
+        if (this.target !== target || signal.aborted) done();
       });
     }
   }

@@ -31,8 +31,15 @@ class FakeIptables implements CommandRunner {
   readonly where = "fake";
   readonly tables = new Map<string, string>();
   restores = 0;
+  /** While set, every command waits for it: a slow iptables-save or restore. */
+  gate: Promise<void> | undefined;
 
-  run(cmd: string, args: readonly string[]): Promise<CommandResult> {
+  async run(cmd: string, args: readonly string[]): Promise<CommandResult> {
+    if (this.gate !== undefined) await this.gate;
+    return this.answer(cmd, args);
+  }
+
+  private answer(cmd: string, args: readonly string[]): Promise<CommandResult> {
     const ok = (stdout: string): Promise<CommandResult> =>
       Promise.resolve({ stdout, stderr: "", exitCode: 0 });
     if (cmd === "iptables" && args[0] === "--version") return ok("iptables v1.8.9 (nf_tables)\n");
@@ -65,6 +72,9 @@ interface Harness {
   notice(): void;
   watchClosed(): boolean;
   stop(): Promise<void>;
+  /** Aborts the loop without waiting for it; `done` is its run(). */
+  abort(): void;
+  readonly done: Promise<void>;
 }
 
 const running: Harness[] = [];
@@ -102,6 +112,10 @@ async function start(mode: WatchMode = "watch"): Promise<Harness> {
       controller.abort();
       await clock.advance(0);
       await done;
+    },
+    abort: () => controller.abort(),
+    get done() {
+      return done;
     },
   };
   const loop = new MasqLoop(
@@ -199,6 +213,21 @@ describe("MasqLoop with a rule watch", () => {
     expect(h.checks).toHaveLength(3);
     await h.clock.advance(10_000);
     expect(h.checks).toHaveLength(3);
+  });
+
+  it("ends when stopped in the middle of a check, without waiting for a timer", async () => {
+    const h = await start();
+    let release = (): void => undefined;
+    h.iptables.gate = new Promise<void>((resolve) => (release = resolve));
+    h.notice();
+    await h.clock.advance(DEBOUNCE_MS); // the check starts and waits inside iptables-save
+    h.abort();
+    release();
+    h.iptables.gate = undefined;
+    let ended = false;
+    void h.done.then(() => (ended = true));
+    await settle();
+    expect(ended).toBe(true);
   });
 
   it("closes the watch when it stops", async () => {
