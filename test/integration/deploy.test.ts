@@ -535,7 +535,7 @@ describe("Kubernetes manifest (deploy/kubernetes/twill.yaml)", () => {
 
   it("requests resources and limits memory", () => {
     expect(at(container, "resources", "requests", "cpu")).toBe("100m");
-    expect(at(container, "resources", "requests", "memory")).toBe("64Mi");
+    expect(at(container, "resources", "requests", "memory")).toBe("100Mi");
     expect(String(at(container, "resources", "limits", "memory"))).toMatch(/^\d+(Mi|Gi)$/);
   });
 
