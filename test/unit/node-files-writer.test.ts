@@ -1,0 +1,70 @@
+// The node-files writer's loop: it ends when stopped, also when the stop lands while it is writing.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { parseCidr } from "../../src/ip/ipv4.js";
+import { NodeFilesWriter } from "../../src/node/files.js";
+import { FakeClock } from "../helpers/fake-clock.js";
+import { captureLogs } from "../helpers/logs.js";
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+function writerIn(dir: string): NodeFilesWriter {
+  return new NodeFilesWriter(
+    {
+      subnetFile: join(dir, "subnet.env"),
+      cniConfFile: join(dir, "10-twill.conflist"),
+      bridge: "cni0",
+      dockerOptsFile: "",
+      dockerDaemonJson: "",
+    },
+    captureLogs().log,
+    { subnetFileWritten: () => undefined },
+    new FakeClock(),
+  );
+}
+
+const TARGET = {
+  network: parseCidr("10.244.0.0/16"),
+  subnet: parseCidr("10.244.5.0/24"),
+  mtu: 1450,
+  ipMasq: false,
+};
+
+/** Resolves "ended" when `run` ends, or says it did not within 2 s (a real timer: the loop's own are fake). */
+function endsSoon(run: Promise<void>): Promise<string> {
+  return Promise.race([
+    run.then(() => "ended"),
+    new Promise<string>((resolve) => setTimeout(() => resolve("still running after 2 s"), 2000).unref()),
+  ]);
+}
+
+describe("NodeFilesWriter", () => {
+  it("ends when stopped while it waits for a change", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
+    dirs.push(dir);
+    const writer = writerIn(dir);
+    const controller = new AbortController();
+    const run = writer.run(controller.signal);
+    controller.abort();
+    expect(await endsSoon(run)).toBe("ended");
+  });
+
+  it("ends when stopped while it writes, and the file is written whole", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
+    dirs.push(dir);
+    const writer = writerIn(dir);
+    const controller = new AbortController();
+    const run = writer.run(controller.signal);
+    writer.set(TARGET);
+    // The write has started (the loop woke and called into the file system) but not finished.
+    await new Promise((resolve) => setImmediate(resolve));
+    controller.abort();
+    expect(await endsSoon(run)).toBe("ended");
+    expect(readFileSync(join(dir, "subnet.env"), "utf8")).toContain("FLANNEL_SUBNET=10.244.5.1/24");
+  });
+});
