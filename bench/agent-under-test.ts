@@ -112,15 +112,26 @@ export interface Cpu {
   readonly children: number;
 }
 
-export function readCpu(pid: number): Cpu {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  // Fields after "(comm)": state is field 3, so utime (14) … cstime (17) are at 11 … 14 here.
+/** A /proc stat file's name (comm) and its numeric fields after "(comm)", as the kernel gives them. */
+function readStat(path: string): { name: string; field: (i: number) => number } {
+  const stat = readFileSync(path, "utf8");
   const f = stat
     .slice(stat.lastIndexOf(")") + 2)
     .split(" ")
     .map(Number);
-  const at = (i: number): number => f[i] ?? 0;
-  return { self: (at(11) + at(12)) / CLK_TCK, children: (at(13) + at(14)) / CLK_TCK };
+  return { name: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), field: (i) => f[i] ?? 0 };
+}
+
+// Fields after "(comm)": state is field 3, so utime (14) … cstime (17) are at 11 … 14 here.
+const UTIME = 11;
+const STIME = 12;
+
+export function readCpu(pid: number): Cpu {
+  const { field } = readStat(`/proc/${pid}/stat`);
+  return {
+    self: (field(UTIME) + field(STIME)) / CLK_TCK,
+    children: (field(STIME + 1) + field(STIME + 2)) / CLK_TCK,
+  };
 }
 
 /**
@@ -157,13 +168,8 @@ export function readThreadCpu(pid: number): Map<string, { user: number; system: 
   const out = new Map<string, { user: number; system: number }>();
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const f = stat
-        .slice(stat.lastIndexOf(")") + 2)
-        .split(" ")
-        .map(Number);
-      out.set(`${tid} ${name}`, { user: (f[11] ?? 0) / CLK_TCK, system: (f[12] ?? 0) / CLK_TCK });
+      const { name, field } = readStat(`/proc/${pid}/task/${tid}/stat`);
+      out.set(`${tid} ${name}`, { user: field(UTIME) / CLK_TCK, system: field(STIME) / CLK_TCK });
     } catch {
       continue; // the thread ended meanwhile
     }

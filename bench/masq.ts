@@ -19,8 +19,6 @@
 // 3. The cost of noticing, in this process: µs per legacy poll, ns per nf_tables message decoded, and
 //    kube-proxy churn (iptables-nft-restore of KUBE-* chains) against the nft agent: checks it caused.
 // Prints medians and writes bench/results/masq.json. BENCH_QUICK=1: 5 deletions, 8 s windows.
-import { execFileSync } from "node:child_process";
-import { readFileSync, readdirSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { execa } from "execa";
 import { forEachMessage, MessageWriter, type MessageView } from "../src/netlink/codec.js";
@@ -38,51 +36,18 @@ import { LegacyTableReader, LEGACY_TABLES, NftablesChangeListener } from "../src
 import { runTwill, startAgent, type AgentProcess } from "../test/helpers/agent.js";
 import type { EtcdServer } from "../test/helpers/etcd.js";
 import { createUnderlay, type Cluster, type Host } from "../test/helpers/netns.js";
+import { nodePid, readCpu } from "./agent-under-test.js";
 import { median, percentile, round, tearDownOnSignal, writeResult } from "./lib.js";
 
 const quick = process.env.BENCH_QUICK === "1";
 const deletions = Number(process.env.BENCH_DELETIONS ?? (quick ? 5 : 20));
 const windowS = Number(process.env.BENCH_WINDOW ?? (quick ? 8 : 30));
 const kubeRules = quick ? 500 : 2000;
-const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
 const RESTORED = "masquerade/forward rules were missing; restored";
 
 const nowNs = (): bigint => process.hrtime.bigint();
 const msBetween = (start: bigint, end: bigint): number => Number(end - start) / 1e6;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-// ---- the agent's process ---------------------------------------------------------------------------
-
-function childPids(pid: number): number[] {
-  return readdirSync(`/proc/${pid}/task`).flatMap((task) => {
-    const text = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim();
-    return text === "" ? [] : text.split(/\s+/).map(Number);
-  });
-}
-
-/** The node process under `ip netns exec` (which execs node in place, not always at once). */
-async function nodePid(pid: number): Promise<number> {
-  const comm = (p: number): string => readFileSync(`/proc/${p}/comm`, "utf8").trim();
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (comm(pid) === "node") return pid;
-    const child = childPids(pid).find((c) => comm(c) === "node");
-    if (child !== undefined) return child;
-    if (Date.now() > deadline) throw new Error(`no node process at or under PID ${pid}`);
-    await sleep(5);
-  }
-}
-
-/** utime+stime and cutime+cstime (reaped children) in seconds. */
-function readCpu(pid: number): { self: number; children: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat
-    .slice(stat.lastIndexOf(")") + 2)
-    .split(" ")
-    .map(Number);
-  const at = (i: number): number => fields[i] ?? 0;
-  return { self: (at(11) + at(12)) / CLK_TCK, children: (at(13) + at(14)) / CLK_TCK };
-}
 
 // ---- scenarios ---------------------------------------------------------------------------------------
 
