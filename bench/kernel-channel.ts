@@ -15,6 +15,7 @@ import { openNetlinkChannel, type NetlinkChannel } from "../src/dataplane/netlin
 import { ownedRoute, permanentFdb, permanentNeighbour, type KernelObject } from "../src/dataplane/objects.js";
 import { createUnderlay, type Cluster, type Host } from "../test/helpers/netns.js";
 import { median, percentile, round, tearDownOnSignal, writeResult } from "./lib.js";
+import { makeVxlanDevice } from "./witness.js";
 
 const quick = process.env.BENCH_QUICK === "1";
 const runs = Number(process.env.BENCH_RUNS ?? (quick ? 1 : 3));
@@ -79,28 +80,11 @@ function batchLines(objects: readonly KernelObject[]): { bridge: string; ip: str
   return { bridge: `${bridge.join("\n")}\n`, ip: `${ip.join("\n")}\n` };
 }
 
-/** A fresh host namespace (eth0 198.18.0.x/24) with flannel.1 made by `ip`, up. */
+/** A fresh host namespace (eth0 198.18.0.x/24) with flannel.1 made by `ip` as the agent would, up. */
 async function vxlanHost(): Promise<Host> {
   if (net === undefined) throw new Error("no underlay");
   const host = await net.addHost(nextHost++);
-  const ip = (...args: string[]) => net?.run(host.ns, ["ip", ...args]);
-  await ip(
-    "link",
-    "add",
-    DEV,
-    "type",
-    "vxlan",
-    "id",
-    "1",
-    "local",
-    host.address,
-    "dev",
-    "eth0",
-    "dstport",
-    "8472",
-    "nolearning",
-  );
-  await ip("link", "set", DEV, "up");
+  await makeVxlanDevice(host, "10.255.255.0");
   return host;
 }
 
