@@ -1,15 +1,7 @@
 // The pure planner: for a set of slots (kind + key), the desired object and the kernel's objects in
 // each → the minimal operations, in the phase order of kinds/index.ts. A peer change plans only its
 // own slots; start-up and resync plan every slot. Applying the plan and planning again yields [].
-import {
-  KIND_NAMES,
-  PHASES,
-  planSlot,
-  slotId,
-  slotOf,
-  type OwnershipScope,
-  type PlannedOp,
-} from "./kinds/index.js";
+import { KIND_NAMES, PHASES, planSlot, slotOf, type OwnershipScope, type PlannedOp } from "./kinds/index.js";
 import type { KernelObject, ObjectKind } from "./objects.js";
 
 /** What the planner reads: the desired object of a slot and the kernel's objects in it. */
@@ -35,13 +27,6 @@ export function planSlots(slotIds: Iterable<string>, input: PlanInput, scope: Ow
     place(buckets, planSlot(kind, input.desired(kind, key), input.actual(kind, key), scope));
   }
   return buckets.flat();
-}
-
-/** Every slot of every kind. */
-export function allSlots(input: PlanInput): Set<string> {
-  const ids = new Set<string>();
-  for (const kind of KIND_NAMES) for (const key of input.keys(kind)) ids.add(slotId(kind, key));
-  return ids;
 }
 
 /**
