@@ -89,7 +89,7 @@ function parseV6(text: string): Uint8Array {
  * Dotted-quad text to 4 bytes without a regular expression (this runs for every object a cold start
  * writes), or undefined when it is not exactly four decimal octets without leading zeros.
  */
-function parseDottedQuad(text: string): Uint8Array | undefined {
+export function parseDottedQuad(text: string): Uint8Array | undefined {
   const bytes = new Uint8Array(4);
   let part = 0;
   let value = 0;

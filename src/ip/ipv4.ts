@@ -1,8 +1,8 @@
 // IPv4 addresses and subnets as plain unsigned 32-bit numbers: cheap to compare, hash and step through
-// when thousands of peers are in play. Text is validated by node:net's isIPv4, so what twill accepts
-// is exactly dotted-quad notation (no leading zeros, no shorthand), like Go's net.ParseIP in flannel.
-// (ip-num did the same check, and cost 146 ms of every start to load.)
-import { isIPv4 } from "node:net";
+// when thousands of peers are in play. Text goes through the one dotted-quad parser (address.ts), so
+// what twill accepts is exactly dotted-quad notation (no leading zeros, no shorthand), like Go's
+// net.ParseIP in flannel.
+import { parseDottedQuad } from "./address.js";
 
 /** An IPv4 address as an unsigned 32-bit integer. */
 export type IPv4 = number;
@@ -17,10 +17,9 @@ export class IpParseError extends Error {}
 
 /** Parses dotted-quad text; throws IpParseError naming the bad text. */
 export function parseIPv4(text: string): IPv4 {
-  if (!isIPv4(text)) throw new IpParseError(`"${text}" is not an IPv4 address`);
-  let value = 0;
-  for (const octet of text.split(".")) value = value * 256 + Number(octet);
-  return value >>> 0;
+  const bytes = parseDottedQuad(text);
+  if (bytes === undefined) throw new IpParseError(`"${text}" is not an IPv4 address`);
+  return (((bytes[0] ?? 0) << 24) | ((bytes[1] ?? 0) << 16) | ((bytes[2] ?? 0) << 8) | (bytes[3] ?? 0)) >>> 0;
 }
 
 /** Like parseIPv4 but returns undefined instead of throwing. */
