@@ -4,8 +4,6 @@
 // the docs. No label carries a peer: every label has a small fixed set of values.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
-/** How often the nodejs_eventloop_lag_* histogram samples the event loop (see docs/metrics.md). */
-const EVENT_LOOP_SAMPLE_MS = 1000;
 import type { PeerState } from "../backends/backend.js";
 import { BACKENDS } from "../backends/registry.js";
 import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
@@ -22,6 +20,8 @@ import {
 const PEER_STATES: readonly PeerState[] = ["programmed", "unreachable", "backend-mismatch"];
 const ACQUIRE_RESULTS = ["reused", "created", "reserved", "race_lost", "exhausted"] as const;
 /** Why the cached kernel view was read again: twill_kernel_view_reloads_total{reason}. */
+/** How often the nodejs_eventloop_lag_* histogram samples the event loop (see docs/metrics.md). */
+const EVENT_LOOP_SAMPLE_MS = 1000;
 const RELOAD_REASONS = ["start", "self", "resync", "overflow", "kernel", "retry"] as const;
 
 /**
