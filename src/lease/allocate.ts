@@ -57,40 +57,55 @@ function takenRanges(leases: readonly Lease[]): Range[] {
   return merged;
 }
 
+function sameSubnet(a: Subnet, b: Subnet): boolean {
+  return a.ip === b.ip && a.prefixLen === b.prefixLen;
+}
+
 function intersects(ranges: readonly Range[], start: number, end: number): boolean {
   return ranges.some((r) => r.start < end && start < r.end);
 }
 
 /**
  * Decides how to acquire a subnet:
- * 1. the first compatible lease carrying our PublicIP is reused; incompatible ones are `staleOwn`
- *    (the caller deletes them; they still count as taken here, as in flannel);
- * 2. else the previous subnet, if compatible and no lease overlaps it;
+ * 1. the previous subnet (the node's subnet file) when a compatible lease carrying our PublicIP holds
+ *    it: reused; else when no lease overlaps it: created. It wins over other leases that carry our
+ *    PublicIP (flannel takes the first of those in key order: a hand-written or stale lease would move
+ *    the node and strand its pods);
+ * 2. else the first compatible lease carrying our PublicIP is reused;
  * 3. else one of the first `maxCandidates` free pool subnets from SubnetMin upwards, uniformly at random.
+ * Leases carrying our PublicIP that the config no longer allows are `staleOwn` (the caller deletes
+ * them; they still count as taken here, as in flannel).
  */
 export function chooseSubnet(input: AllocationInput): AllocationDecision {
   const { config, leases, publicIP } = input;
   const maxCandidates = input.maxCandidates ?? DEFAULT_MAX_CANDIDATES;
 
+  let previous: Subnet | undefined;
+  if (input.previousSubnet !== undefined) {
+    const { prefixLen } = input.previousSubnet;
+    previous = { ip: (input.previousSubnet.ip & maskOf(prefixLen)) >>> 0, prefixLen };
+    if (!isCompatible(previous, config)) previous = undefined;
+  }
+
   let reuse: Lease | undefined;
+  let reusePrevious: Lease | undefined;
   const staleOwn: Lease[] = [];
   for (const lease of leases) {
     if (lease.attrs.publicIP !== publicIP) continue;
     if (!isCompatible(lease.subnet, config)) staleOwn.push(lease);
-    // Further compatible leases with our IP are left alone: they expire unless someone renews them.
-    else reuse ??= lease;
-  }
-  if (reuse !== undefined) return { kind: "reuse", lease: reuse, staleOwn };
-
-  const taken = takenRanges(leases);
-
-  if (input.previousSubnet !== undefined) {
-    const { prefixLen } = input.previousSubnet;
-    const previous = { ip: (input.previousSubnet.ip & maskOf(prefixLen)) >>> 0, prefixLen };
-    if (isCompatible(previous, config) && !intersects(taken, previous.ip, previous.ip + sizeOf(prefixLen))) {
-      return { kind: "create", subnet: previous, reason: "previous-subnet", staleOwn };
+    else {
+      // Further compatible leases with our IP are left alone: they expire unless someone renews them.
+      reuse ??= lease;
+      if (previous !== undefined && sameSubnet(lease.subnet, previous)) reusePrevious ??= lease;
     }
   }
+  if (reusePrevious !== undefined) return { kind: "reuse", lease: reusePrevious, staleOwn };
+
+  const taken = takenRanges(leases);
+  if (previous !== undefined && !intersects(taken, previous.ip, previous.ip + sizeOf(previous.prefixLen))) {
+    return { kind: "create", subnet: previous, reason: "previous-subnet", staleOwn };
+  }
+  if (reuse !== undefined) return { kind: "reuse", lease: reuse, staleOwn };
 
   const size = sizeOf(config.subnetLen);
   const min = config.subnetMin;

@@ -101,8 +101,24 @@ describe("chooseSubnet", () => {
       { kind: "reuse", subnet: "10.244.7.0/24", stale: [] },
     ],
     [
-      "reuse wins over the previous subnet",
+      "the previous subnet, free, wins over another lease with our IP (unlike flannel)",
       { leases: [lease("10.244.7.0/24", OUR_IP)], previousSubnet: parseCidr("10.244.3.0/24") },
+      { kind: "create", subnet: "10.244.3.0/24", reason: "previous-subnet", stale: [] },
+    ],
+    [
+      "our lease on the previous subnet wins over a lease with our IP earlier in key order",
+      {
+        leases: [lease("10.244.2.0/24", OUR_IP), lease("10.244.3.0/24", OUR_IP)],
+        previousSubnet: parseCidr("10.244.3.0/24"),
+      },
+      { kind: "reuse", subnet: "10.244.3.0/24", stale: [] },
+    ],
+    [
+      "the previous subnet held by another node: our other lease is reused",
+      {
+        leases: [lease("10.244.3.0/24"), lease("10.244.7.0/24", OUR_IP)],
+        previousSubnet: parseCidr("10.244.3.0/24"),
+      },
       { kind: "reuse", subnet: "10.244.7.0/24", stale: [] },
     ],
     [
