@@ -1,4 +1,9 @@
 // Sub-commands. Each returns an exit code; errors are printed as one line naming what is wrong.
+import {
+  checkOwnCapabilities,
+  missingCapabilitiesMessage,
+  neededCapabilities,
+} from "../node/capabilities.js";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
@@ -271,6 +276,11 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     { version: VERSION, etcd: options.etcd.endpoints, prefix: options.etcd.prefix },
     "twill agent starting",
   );
+  const missing = await checkOwnCapabilities(neededCapabilities(options));
+  if (missing.length > 0) {
+    log.fatal({ missing: missing.map((cap) => cap.name) }, missingCapabilitiesMessage(missing));
+    return 1;
+  }
   const controller = new AbortController();
   const stop = (signal: string): void => {
     if (controller.signal.aborted) return;

@@ -3,6 +3,7 @@
 // addresses never go through here: they use the long-lived netlink channel. node:child_process, not a
 // wrapper library: these calls are rare and the agent stays small.
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 
 export interface CommandResult {
   readonly stdout: string;
@@ -31,6 +32,19 @@ export class CommandError extends Error {
 /** A command that has not finished in this time is killed: a stuck xtables lock must not stall a loop. */
 const DEFAULT_TIMEOUT_MS = 120_000;
 
+/** util-linux's setpriv, Essential in Debian (and in the image): it can give a child a parent-death signal. */
+const SETPRIV = "/usr/bin/setpriv";
+const canBindToParent = existsSync(SETPRIV);
+
+/**
+ * The command line that runs `cmd` so that it dies with the agent, on SIGKILL too: setpriv sets the
+ * parent-death signal (PR_SET_PDEATHSIG, kept across its exec) and execs the command in place, so the
+ * PID stays the command's. Node cannot set it itself. Without setpriv the command runs as it is.
+ */
+export function boundToParent(cmd: string, args: readonly string[]): [string, string[]] {
+  return canBindToParent ? [SETPRIV, ["--pdeathsig", "KILL", "--", cmd, ...args]] : [cmd, [...args]];
+}
+
 function runCommand(
   cmd: string,
   args: readonly string[],
@@ -38,7 +52,8 @@ function runCommand(
   timeoutMs = DEFAULT_TIMEOUT_MS,
 ): Promise<CommandResult> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
+    const [file, argv] = boundToParent(cmd, args);
+    const child = spawn(file, argv, { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     let failure: string | undefined;
@@ -52,7 +67,13 @@ function runCommand(
     }, timeoutMs);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
-      const why = failure ?? (signal === null ? undefined : `${cmd}: killed by ${signal}`);
+      // setpriv reports a command it could not start as exit 127 and a line of its own.
+      const notStarted = code === 127 ? /^setpriv: failed to execute (.*)$/m.exec(stderr) : null;
+      if (notStarted !== null) stderr = "";
+      const why =
+        failure ??
+        (notStarted === null ? undefined : notStarted[1]) ??
+        (signal === null ? undefined : `${cmd}: killed by ${signal}`);
       resolve({
         stdout,
         stderr: why === undefined ? stderr : [stderr, why].filter(Boolean).join("\n"),
