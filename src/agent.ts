@@ -7,7 +7,7 @@
 // It runs until its signal aborts. It never exits on bad input or an etcd outage: the loops report,
 // wait and retry. An unexpected error stops every loop and is thrown (the process exits non-zero for its
 // supervisor); the data plane is left as it is either way.
-import type { NodeBackend } from "./backends/backend.js";
+import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
 import { backendForLease } from "./backends/registry.js";
 import type { AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
@@ -30,6 +30,8 @@ import { checkBrNetfilter } from "./node/br-netfilter.js";
 import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
 import { NodeFilesWriter } from "./node/files.js";
 import { readPreviousSubnet } from "./node/subnet-env.js";
+import { thisNodeBinding } from "./node/binding.js";
+import type { Lease } from "./lease/lease.js";
 import { afterRound, StateStore } from "./state.js";
 import { Heartbeats, dataplaneDeadlineMs } from "./supervisor.js";
 import { systemClock, type Clock } from "./util/clock.js";
@@ -44,6 +46,10 @@ export interface AgentCounters {
   renewed?(): void;
   renewFailed?(): void;
   leaseLost?(): void;
+  /** The own key's conflict changed (kind), or ended (undefined). */
+  conflict?(kind: string | undefined): void;
+  /** This node made a new identity (VTEP MAC): its state dir was copied, or an older lease holds it. */
+  identityRenewed?(reason: "state-copied" | "conflict"): void;
   invalidSkipped?(count: number): void;
   subnetWatchBroken?(): void;
   round?(report: RoundReport): void;
@@ -230,18 +236,26 @@ export class Agent {
     const backendKey = (config: NetworkConfig): string =>
       JSON.stringify([config.backend.type, config.backend.options]);
     let external: ExternalInterface | undefined;
+    let binding: string | undefined;
+    /** The identity an older lease was found holding: the next preparation makes a new one. */
+    let renewFrom: string | undefined;
     const attrsFor = async (config: NetworkConfig): Promise<LeaseAttrs> => {
+      if (external === undefined) throw new Error("internal: lease attributes before the interface is known");
       const key = backendKey(config);
       let backend = prepared.get(key);
-      if (backend === undefined) {
+      const renew = renewFrom !== undefined && backend?.identity === renewFrom;
+      if (backend === undefined || renew) {
+        binding ??= await thisNodeBinding(formatIPv4(external.publicIp));
         backend = await config.backend.prepare({
           stateDir: options.stateDir,
           existingLink: async (name) => (await channel.dumpLinks()).find((link) => link.name === name),
           txChecksumOffload: options.vxlanTxChecksumOffload,
+          nodeBinding: binding,
+          renewIdentity: renew,
         });
         prepared.set(key, backend);
+        this.reportIdentity(backend);
       }
-      if (external === undefined) throw new Error("internal: lease attributes before the interface is known");
       return {
         publicIP: external.publicIp,
         publicIPv6: null,
@@ -255,13 +269,41 @@ export class Agent {
     // One function for the view's whole life: a new one would make the view re-parse every entry.
     const parsePeerData = (attrs: LeaseAttrs): object | undefined =>
       backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
+    const identityOf = (lease: Lease): string | undefined =>
+      lease.peerData === undefined
+        ? undefined
+        : backendForLease(lease.attrs.backendType)?.identityOf?.(lease.peerData);
     const viewContext = (own: OwnLease, config: NetworkConfig): ViewContext => ({
       prefix: registry.prefix,
       config,
       ownKey: own.key,
       ownSubnet: own.subnet,
       parsePeerData,
+      identityOf,
+      ownIdentity: prepared.get(backendKey(config))?.identity,
+      ownCreateRevision: own.createRevision,
     });
+    /**
+     * A lease older than this node's claims this node's identity (a clone started later than the
+     * original, or the original restarted with state copied back): by the rule both sides apply, this
+     * node takes a new identity and re-publishes. The newer side of such a pair is never a peer.
+     */
+    const yieldIdentity = (view: PeerView): void => {
+      const current = this.lifecycle?.current;
+      if (current === undefined) return;
+      const identity = prepared.get(backendKey(current.config))?.identity;
+      if (identity === undefined || renewFrom === identity) return;
+      for (const entry of view.invalid.values()) {
+        if (entry.claimsOwnIdentity?.olderThanOwn !== true) continue;
+        log.warn(
+          { key: entry.key, identity, ownKey: current.own.key },
+          `an older lease holds this node's ${identity}: making a new one and re-publishing`,
+        );
+        renewFrom = identity;
+        this.lifecycle?.refreshAttributes();
+        return;
+      }
+    };
     const onOwnLease = (own: OwnLease, config: NetworkConfig): void => {
       const backend = prepared.get(backendKey(config));
       if (external === undefined || backend === undefined)
@@ -280,7 +322,10 @@ export class Agent {
           registry,
           viewContext(own, config),
           {
-            onPeers: (events, view) => this.onPeers(events, view, dataplane),
+            onPeers: (events, view) => {
+              this.onPeers(events, view, dataplane);
+              yieldIdentity(view);
+            },
             onInvalid: (entries) => this.onInvalid(entries),
             onOwnKey: (entry) => this.lifecycle?.ownKeyChanged(entry),
             onWatchState: (state, reason) => this.onWatchState(state, reason),
@@ -329,6 +374,10 @@ export class Agent {
               this.counters.leaseLost?.();
             },
             phase: (reason) => store.update({ phase: reason }),
+            conflict: (conflict) => {
+              store.update({ leaseConflict: conflict });
+              this.counters.conflict?.(conflict?.kind);
+            },
             heartbeat: (withinMs) => this.heartbeats.beat("lease", withinMs),
           },
         });
@@ -358,6 +407,18 @@ export class Agent {
       await this.clock.sleep(backoff.next(), signal);
     }
     return undefined;
+  }
+
+  /** Logs how the backend's identity came about when that is news (made anew, adopted). */
+  private reportIdentity(backend: NodeBackend): void {
+    const origin = backend.identityOrigin;
+    if (backend.identity === undefined || origin === undefined || origin === "persisted") return;
+    const fields = { identity: backend.identity, origin };
+    const message = `this node's ${backend.identity}: ${IDENTITY_ORIGIN_TEXT[origin]}`;
+    if (origin === "renewed" || origin === "state-copied") {
+      this.log.warn(fields, message);
+      this.counters.identityRenewed?.(origin === "renewed" ? "conflict" : "state-copied");
+    } else this.log.info(fields, message);
   }
 
   private async detectInterface(signal: AbortSignal): Promise<ExternalInterface | undefined> {

@@ -5,6 +5,7 @@ import type { OptionValue, PeerStatus } from "./backends/backend.js";
 import { isDriftRound, type RoundReport, type Trigger } from "./dataplane/loop.js";
 import type { ConfigState } from "./lease/config-watch.js";
 import type { OwnLease } from "./lease/keeper.js";
+import type { OwnKeyConflict } from "./lease/lifecycle.js";
 import type { PeerView } from "./lease/peer-view.js";
 import type { ExternalInterface } from "./node/external-interface.js";
 
@@ -78,6 +79,8 @@ export interface AgentState {
   readonly configWatch: "not-started" | "watching" | "broken";
   readonly subnetWatch: WatchObservation;
   readonly leaseLost: number;
+  /** Another writer holds the own key; the node keeps its subnet and is not ready meanwhile. */
+  readonly leaseConflict: OwnKeyConflict | undefined;
   /** Problems with the node that twill cannot fix and does not stop for (e.g. br_netfilter missing). */
   readonly nodeProblems: readonly string[];
   /** What the agent is doing while not yet (or no longer) ready: shown first among the reasons. */
@@ -104,6 +107,7 @@ export function initialState(): AgentState {
     configWatch: "not-started",
     subnetWatch: { state: "not-started", since: undefined, reason: undefined, restarts: 0 },
     leaseLost: 0,
+    leaseConflict: undefined,
     nodeProblems: [],
     phase: "starting",
   };
@@ -116,6 +120,7 @@ export function notReadyReasons(state: AgentState): string[] {
   if (config.kind === "missing") reasons.push(`no network config at ${config.key}`);
   if (config.kind === "invalid") reasons.push(`invalid network config: ${config.message}`);
   if (!state.ownLease) reasons.push("no subnet lease yet");
+  if (state.leaseConflict !== undefined) reasons.push(state.leaseConflict.message);
   if (!state.subnetFileWritten) reasons.push("subnet file not written");
   if (state.view === undefined) reasons.push("peer view not synced");
   if (!state.dataplane.programmed) reasons.push("data plane not programmed yet");

@@ -33,6 +33,11 @@ export interface BackendPlugin {
    * such method, when there is nothing to show.
    */
   describePeerData?(data: object): string | undefined;
+  /**
+   * What a peer's parsed BackendData claims that no two nodes may share (vxlan: "VTEP MAC 0a:…"), in
+   * the same terms as NodeBackend.identity; undefined, or no such method, when nothing is unique.
+   */
+  identityOf?(data: object): string | undefined;
 }
 
 /** What preparing a backend may use. */
@@ -43,6 +48,13 @@ export interface PrepareContext {
   readonly existingLink: (name: string) => Promise<Link | undefined>;
   /** --vxlan-tx-checksum-offload: false keeps TX checksum offload off on the tunnel device. */
   readonly txChecksumOffload: boolean;
+  /**
+   * What makes this node unique (machine id, host name, public IP, hashed): persisted state made for
+   * another binding came from a copied state dir (a cloned VM image) and is made anew.
+   */
+  readonly nodeBinding: string;
+  /** Make a new identity even if one is persisted: another node holds this one (see identityOf). */
+  readonly renewIdentity?: boolean;
 }
 
 export interface BackendConfig {
@@ -115,11 +127,31 @@ export interface DeviceRepair {
   readonly detail: string;
 }
 
+/**
+ * How a node's identity came about: read from the state dir; adopted from a device already there (a
+ * flanneld migration); made on a first start; made anew because the state dir was made on another node
+ * (copied with a VM image); made anew because an older lease holds it.
+ */
+export type IdentityOrigin = "persisted" | "adopted" | "first-start" | "state-copied" | "renewed";
+
+export const IDENTITY_ORIGIN_TEXT: Readonly<Record<IdentityOrigin, string>> = {
+  persisted: "read from the state dir",
+  adopted: "adopted from the device already on the node",
+  "first-start": "made on the first start on this node",
+  "state-copied":
+    "made anew: the state dir was made on another node (copied with it, e.g. in a cloned VM image)",
+  renewed: "made anew: an older lease of another node holds the previous one",
+};
+
 /** A backend prepared for this node. */
 export interface NodeBackend {
   readonly config: BackendConfig;
   /** The BackendData JSON this node publishes in its lease; undefined = none. */
   readonly leaseData: string | undefined;
+  /** What identifies this node in its BackendData (see BackendPlugin.identityOf); undefined = nothing. */
+  readonly identity: string | undefined;
+  /** How the identity was obtained this time (see IdentityOrigin). */
+  readonly identityOrigin?: IdentityOrigin;
   /** Devices whose permanent neighbour and FDB entries are twill's (the backend's own devices). */
   readonly ownedDevices: readonly string[];
   /** The devices this backend needs. */

@@ -19,6 +19,8 @@ export interface OwnLease {
   readonly attrs: LeaseAttrs;
   /** etcd lease ID; "0" for a reservation (a key without a lease: never expires, never renewed). */
   readonly leaseId: string;
+  /** When the key was created: of two leases claiming one identity, the older keeps it. */
+  readonly createRevision: number;
   readonly modRevision: number;
   /** Expiry in ms since the epoch; Infinity for a reservation. */
   readonly expiresAt: number;
@@ -179,10 +181,24 @@ export class LeaseKeeper {
               key: lease.key,
               attrs,
               leaseId: "0",
+              createRevision: lease.createRevision,
               modRevision: written,
               expiresAt: Infinity,
             },
           };
+        }
+        if (lease.attrs.backendData !== attrs.backendData || lease.attrs.backendType !== attrs.backendType) {
+          // This node's own lease from before a reinstall or a lost state dir, as flannel assumes; or
+          // another node with the same public IP, which then reports this as a second writer of its key.
+          this.log.warn(
+            {
+              key: lease.key,
+              publicIP: formatIPv4(this.options.publicIP),
+              backendData: lease.attrs.backendData,
+            },
+            "taking over a live lease that carries this node's public IP with another identity: if another node " +
+              "uses this public IP, give each node its own (--public-ip, --iface)",
+          );
         }
         const written = await this.registry.replaceIfUnchanged(lease.key, value, ttl, lease.modRevision);
         if (written === undefined) return { kind: "race", subnet: lease.subnet };
@@ -191,7 +207,10 @@ export class LeaseKeeper {
         return {
           kind: "acquired",
           how: "reused",
-          own: this.ownFrom(lease.subnet, lease.key, attrs, written),
+          own: this.ownFrom(lease.subnet, lease.key, attrs, {
+            ...written,
+            createRevision: lease.createRevision,
+          }),
         };
       }
       case "create": {
@@ -201,7 +220,7 @@ export class LeaseKeeper {
         return {
           kind: "acquired",
           how: decision.reason === "previous-subnet" ? "created-previous" : "created-free",
-          own: this.ownFrom(decision.subnet, key, attrs, written),
+          own: this.ownFrom(decision.subnet, key, attrs, { ...written, createRevision: written.modRevision }),
         };
       }
       case "exhausted":
@@ -216,13 +235,14 @@ export class LeaseKeeper {
     subnet: Subnet,
     key: string,
     attrs: LeaseAttrs,
-    written: { leaseId: string; modRevision: number },
+    written: { leaseId: string; modRevision: number; createRevision: number },
   ): OwnLease {
     return {
       subnet,
       key,
       attrs,
       leaseId: written.leaseId,
+      createRevision: written.createRevision,
       modRevision: written.modRevision,
       expiresAt: this.clock.now() + this.options.ttlSeconds * 1000,
     };
@@ -271,7 +291,7 @@ export class LeaseKeeper {
     if (written === undefined) return "lost";
     // The old etcd lease no longer holds the key; revoke it rather than leave it for 24 h.
     await this.registry.revoke(own.leaseId);
-    return this.ownFrom(own.subnet, own.key, attrs, written);
+    return this.ownFrom(own.subnet, own.key, attrs, { ...written, createRevision: own.createRevision });
   }
 
   /** Releases the lease on request (--release-lease-on-exit): deletes the key if it is still ours. */

@@ -4,7 +4,7 @@
 // re-acquires, the same subnet when it is still free. The etcd steps are keeper.ts's; this decides
 // which to take when, and tells an observer what happened.
 import type { NetworkConfig } from "../config/network-config.js";
-import { formatCidr, type Subnet } from "../ip/ipv4.js";
+import { formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
 import { systemClock, type Clock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
@@ -26,6 +26,23 @@ export interface ConfigSource {
   onChange(listener: (state: ConfigState) => void): () => void;
 }
 
+/**
+ * Someone else wrote the own key, and the lifecycle will not fight over it nor move away from the
+ * subnet (moving strands every pod of the node): it keeps what it has and reports this until the key
+ * is deleted or expires (then the same subnet is acquired again) or carries this node's identity again.
+ * - own-key-overwritten: the key now names another PublicIP (or cannot be read);
+ * - duplicate-public-ip: the key names this node's PublicIP, written by another agent (another etcd
+ *   lease, another identity): two nodes share one public IP.
+ */
+export interface OwnKeyConflict {
+  readonly kind: "own-key-overwritten" | "duplicate-public-ip";
+  readonly key: string;
+  /** The other writer's PublicIP as the key names it; undefined when the value cannot be read. */
+  readonly otherPublicIP: string | undefined;
+  /** What happened and what the operator does, in one line. */
+  readonly message: string;
+}
+
 /** What the lifecycle reports, besides the keeper's observations. */
 export interface LifecycleObserver extends KeeperObserver {
   /**
@@ -35,6 +52,8 @@ export interface LifecycleObserver extends KeeperObserver {
   ownLease(own: OwnLease, config: NetworkConfig): void;
   /** The own lease was lost (deleted, expired or overwritten in etcd) and is being re-acquired. */
   leaseLost?(reason: string): void;
+  /** The own key is held by another writer (see OwnKeyConflict); undefined once that is over. */
+  conflict?(conflict: OwnKeyConflict | undefined): void;
   /** Why there is no usable lease right now ("acquiring a subnet lease"); undefined once there is. */
   phase?(reason: string | undefined): void;
   /**
@@ -83,6 +102,10 @@ export class LeaseLifecycle {
   private readonly configChanged: Wakeup;
   /** After a failed renewal: when to try again (instead of keeper.renewAt). */
   private renewRetryAt: number | undefined;
+  /** Another writer holds the own key, as last reported (see OwnKeyConflict). */
+  private conflict: (OwnKeyConflict & { readonly modRevision: number }) | undefined;
+  /** The attributes to publish changed under the same config (e.g. a new VTEP MAC): re-publish. */
+  private attrsStale = false;
   /** After another failed step (a config re-publish, an own-key check): when to try again. */
   private retryAt = Infinity;
   private readonly retryBackoff: Backoff;
@@ -114,6 +137,12 @@ export class LeaseLifecycle {
   ownKeyChanged(entry: RawEntry | undefined): void {
     this.ownKeyReport = { entry };
     this.ownKeyReported.wake();
+  }
+
+  /** attrsFor now gives other attributes for the same config (e.g. a new identity): publish them. */
+  refreshAttributes(): void {
+    this.attrsStale = true;
+    this.configChanged.wake();
   }
 
   /**
@@ -166,7 +195,11 @@ export class LeaseLifecycle {
   /** One round after a wake-up: each check in turn, until one says the lease must be acquired again. */
   private async keepOnce(signal: AbortSignal): Promise<void> {
     this.retryAt = Infinity;
-    const reacquire = (await this.followConfig()) ?? (await this.checkOwnKey()) ?? (await this.renewIfDue());
+    const reacquire =
+      (await this.followConfig()) ??
+      (await this.checkOwnKey()) ??
+      (await this.followAttributes()) ??
+      (await this.renewIfDue());
     if (this.retryAt === Infinity) this.retryBackoff.reset();
     if (reacquire !== undefined) {
       await this.acquire(this.latestConfig(), reacquire.preferred, "re-acquiring the subnet lease", signal);
@@ -185,9 +218,11 @@ export class LeaseLifecycle {
     this.observer.heartbeat?.(Infinity);
     // Reports so far are about the lease being replaced; those from here on are about the new one.
     this.ownKeyReport = undefined;
+    this.attrsStale = false;
     const attrs = await this.options.attrsFor(config.config);
     const own = await this.keeper.acquire(config.config, attrs, preferred, signal);
     this.applied = config;
+    this.setConflict(undefined);
     this.setOwn(own);
     this.observer.phase?.(undefined);
   }
@@ -197,6 +232,8 @@ export class LeaseLifecycle {
     const state = this.options.config.current;
     const own = this.ownLease();
     if (state.kind !== "valid" || state.text === this.applied?.text) return undefined;
+    // The key is not ours to write while another writer holds it: applied once that is over.
+    if (this.conflict !== undefined) return undefined;
     const subnet = formatCidr(own.subnet);
     if (!isCompatible(own.subnet, state.config)) {
       this.log.warn({ subnet }, "the own lease no longer fits the network config; re-acquiring");
@@ -223,6 +260,37 @@ export class LeaseLifecycle {
       return { preferred: own.subnet };
     }
     this.applied = { config: state.config, text: state.text };
+    this.attrsStale = false;
+    this.setOwn(published);
+    return undefined;
+  }
+
+  /** After refreshAttributes(): re-publish the own key with what attrsFor gives now. */
+  private async followAttributes(): Promise<Reacquire | undefined> {
+    if (!this.attrsStale || this.conflict !== undefined || this.applied === undefined) return undefined;
+    const own = this.ownLease();
+    const attrs = await this.options.attrsFor(this.applied.config);
+    if (encodeLeaseAttrs(attrs) === encodeLeaseAttrs(own.attrs)) {
+      this.attrsStale = false;
+      return undefined;
+    }
+    let published: OwnLease | "lost";
+    try {
+      published = await this.keeper.republish(own, attrs);
+    } catch (error) {
+      this.log.warn(
+        { err: this.options.registry.explain(error), key: own.key },
+        "cannot publish the lease's new attributes; retrying",
+      );
+      this.retryLater();
+      return undefined;
+    }
+    this.attrsStale = false;
+    if (published === "lost") {
+      this.lost("changed in etcd before the new attributes were published");
+      return { preferred: own.subnet };
+    }
+    this.log.info({ key: own.key, backendData: attrs.backendData }, "lease re-published with new attributes");
     this.setOwn(published);
     return undefined;
   }
@@ -257,13 +325,89 @@ export class LeaseLifecycle {
       this.lost("deleted or expired in etcd");
       return { preferred: own.subnet };
     }
-    if (publicIPOf(entry) !== this.options.keeper.publicIP) {
-      this.log.warn({ key: own.key }, "own lease was overwritten by another node; acquiring another subnet");
-      this.lost("overwritten by another node");
-      return { preferred: undefined };
+    const conflict = this.judgeRewrite(own, entry);
+    if (conflict === undefined) {
+      this.setConflict(undefined);
+      await this.adopt(own, entry);
+      return undefined;
     }
-    await this.adopt(own, entry);
+    if (this.conflict?.modRevision !== entry.modRevision) {
+      this.log.error(
+        { key: own.key, kind: conflict.kind, otherPublicIP: conflict.otherPublicIP },
+        conflict.message,
+      );
+    }
+    this.setConflict({ ...conflict, modRevision: entry.modRevision });
     return undefined;
+  }
+
+  /**
+   * Whether a rewrite of the own key by someone else is this node's to adopt (undefined) or another
+   * writer's (the conflict). Adopted: this node's PublicIP on a reservation or on this node's own etcd
+   * lease, with this node's BackendData or none (an operator's edit). Anything else is another writer:
+   * an agent always writes on an etcd lease of its own.
+   */
+  private judgeRewrite(own: OwnLease, entry: RawEntry): OwnKeyConflict | undefined {
+    const ourIP = formatIPv4(this.options.keeper.publicIP);
+    const subnet = formatCidr(own.subnet);
+    let attrs: LeaseAttrs | undefined;
+    try {
+      attrs = decodeLeaseAttrs(entry.value);
+    } catch {
+      attrs = undefined;
+    }
+    if (attrs === undefined || attrs.publicIP !== this.options.keeper.publicIP) {
+      const other = attrs === undefined ? undefined : formatIPv4(attrs.publicIP);
+      return {
+        kind: "own-key-overwritten",
+        key: own.key,
+        otherPublicIP: other,
+        message:
+          `this node's lease ${own.key} was overwritten by another writer` +
+          (other === undefined ? " with a value that cannot be read" : ` with PublicIP ${other}`) +
+          `; this node keeps serving its pods on ${subnet} and is not ready. Find the writer ` +
+          `(twill leases, etcd's audit), stop it, then delete the key (etcdctl del ${own.key}): ` +
+          `this node acquires ${subnet} again at once`,
+      };
+    }
+    const ourEtcdLease = entry.etcdLeaseId === "0" || entry.etcdLeaseId === own.leaseId;
+    const ourIdentity =
+      attrs.backendData === undefined ||
+      (attrs.backendType === own.attrs.backendType && attrs.backendData === own.attrs.backendData);
+    if (ourEtcdLease && ourIdentity) return undefined;
+    return {
+      kind: "duplicate-public-ip",
+      key: own.key,
+      otherPublicIP: ourIP,
+      message:
+        `another agent writes this node's public IP ${ourIP} to this node's lease ${own.key} ` +
+        `(etcd lease ${entry.etcdLeaseId}, BackendData ${attrs.backendData ?? "none"}, not this node's): ` +
+        `two nodes share one public IP. Give each node its own with --public-ip or --iface ` +
+        `(FLANNELD_PUBLIC_IP, FLANNELD_IFACE); this node does not fight over the key and is not ready until then`,
+    };
+  }
+
+  private setConflict(conflict: (OwnKeyConflict & { readonly modRevision: number }) | undefined): void {
+    const before = this.conflict;
+    this.conflict = conflict;
+    if (conflict === undefined && before === undefined) return;
+    if (conflict === undefined && before !== undefined) {
+      this.log.info(
+        { key: before.key, kind: before.kind },
+        "the own lease is this node's again; conflict over",
+      );
+    }
+    if (conflict?.modRevision === before?.modRevision && conflict?.kind === before?.kind) return;
+    this.observer.conflict?.(
+      conflict === undefined
+        ? undefined
+        : {
+            kind: conflict.kind,
+            key: conflict.key,
+            otherPublicIP: conflict.otherPublicIP,
+            message: conflict.message,
+          },
+    );
   }
 
   /**
@@ -284,7 +428,13 @@ export class LeaseLifecycle {
       { key: own.key, leaseId, reservation: leaseId === "0" },
       "own lease rewritten in etcd with this node's address; adopting it",
     );
-    this.setOwn({ ...own, leaseId, modRevision: entry.modRevision, expiresAt });
+    this.setOwn({
+      ...own,
+      leaseId,
+      createRevision: entry.createRevision,
+      modRevision: entry.modRevision,
+      expiresAt,
+    });
   }
 
   private async renewIfDue(): Promise<Reacquire | undefined> {
@@ -339,8 +489,9 @@ export class LeaseLifecycle {
     return this.applied;
   }
 
-  /** When the next renewal attempt is due: renewAt, or the retry after a failed one. */
+  /** When the next renewal attempt is due: renewAt, or the retry after a failed one; never in a conflict. */
   private renewDueAt(): number {
+    if (this.conflict !== undefined) return Infinity;
     return this.renewRetryAt ?? this.keeper.renewAt(this.ownLease());
   }
 
@@ -354,14 +505,5 @@ export class LeaseLifecycle {
         ? Infinity
         : Math.max(0, wakeAt - this.clock.now()) + this.keeper.renewRetryMs() + LEASE_LOOP_SLACK_MS,
     );
-  }
-}
-
-/** The PublicIP a lease value names; undefined when the value cannot be read. */
-function publicIPOf(entry: RawEntry): number | undefined {
-  try {
-    return decodeLeaseAttrs(entry.value).publicIP;
-  } catch {
-    return undefined;
   }
 }

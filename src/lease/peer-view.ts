@@ -22,6 +22,14 @@ export interface InvalidEntry {
   /** What is wrong, naming the bad value. */
   reason: string;
   modRevision: number;
+  /**
+   * Set when the entry claims this node's own identity (e.g. its VTEP MAC). `olderThanOwn`: the
+   * entry's lease is older than this node's, so by the rule both sides apply this node takes a new
+   * identity; otherwise the entry's writer must.
+   */
+  claimsOwnIdentity?: { readonly olderThanOwn: boolean };
+  /** Set when the entry is invalid only because it claims an identity another lease or this node holds. */
+  identityConflict?: true;
 }
 
 export interface ViewContext {
@@ -36,6 +44,16 @@ export interface ViewContext {
    * invalid. Called once per entry version; the result is the lease's `peerData`.
    */
   parsePeerData?: ((attrs: LeaseAttrs) => object | undefined) | undefined;
+  /**
+   * What a peer's lease claims that no two nodes may share (vxlan: "VTEP MAC 0a:…"), read from its
+   * parsed peer data; undefined for nothing. Of two leases claiming one identity the older is a peer
+   * and the newer is invalid. The same function for the view's whole life.
+   */
+  identityOf?: ((lease: Lease) => string | undefined) | undefined;
+  /** This node's own identity, in identityOf's terms: a lease claiming it is never a peer. */
+  ownIdentity?: string | undefined;
+  /** The create revision of this node's own lease: who is older when a lease claims ownIdentity. */
+  ownCreateRevision?: number | undefined;
 }
 
 export interface PeerView {
@@ -149,7 +167,10 @@ function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]
 }
 
 /** Older first: lower createRevision, then key (one etcd txn can create several keys at one revision). */
-function olderFirst(a: Lease, b: Lease): number {
+function olderFirst(
+  a: Pick<Lease, "createRevision" | "key">,
+  b: Pick<Lease, "createRevision" | "key">,
+): number {
   return a.createRevision - b.createRevision || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
 }
 
@@ -192,7 +213,7 @@ function findOverlapLosers(candidates: readonly Lease[]): Map<Lease, Lease> {
 /** Where one entry stands on its own, before overlaps with other entries are resolved. */
 type Standing =
   | { kind: "own" }
-  | { kind: "invalid"; reason: string }
+  | { kind: "invalid"; reason: string; claimsOwnIdentity?: { readonly olderThanOwn: boolean } }
   /** Valid by itself: takes part in overlap resolution, which makes it a peer or an overlap loser. */
   | { kind: "candidate"; lease: Lease };
 
@@ -213,11 +234,31 @@ function standingOf(entry: RawEntry, ctx: ViewContext, subnets: string, cache: P
   if (ctx.ownSubnet !== undefined && overlaps(subnet, ctx.ownSubnet)) {
     return { kind: "invalid", reason: `overlaps this node's own subnet ${formatCidr(ctx.ownSubnet)}` };
   }
+  const identity = ctx.identityOf?.(parsed.lease);
+  if (identity !== undefined && identity === ctx.ownIdentity)
+    return ownIdentityClaim(parsed.lease, identity, ctx);
   return { kind: "candidate", lease: parsed.lease };
 }
 
-function invalidEntry(entry: Pick<RawEntry, "key" | "modRevision">, reason: string): InvalidEntry {
-  return { key: entry.key, reason, modRevision: entry.modRevision };
+/** A lease claiming this node's identity: invalid either way; which side gives way goes by age. */
+function ownIdentityClaim(lease: Lease, identity: string, ctx: ViewContext): Standing {
+  const own = { createRevision: ctx.ownCreateRevision ?? Infinity, key: ctx.ownKey ?? "" };
+  const olderThanOwn = olderFirst(lease, own) < 0;
+  const ages = `createRevision ${lease.createRevision} ${olderThanOwn ? "<" : ">"} ${own.createRevision}`;
+  const reason = olderThanOwn
+    ? `claims this node's own ${identity} with an older lease (${ages}): this node takes a new one`
+    : `claims this node's own ${identity}, which this node's older lease holds (${ages}); its writer must take a new one`;
+  return { kind: "invalid", reason, claimsOwnIdentity: { olderThanOwn } };
+}
+
+function invalidEntry(
+  entry: Pick<RawEntry, "key" | "modRevision">,
+  reason: string,
+  claimsOwnIdentity?: { readonly olderThanOwn: boolean },
+): InvalidEntry {
+  return claimsOwnIdentity === undefined
+    ? { key: entry.key, reason, modRevision: entry.modRevision }
+    : { key: entry.key, reason, modRevision: entry.modRevision, claimsOwnIdentity, identityConflict: true };
 }
 
 /** The full computation, with the candidates it resolved (LivePeerView indexes them). */
@@ -232,7 +273,8 @@ function computeFull(
   cache.begin();
   for (const entry of entries) {
     const standing = standingOf(entry, ctx, subnets, cache);
-    if (standing.kind === "invalid") invalid.set(entry.key, invalidEntry(entry, standing.reason));
+    if (standing.kind === "invalid")
+      invalid.set(entry.key, invalidEntry(entry, standing.reason, standing.claimsOwnIdentity));
     else if (standing.kind === "candidate") candidates.push(standing.lease);
   }
   cache.end();
@@ -244,7 +286,44 @@ function computeFull(
     if (winner === undefined) peers.set(lease.key, lease);
     else invalid.set(lease.key, invalidEntry(lease, overlapReason(lease, winner)));
   }
+  for (const [loser, { holder, identity }] of findIdentityLosers(peers.values(), ctx)) {
+    peers.delete(loser.key);
+    invalid.set(loser.key, {
+      ...invalidEntry(loser, identityReason(loser, holder, identity)),
+      identityConflict: true,
+    });
+  }
   return { peers, invalid, candidates };
+}
+
+/**
+ * Peers claiming an identity an older peer claims (two leases with one VTEP MAC: a cloned node or a
+ * bad entry): the older is programmed, the newer is not. Never the planner's choice: one FDB entry per
+ * MAC would silently send the real peer's traffic to whichever lease sorts first.
+ */
+function findIdentityLosers(
+  peers: Iterable<Lease>,
+  ctx: ViewContext,
+): Map<Lease, { holder: Lease; identity: string }> {
+  const losers = new Map<Lease, { holder: Lease; identity: string }>();
+  const identityOf = ctx.identityOf;
+  if (identityOf === undefined) return losers;
+  const holders = new Map<string, Lease>();
+  for (const lease of [...peers].sort(olderFirst)) {
+    const identity = identityOf(lease);
+    if (identity === undefined) continue;
+    const holder = holders.get(identity);
+    if (holder === undefined) holders.set(identity, lease);
+    else losers.set(lease, { holder, identity });
+  }
+  return losers;
+}
+
+function identityReason(loser: Lease, holder: Lease, identity: string): string {
+  return (
+    `claims ${identity}, which older key ${holder.key} holds` +
+    ` (createRevision ${holder.createRevision} < ${loser.createRevision}); not programmed`
+  );
 }
 
 function overlapReason(loser: Lease, winner: Lease): string {
@@ -384,7 +463,7 @@ class OverlapIndex {
   }
 }
 
-function bump(counts: Map<number, number>, at: number, delta: number): void {
+function bump<K>(counts: Map<K, number>, at: K, delta: number): void {
   const next = (counts.get(at) ?? 0) + delta;
   if (next === 0) counts.delete(at);
   else counts.set(at, next);
@@ -406,6 +485,8 @@ export class LivePeerView {
   /** Every candidate (peers and overlap losers), by key. */
   private readonly candidates = new Map<string, Lease>();
   private index = new OverlapIndex([]);
+  /** How many candidates claim each identity: a shared one makes a batch need the full computation. */
+  private identities = new Map<string, number>();
   /** The live view: the same object after every update. */
   readonly view: PeerView = { peers: this.peers, invalid: this.invalid };
 
@@ -459,7 +540,7 @@ export class LivePeerView {
       const entry = latest.get(key);
       if (entry === undefined) this.cache.forget(key);
       if (entry !== undefined && standing?.kind === "invalid") {
-        const invalid = invalidEntry(entry, standing.reason);
+        const invalid = invalidEntry(entry, standing.reason, standing.claimsOwnIdentity);
         this.invalid.set(key, invalid);
         if (previousInvalid?.modRevision !== invalid.modRevision) invalidNow.push(invalid);
       }
@@ -484,7 +565,9 @@ export class LivePeerView {
   ): Map<string, Standing | undefined> | undefined {
     for (const key of latest.keys()) {
       const old = this.candidates.get(key);
-      if (old !== undefined && this.index.overlapsAnother(old.subnet, true)) return undefined;
+      if (old === undefined) continue;
+      if (this.index.overlapsAnother(old.subnet, true)) return undefined;
+      if ((this.identities.get(this.identityOf(old) ?? "") ?? 0) > 1) return undefined;
     }
     const subnets = subnetsPrefix(this.ctx.prefix);
     const standings = new Map<string, Standing | undefined>();
@@ -493,16 +576,28 @@ export class LivePeerView {
     }
     for (const key of latest.keys()) {
       const old = this.candidates.get(key);
-      if (old !== undefined) this.index.remove(old.subnet);
+      if (old === undefined) continue;
+      this.index.remove(old.subnet);
+      const identity = this.identityOf(old);
+      if (identity !== undefined) bump(this.identities, identity, -1);
     }
     for (const standing of standings.values()) {
       if (standing?.kind !== "candidate") continue;
       const { subnet } = standing.lease;
-      // The index is rebuilt by the full computation, so a half-updated one is never used.
+      // The indexes are rebuilt by the full computation, so half-updated ones are never used.
       if (!this.index.covers(subnet) || this.index.overlapsAnother(subnet, false)) return undefined;
       this.index.add(subnet);
+      const identity = this.identityOf(standing.lease);
+      if (identity !== undefined) {
+        if (this.identities.has(identity)) return undefined;
+        bump(this.identities, identity, 1);
+      }
     }
     return standings;
+  }
+
+  private identityOf(lease: Lease): string | undefined {
+    return this.ctx.identityOf?.(lease);
   }
 
   private recomputeAll(): ViewUpdate {
@@ -514,6 +609,11 @@ export class LivePeerView {
     this.candidates.clear();
     for (const lease of next.candidates) this.candidates.set(lease.key, lease);
     this.index = new OverlapIndex(next.candidates);
+    this.identities = new Map();
+    for (const lease of next.candidates) {
+      const identity = this.identityOf(lease);
+      if (identity !== undefined) bump(this.identities, identity, 1);
+    }
     return { events, newlyInvalid: invalidNow, path: "full" };
   }
 }

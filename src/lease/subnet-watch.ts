@@ -119,6 +119,9 @@ function sameContext(a: ViewContext, b: ViewContext): boolean {
     a.ownKey === b.ownKey &&
     a.ownSubnet?.ip === b.ownSubnet?.ip &&
     a.ownSubnet?.prefixLen === b.ownSubnet?.prefixLen &&
-    a.parsePeerData === b.parsePeerData
+    a.parsePeerData === b.parsePeerData &&
+    a.identityOf === b.identityOf &&
+    a.ownIdentity === b.ownIdentity &&
+    a.ownCreateRevision === b.ownCreateRevision
   );
 }

@@ -75,6 +75,7 @@ export class Metrics {
   private readonly driftRepairs: Counter<"kind">;
   private readonly reloads: Counter<"reason">;
   private readonly watchRestarts: Counter;
+  private readonly identityRenewals: Counter<"reason">;
   private readonly masqRestored: Counter;
   private readonly masqErrors: Counter;
 
@@ -156,6 +157,33 @@ export class Metrics {
         }
       },
     });
+    new Gauge({
+      name: "twill_identity_conflicts",
+      help:
+        "Identity conflicts now, by kind: own_key_overwritten and duplicate_public_ip (1 while another writer " +
+        "holds this node's lease key), duplicate_identity (etcd entries not programmed because they claim a " +
+        "VTEP MAC an older lease or this node holds)",
+      labelNames: ["kind"],
+      registers,
+      collect() {
+        const s = state();
+        const conflict = s.leaseConflict?.kind;
+        this.set({ kind: "own_key_overwritten" }, conflict === "own-key-overwritten" ? 1 : 0);
+        this.set({ kind: "duplicate_public_ip" }, conflict === "duplicate-public-ip" ? 1 : 0);
+        let duplicates = 0;
+        for (const entry of s.view?.invalid.values() ?? []) if (entry.identityConflict === true) duplicates++;
+        this.set({ kind: "duplicate_identity" }, duplicates);
+      },
+    });
+    this.identityRenewals = new Counter({
+      name: "twill_identity_renewals_total",
+      help:
+        "Times this node made a new identity (VTEP MAC), by reason: state_copied (its state dir was made on " +
+        "another node), conflict (an older lease held it)",
+      labelNames: ["reason"],
+      registers,
+    });
+    for (const reason of ["state_copied", "conflict"]) this.identityRenewals.inc({ reason }, 0);
     new Gauge({
       name: "twill_invalid_entries",
       help: "Invalid subnet entries currently in etcd (skipped, never programmed)",
@@ -297,6 +325,10 @@ export class Metrics {
 
   leaseLost(): void {
     this.leaseLostTotal.inc();
+  }
+
+  identityRenewed(reason: "state-copied" | "conflict"): void {
+    this.identityRenewals.inc({ reason: reason === "state-copied" ? "state_copied" : "conflict" });
   }
 
   // --- etcd ---

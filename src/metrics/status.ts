@@ -51,6 +51,8 @@ export interface StatusJson {
     /** null for a reservation (never expires). */
     readonly expiresAt: string | null;
     readonly lost: number;
+    /** Another writer holds the key (the node keeps its subnet meanwhile); null when not. */
+    readonly conflict: { readonly kind: string; readonly message: string } | null;
   } | null;
   readonly subnetFileWritten: boolean;
   readonly peers: readonly PeerJson[];
@@ -164,6 +166,10 @@ export function buildStatus(input: StatusInput): StatusJson {
           reserved: own.expiresAt === Infinity,
           expiresAt: own.expiresAt === Infinity ? null : iso(own.expiresAt),
           lost: agent.leaseLost,
+          conflict:
+            agent.leaseConflict === undefined
+              ? null
+              : { kind: agent.leaseConflict.kind, message: agent.leaseConflict.message },
         }
       : null,
     subnetFileWritten: agent.subnetFileWritten,
@@ -273,6 +279,7 @@ export function renderStatus(status: StatusJson): string {
         : `expires ${lease.expiresAt} (in ${formatAge(Date.parse(lease.expiresAt) - now)})`;
     const lost = lease.lost > 0 ? `, lost and re-acquired ${plural(lease.lost, "time")}` : "";
     field("lease", `${lease.subnet} public IP ${lease.publicIP}, ${expiry}${lost}`);
+    if (lease.conflict !== null) field("lease conflict", `${lease.conflict.kind}: ${lease.conflict.message}`);
   } else field("lease", "none yet");
   const iface = status.node.interface;
   field(

@@ -73,6 +73,7 @@ function feed(m: Metrics = metrics, state: StateStore = store): void {
       key: "/coreos.com/network/subnets/10.244.1.0-24",
       attrs,
       leaseId: "5",
+      createRevision: 3,
       modRevision: 3,
       expiresAt: now + 86_400_000,
     },

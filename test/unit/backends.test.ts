@@ -49,7 +49,14 @@ async function stateDir(): Promise<string> {
 /** The Backend object of a network config → that backend prepared for this node, as the agent does it. */
 async function prepare(
   backend: string,
-  options: { dir?: string; existing?: Link; txChecksumOffload?: boolean; asked?: string[] } = {},
+  options: {
+    dir?: string;
+    existing?: Link;
+    txChecksumOffload?: boolean;
+    asked?: string[];
+    binding?: string;
+    renew?: boolean;
+  } = {},
 ): Promise<NodeBackend> {
   const config = parseNetworkConfig(`{"Network":"10.244.0.0/16","Backend":${backend}}`).config;
   return config.backend.prepare({
@@ -59,6 +66,8 @@ async function prepare(
       return Promise.resolve(options.existing?.name === name ? options.existing : undefined);
     },
     txChecksumOffload: options.txChecksumOffload ?? true,
+    nodeBinding: options.binding ?? "node-a",
+    renewIdentity: options.renew ?? false,
   });
 }
 
@@ -485,7 +494,7 @@ describe("vxlan: the VTEP MAC and the lease's BackendData", () => {
     const dir = await stateDir();
     const first = await prepare(VXLAN, { dir });
     const mac = parseVxlanBackendData(first.leaseData).vtepMac;
-    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe(`${mac}\n`);
+    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe(`${mac}\nbound-to node-a\n`);
     expect(vtepMacPath(dir, 1)).toBe(join(dir, "vtep-mac.flannel.1"));
     const again = await prepare(VXLAN, { dir });
     expect(again.leaseData).toBe(first.leaseData);
@@ -494,8 +503,37 @@ describe("vxlan: the VTEP MAC and the lease's BackendData", () => {
     const other = await prepare('{"Type":"vxlan","VNI":7}', { dir });
     expect(parseVxlanBackendData(other.leaseData).vtepMac).not.toBe(mac);
     expect(await readFile(vtepMacPath(dir, 7), "utf8")).toBe(
-      `${parseVxlanBackendData(other.leaseData).vtepMac}\n`,
+      `${parseVxlanBackendData(other.leaseData).vtepMac}\nbound-to node-a\n`,
     );
+  });
+
+  it("keeps a MAC persisted by an older twill (no binding) and binds it to this node", async () => {
+    const dir = await stateDir();
+    await writeFile(vtepMacPath(dir, 1), "c6:d2:32:6f:8f:44\n");
+    const node = await prepare(VXLAN, { dir, binding: "node-a" });
+    expect(node.identity).toBe("VTEP MAC c6:d2:32:6f:8f:44");
+    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe("c6:d2:32:6f:8f:44\nbound-to node-a\n");
+  });
+
+  it("makes a new MAC for a state dir made on another node (a cloned image), and keeps that one", async () => {
+    const dir = await stateDir();
+    const original = await prepare(VXLAN, { dir, binding: "node-a" });
+    const clone = await prepare(VXLAN, { dir, binding: "node-b" });
+    expect(clone.identity).not.toBe(original.identity);
+    expect(clone.identityOrigin).toBe("state-copied");
+    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toMatch(/\nbound-to node-b\n$/);
+    const restarted = await prepare(VXLAN, { dir, binding: "node-b" });
+    expect(restarted.identity).toBe(clone.identity);
+    expect(restarted.identityOrigin).toBe("persisted");
+  });
+
+  it("makes a new MAC on request (another node's older lease holds it) and persists it", async () => {
+    const dir = await stateDir();
+    const first = await prepare(VXLAN, { dir });
+    const renewed = await prepare(VXLAN, { dir, renew: true });
+    expect(renewed.identity).not.toBe(first.identity);
+    expect(renewed.leaseData).not.toBe(first.leaseData);
+    expect((await prepare(VXLAN, { dir })).identity).toBe(renewed.identity);
   });
 
   it("adopts the MAC of a flannel.<VNI> device already on the node (a flanneld migration)", async () => {
@@ -514,7 +552,7 @@ describe("vxlan: the VTEP MAC and the lease's BackendData", () => {
     const node = await prepare(VXLAN, { dir, existing, asked });
     expect(asked).toEqual(["flannel.1"]);
     expect(node.leaseData).toBe('{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}');
-    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe("c6:d2:32:6f:8f:44\n");
+    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe("c6:d2:32:6f:8f:44\nbound-to node-a\n");
     // Once persisted, the state dir wins: the device may be one twill re-created.
     const later = await prepare(VXLAN, { dir, existing: { ...existing, mac: "0a:00:00:00:00:99" } });
     expect(later.leaseData).toBe(node.leaseData);
@@ -536,7 +574,7 @@ describe("vxlan: the VTEP MAC and the lease's BackendData", () => {
     const node = await prepare(VXLAN, { dir, existing });
     const mac = parseVxlanBackendData(node.leaseData).vtepMac;
     expect(mac).not.toBe("01:00:5e:00:00:01");
-    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe(`${mac}\n`);
+    expect(await readFile(vtepMacPath(dir, 1), "utf8")).toBe(`${mac}\nbound-to node-a\n`);
   });
 });
 

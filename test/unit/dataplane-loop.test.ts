@@ -67,6 +67,7 @@ async function start(
     stateDir: dir,
     existingLink: () => Promise.resolve(undefined),
     txChecksumOffload: true,
+    nodeBinding: "test-node",
   });
   const loop = new DataplaneLoop(
     kernel,
@@ -462,6 +463,7 @@ describe("data-plane loop: failures", () => {
       stateDir: dir,
       existingLink: () => Promise.resolve(undefined),
       txChecksumOffload: true,
+      nodeBinding: "test-node",
     });
     const loop = new DataplaneLoop(
       kernel,

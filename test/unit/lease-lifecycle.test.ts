@@ -14,6 +14,7 @@ import {
   LeaseLifecycle,
   type ConfigSource,
   type LifecycleObserver,
+  type OwnKeyConflict,
 } from "../../src/lease/lifecycle.js";
 import { SubnetWatch } from "../../src/lease/subnet-watch.js";
 import { FakeClock, settle } from "../helpers/fake-clock.js";
@@ -26,6 +27,8 @@ const OTHER_IP = "198.18.0.2";
 const HOST_GW = '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}';
 const VXLAN = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
 const VTEP_MAC = "02:00:00:00:00:01";
+/** The VTEP MAC attrsFor publishes now: a test may give the node a new one (refreshAttributes). */
+let currentMac = VTEP_MAC;
 // TTL 60 s, margin 10 s: renewal at 50 s, retries every 6 s (a tenth of the TTL).
 const TTL_SECONDS = 60;
 
@@ -36,7 +39,7 @@ function attrsFor(config: NetworkConfig, ip = OUR_IP): LeaseAttrs {
     publicIP: parseIPv4(ip),
     publicIPv6: null,
     backendType: config.backend.type,
-    backendData: vxlan ? `{"VNI":1,"VtepMAC":"${VTEP_MAC}"}` : undefined,
+    backendData: vxlan ? `{"VNI":1,"VtepMAC":"${currentMac}"}` : undefined,
     backendV6Data: undefined,
   };
 }
@@ -75,6 +78,8 @@ interface Seen {
   exhausted: string[];
   renewed: string[];
   renewFailed: string[];
+  /** Every conflict report: the kind, or undefined when one ended. */
+  conflicts: (OwnKeyConflict | undefined)[];
   logs: { msg: string; level: number; err?: { type?: string; message?: string; stack?: string } }[];
 }
 
@@ -94,6 +99,7 @@ interface Running {
 const running: Running[] = [];
 afterEach(async () => {
   for (const r of running.splice(0)) await r.stop();
+  currentMac = VTEP_MAC;
 });
 
 /**
@@ -125,6 +131,7 @@ async function start(
     exhausted: [],
     renewed: [],
     renewFailed: [],
+    conflicts: [],
     logs: [],
   };
   const log = pino(
@@ -160,6 +167,7 @@ async function start(
     exhausted: (message) => seen.exhausted.push(message),
     renewed: (own) => seen.renewed.push(own.leaseId),
     renewFailed: (error) => seen.renewFailed.push(error),
+    conflict: (conflict) => seen.conflicts.push(conflict),
   };
   const lifecycle = new LeaseLifecycle({
     registry,
@@ -445,20 +453,6 @@ describe("the own key changing in etcd", () => {
       ours: K("10.244.1.0-24"),
       oldKeyValue: () => valueFor(HOST_GW),
     },
-    {
-      name: "overwritten with another node's address: another subnet is acquired, theirs left alone",
-      change: (registry, key) => registry.put(key, valueFor(HOST_GW, OTHER_IP), registry.grantLease(600)),
-      lost: ["overwritten by another node"],
-      ours: K("10.244.2.0-24"),
-      oldKeyValue: () => valueFor(HOST_GW, OTHER_IP),
-    },
-    {
-      name: "overwritten with garbage: treated as taken, another subnet is acquired",
-      change: (registry, key) => registry.put(key, "{not json"),
-      lost: ["overwritten by another node"],
-      ours: K("10.244.2.0-24"),
-      oldKeyValue: () => "{not json",
-    },
   ])("$name", async ({ change, lost, ours, oldKeyValue }) => {
     const r = await start();
     const key = r.own().key;
@@ -476,24 +470,105 @@ describe("the own key changing in etcd", () => {
     ]);
   });
 
-  it("rewritten with this node's address on another etcd lease: adopted, renewed by that lease's expiry", async () => {
+  it.each<{
+    name: string;
+    change: (registry: MemoryRegistry, key: string) => void;
+    kind: OwnKeyConflict["kind"];
+    otherPublicIP: string | undefined;
+    message: RegExp;
+  }>([
+    {
+      name: "overwritten with another node's address",
+      change: (registry, key) => registry.put(key, valueFor(HOST_GW, OTHER_IP), registry.grantLease(600)),
+      kind: "own-key-overwritten",
+      otherPublicIP: OTHER_IP,
+      message:
+        /overwritten by another writer with PublicIP 198\.18\.0\.2; this node keeps serving its pods on 10\.244\.1\.0\/24.*etcdctl del/,
+    },
+    {
+      name: "overwritten with garbage",
+      change: (registry, key) => registry.put(key, "{not json"),
+      kind: "own-key-overwritten",
+      otherPublicIP: undefined,
+      message: /with a value that cannot be read/,
+    },
+    {
+      name: "rewritten with this node's address by another agent (its own etcd lease)",
+      change: (registry, key) => registry.put(key, valueFor(HOST_GW), registry.grantLease(600)),
+      kind: "duplicate-public-ip",
+      otherPublicIP: OUR_IP,
+      message: /another agent writes this node's public IP 198\.18\.0\.1 .* --public-ip or --iface/,
+    },
+    {
+      name: "rewritten with this node's address and another identity, on this node's etcd lease",
+      change: (registry, key) =>
+        registry.put(
+          key,
+          encodeLeaseAttrs({ ...attrsFor(parseNetworkConfig(HOST_GW).config), backendData: '{"X":1}' }),
+          registry.entry(key)?.etcdLeaseId,
+        ),
+      kind: "duplicate-public-ip",
+      otherPublicIP: OUR_IP,
+      message: /BackendData \{"X":1\}/,
+    },
+  ])(
+    "$name: keeps its subnet, does not fight, reports the conflict until the key is gone",
+    async ({ change, kind, otherPublicIP, message }) => {
+      const r = await start();
+      const first = r.own();
+      change(r.registry, first.key);
+      const theirs = r.registry.entry(first.key)?.value;
+      await settle();
+      expect(r.seen.lost).toEqual([]);
+      expect(r.seen.owns).toHaveLength(1); // the same subnet, never moved
+      expect(r.seen.conflicts).toHaveLength(1);
+      expect(r.seen.conflicts[0]).toMatchObject({ kind, key: first.key, otherPublicIP });
+      expect(r.seen.conflicts[0]?.message).toMatch(message);
+      expect(r.seen.logs.filter((l) => l.level === 50).map((l) => l.msg)).toEqual([
+        r.seen.conflicts[0]?.message,
+      ]);
+      // Past the renewal time (50 s): no write to the key, no move, no second report.
+      const writes = r.registry.revision;
+      await r.clock.advance(55_000);
+      expect(r.registry.entry(first.key)?.value).toBe(theirs);
+      expect(r.registry.calls.filter((c) => c === "createIfAbsent")).toHaveLength(1);
+      expect(r.seen.conflicts).toHaveLength(1);
+      // The operator deletes the key: the same subnet is acquired again and the conflict is over.
+      const before = r.registry.revision;
+      expect(before).toBeGreaterThanOrEqual(writes);
+      r.registry.delete(first.key);
+      await settle();
+      expect(r.own().key).toBe(first.key);
+      expect(held(r.registry, first.key)).toEqual({ value: valueFor(HOST_GW), lease: "alive" });
+      expect(r.seen.conflicts.at(-1)).toBeUndefined();
+    },
+  );
+
+  it("re-publishes new attributes on request (a new VTEP MAC), same key and subnet", async () => {
+    const r = await start({ config: VXLAN });
+    const first = r.own();
+    currentMac = "02:00:00:00:00:99";
+    r.lifecycle.refreshAttributes();
+    await settle();
+    expect(held(r.registry, first.key)).toEqual({ value: valueFor(VXLAN), lease: "alive" });
+    expect(r.registry.entry(first.key)?.value).toContain("02:00:00:00:00:99");
+    expect(r.own()).toMatchObject({ key: first.key, createRevision: first.createRevision });
+    expect(r.seen.lost).toEqual([]);
+    // Nothing new: no write.
+    const revision = r.registry.revision;
+    r.lifecycle.refreshAttributes();
+    await settle();
+    expect(r.registry.revision).toBe(revision);
+  });
+
+  it("rewritten in place on its own etcd lease with its own identity (an operator's edit): adopted", async () => {
     const r = await start();
     const first = r.own();
-    const foreign = r.registry.grantLease(20);
-    const revision = r.registry.put(first.key, valueFor(HOST_GW), foreign);
+    const revision = r.registry.put(first.key, valueFor(HOST_GW), first.leaseId);
     await settle();
-    expect(r.seen.lost).toEqual([]);
-    expect(r.seen.acquired).toHaveLength(1);
-    expect(r.own()).toMatchObject({ key: first.key, leaseId: foreign, modRevision: revision });
-    expect(r.registry.revision).toBe(revision); // adopting writes nothing
+    expect(r.seen.conflicts).toEqual([]);
+    expect(r.own()).toMatchObject({ key: first.key, leaseId: first.leaseId, modRevision: revision });
     expect(messages(r.seen)).toContain("own lease rewritten in etcd with this node's address; adopting it");
-    // The foreign lease runs out at 20 s: the key is renewed onto one of ours at 10 s.
-    await r.clock.advance(10_000);
-    expect(r.seen.renewed).toHaveLength(1);
-    expect(r.registry.hasLease(foreign)).toBe(false);
-    await r.clock.advance(30_000);
-    expect(held(r.registry, first.key)).toEqual({ value: valueFor(HOST_GW), lease: "alive" });
-    expect(r.seen.lost).toEqual([]);
   });
 
   it("rewritten as a reservation with this node's address: adopted as one, never renewed", async () => {

@@ -75,7 +75,15 @@ function lease(n: number, backendType: string | null = "vxlan"): Lease {
 
 function own(expiresAt = T0 + 3600_000): OwnLease {
   const l = lease(1);
-  return { subnet: l.subnet, key: l.key, attrs: l.attrs, leaseId: "9", modRevision: 5, expiresAt };
+  return {
+    subnet: l.subnet,
+    key: l.key,
+    attrs: l.attrs,
+    leaseId: "9",
+    createRevision: 5,
+    modRevision: 5,
+    expiresAt,
+  };
 }
 
 function view(leases: Lease[], invalid = 0): PeerView {

@@ -460,6 +460,80 @@ function seeded(seed: number): () => number {
 const byKey = <T extends { key: string }>(items: Iterable<T>): T[] =>
   [...items].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
 
+/** As the agent wires it: the backend of the lease's type says what identity its data claims. */
+const identityOf = (lease: { attrs: LeaseAttrs; peerData?: object | undefined }): string | undefined =>
+  lease.peerData === undefined
+    ? undefined
+    : backendForLease(lease.attrs.backendType)?.identityOf?.(lease.peerData);
+
+describe("identity conflicts (two leases, one VTEP MAC)", () => {
+  const ctx: ViewContext = {
+    ...CTX,
+    identityOf,
+    ownIdentity: "VTEP MAC 02:00:00:00:00:01",
+    ownCreateRevision: 500,
+  };
+  const mac = (n: number): string => `0a:00:00:00:00:${n.toString(16).padStart(2, "0")}`;
+
+  it("programs the older of two peers with one MAC and sets the newer aside, naming the older key", () => {
+    const older = entry(K("10.244.7.0-24"), vxlanValue("192.168.0.7", mac(7)), { createRevision: 10 });
+    // Lower subnet, newer lease: the planner's lowest-subnet rule would have picked this one.
+    const newer = entry(K("10.244.3.0-24"), vxlanValue("192.168.0.3", mac(7)), { createRevision: 20 });
+    const view = computeView(
+      [newer, older, entry(K("10.244.4.0-24"), vxlanValue("192.168.0.4", mac(4)))],
+      ctx,
+    );
+    expect(peerKeys(view).sort()).toEqual([K("10.244.4.0-24"), older.key]);
+    const invalid = view.invalid.get(newer.key);
+    expect(invalid?.reason).toBe(
+      `claims VTEP MAC ${mac(7)}, which older key ${older.key} holds (createRevision 10 < 20); not programmed`,
+    );
+    expect(invalid?.identityConflict).toBe(true);
+  });
+
+  it("a lease claiming this node's MAC is never a peer; the older side keeps it", () => {
+    const own = "02:00:00:00:00:01";
+    const newer = entry(K("10.244.3.0-24"), vxlanValue("192.168.0.3", own), { createRevision: 600 });
+    const older = entry(K("10.244.4.0-24"), vxlanValue("192.168.0.4", own), { createRevision: 400 });
+    const view = computeView([newer, older], ctx);
+    expect(view.peers.size).toBe(0);
+    expect(view.invalid.get(newer.key)).toMatchObject({
+      claimsOwnIdentity: { olderThanOwn: false },
+      identityConflict: true,
+    });
+    expect(view.invalid.get(newer.key)?.reason).toMatch(
+      /which this node's older lease holds .*must take a new one/,
+    );
+    expect(view.invalid.get(older.key)).toMatchObject({ claimsOwnIdentity: { olderThanOwn: true } });
+    expect(view.invalid.get(older.key)?.reason).toMatch(
+      /with an older lease \(createRevision 400 < 500\): this node takes a new one/,
+    );
+    // Once this node has a new MAC, the older lease is an ordinary peer again.
+    const after = computeView([newer, older], { ...ctx, ownIdentity: "VTEP MAC 02:00:00:00:00:99" });
+    expect(peerKeys(after)).toEqual([older.key]);
+    expect(after.invalid.get(newer.key)?.reason).toContain(`which older key ${older.key} holds`);
+  });
+
+  it("live: a batch touching a shared MAC is computed in full; the newer becomes a peer when the older goes", () => {
+    const live = new LivePeerView(ctx);
+    const older = entry(K("10.244.7.0-24"), vxlanValue("192.168.0.7", mac(7)));
+    live.replaceAll([older, entry(K("10.244.8.0-24"), vxlanValue("192.168.0.8", mac(8)))]);
+    const clone = entry(K("10.244.3.0-24"), vxlanValue("192.168.0.3", mac(7)));
+    const added = live.apply([{ type: "put", entry: clone }]);
+    expect(added.path).toBe("full");
+    expect(added.events).toEqual([]);
+    expect(added.newlyInvalid.map((e) => e.key)).toEqual([clone.key]);
+    const gone = live.apply([{ type: "delete", key: older.key }]);
+    expect(gone.path).toBe("full");
+    expect(eventSummary(gone.events)).toEqual(["added 10.244.3.0/24", "removed 10.244.7.0/24"]);
+    // A MAC nobody else has stays on the fast path.
+    const fresh = live.apply([
+      { type: "put", entry: entry(K("10.244.9.0-24"), vxlanValue("192.168.0.9", mac(9))) },
+    ]);
+    expect(fresh.path).toBe("incremental");
+  });
+});
+
 describe("LivePeerView", () => {
   /** Applies `changes` to a plain map of entries, as the live view is told about them. */
   function applyTo(entries: Map<string, RawEntry>, changes: readonly EntryChange[]): void {
@@ -549,12 +623,16 @@ describe("LivePeerView", () => {
       vxlanValue("127.0.0.1"),
       '{"PublicIP":"10.0.0.5","BackendType":"vxlan"}',
       vxlanValue("10.0.0.6", "01:00:5e:00:00:01"),
+      vxlanValue("192.168.0.7", "02:00:00:00:00:03"), // the MAC of .3's value
+      vxlanValue("192.168.0.8", "02:00:00:00:00:04"), // and of .4's
     ];
     const contexts: ViewContext[] = [
       CTX,
       { ...CTX, ownKey: K("10.244.11.0-24"), ownSubnet: parseCidr("10.244.11.0/24") },
       { ...CTX, ownKey: undefined, ownSubnet: undefined },
       { ...CTX, config: { ...CONFIG, network: parseCidr("10.0.0.0/8") } },
+      { ...CTX, identityOf, ownIdentity: "VTEP MAC 02:00:00:00:00:04", ownCreateRevision: 30 },
+      { ...CTX, identityOf },
     ];
     let incremental = 0;
     let batches = 0;
@@ -562,7 +640,8 @@ describe("LivePeerView", () => {
       const random = seeded(seed);
       const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
       let revision = 1;
-      let ctx = CTX;
+      // Every other seed starts with identities in play, so the identity path is walked often.
+      let ctx = seed % 2 === 0 ? (contexts.at(-2) ?? CTX) : CTX;
       const entries = new Map<string, RawEntry>();
       const live = new LivePeerView(ctx);
       const referenceCache = new ParseCache();

@@ -56,6 +56,7 @@ function readyAgent(): AgentState {
       key: own.key,
       attrs: own.attrs,
       leaseId: "99",
+      createRevision: 1,
       modRevision: 1,
       expiresAt: NOW + 23 * 3600_000 + 15 * 60_000,
     },
@@ -134,6 +135,7 @@ describe("buildStatus", () => {
       reserved: false,
       expiresAt: "2026-11-23T11:15:00.000Z",
       lost: 0,
+      conflict: null,
     });
     expect(s.config).toEqual({
       state: "valid",

@@ -21,6 +21,7 @@ function typeText(type: string | undefined): string {
 
 class HostGwNode implements NodeBackend {
   readonly leaseData = undefined;
+  readonly identity = undefined;
   readonly ownedDevices: readonly string[] = [];
 
   constructor(readonly config: BackendConfig) {}

@@ -11,6 +11,7 @@ import type {
   BackendConfig,
   BackendPlugin,
   DeviceSpec,
+  IdentityOrigin,
   NodeBackend,
   NodeFacts,
   PeerProgram,
@@ -41,6 +42,11 @@ export function vxlanIncompatibility(
     return `learning ${v.learning ? "on" : "off"}, want ${want.learning ? "on" : "off"}`;
   if (v.gbp !== want.gbp) return `gbp ${v.gbp ? "on" : "off"}, want ${want.gbp ? "on" : "off"}`;
   return undefined;
+}
+
+/** The identity a VTEP MAC gives a node: two leases with one MAC cannot both be reached. */
+function vtepIdentity(mac: string): string {
+  return `VTEP MAC ${mac}`;
 }
 
 function mismatch(lease: Lease, reason: string): PeerProgram {
@@ -75,16 +81,19 @@ function directRoute(node: NodeFacts, lease: Lease) {
 class VxlanNode implements NodeBackend {
   readonly leaseData: string;
   readonly ownedDevices: readonly string[];
+  readonly identity: string;
   private readonly dev: string;
 
   constructor(
     readonly config: VxlanConfig,
     private readonly vtepMac: string,
     private readonly txChecksumOffload: boolean,
+    readonly identityOrigin: IdentityOrigin,
   ) {
     this.dev = vxlanDeviceName(config.vxlan.vni);
     this.ownedDevices = [this.dev];
     this.leaseData = vxlanBackendData(config.vxlan.vni, vtepMac);
+    this.identity = vtepIdentity(vtepMac);
   }
 
   devices(node: NodeFacts): DeviceSpec[] {
@@ -184,8 +193,12 @@ class VxlanConfig implements BackendConfig {
 
   async prepare(context: Parameters<BackendConfig["prepare"]>[0]): Promise<NodeBackend> {
     const existing = await context.existingLink(vxlanDeviceName(this.vxlan.vni));
-    const mac = await loadOrCreateVtepMac(context.stateDir, this.vxlan.vni, existing?.mac);
-    return new VxlanNode(this, mac, context.txChecksumOffload);
+    const { mac, origin } = await loadOrCreateVtepMac(context.stateDir, this.vxlan.vni, {
+      binding: context.nodeBinding,
+      existingMac: existing?.mac,
+      renew: context.renewIdentity ?? false,
+    });
+    return new VxlanNode(this, mac, context.txChecksumOffload, origin);
   }
 }
 
@@ -194,4 +207,5 @@ export const vxlanBackend: BackendPlugin = {
   parseConfig: (raw, warnings) => new VxlanConfig(parseVxlanOptions(raw, warnings)),
   parsePeerData: (data) => parseVxlanBackendData(data),
   describePeerData: (data) => (data instanceof VxlanPeerData ? data.vtepMac : undefined),
+  identityOf: (data) => (data instanceof VxlanPeerData ? vtepIdentity(data.vtepMac) : undefined),
 };
