@@ -128,7 +128,7 @@ export class Metrics {
     });
     this.leaseLostTotal = new Counter({
       name: "twill_lease_lost_total",
-      help: "Times this node's lease was lost (key deleted, expired or overwritten) and re-acquired",
+      help: "Times this node's lease was lost (key deleted or expired) and re-acquired",
       registers,
     });
     new Gauge({

@@ -44,6 +44,8 @@ const GAUGES_AND_COUNTERS = [
   "twill_lease_acquisitions_total",
   "twill_lease_renewals_total",
   "twill_lease_lost_total",
+  "twill_identity_conflicts",
+  "twill_identity_renewals_total",
   "twill_peers",
   "twill_invalid_entries",
   "twill_invalid_entries_skipped_total",
@@ -840,6 +842,45 @@ describe("Prometheus files (deploy/prometheus)", () => {
             expr: expr("TwillDataplaneOperationErrors"),
             eval_time: "15m",
             exp_samples: [{ labels: t("a", 'kind="route", op="replace"'), value: 1 }],
+          },
+        ],
+      },
+      {
+        interval: "1m",
+        input_series: [
+          // a: its key overwritten; b: a duplicate public IP; c and d: the same two duplicate entries seen
+          // from two nodes, and c has one more invalid entry of another kind.
+          ...["own_key_overwritten", "duplicate_public_ip", "duplicate_identity"].flatMap((kind) =>
+            ["a", "b", "c", "d"].map((i) => {
+              const on =
+                (i === "a" && kind === "own_key_overwritten") ||
+                (i === "b" && kind === "duplicate_public_ip");
+              const value = kind === "duplicate_identity" ? (i === "c" || i === "d" ? 2 : 0) : on ? 1 : 0;
+              return { series: `twill_identity_conflicts${t(i, `kind="${kind}"`)}`, values: `${value}+0x20` };
+            }),
+          ),
+          { series: `twill_invalid_entries${t("a")}`, values: "0+0x20" },
+          { series: `twill_invalid_entries${t("c")}`, values: "3+0x20" },
+          { series: `twill_invalid_entries${t("d")}`, values: "2+0x20" },
+        ],
+        promql_expr_test: [
+          {
+            expr: expr("TwillLeaseConflict"),
+            eval_time: "10m",
+            exp_samples: [
+              { labels: t("a", 'kind="own_key_overwritten"'), value: 1 },
+              { labels: t("b", 'kind="duplicate_public_ip"'), value: 1 },
+            ],
+          },
+          {
+            expr: expr("TwillDuplicateIdentity"),
+            eval_time: "10m",
+            exp_samples: [{ labels: '{job="twill"}', value: 2 }],
+          },
+          {
+            expr: expr("TwillInvalidEtcdEntries"),
+            eval_time: "10m",
+            exp_samples: [{ labels: t("c"), value: 1 }],
           },
         ],
       },
