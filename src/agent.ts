@@ -9,7 +9,7 @@
 // supervisor); the data plane is left as it is either way.
 import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
 import { backendForLease } from "./backends/registry.js";
-import type { AgentOptions } from "./config/agent-options.js";
+import { BLACKHOLE_ROUTE_METRIC, type AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
 import type { KernelChannel } from "./dataplane/channel.js";
 import { DataplaneLoop, type RoundReport } from "./dataplane/loop.js";
@@ -175,6 +175,7 @@ export class Agent {
         bridge: options.bridge,
         resyncIntervalMs: options.resyncIntervalSeconds * 1000,
         watchKernel: options.kernelWatch,
+        blackholeMetric: options.ipBlackholeRoute ? BLACKHOLE_ROUTE_METRIC : undefined,
       },
       log,
       {
@@ -426,7 +427,12 @@ export class Agent {
     while (!stopped(signal)) {
       try {
         const external = await detectExternalInterface(
-          { iface: this.options.iface, ifaceRegex: this.options.ifaceRegex, publicIp: this.options.publicIp },
+          {
+            iface: this.options.iface,
+            ifaceRegex: this.options.ifaceRegex,
+            publicIp: this.options.publicIp,
+            ifaceCanReach: this.options.ifaceCanReach,
+          },
           this.runner,
         );
         this.log.info(

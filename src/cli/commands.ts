@@ -270,12 +270,17 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     );
     return 0;
   }
+  if (argv.includes("--version") || argv.includes("-version")) {
+    out(`twill ${VERSION}`);
+    return 0;
+  }
   const options = parseAgentOptions(argv, env);
   const log = createLogger(options.logLevel as LevelWithSilent);
   log.info(
     { version: VERSION, etcd: options.etcd.endpoints, prefix: options.etcd.prefix },
     "twill agent starting",
   );
+  for (const warning of options.warnings) log.warn(warning);
   const missing = await checkOwnCapabilities(neededCapabilities(options));
   if (missing.length > 0) {
     log.fatal({ missing: missing.map((cap) => cap.name) }, missingCapabilitiesMessage(missing));

@@ -4,6 +4,7 @@ import { parseListenAddress, type ListenAddress } from "./listen-address.js";
 import { errorMessage } from "../util/log.js";
 import { tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
 import { etcdEndpointProblem } from "./etcd-endpoint.js";
+import { flannelCompat } from "./flannel-compat.js";
 import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "./iptables-mode.js";
 import {
   FlagError,
@@ -14,6 +15,9 @@ import {
   type FlagValue,
   type ParsedFlags,
 } from "./flags.js";
+
+/** The metric of the --ip-blackhole-route route: far behind the bridge's connected route (metric 0). */
+export const BLACKHOLE_ROUTE_METRIC = 1_000_000;
 
 /** The etcd settings the client's errors name. */
 export const ETCD_NAMED_FLAGS = ["etcd-endpoints", "etcd-cafile", "etcd-certfile", "etcd-keyfile"];
@@ -96,6 +100,14 @@ export const agentFlags: readonly FlagSpec[] = [
     metavar: "REGEX",
   },
   {
+    name: "iface-can-reach",
+    kind: "string",
+    default: "",
+    help: "use the interface the kernel routes this IPv4 address through (as `ip route get`); after --iface and --iface-regex",
+    flannel: true,
+    metavar: "IP",
+  },
+  {
     name: "public-ip",
     kind: "string",
     default: "",
@@ -165,6 +177,13 @@ export const agentFlags: readonly FlagSpec[] = [
     kind: "bool",
     default: "true",
     help: "false: turn TX checksum offload off on the VXLAN device and keep it off, also after re-creation (the workaround for bad VXLAN checksums: Services and DNS timing out after 63 s, flannel#1279); needs ethtool",
+  },
+  {
+    name: "ip-blackhole-route",
+    kind: "bool",
+    default: "false",
+    help: `add a blackhole route for this node's subnet (metric ${BLACKHOLE_ROUTE_METRIC}, behind the bridge's own route), so traffic to it never leaves by another route while the bridge is down or unaddressed`,
+    flannel: true,
   },
   // files for container runtimes, written when the lease is known or changes
   {
@@ -263,6 +282,32 @@ export const agentFlags: readonly FlagSpec[] = [
     metavar: "LEVEL",
   },
   {
+    name: "v",
+    kind: "int",
+    default: "0",
+    min: 0,
+    max: 10,
+    help: "flanneld's klog verbosity, mapped to a log level when --log-level is not given: 0–1 info, 2–4 debug, 5 and more trace",
+    flannel: true,
+    metavar: "N",
+  },
+  {
+    name: "vmodule",
+    kind: "string",
+    default: "",
+    help: "flanneld's per-file klog verbosity: accepted for existing unit files, ignored with a warning",
+    flannel: true,
+    metavar: "PATTERN=N,…",
+  },
+  {
+    name: "log_backtrace_at",
+    kind: "string",
+    default: "",
+    help: "flanneld's klog stack-trace location: accepted for existing unit files, ignored with a warning",
+    flannel: true,
+    metavar: "FILE:LINE",
+  },
+  {
     name: "state-dir",
     kind: "string",
     default: "/var/lib/twill",
@@ -286,6 +331,8 @@ export interface AgentOptions {
   readonly iface: readonly string[];
   readonly ifaceRegex: readonly RegExp[];
   readonly publicIp: IPv4 | undefined;
+  /** --iface-can-reach: pick the interface the kernel routes this address through. */
+  readonly ifaceCanReach: IPv4 | undefined;
   readonly subnetFile: string;
   readonly renewMarginSeconds: number;
   readonly leaseTtlSeconds: number;
@@ -303,6 +350,7 @@ export interface AgentOptions {
   readonly iptablesForwardRules: boolean;
   readonly iptablesMode: IptablesMode;
   readonly vxlanTxChecksumOffload: boolean;
+  readonly ipBlackholeRoute: boolean;
   /** --metrics-address; undefined when disabled. */
   readonly metricsAddress: ListenAddress | undefined;
   /** --healthz-ip:--healthz-port; undefined when the port is 0. */
@@ -311,6 +359,15 @@ export interface AgentOptions {
   readonly stateDir: string;
   /** Where each option came from (for `twill status` and debugging precedence). */
   readonly sources: ReadonlyMap<string, string>;
+  /** Things accepted but ignored (klog flags, flanneld variables of modes twill lacks): logged at start. */
+  readonly warnings: readonly string[];
+}
+
+/** What --log-level becomes from flanneld's -v when --log-level itself is not given. */
+export function logLevelFromVerbosity(v: number): string {
+  if (v >= 5) return "trace";
+  if (v >= 2) return "debug";
+  return "info";
 }
 
 function getter(parsed: ParsedFlags) {
@@ -346,7 +403,12 @@ export function parseAgentOptions(
   argv: readonly string[],
   env: Readonly<Record<string, string | undefined>>,
 ): AgentOptions {
-  const parsed = parseFlags(agentFlags, argv, env);
+  const compat = flannelCompat(
+    argv,
+    env,
+    agentFlags.filter((spec) => spec.flannel === true).map((spec) => spec.name),
+  );
+  const parsed = parseFlags(agentFlags, compat.argv, env);
   if (parsed.positionals.length > 0) {
     throw new FlagError(`unexpected argument "${parsed.positionals[0] ?? ""}"; twill agent takes only flags`);
   }
@@ -400,6 +462,23 @@ export function parseAgentOptions(
     const problem = etcdEndpointProblem(endpoint);
     if (problem !== undefined) throw new FlagError(`${where("etcd-endpoints")}: ${problem}`);
   }
+  const canReachText = g.opt("iface-can-reach");
+  const ifaceCanReach = canReachText === undefined ? undefined : tryParseIPv4(canReachText);
+  if (canReachText !== undefined && ifaceCanReach === undefined) {
+    throw new FlagError(`${where("iface-can-reach")}: "${canReachText}" is not an IPv4 address`);
+  }
+  const warnings = [...compat.warnings];
+  for (const ignored of ["vmodule", "log_backtrace_at"]) {
+    if (g.opt(ignored) !== undefined) {
+      warnings.push(
+        `${where(ignored)} is a klog setting of flanneld; twill logs through pino and ignores it`,
+      );
+    }
+  }
+  const logLevel =
+    parsed.sources.get("log-level") === "default" && parsed.sources.get("v") !== "default"
+      ? logLevelFromVerbosity(g.num("v"))
+      : g.str("log-level");
   const renewMarginSeconds = g.num("subnet-lease-renew-margin") * 60;
   const leaseTtlSeconds = g.num("lease-ttl");
   return {
@@ -416,6 +495,7 @@ export function parseAgentOptions(
     iface: g.list("iface"),
     ifaceRegex,
     publicIp,
+    ifaceCanReach,
     subnetFile: g.str("subnet-file"),
     renewMarginSeconds,
     leaseTtlSeconds,
@@ -432,10 +512,12 @@ export function parseAgentOptions(
     iptablesForwardRules: g.bool("iptables-forward-rules"),
     iptablesMode: iptablesMode(g.str("iptables-mode")),
     vxlanTxChecksumOffload: g.bool("vxlan-tx-checksum-offload"),
+    ipBlackholeRoute: g.bool("ip-blackhole-route"),
     metricsAddress,
     healthzAddress,
-    logLevel: g.str("log-level"),
+    logLevel,
     stateDir: g.str("state-dir"),
     sources: parsed.sources,
+    warnings,
   };
 }

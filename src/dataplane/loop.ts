@@ -40,7 +40,7 @@ import {
   type OwnershipScope,
   type PlannedOp,
 } from "./kinds/index.js";
-import { TWILL_ROUTE_PROTOCOL, type ObjectKind } from "./objects.js";
+import { blackholeRoute, TWILL_ROUTE_PROTOCOL, type ObjectKind } from "./objects.js";
 import { planAll, planSlots, type PlanInput } from "./planner.js";
 
 /** What started a round: labels of twill_reconcile_rounds_total. */
@@ -97,6 +97,11 @@ export interface DataplaneOptions {
   readonly resyncIntervalMs: number;
   /** Follow the kernel's notifications (default); false = the periodic resync only (--kernel-watch=false). */
   readonly watchKernel: boolean;
+  /**
+   * --ip-blackhole-route: a blackhole route for the node's own subnet at this metric, behind the
+   * bridge's connected route (metric 0); undefined = none.
+   */
+  readonly blackholeMetric?: number | undefined;
 }
 
 /** What the loop touches besides the channel; replaceable in unit tests. */
@@ -616,6 +621,10 @@ export class DataplaneLoop {
   private recomputeAll(facts: NodeFacts): void {
     this.desired.clear();
     this.statuses.clear();
+    const metric = this.options.blackholeMetric;
+    // Rank "" sorts before every peer's: the node's own objects win any contest.
+    if (metric !== undefined)
+      this.desired.set("self", "", [blackholeRoute(formatCidr(facts.subnet), metric)]);
     for (const [key, lease] of this.peers) this.setPeer(facts, key, lease);
   }
 

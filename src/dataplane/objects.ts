@@ -168,3 +168,25 @@ export function permanentFdb(spec: {
 }): FdbEntry {
   return { kind: "fdb", ...spec, state: NUD_PERMANENT, flags: NTF_SELF, master: undefined };
 }
+
+/**
+ * --ip-blackhole-route: the node's own subnet dropped at `metric`, far behind the bridge's connected
+ * route, so its traffic never leaves by the default route while the bridge is down or unaddressed.
+ * (flannel adds it at metric 0, where it and the connected route contend.)
+ */
+export function blackholeRoute(subnetCidr: string, metric: number): Route {
+  return {
+    kind: "route",
+    family: 4,
+    dst: subnetCidr,
+    table: MAIN_TABLE,
+    protocol: TWILL_ROUTE_PROTOCOL,
+    type: "blackhole",
+    scope: SCOPE_UNIVERSE,
+    metric,
+    gateway: undefined,
+    dev: undefined,
+    onlink: false,
+    multipath: false,
+  };
+}

@@ -37,6 +37,8 @@ export interface SelectionRequest {
   readonly ifaceRegex: readonly RegExp[];
   /** --public-ip, parsed and checked to be a usable unicast address by the flag parser. */
   readonly publicIp: IPv4 | undefined;
+  /** --iface-can-reach: the interface the kernel routes this address through, after --iface/--iface-regex. */
+  readonly ifaceCanReach?: IPv4 | undefined;
 }
 
 export class InterfaceSelectionError extends Error {
@@ -65,6 +67,8 @@ export function selectExternalInterface(
   interfaces: readonly NodeInterface[],
   defaultRouteDev: string | undefined,
   request: SelectionRequest,
+  /** The device `ip route get <--iface-can-reach>` names; undefined when there is no route. */
+  canReachDev?: string,
 ): ExternalInterface {
   for (const wanted of request.iface) {
     const asIp = tryParseIPv4(wanted);
@@ -90,10 +94,23 @@ export function selectExternalInterface(
       if (address) return chosen(iface, address, request);
     }
   }
-  if (request.iface.length > 0 || request.ifaceRegex.length > 0) {
+  if (request.ifaceCanReach !== undefined && canReachDev !== undefined) {
+    const iface = interfaces.find((i) => i.name === canReachDev);
+    const address = iface ? bestAddress(iface) : undefined;
+    if (iface && address) return chosen(iface, address, request);
+  }
+  if (request.iface.length > 0 || request.ifaceRegex.length > 0 || request.ifaceCanReach !== undefined) {
+    const reach = request.ifaceCanReach;
     const tried = [
       ...request.iface.map((i) => `--iface ${i}`),
       ...request.ifaceRegex.map((r) => `--iface-regex ${r.source}`),
+      ...(reach === undefined
+        ? []
+        : [
+            canReachDev === undefined
+              ? `--iface-can-reach ${formatIPv4(reach)} (no route to it)`
+              : `--iface-can-reach ${formatIPv4(reach)} (routed through ${canReachDev})`,
+          ]),
     ];
     const available = interfaces.filter((i) => bestAddress(i)).map((i) => i.name);
     throw new InterfaceSelectionError(
@@ -172,5 +189,12 @@ export async function detectExternalInterface(
   const routes = await ipJson(runner, ["-j", "-4", "route", "show", "default"]);
   const defaultRoute = asRecordArray(JSON.parse(routes || "[]"))[0];
   const dev = typeof defaultRoute?.dev === "string" ? defaultRoute.dev : undefined;
-  return selectExternalInterface(parseIpAddrJson(addrs), dev, request);
+  let canReachDev: string | undefined;
+  if (request.ifaceCanReach !== undefined) {
+    // No route is not an error here: the selection then says so, with what else was tried.
+    const result = await runner.run("ip", ["-j", "-4", "route", "get", formatIPv4(request.ifaceCanReach)]);
+    const route = result.exitCode === 0 ? asRecordArray(JSON.parse(result.stdout || "[]"))[0] : undefined;
+    canReachDev = typeof route?.dev === "string" ? route.dev : undefined;
+  }
+  return selectExternalInterface(parseIpAddrJson(addrs), dev, request, canReachDev);
 }

@@ -129,14 +129,15 @@ export function startAgent(spec: AgentSpec): AgentProcess {
 /** Runs a twill admin command (config get/set, leases) and returns its exit code and output. */
 export function runTwill(
   args: readonly string[],
-  options: { netns?: string; input?: string } = {},
+  options: { netns?: string; input?: string; env?: Record<string, string> } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const [command, argv] =
     options.netns === undefined
       ? [process.execPath, [cliPath, ...args]]
       : ["ip", ["netns", "exec", options.netns, process.execPath, cliPath, ...args]];
   return new Promise((resolve) => {
-    const child = execFile(command, argv, { encoding: "utf8" }, (error, stdout, stderr) => {
+    const env = options.env === undefined ? process.env : { ...process.env, ...options.env };
+    const child = execFile(command, argv, { encoding: "utf8", env }, (error, stdout, stderr) => {
       const code = error && typeof error.code === "number" ? error.code : error ? 1 : 0;
       resolve({ code, stdout, stderr });
     });

@@ -443,6 +443,70 @@ describe("the agent process", () => {
   });
 });
 
+describe("flanneld's unit files", () => {
+  it("runs with klog's -v and -vmodule: debug logging, one warning for what it ignores", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = agentOn(host(1), prefix, ["-v=3", "-vmodule=main=2"]);
+    await agent.waitForSubnetEnv();
+    await waitFor("a debug line", () => agent.logs().some((l) => l.level === 20));
+    expect(agent.logs().filter((l) => /vmodule is a klog setting/.test(String(l.msg)))).toHaveLength(1);
+  });
+
+  it("--iface-can-reach picks the interface that routes to the address, not the default route's", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const ns = host(3).ns;
+    // A second interface, with a route to 198.19.200.0/24 that the default route (eth0) does not carry.
+    await cluster.run(ns, ["ip", "link", "add", "second0", "type", "veth", "peer", "name", "second1"]);
+    await cluster.run(ns, ["ip", "addr", "add", "198.19.200.1/24", "dev", "second0"]);
+    await cluster.run(ns, ["ip", "link", "set", "second1", "up"]);
+    await cluster.run(ns, ["ip", "link", "set", "second0", "up"]);
+    try {
+      const agent = startAgent({
+        netns: ns,
+        etcdEndpoint: etcd.endpoint,
+        prefix,
+        env: { FLANNELD_IFACE_CAN_REACH: "198.19.200.7" },
+      });
+      agents.push(agent);
+      const env = await agent.waitForSubnetEnv();
+      const selected = agent.logs().find((l) => l.msg === "external interface selected");
+      expect(selected).toMatchObject({ iface: "second0", publicIP: "198.19.200.1" });
+      const value = etcd.ctl(["get", keyFor(prefix, subnetOf(env) ?? ""), "--print-value-only"]);
+      expect(value).toContain('"PublicIP":"198.19.200.1"');
+    } finally {
+      await Promise.all(agents.splice(0).map((a) => a.destroy()));
+      await cluster.exec(ns, ["ip", "link", "del", "second0"]);
+    }
+  });
+
+  it("--ip-blackhole-route: a blackhole route for the node's subnet behind the bridge's, gone without the flag", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const ns = host(2).ns;
+    const blackholes = async (): Promise<string> =>
+      cluster.run(ns, ["ip", "-4", "route", "show", "type", "blackhole"]);
+    const agent = agentOn(host(2), prefix, ["--ip-blackhole-route"]);
+    const subnet = networkOf(subnetOf(await agent.waitForSubnetEnv()) ?? "");
+    await waitFor("the blackhole route", async () =>
+      (await blackholes()).includes(`blackhole ${subnet} proto 151 metric 1000000`),
+    );
+    // The bridge's own route still wins for the subnet.
+    await waitFor("the bridge addressed", async () =>
+      (await cluster.run(ns, ["ip", "-4", "route", "show", subnet])).includes("dev cni0"),
+    );
+    expect(await cluster.run(ns, ["ip", "-4", "route", "get", subnet.replace(/\.0\/24$/, ".77")])).toContain(
+      "dev cni0",
+    );
+    await agent.process.stop();
+    // The same node without the flag (its own files: the same public IP keeps the lease).
+    const without = agentOn(host(2), prefix);
+    await without.waitForSubnetEnv();
+    await waitFor("the blackhole route removed", async () => !(await blackholes()).includes(subnet));
+  });
+});
+
 describe("admin commands", () => {
   it("config set rejects what the agent would reject, with the same message, and writes nothing", async () => {
     const prefix = newPrefix();

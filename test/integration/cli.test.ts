@@ -11,6 +11,30 @@ describe("twill on the command line", () => {
     expect(result.stdout.trim()).toMatch(/^twill \d+\.\d+\.\d+$/);
   });
 
+  it("agent --version prints the version, as flanneld's does", async () => {
+    const result = await runTwill(["agent", "--version"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout.trim()).toMatch(/^twill \d+\.\d+\.\d+$/);
+  });
+
+  it.each<[string[], Record<string, string>, RegExp]>([
+    [
+      ["agent", "--kube-subnet-mgr"],
+      {},
+      /^twill: --kube-subnet-mgr=true: twill has no Kubernetes subnet manager: it keeps the leases in etcd/,
+    ],
+    [
+      ["agent"],
+      { FLANNELD_KUBE_SUBNET_MGR: "true" },
+      /^twill: FLANNELD_KUBE_SUBNET_MGR=true: twill has no Kubernetes/,
+    ],
+    [["agent", "-v=abc"], {}, /^twill: --v: "abc" is not an integer/],
+  ])("refuses %j %j with exit 2 and says what to do instead", async (args, env, message) => {
+    const result = await runTwill(args, { env });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(message);
+  });
+
   it("--help lists every command", async () => {
     const result = await runTwill(["--help"]);
     expect(result.code).toBe(0);

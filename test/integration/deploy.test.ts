@@ -122,7 +122,7 @@ function agentHelp(): FlagHelp[] {
   expect(result.status, result.stderr).toBe(0);
   const flags: { name: string; defaultValue: string | undefined; env: string[] }[] = [];
   for (const line of result.stdout.split("\n")) {
-    const flag = /^ {2}--([a-z0-9][a-z0-9-]*)/.exec(line);
+    const flag = /^ {2}--([a-z0-9][a-z0-9_-]*)/.exec(line);
     if (flag?.[1] !== undefined) {
       flags.push({ name: flag[1], defaultValue: undefined, env: [] });
       continue;
@@ -370,7 +370,7 @@ describe("systemd unit (deploy/systemd)", () => {
     const others = names.filter((name) => !/^(?:TWILL|FLANNELD)_/.test(name));
     for (const name of others) expect(unitText, `${name} is not used by twill.service`).toContain(`$${name}`);
     // Every --flag mentioned is real (`--help` is accepted by `twill agent` too).
-    const mentioned = [...source.matchAll(/(?<![\w-])--([a-z0-9][a-z0-9-]*)/g)].map((m) => m[1] ?? "");
+    const mentioned = [...source.matchAll(/(?<![\w-])--([a-z0-9][a-z0-9_-]*)/g)].map((m) => m[1] ?? "");
     expectRealFlags(
       mentioned.filter((flag) => flag !== "help"),
       "twill.env.example",

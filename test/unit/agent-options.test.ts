@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseAgentOptions } from "../../src/config/agent-options.js";
 import { FlagError, parseDurationSeconds } from "../../src/config/flags.js";
+import { parseIPv4 } from "../../src/ip/ipv4.js";
 
 const noEnv = {};
 
@@ -153,5 +154,74 @@ describe("durations", () => {
     ["h", undefined],
   ])("%j is %s seconds", (text, seconds) => {
     expect(parseDurationSeconds(text)).toBe(seconds);
+  });
+});
+
+describe("flanneld's command lines and environments", () => {
+  it.each([
+    [["-v=3"], {}, "debug"],
+    [["--v", "6"], {}, "trace"],
+    [["-v=1"], {}, "info"],
+    [["-v=6", "--log-level=warn"], {}, "warn"],
+    [[], { FLANNELD_V: "2" }, "debug"],
+  ])("maps klog's -v to a log level: %j %j", (argv, env, level) => {
+    expect(parseAgentOptions(argv, env).logLevel).toBe(level);
+  });
+
+  it("accepts -vmodule and -log_backtrace_at and warns that they are ignored", () => {
+    const o = parseAgentOptions(["-vmodule=main=2", "-log_backtrace_at=main.go:12"], noEnv);
+    expect(o.warnings).toEqual([
+      expect.stringMatching(/^--vmodule is a klog setting of flanneld; .*ignores it$/),
+      expect.stringMatching(/^--log_backtrace_at is a klog setting/),
+    ]);
+  });
+
+  it.each([
+    [
+      ["--kube-subnet-mgr"],
+      {},
+      /^--kube-subnet-mgr=true: twill has no Kubernetes subnet manager.*--etcd-endpoints/,
+    ],
+    [
+      ["--kube-api-url", "https://10.0.0.1"],
+      {},
+      /^--kube-api-url=https:\/\/10\.0\.0\.1: twill has no Kubernetes/,
+    ],
+    [[], { FLANNELD_KUBE_SUBNET_MGR: "true" }, /^FLANNELD_KUBE_SUBNET_MGR=true: twill has no Kubernetes/],
+    [
+      [],
+      { FLANNELD_NET_CONFIG_PATH: "/etc/x.json" },
+      /^FLANNELD_NET_CONFIG_PATH=\/etc\/x\.json: .*twill config set/,
+    ],
+    [["--public-ipv6=2001:db8::1"], {}, /^--public-ipv6=2001:db8::1: twill has no IPv6 support yet/],
+  ])("refuses a flanneld mode twill lacks, flag or variable alike: %j %j", (argv, env, message) => {
+    expect(() => parseAgentOptions(argv, env)).toThrow(FlagError);
+    expect(() => parseAgentOptions(argv, env)).toThrow(message);
+  });
+
+  it("ignores such a setting at flanneld's default, and unknown FLANNELD_ variables, with a warning naming each", () => {
+    const o = parseAgentOptions(["--kube-subnet-mgr=false"], {
+      FLANNELD_SET_NODE_NETWORK_UNAVAILABLE: "true",
+      FLANNELD_IFACE_REGEXX: "eth.*",
+      FLANNELD_IFACE: "eth0",
+    });
+    expect(o.iface).toEqual(["eth0"]);
+    expect(o.warnings).toEqual([
+      "--kube-subnet-mgr=false is flanneld's default for a mode twill does not have; ignored",
+      "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE=true is flanneld's default for a mode twill does not have; ignored",
+      "FLANNELD_IFACE_REGEXX is not a flanneld setting twill knows (a typo?); ignored",
+    ]);
+  });
+
+  it("takes --iface-can-reach and --ip-blackhole-route, also from FLANNELD_ variables", () => {
+    const o = parseAgentOptions([], {
+      FLANNELD_IFACE_CAN_REACH: "198.18.0.9",
+      FLANNELD_IP_BLACKHOLE_ROUTE: "true",
+    });
+    expect(o.ifaceCanReach).toBe(parseIPv4("198.18.0.9"));
+    expect(o.ipBlackholeRoute).toBe(true);
+    expect(() => parseAgentOptions(["--iface-can-reach=eth0"], noEnv)).toThrow(
+      '--iface-can-reach: "eth0" is not an IPv4 address',
+    );
   });
 });

@@ -99,3 +99,21 @@ describe("external interface selection", () => {
     ]);
   });
 });
+
+describe("--iface-can-reach", () => {
+  const reach = { ...none, ifaceCanReach: parseIPv4("198.19.7.7") };
+
+  it("picks the interface the kernel routes the address through, not the default route's", () => {
+    expect(selectExternalInterface(node, "eth0", reach, "eth1").name).toBe("eth1");
+  });
+
+  it("comes after --iface", () => {
+    expect(selectExternalInterface(node, "eth0", { ...reach, iface: ["eth0"] }, "eth1").name).toBe("eth0");
+  });
+
+  it("without a route to the address, fails naming it instead of falling back to the default route", () => {
+    expect(() => selectExternalInterface(node, "eth0", reach, undefined)).toThrow(
+      /--iface-can-reach 198\.19\.7\.7 \(no route to it\)/,
+    );
+  });
+});
