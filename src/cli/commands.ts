@@ -17,6 +17,7 @@ import {
   formatFlagHelp,
   parseFlags,
   type FlagSpec,
+  type ParsedFlags,
 } from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
@@ -24,7 +25,7 @@ import type { Lease, LeaseAttrs } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { EtcdRegistry, EtcdSettingsError } from "../lease/etcd-registry.js";
 import type { LeaseRegistry } from "../lease/registry.js";
-import { computeView } from "../lease/peer-view.js";
+import { computeView, type InvalidEntry } from "../lease/peer-view.js";
 import { missingConfigMessage } from "../lease/config-watch.js";
 import { agentRuleWatch } from "../masq/watch.js";
 import { Metrics } from "../metrics/metrics.js";
@@ -61,9 +62,11 @@ Usage:
   twill config get [etcd flags]    print the network config stored in etcd
   twill config set FILE|- [etcd flags]
                                    validate a network config and store it in etcd
-  twill leases [etcd flags]        list every subnet lease with its public IP, backend and time left
+  twill leases [--json] [etcd flags]
+                                   list every subnet lease with its public IP, backend and time left
   twill status [--address URL] [--json]
-                                   ask a running agent for its lease, peers, last reconcile and health
+                                   ask a running agent for its lease, peers, last reconcile and health;
+                                   exit 0 ready, 3 not ready, 1 no answer
                                    (default http://127.0.0.1:9102, env TWILL_ADDRESS)
   twill netns attach|detach|check NETNS [--port HOST:CONTAINER/PROTO …]
                                    run the node's CNI plugins against a network namespace
@@ -84,11 +87,14 @@ function fail(message: string, code = 1): number {
   return code;
 }
 
+const JSON_FLAG: FlagSpec = { name: "json", kind: "bool", default: "false", help: "print JSON" };
+
 function openRegistry(
   argv: readonly string[],
   env: Env,
-): { registry: LeaseRegistry; positionals: readonly string[] } {
-  const parsed = parseFlags(adminFlags, argv, env);
+  extra: readonly FlagSpec[] = [],
+): { registry: LeaseRegistry; positionals: readonly string[]; parsed: ParsedFlags } {
+  const parsed = parseFlags([...adminFlags, ...extra], argv, env);
   const list = parsed.values.get("etcd-endpoints");
   const str = (name: string): string | undefined => {
     const value = parsed.values.get(name);
@@ -106,7 +112,7 @@ function openRegistry(
     },
     etcdPrefix(str("etcd-prefix") ?? "/coreos.com/network", flagLabel(parsed, "etcd-prefix")),
   );
-  return { registry, positionals: parsed.positionals };
+  return { registry, positionals: parsed.positionals, parsed };
 }
 
 async function configCommand(argv: readonly string[], env: Env): Promise<number> {
@@ -189,6 +195,44 @@ function parsePeerData(attrs: LeaseAttrs): object | undefined {
   return backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
 }
 
+/** The same as the agent's: what a lease's data claims that no two nodes may share. */
+function identityOf(lease: Lease): string | undefined {
+  return lease.peerData === undefined
+    ? undefined
+    : backendForLease(lease.attrs.backendType)?.identityOf?.(lease.peerData);
+}
+
+/** `twill leases --json`: one object, stable field names, for scripts. */
+function leasesJson(
+  config: NetworkConfig | undefined,
+  leases: readonly Lease[],
+  ttls: readonly (number | undefined)[],
+  invalid: ReadonlyMap<string, InvalidEntry> | undefined,
+): object {
+  return {
+    network: config === undefined ? null : formatCidr(config.network),
+    leases: leases.map((lease, i) => {
+      let backendData: unknown;
+      try {
+        backendData = lease.attrs.backendData === undefined ? null : JSON.parse(lease.attrs.backendData);
+      } catch {
+        backendData = lease.attrs.backendData;
+      }
+      const ttl = ttls[i];
+      return {
+        key: lease.key,
+        subnet: formatCidr(lease.subnet),
+        publicIP: formatIPv4(lease.attrs.publicIP),
+        backend: lease.attrs.backendType ?? null,
+        backendData,
+        reservation: lease.etcdLeaseId === "0",
+        expiresInSeconds: lease.etcdLeaseId === "0" ? null : (ttl ?? null),
+      };
+    }),
+    invalid: [...(invalid?.values() ?? [])].map((entry) => ({ key: entry.key, reason: entry.reason })),
+  };
+}
+
 /**
  * The VTEP MAC column: what the lease's backend shows of its BackendData; "?" when that data is
  * unusable (only leases listed without a network config get here unparsed), "-" when there is none.
@@ -208,7 +252,8 @@ function peerDataColumn(lease: Lease): string {
 }
 
 async function leasesCommand(argv: readonly string[], env: Env): Promise<number> {
-  const { registry } = openRegistry(argv, env);
+  const { registry, parsed } = openRegistry(argv, env, [JSON_FLAG]);
+  const json = parsed.values.get("json") === true;
   try {
     const { text } = await registry.getConfig();
     // Without a valid config the leases are listed all the same (that is when an operator needs
@@ -232,13 +277,19 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
             config,
             ownKey: undefined,
             ownSubnet: undefined,
-            // What an agent sets aside, this lists as invalid: e.g. vxlan leases need usable BackendData.
+            // What an agent sets aside, this lists as invalid: e.g. vxlan leases need usable BackendData,
+            // and of two leases with one VTEP MAC the newer.
             parsePeerData,
+            identityOf,
           });
     const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
       (a, b) => a.subnet.ip - b.subnet.ip,
     );
     const ttls = await timesToLive(registry, leases);
+    if (json) {
+      out(JSON.stringify(leasesJson(config, leases, ttls, view?.invalid), null, 2));
+      return 0;
+    }
     const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN"]];
     for (const [i, lease] of leases.entries()) {
       rows.push([
@@ -342,6 +393,9 @@ const statusFlags: readonly FlagSpec[] = [
   { name: "json", kind: "bool", default: "false", help: "print the agent's /status JSON as it is" },
 ];
 
+/** `twill status`'s exit code when the agent answers but is not ready (1: it did not answer). */
+const STATUS_NOT_READY = 3;
+
 async function statusCommand(argv: readonly string[], env: Env): Promise<number> {
   if (argv.includes("--help") || argv.includes("-help") || argv.includes("-h")) {
     out(`Usage: twill status [flags]\n\nFlags:\n${formatFlagHelp(statusFlags)}`);
@@ -353,7 +407,8 @@ async function statusCommand(argv: readonly string[], env: Env): Promise<number>
   try {
     const status = await fetchStatus(String(parsed.values.get("address")));
     out(parsed.values.get("json") === true ? JSON.stringify(status, null, 2) : renderStatus(status));
-    return 0;
+    // As `systemctl is-active`: 3 for "answered, but not ready", so scripts and probes can tell.
+    return status.ready ? 0 : STATUS_NOT_READY;
   } catch (error) {
     if (error instanceof StatusFetchError) return fail(error.message);
     throw error;

@@ -560,6 +560,52 @@ describe("admin commands", () => {
     expect(minutesLeft).toBeGreaterThan(23 * 60);
     expect(result.stdout).toMatch(/1 lease\(s\) in 10\.244\.0\.0\/16/);
     expect(result.stdout).toMatch(/subnets\/10\.244\.250\.0-24: .*JSON/);
+
+    // The same for scripts: --json.
+    const json = await runTwill(
+      ["leases", "--json", `--etcd-endpoints=${etcd.endpoint}`, `--etcd-prefix=${prefix}`],
+      { netns: host(2).ns },
+    );
+    expect(json.code).toBe(0);
+    const parsed = JSON.parse(json.stdout) as {
+      network: string;
+      leases: {
+        key: string;
+        subnet: string;
+        publicIP: string;
+        backend: string;
+        backendData: { VtepMAC: string };
+        reservation: boolean;
+        expiresInSeconds: number;
+      }[];
+      invalid: { key: string; reason: string }[];
+    };
+    expect(parsed.network).toBe("10.244.0.0/16");
+    expect(parsed.leases).toHaveLength(1);
+    expect(parsed.leases[0]).toMatchObject({ publicIP: "198.18.0.1", backend: "vxlan", reservation: false });
+    expect(parsed.leases[0]?.backendData.VtepMAC).toMatch(/^[0-9a-f:]{17}$/);
+    expect(parsed.leases[0]?.expiresInSeconds).toBeGreaterThan(23 * 3600);
+    expect(parsed.invalid).toEqual([
+      { key: `${prefix}/subnets/10.244.250.0-24`, reason: expect.stringMatching(/JSON/) as string },
+    ]);
+  });
+
+  it("status exits 0 when the agent is ready, 3 while it is not, 1 when nothing answers", async () => {
+    const prefix = newPrefix();
+    const ns = host(3).ns;
+    // No network config yet: the agent answers, not ready.
+    const agent = agentOn(host(3), prefix);
+    await waitFor("the agent answering", async () => (await runTwill(["status"], { netns: ns })).code !== 1);
+    const notReady = await runTwill(["status"], { netns: ns });
+    expect(notReady.code).toBe(3);
+    expect(notReady.stdout).toMatch(/NOT READY/);
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    await waitFor("ready", async () => (await runTwill(["status"], { netns: ns })).code === 0);
+    expect((await runTwill(["status", "--json"], { netns: ns })).code).toBe(0);
+    await agent.process.stop();
+    const gone = await runTwill(["status"], { netns: ns });
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/127\.0\.0\.1:9102/);
   });
 
   it("leases still lists the leases when the network config is missing, with a warning", async () => {
