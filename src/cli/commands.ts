@@ -326,7 +326,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     return 0;
   }
   const options = parseAgentOptions(argv, env);
-  const log = createLogger(options.logLevel as LevelWithSilent);
+  const log = createLogger(options.logLevel as LevelWithSilent, options.logFormat);
   log.info(
     { version: VERSION, etcd: options.etcd.endpoints, prefix: options.etcd.prefix },
     "twill agent starting",

@@ -1,7 +1,7 @@
 // The agent's options: flanneld's flags (same names, defaults and meaning where they apply) plus
 // twill's own. docs/configuration.md documents this table; keep them in step.
 import { parseListenAddress, type ListenAddress } from "./listen-address.js";
-import { errorMessage } from "../util/log.js";
+import { errorMessage, LOG_FORMATS, type LogFormat } from "../util/log.js";
 import { tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
 import { etcdEndpointProblem } from "./etcd-endpoint.js";
 import { flannelCompat } from "./flannel-compat.js";
@@ -282,6 +282,14 @@ export const agentFlags: readonly FlagSpec[] = [
     metavar: "LEVEL",
   },
   {
+    name: "log-format",
+    kind: "string",
+    default: "",
+    choices: ["", ...LOG_FORMATS],
+    help: 'json: one JSON record per line, with level names ("level":"info"); text: one readable line per record (time LEVEL message key=value …); "" = json, or colours on a terminal',
+    metavar: "FORMAT",
+  },
+  {
     name: "v",
     kind: "int",
     default: "0",
@@ -356,11 +364,17 @@ export interface AgentOptions {
   /** --healthz-ip:--healthz-port; undefined when the port is 0. */
   readonly healthzAddress: ListenAddress | undefined;
   readonly logLevel: string;
+  /** --log-format; undefined = json, or pino-pretty on a terminal. */
+  readonly logFormat: LogFormat | undefined;
   readonly stateDir: string;
   /** Where each option came from (for `twill status` and debugging precedence). */
   readonly sources: ReadonlyMap<string, string>;
   /** Things accepted but ignored (klog flags, flanneld variables of modes twill lacks): logged at start. */
   readonly warnings: readonly string[];
+}
+
+function logFormatOf(text: string): LogFormat | undefined {
+  return LOG_FORMATS.find((format) => format === text);
 }
 
 /** What --log-level becomes from flanneld's -v when --log-level itself is not given. */
@@ -516,6 +530,7 @@ export function parseAgentOptions(
     metricsAddress,
     healthzAddress,
     logLevel,
+    logFormat: logFormatOf(g.str("log-format")),
     stateDir: g.str("state-dir"),
     sources: parsed.sources,
     warnings,

@@ -342,7 +342,7 @@ describe("the agent process", () => {
       const agent = agentOn(host(2), prefix, [`--state-dir=${join(dir, "file", "state")}`]);
       const code = await agent.process.exited();
       expect(code).toBe(1);
-      const fatal = agent.logs().find((l) => l.level === 60);
+      const fatal = agent.logs().find((l) => l.level === "fatal");
       // Errors are logged as objects (type, message, stack): the message names the path.
       expect(JSON.stringify(fatal?.err)).toContain(join(dir, "file"));
     } finally {
@@ -383,7 +383,7 @@ describe("the agent process", () => {
       ? /is 0, not 1: .*sysctl -w net\.bridge\.bridge-nf-call-iptables=1/
       : /br_netfilter module is not loaded .*modprobe br_netfilter/;
     await waitFor("the warning", () =>
-      agent.logs().some((l) => l.level === 40 && expected.test(String(l.problem))),
+      agent.logs().some((l) => l.level === "warn" && expected.test(String(l.problem))),
     );
     const status = await runTwill(["status"], { netns: node.ns });
     expect(status.stdout).toMatch(new RegExp(`^ {2}node problem: .*${expected.source}`, "m"));
@@ -449,8 +449,24 @@ describe("flanneld's unit files", () => {
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const agent = agentOn(host(1), prefix, ["-v=3", "-vmodule=main=2"]);
     await agent.waitForSubnetEnv();
-    await waitFor("a debug line", () => agent.logs().some((l) => l.level === 20));
+    await waitFor("a debug line", () => agent.logs().some((l) => l.level === "debug"));
     expect(agent.logs().filter((l) => /vmodule is a klog setting/.test(String(l.msg)))).toHaveLength(1);
+  });
+
+  it("--log-format=text writes one readable line per record; JSON records carry level names", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const text = agentOn(host(1), prefix, ["--log-format=text"]);
+    await text.waitForSubnetEnv();
+    await text.process.stop();
+    const lines = text.process.stdout().trim().split("\n");
+    expect(lines.filter((l) => l.startsWith("{"))).toEqual([]);
+    expect(lines.find((l) => / INFO {2}subnet lease acquired /.test(l))).toMatch(
+      /^\d{4}-\d\d-\d\dT[\d:.]+Z INFO {2}subnet lease acquired subnet=10\.244\.\d+\.0\/24 publicIP=198\.18\.0\.1 /,
+    );
+    const json = agentOn(host(1), prefix);
+    await json.waitForSubnetEnv();
+    expect(json.logs().find((l) => l.msg === "subnet lease acquired")?.level).toBe("info");
   });
 
   it("--iface-can-reach picks the interface that routes to the address, not the default route's", async () => {

@@ -308,7 +308,7 @@ describe("vxlan: the own key written by someone else", () => {
     expect(
       node(cluster, 1)
         .agent.logs()
-        .filter((l) => l.kind === "own-key-overwritten" && l.level === 50),
+        .filter((l) => l.kind === "own-key-overwritten" && l.level === "error"),
     ).toHaveLength(1);
 
     // The operator removes the bad write: the node takes its subnet back and is ready again.
@@ -438,7 +438,7 @@ describe("an agent on its own", () => {
     ]);
     try {
       expect(await agent.exited()).toBe(1);
-      const fatal = parseLogLines(agent.stdout()).filter((l) => l.level === 60);
+      const fatal = parseLogLines(agent.stdout()).filter((l) => l.level === "fatal");
       expect(fatal).toHaveLength(1);
       expect(String(fatal[0]?.msg)).toMatch(
         /^missing CAP_NET_ADMIN and CAP_NET_RAW: .*Nothing was published or written/,
