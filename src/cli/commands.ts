@@ -357,6 +357,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     registry: metrics.registry,
     source: agentEndpoints({ state: () => agent.store.current, heartbeats: agent.heartbeats }, VERSION),
     onError: (path, error) => log.error({ path, err: error }, "HTTP endpoint failed"),
+    statusFromAnywhere: options.statusFromAnywhere,
   });
   const endpoints = serve(addresses, handler, {
     listening: (server) =>

@@ -256,6 +256,12 @@ export const agentFlags: readonly FlagSpec[] = [
     metavar: "ADDR",
   },
   {
+    name: "status-from-anywhere",
+    kind: "bool",
+    default: "false",
+    help: "serve /status (lease, peers, public IPs) to every client; by default only to loopback clients such as `twill status` on the node. /metrics and the probes are served to everyone",
+  },
+  {
     name: "healthz-ip",
     kind: "string",
     default: "0.0.0.0",
@@ -361,6 +367,7 @@ export interface AgentOptions {
   readonly ipBlackholeRoute: boolean;
   /** --metrics-address; undefined when disabled. */
   readonly metricsAddress: ListenAddress | undefined;
+  readonly statusFromAnywhere: boolean;
   /** --healthz-ip:--healthz-port; undefined when the port is 0. */
   readonly healthzAddress: ListenAddress | undefined;
   readonly logLevel: string;
@@ -528,6 +535,7 @@ export function parseAgentOptions(
     vxlanTxChecksumOffload: g.bool("vxlan-tx-checksum-offload"),
     ipBlackholeRoute: g.bool("ip-blackhole-route"),
     metricsAddress,
+    statusFromAnywhere: g.bool("status-from-anywhere"),
     healthzAddress,
     logLevel,
     logFormat: logFormatOf(g.str("log-format")),

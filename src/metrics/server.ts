@@ -26,6 +26,18 @@ export interface HandlerOptions {
   readonly source: EndpointSource;
   /** Called when serving fails unexpectedly (e.g. a metric's collect threw). */
   readonly onError?: (path: string, error: unknown) => void;
+  /**
+   * Serve /status to every client (--status-from-anywhere). By default only loopback clients get it:
+   * it names the lease, every peer and their public IPs, which a scraper has no need of.
+   */
+  readonly statusFromAnywhere?: boolean;
+}
+
+/** A loopback peer address as node:net reports it (IPv4, IPv6, or IPv4-mapped IPv6). */
+export function isLoopbackClient(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  const v4 = address.startsWith("::ffff:") ? address.slice("::ffff:".length) : address;
+  return v4.startsWith("127.") || address === "::1";
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -77,6 +89,20 @@ export function createHandler(options: HandlerOptions): Handler {
     if (req.method !== "GET") {
       res.setHeader("Allow", "GET");
       send(res, 405, TEXT, `method ${req.method ?? "?"} not allowed on ${path}; use GET\n`);
+      return;
+    }
+    if (
+      path === "/status" &&
+      options.statusFromAnywhere !== true &&
+      !isLoopbackClient(req.socket.remoteAddress)
+    ) {
+      send(
+        res,
+        403,
+        TEXT,
+        "/status is served to loopback clients only (run twill status on the node); " +
+          "start the agent with --status-from-anywhere to serve it to every client\n",
+      );
       return;
     }
     serve(path, res).catch((error: unknown) => {

@@ -624,6 +624,29 @@ describe("admin commands", () => {
     expect(gone.stderr).toMatch(/127\.0\.0\.1:9102/);
   });
 
+  it("serves /status to loopback clients only, unless --status-from-anywhere; /metrics and probes to all", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const fetchFrom = async (ns: string, url: string): Promise<string> => {
+      const script = `fetch(${JSON.stringify(url)}).then((r) => process.stdout.write(String(r.status)))`;
+      return cluster.run(ns, [process.execPath, "-e", script]);
+    };
+    const closed = agentOn(host(1), prefix);
+    await closed.waitForSubnetEnv();
+    expect(await fetchFrom(host(2).ns, "http://198.18.0.1:9102/status")).toBe("403");
+    expect(await fetchFrom(host(2).ns, "http://198.18.0.1:9102/metrics")).toBe("200");
+    expect(await fetchFrom(host(2).ns, "http://198.18.0.1:9102/readyz")).toBe("200");
+    expect(await fetchFrom(host(1).ns, "http://127.0.0.1:9102/status")).toBe("200");
+    expect((await runTwill(["status"], { netns: host(1).ns })).code).toBe(0);
+    await closed.process.stop();
+    const open = agentOn(host(1), prefix, ["--status-from-anywhere"]);
+    await open.waitForSubnetEnv();
+    await waitFor(
+      "the agent answering",
+      async () => (await fetchFrom(host(2).ns, "http://198.18.0.1:9102/status")) === "200",
+    );
+  });
+
   it("leases still lists the leases when the network config is missing, with a warning", async () => {
     const prefix = newPrefix();
     etcd.ctl([

@@ -16,6 +16,7 @@ import {
   parseListenAddress,
   type RunningServer,
 } from "../../src/metrics/server.js";
+import { isLoopbackClient } from "../../src/metrics/server.js";
 import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../../src/metrics/status.js";
 import { afterRound, StateStore } from "../../src/state.js";
 import { Heartbeats } from "../../src/supervisor.js";
@@ -400,5 +401,20 @@ describe("listening", () => {
     ["1.2.3:9102", /"1.2.3" is not an IPv4 address/],
   ])("rejects %s", (text, message) => {
     expect(() => parseListenAddress(text)).toThrow(message);
+  });
+});
+
+describe("who gets /status", () => {
+  it.each([
+    ["127.0.0.1", true],
+    ["127.8.9.10", true],
+    ["::1", true],
+    ["::ffff:127.0.0.1", true],
+    ["198.18.0.2", false],
+    ["::ffff:198.18.0.2", false],
+    ["2001:db8::1", false],
+    [undefined, false],
+  ])("%s is a loopback client: %s", (address, loopback) => {
+    expect(isLoopbackClient(address)).toBe(loopback);
   });
 });
