@@ -509,7 +509,10 @@ export class Agent {
   }
 
   private onWatchState(state: "watching" | "broken", reason: string | undefined): void {
-    if (state === "broken") this.counters.subnetWatchBroken?.();
+    // A restart is a watch that broke, not each failed attempt to list again while etcd is away.
+    if (state === "broken" && this.store.current.subnetWatch.state === "watching") {
+      this.counters.subnetWatchBroken?.();
+    }
     this.store.update((s) => ({
       subnetWatch: {
         state,

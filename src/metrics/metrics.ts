@@ -185,6 +185,32 @@ export class Metrics {
     });
     for (const reason of ["state_copied", "conflict"]) this.identityRenewals.inc({ reason }, 0);
     new Gauge({
+      name: "twill_subnet_pool_size",
+      help: "Subnets the network config's pool holds (SubnetMin to SubnetMax at SubnetLen); 0 without a valid config",
+      registers,
+      collect() {
+        const config = state().config;
+        if (config.kind !== "valid") {
+          this.set(0);
+          return;
+        }
+        const { subnetMin, subnetMax, subnetLen } = config.config;
+        const size = 2 ** (32 - subnetLen);
+        this.set(subnetMax >= subnetMin ? Math.floor((subnetMax - subnetMin) / size) + 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "twill_subnet_pool_leased",
+      help: "Subnet leases in etcd as this node sees them: valid peers, set-aside entries and its own",
+      registers,
+      collect() {
+        const s = state();
+        this.set(
+          (s.view?.peers.size ?? 0) + (s.view?.invalid.size ?? 0) + (s.ownLease === undefined ? 0 : 1),
+        );
+      },
+    });
+    new Gauge({
       name: "twill_invalid_entries",
       help: "Invalid subnet entries currently in etcd (skipped, never programmed)",
       registers,

@@ -46,6 +46,8 @@ const GAUGES_AND_COUNTERS = [
   "twill_lease_lost_total",
   "twill_identity_conflicts",
   "twill_identity_renewals_total",
+  "twill_subnet_pool_size",
+  "twill_subnet_pool_leased",
   "twill_peers",
   "twill_invalid_entries",
   "twill_invalid_entries_skipped_total",
@@ -881,6 +883,37 @@ describe("Prometheus files (deploy/prometheus)", () => {
             expr: expr("TwillInvalidEtcdEntries"),
             eval_time: "10m",
             exp_samples: [{ labels: t("c"), value: 1 }],
+          },
+        ],
+      },
+      {
+        interval: "1m",
+        input_series: [
+          // a: etcd away for a minute at 5m, its watch restarted 5 times meanwhile; b: etcd always there,
+          // its watch restarting all the same (compaction, leader changes).
+          { series: `twill_etcd_connected${t("a")}`, values: "1 1 1 1 1 0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1" },
+          {
+            series: `twill_etcd_watch_restarts_total${t("a")}`,
+            values: "0 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5",
+          },
+          { series: `twill_etcd_connected${t("b")}`, values: "1+0x20" },
+          { series: `twill_etcd_watch_restarts_total${t("b")}`, values: "0+1x20" },
+          // Pool of 255: c and d see 240 leases (94 %), e (another cluster) 10.
+          ...["c", "d"].map((i) => ({ series: `twill_subnet_pool_size${t(i)}`, values: "255+0x30" })),
+          ...["c", "d"].map((i) => ({ series: `twill_subnet_pool_leased${t(i)}`, values: "240+0x30" })),
+          { series: `twill_subnet_pool_size{job="other", instance="e"}`, values: "255+0x30" },
+          { series: `twill_subnet_pool_leased{job="other", instance="e"}`, values: "10+0x30" },
+        ],
+        promql_expr_test: [
+          {
+            expr: expr("TwillEtcdWatchRestarting"),
+            eval_time: "10m",
+            exp_samples: [{ labels: t("b"), value: 10 }],
+          },
+          {
+            expr: expr("TwillSubnetPoolNearlyExhausted"),
+            eval_time: "20m",
+            exp_samples: [{ labels: '{job="twill"}', value: 240 / 255 }],
           },
         ],
       },
