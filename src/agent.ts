@@ -136,6 +136,21 @@ export class Agent {
       supervise("node checks", this.checkNode(signal));
       registry = await this.openRegistry(signal);
       if (registry === undefined) return;
+      registry.onProblem?.((problem) => {
+        const before = this.store.current.etcdProblem;
+        if (problem !== undefined && before === undefined) {
+          this.log.error(
+            { endpoints: problem.where, err: problem.message },
+            `etcd unreachable: ${problem.message}; retrying`,
+          );
+        } else if (problem === undefined && before !== undefined) {
+          this.log.info(
+            { endpoints: before.where, since: new Date(before.since).toISOString() },
+            "etcd reachable again",
+          );
+        }
+        this.store.update({ etcdProblem: problem });
+      });
       this.wire(channel, registry, signal, supervise);
       await Promise.all(loops);
     } catch (error) {

@@ -6,6 +6,7 @@ import { isDriftRound, type RoundReport, type Trigger } from "./dataplane/loop.j
 import type { ConfigState } from "./lease/config-watch.js";
 import type { OwnLease } from "./lease/keeper.js";
 import type { OwnKeyConflict } from "./lease/lifecycle.js";
+import type { StoreProblem } from "./lease/registry.js";
 import type { PeerView } from "./lease/peer-view.js";
 import type { ExternalInterface } from "./node/external-interface.js";
 
@@ -79,6 +80,8 @@ export interface AgentState {
   readonly configWatch: "not-started" | "watching" | "broken";
   readonly subnetWatch: WatchObservation;
   readonly leaseLost: number;
+  /** etcd cannot be reached (the real cause and since when); undefined while it answers. */
+  readonly etcdProblem: StoreProblem | undefined;
   /** Another writer holds the own key; the node keeps its subnet and is not ready meanwhile. */
   readonly leaseConflict: OwnKeyConflict | undefined;
   /** Problems with the node that twill cannot fix and does not stop for (e.g. br_netfilter missing). */
@@ -108,6 +111,7 @@ export function initialState(): AgentState {
     subnetWatch: { state: "not-started", since: undefined, reason: undefined, restarts: 0 },
     leaseLost: 0,
     leaseConflict: undefined,
+    etcdProblem: undefined,
     nodeProblems: [],
     phase: "starting",
   };
@@ -116,6 +120,12 @@ export function initialState(): AgentState {
 /** Why an agent in this state is not ready; empty when it is. */
 export function notReadyReasons(state: AgentState): string[] {
   const reasons: string[] = state.phase === undefined ? [] : [state.phase];
+  const etcd = state.etcdProblem;
+  if (etcd !== undefined) {
+    reasons.push(
+      `etcd unreachable since ${new Date(etcd.since).toISOString()} at ${etcd.where}: ${etcd.message}`,
+    );
+  }
   const config = state.config;
   if (config.kind === "missing") reasons.push(`no network config at ${config.key}`);
   if (config.kind === "invalid") reasons.push(`invalid network config: ${config.message}`);

@@ -332,6 +332,7 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     "twill agent starting",
   );
   for (const warning of options.warnings) log.warn(warning);
+  routeWarnings((warning) => log.warn({ warning: warning.name, code: warning.code }, warning.message));
   const missing = await checkOwnCapabilities(neededCapabilities(options));
   if (missing.length > 0) {
     log.fatal({ missing: missing.map((cap) => cap.name) }, missingCapabilitiesMessage(missing));
@@ -416,8 +417,21 @@ async function statusCommand(argv: readonly string[], env: Env): Promise<number>
   }
 }
 
+/**
+ * Node's process warnings go to `sink` instead of a plain stderr line (which breaks a JSON log
+ * pipeline), except DEP0123: etcd3 sets the TLS ServerName to the endpoint's IP for every https://<IP>
+ * endpoint, and Node warns about that on each connection although the certificate check is unchanged.
+ */
+function routeWarnings(sink: (warning: Error & { code?: string }) => void): void {
+  process.removeAllListeners("warning");
+  process.on("warning", (warning: Error & { code?: string }) => {
+    if (warning.code !== "DEP0123") sink(warning);
+  });
+}
+
 export async function runCli(argv: readonly string[], env: Env): Promise<number> {
   const [command, ...rest] = argv;
+  routeWarnings((warning) => process.stderr.write(`twill: warning: ${warning.message}\n`));
   try {
     switch (command) {
       case undefined:

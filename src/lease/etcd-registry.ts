@@ -1,6 +1,7 @@
 // The lease registry over etcd: every etcd call twill makes goes through here, with a deadline, and
 // nothing here decides anything (allocation and validation are pure, elsewhere).
 import { readFileSync } from "node:fs";
+import { noop } from "cockatiel";
 import { Etcd3, type IOptions, type IKeyValue, type Watcher } from "etcd3";
 import { etcdEndpointProblem } from "../config/etcd-endpoint.js";
 import { errorMessage } from "../util/log.js";
@@ -10,7 +11,9 @@ import type { RawEntry } from "./peer-view.js";
 import {
   COMPACTED_WATCH_REASON,
   LeaseStoreError,
+  storeErrorMessage,
   type LeaseRegistry,
+  type StoreProblem,
   type Snapshot,
   type WatchChange,
   type WatchHandle,
@@ -62,6 +65,10 @@ export function etcdClientOptions(options: EtcdConnectionOptions): IOptions {
     dialTimeout: timeout,
     // Streams (watches) live forever; unary calls get a deadline so an outage surfaces as an error.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
+    // No per-host circuit breaker: while open it fails calls with "Execution prevented because the
+    // circuit breaker is open" instead of the cause (ECONNREFUSED, a TLS failure, a deadline), and
+    // every caller here already retries with its own backoff. The global retry across hosts stays.
+    faultHandling: { host: () => noop },
   };
   const wantsTls = options.caFile || options.certFile || options.keyFile;
   if (wantsTls) {
@@ -105,9 +112,13 @@ export class EtcdRegistry implements LeaseRegistry {
 
   readonly endpoints: readonly string[];
 
+  private problem: StoreProblem | undefined;
+  private readonly problemListeners = new Set<(problem: StoreProblem | undefined) => void>();
+
   constructor(
     connection: EtcdConnectionOptions,
     readonly prefix: string,
+    private readonly now: () => number = Date.now,
   ) {
     this.client = new Etcd3(etcdClientOptions(connection));
     this.endpoints = connection.endpoints;
@@ -116,6 +127,46 @@ export class EtcdRegistry implements LeaseRegistry {
   /** An etcd error with the endpoints it concerns, so a log line says where to look. */
   explain(error: unknown): LeaseStoreError {
     return new LeaseStoreError(`etcd endpoints: ${this.endpoints.join(", ")}`, error);
+  }
+
+  onProblem(listener: (problem: StoreProblem | undefined) => void): () => void {
+    this.problemListeners.add(listener);
+    if (this.problem !== undefined) listener(this.problem);
+    return () => this.problemListeners.delete(listener);
+  }
+
+  /** Runs one etcd call, noting whether etcd answered: the agent's readiness and status say so. */
+  private async call<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      const result = await run();
+      this.answered();
+      return result;
+    } catch (error) {
+      this.failed(error);
+      throw error;
+    }
+  }
+
+  private answered(): void {
+    if (this.problem === undefined) return;
+    this.problem = undefined;
+    for (const listener of this.problemListeners) listener(undefined);
+  }
+
+  private failed(error: unknown): void {
+    const message = storeErrorMessage(error);
+    // A call etcd answered with a refusal (a failed comparison is not an error; a permission is) still
+    // means etcd is there; only transport trouble makes it unreachable.
+    if (
+      !/UNAVAILABLE|DEADLINE|ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|No connection|TLS|certificate|handshake|disconnect/i.test(
+        message,
+      )
+    )
+      return;
+    const since = this.problem?.since ?? this.now();
+    if (this.problem?.message === message) return;
+    this.problem = { message, since, where: this.endpoints.join(", ") };
+    for (const listener of this.problemListeners) listener(this.problem);
   }
 
   get configKey(): string {
@@ -127,28 +178,28 @@ export class EtcdRegistry implements LeaseRegistry {
   }
 
   async getConfig(): Promise<{ text: string | undefined; revision: number }> {
-    const response = await this.client.get(this.configKey).exec();
+    const response = await this.call(() => this.client.get(this.configKey).exec());
     const kv = response.kvs[0];
     return { text: kv?.value.toString(), revision: Number(response.header.revision) };
   }
 
   async putConfig(text: string): Promise<void> {
-    await this.client.put(this.configKey).value(text).exec();
+    await this.call(() => this.client.put(this.configKey).value(text).exec());
   }
 
   async listSubnets(): Promise<Snapshot> {
-    const response = await this.client.getAll().prefix(this.subnetsPrefix).exec();
+    const response = await this.call(() => this.client.getAll().prefix(this.subnetsPrefix).exec());
     return { entries: response.kvs.map(toRawEntry), revision: Number(response.header.revision) };
   }
 
   async getKey(key: string): Promise<RawEntry | undefined> {
-    const response = await this.client.get(key).exec();
+    const response = await this.call(() => this.client.get(key).exec());
     const kv = response.kvs[0];
     return kv ? toRawEntry(kv) : undefined;
   }
 
   async grant(ttlSeconds: number): Promise<string> {
-    const response = await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 });
+    const response = await this.call(() => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
     return response.ID;
   }
 
@@ -164,7 +215,9 @@ export class EtcdRegistry implements LeaseRegistry {
   /** Seconds left on an etcd lease; undefined when the lease does not exist (expired, revoked, or 0). */
   async timeToLive(leaseId: string): Promise<number | undefined> {
     if (leaseId === "0") return undefined;
-    const response = await this.client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: false });
+    const response = await this.call(() =>
+      this.client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: false }),
+    );
     const ttl = Number(response.TTL);
     return ttl < 0 ? undefined : ttl;
   }
@@ -201,10 +254,12 @@ export class EtcdRegistry implements LeaseRegistry {
   ): Promise<WrittenLease | undefined> {
     const leaseId = await this.grant(ttlSeconds);
     try {
-      const result = await this.client
-        .if(key, field, "==", expected)
-        .then(this.client.put(key).value(value).lease(leaseId))
-        .commit();
+      const result = await this.call(() =>
+        this.client
+          .if(key, field, "==", expected)
+          .then(this.client.put(key).value(value).lease(leaseId))
+          .commit(),
+      );
       if (!result.succeeded) {
         await this.revoke(leaseId);
         return undefined;
@@ -225,29 +280,25 @@ export class EtcdRegistry implements LeaseRegistry {
     value: string,
     expectedModRevision: number,
   ): Promise<number | undefined> {
-    const result = await this.client
-      .if(key, "Mod", "==", expectedModRevision)
-      .then(this.client.put(key).value(value))
-      .commit();
+    const result = await this.call(() =>
+      this.client.if(key, "Mod", "==", expectedModRevision).then(this.client.put(key).value(value)).commit(),
+    );
     return result.succeeded ? Number(result.header.revision) : undefined;
   }
 
   /** Deletes `key` only if it is still at `modRevision` (a stale lease of ours, or our own on release). */
   async deleteIfUnchanged(key: string, modRevision: number): Promise<boolean> {
-    const result = await this.client
-      .if(key, "Mod", "==", modRevision)
-      .then(this.client.delete().key(key))
-      .commit();
+    const result = await this.call(() =>
+      this.client.if(key, "Mod", "==", modRevision).then(this.client.delete().key(key)).commit(),
+    );
     return result.succeeded;
   }
 
   /** Watches every key under `prefix` from `fromRevision`. Any trouble ends the watch via onBroken. */
   async watchPrefix(prefix: string, fromRevision: number, handlers: WatchHandlers): Promise<WatchHandle> {
-    const watcher: Watcher = await this.client
-      .watch()
-      .prefix(prefix)
-      .startRevision(String(fromRevision))
-      .create();
+    const watcher: Watcher = await this.call(() =>
+      this.client.watch().prefix(prefix).startRevision(String(fromRevision)).create(),
+    );
     let broken = false;
     // etcd3's cancel() waits for etcd to confirm; a watch that etcd already cancelled (compaction)
     // or a dead connection never confirms, so never wait on it for long.
@@ -273,7 +324,10 @@ export class EtcdRegistry implements LeaseRegistry {
     });
     // etcd3 would resume by itself after a disconnect, but a resume can miss a compaction window;
     // a re-list and diff is always exact, so every interruption goes through that path.
-    watcher.on("disconnected", (error: Error) => breakWith(`disconnected: ${error.message}`));
+    watcher.on("disconnected", (error: Error) => {
+      this.failed(error);
+      breakWith(`disconnected: ${storeErrorMessage(error)}`);
+    });
     // etcd 3.4 cancels a compacted watch with an empty reason: say what it almost always means.
     watcher.on("error", (error: Error) =>
       breakWith(/canceled:\s*$/.test(error.message) ? COMPACTED_WATCH_REASON : error.message),

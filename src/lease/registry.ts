@@ -36,8 +36,45 @@ export const COMPACTED_WATCH_REASON = "watch cancelled by etcd (revision compact
 export class LeaseStoreError extends Error {
   override name = "LeaseStoreError";
   constructor(where: string, cause: unknown) {
-    super(`etcd call failed (${where})`, { cause });
+    // Loggers print the cause's message after ours: give them the cleaned one, with the original stack.
+    super(`etcd call failed (${where})`, { cause: cleanedCause(cause) });
   }
+}
+
+function cleanedCause(cause: unknown): unknown {
+  if (!(cause instanceof Error)) return cause;
+  const message = storeErrorMessage(cause);
+  if (message === cause.message) return cause;
+  const cleaned = new Error(message);
+  cleaned.name = cause.name;
+  const head = `${cause.name}: ${cause.message}`;
+  const stack = cause.stack ?? "";
+  const frames = stack.startsWith(head) ? stack.slice(head.length) : stack.slice(stack.indexOf("\n"));
+  cleaned.stack = `${cause.name}: ${message}${frames}`;
+  return cleaned;
+}
+
+/**
+ * The real cause of a failed etcd call, in one line: gRPC's details without its empty "Resolution
+ * note:" tail and its timestamp, and never etcd3's "circuit breaker is open" (twill's client has none).
+ */
+export function storeErrorMessage(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text
+    .replace(/\s*Resolution note:.*$/s, "")
+    .replace(/ \(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, "")
+    .replace(/\s+/g, " ")
+    .trim();
+}
+
+/** The store cannot be reached: the cause as its last call failed, and since when calls fail. */
+export interface StoreProblem {
+  /** The real cause, one line: "connect ECONNREFUSED 198.18.0.254:2379", a TLS failure, a deadline. */
+  readonly message: string;
+  /** ms since the epoch of the first failed call in a row. */
+  readonly since: number;
+  /** Where the calls went (the endpoints). */
+  readonly where: string;
 }
 
 export interface LeaseRegistry {
@@ -92,6 +129,12 @@ export interface LeaseRegistry {
 
   /** Seconds left on a lease; undefined when the lease does not exist (expired, revoked, or "0"). */
   timeToLive(leaseId: string): Promise<number | undefined>;
+
+  /**
+   * Calls `listener` when the store becomes unreachable (with the cause) and reachable again
+   * (undefined); returns the unsubscribe. Optional: an in-memory store is never unreachable.
+   */
+  onProblem?(listener: (problem: StoreProblem | undefined) => void): () => void;
 
   /** Watches every key under `prefix` from `fromRevision`. Any trouble ends the watch via onBroken. */
   watchPrefix(prefix: string, fromRevision: number, handlers: WatchHandlers): Promise<WatchHandle>;

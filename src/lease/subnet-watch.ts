@@ -5,7 +5,6 @@
 import type { Clock } from "../util/clock.js";
 import { systemClock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
-import { errorMessage } from "../util/log.js";
 import { Backoff, raceAbort, stopped } from "../util/time.js";
 import {
   LivePeerView,
@@ -16,7 +15,7 @@ import {
   type ViewContext,
   type ViewUpdate,
 } from "./peer-view.js";
-import type { LeaseRegistry, WatchChange, WatchHandle } from "./registry.js";
+import { storeErrorMessage, type LeaseRegistry, type WatchChange, type WatchHandle } from "./registry.js";
 
 export interface SubnetWatchListener {
   /**
@@ -78,7 +77,7 @@ export class SubnetWatch {
       } catch (error) {
         if (stopped(signal)) break;
         this.log.warn({ err: this.registry.explain(error) }, "cannot list subnets from etcd; retrying");
-        this.listener.onWatchState?.("broken", errorMessage(error));
+        this.listener.onWatchState?.("broken", storeErrorMessage(error));
       }
       await this.clock.sleep(backoff.next(), signal);
     }

@@ -74,6 +74,12 @@ export interface StatusJson {
     readonly since: string | null;
     readonly reason: string | null;
     readonly restarts: number;
+    /** etcd cannot be reached: the real cause, where, and since when; null while it answers. */
+    readonly unreachable: {
+      readonly error: string;
+      readonly endpoints: string;
+      readonly since: string;
+    } | null;
   };
   /** Problems with the node that twill reports but cannot fix (e.g. br_netfilter missing). */
   readonly nodeProblems: readonly string[];
@@ -194,6 +200,14 @@ export function buildStatus(input: StatusInput): StatusJson {
       since: iso(agent.subnetWatch.since),
       reason: agent.subnetWatch.reason ?? null,
       restarts: agent.subnetWatch.restarts,
+      unreachable:
+        agent.etcdProblem === undefined
+          ? null
+          : {
+              error: agent.etcdProblem.message,
+              endpoints: agent.etcdProblem.where,
+              since: new Date(agent.etcdProblem.since).toISOString(),
+            },
     },
     nodeProblems: [...agent.nodeProblems],
     masq: {
@@ -298,6 +312,12 @@ export function renderStatus(status: StatusJson): string {
         ? `watch broken ${ago(etcd.since)}: ${etcd.reason ?? "?"}; ${restarts}`
         : "not watching yet",
   );
+  if (etcd.unreachable !== null) {
+    field(
+      "etcd",
+      `UNREACHABLE since ${etcd.unreachable.since} (${ago(etcd.unreachable.since)}) at ${etcd.unreachable.endpoints}: ${etcd.unreachable.error}`,
+    );
+  }
 
   const round = status.lastRound;
   if (round) {

@@ -647,6 +647,48 @@ describe("admin commands", () => {
     );
   });
 
+  it("an etcd outage: /readyz and twill status name the real cause, the endpoint and since when", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const ns = host(1).ns;
+    const agent = agentOn(host(1), prefix);
+    await agent.waitForSubnetEnv();
+    await waitFor("ready", async () => (await runTwill(["status"], { netns: ns })).code === 0);
+    await etcd.stopServer();
+    try {
+      let status = { code: 0, stdout: "", stderr: "" };
+      await waitFor(
+        "the outage in twill status",
+        async () => {
+          status = await runTwill(["status"], { netns: ns });
+          return /etcd unreachable since/.test(status.stdout);
+        },
+        30_000,
+      );
+      expect(status.code).toBe(3);
+      expect(status.stdout).toMatch(
+        /not ready: etcd unreachable since \S+Z at http:\/\/198\.18\.0\.254:2379: .*ECONNREFUSED/,
+      );
+      expect(status.stdout).toMatch(/etcd: +UNREACHABLE since/);
+      expect(status.stdout).not.toMatch(/circuit breaker|Resolution note/);
+      expect(agent.logs().some((l) => l.level === "error" && /^etcd unreachable: /.test(String(l.msg)))).toBe(
+        true,
+      );
+    } finally {
+      await etcd.restartServer();
+    }
+    await waitFor("ready again", async () => (await runTwill(["status"], { netns: ns })).code === 0, 60_000);
+    expect(agent.logs().some((l) => l.msg === "etcd reachable again")).toBe(true);
+    // Every line the agent wrote on stdout is a JSON record: nothing breaks a log pipeline.
+    expect(
+      agent.process
+        .stdout()
+        .trim()
+        .split("\n")
+        .filter((l) => !l.startsWith("{")),
+    ).toEqual([]);
+  });
+
   it("leases still lists the leases when the network config is missing, with a warning", async () => {
     const prefix = newPrefix();
     etcd.ctl([

@@ -46,7 +46,7 @@ function agentWith(args: string[], endpoint = etcd.endpoint, env: Record<string,
 const errorsOf = (agent: AgentProcess): string[] =>
   agent
     .logs()
-    .filter((l) => Number(l.level) >= 40)
+    .filter((l) => ["warn", "error", "fatal"].includes(String(l.level)))
     .map((l) => `${String(l.msg)}: ${typeof l.err === "string" ? l.err : JSON.stringify(l.err ?? "")}`);
 
 /** The agent logged `pattern` at least twice (it retried) and is still running. */

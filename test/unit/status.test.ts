@@ -157,6 +157,7 @@ describe("buildStatus", () => {
       since: "2026-11-22T10:58:00.000Z",
       reason: null,
       restarts: 2,
+      unreachable: null,
     });
     expect(s.lastRound?.durationMs).toBe(4.3);
     expect(s.masq).toEqual({
@@ -248,6 +249,12 @@ function startingAgent(): AgentState {
     nodeProblems: ["net.bridge.bridge-nf-call-iptables is 0, not 1: …"],
     dataplane,
     subnetWatch: { state: "broken", since: NOW - 20_000, reason: "etcd unavailable", restarts: 1 },
+    etcdProblem: {
+      message:
+        "14 UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED 198.18.0.254:2379",
+      since: NOW - 20_000,
+      where: "http://198.18.0.254:2379",
+    },
     masq: { ...ready.masq, watch: undefined, restored: 3, errors: 1 },
   };
 }
@@ -289,6 +296,7 @@ describe("renderStatus", () => {
       [
         "twill 0.1.0 — NOT READY",
         "  not ready: acquiring a subnet lease",
+        `  not ready: etcd unreachable since ${new Date(NOW - 20_000).toISOString()} at http://198.18.0.254:2379: 14 UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED 198.18.0.254:2379`,
         "  not ready: no subnet lease yet",
         "  not ready: subnet file not written",
         "  not ready: peer view not synced",
@@ -301,6 +309,7 @@ describe("renderStatus", () => {
         "interface:      not selected yet",
         "subnet file:    not written",
         "etcd:           watch broken 20s ago: etcd unavailable; 1 watch restart",
+        `etcd:           UNREACHABLE since ${new Date(NOW - 20_000).toISOString()} (20s ago) at http://198.18.0.254:2379: 14 UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED 198.18.0.254:2379`,
         "last reconcile: 1m05s ago, trigger retry, 3 ops (1 failed), 120 ms, ERROR: Network is unreachable (ENETUNREACH)",
         "last success:   never",
         "kernel:         1 route, 0 neighbours, 0 FDB entries",
