@@ -33,6 +33,7 @@ import { createHandler, formatListenAddress, serve, type ListenAddress } from ".
 import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../metrics/status.js";
 import { netnsCommand } from "./netns.js";
 import { createLogger, errorMessage } from "../util/log.js";
+import { routeWarnings } from "../util/warnings.js";
 import type { LevelWithSilent } from "pino";
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -415,18 +416,6 @@ async function statusCommand(argv: readonly string[], env: Env): Promise<number>
     if (error instanceof StatusFetchError) return fail(error.message);
     throw error;
   }
-}
-
-/**
- * Node's process warnings go to `sink` instead of a plain stderr line (which breaks a JSON log
- * pipeline), except DEP0123: etcd3 sets the TLS ServerName to the endpoint's IP for every https://<IP>
- * endpoint, and Node warns about that on each connection although the certificate check is unchanged.
- */
-function routeWarnings(sink: (warning: Error & { code?: string }) => void): void {
-  process.removeAllListeners("warning");
-  process.on("warning", (warning: Error & { code?: string }) => {
-    if (warning.code !== "DEP0123") sink(warning);
-  });
 }
 
 export async function runCli(argv: readonly string[], env: Env): Promise<number> {
