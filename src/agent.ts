@@ -4,9 +4,10 @@
 //   lease lifecycle ── own lease ──► node files (subnet.env, CNI, Docker), masquerade, data plane
 //   subnet watch ── peer changes ──► data plane
 //   every loop ──► state store ──► /readyz, /status, metrics gauges
-// It runs until its signal aborts. It never exits on bad input or an etcd outage: the loops report,
-// wait and retry. An unexpected error stops every loop and is thrown (the process exits non-zero for its
-// supervisor); the data plane is left as it is either way.
+// It runs until its signal aborts. It never exits on bad input in etcd or an etcd outage: the loops
+// report, wait and retry. A start-up problem that waiting seldom fixes (a TLS file, no matching
+// interface) ends it after --startup-timeout, and so does an unexpected error: every loop stops and the
+// error is thrown (the process exits non-zero for its supervisor); the data plane is left as it is.
 import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
 import { backendForLease } from "./backends/registry.js";
 import { BLACKHOLE_ROUTE_METRIC, type AgentOptions } from "./config/agent-options.js";
@@ -27,7 +28,11 @@ import { SubnetWatch } from "./lease/subnet-watch.js";
 import { MasqManager } from "./masq/iptables.js";
 import { MasqLoop, type RuleWatchFactory } from "./masq/loop.js";
 import { checkBrNetfilter } from "./node/br-netfilter.js";
-import { detectExternalInterface, type ExternalInterface } from "./node/external-interface.js";
+import {
+  detectExternalInterface,
+  InterfaceSelectionError,
+  type ExternalInterface,
+} from "./node/external-interface.js";
 import { NodeFilesWriter } from "./node/files.js";
 import { readPreviousSubnet } from "./node/subnet-env.js";
 import { thisNodeBinding } from "./node/binding.js";
@@ -66,6 +71,18 @@ export interface AgentDeps {
   readonly store?: StateStore;
   /** How the masquerade loop learns that rules changed (nftables notifications, legacy counters). */
   readonly ruleWatch?: RuleWatchFactory;
+}
+
+/** A start-up problem given up on after --startup-timeout: the process exits 1 with its message. */
+export class StartupError extends Error {
+  override name = "StartupError";
+}
+
+/** The one line an agent that stops on an error leaves: a start-up problem says itself. */
+function fatalMessage(error: Error): string {
+  return error instanceof StartupError
+    ? error.message
+    : "agent failed; stopping (the data plane is left as it is)";
 }
 
 /** Peer lists up to this size are logged peer by peer at start; larger ones as one line. */
@@ -121,10 +138,7 @@ export class Agent {
           .catch((error: unknown) => {
             if (stopped(signal)) return;
             failure ??= asError(error);
-            this.log.fatal(
-              { err: failure, loop: name },
-              "agent failed; stopping (the data plane is left as it is)",
-            );
+            this.log.fatal({ err: failure, loop: name }, fatalMessage(failure));
             inner.abort();
           }),
       );
@@ -156,7 +170,7 @@ export class Agent {
     } catch (error) {
       failure ??= asError(error);
       if (!stopped(outer)) {
-        this.log.fatal({ err: failure }, "agent failed; stopping (the data plane is left as it is)");
+        this.log.fatal({ err: failure }, fatalMessage(failure));
       }
     } finally {
       inner.abort();
@@ -405,11 +419,12 @@ export class Agent {
 
   /**
    * Opens the etcd client. Bad settings (an unreadable TLS file, http:// with TLS files) are logged
-   * naming the flag and file or endpoint, and retried: a Secret or file may appear later, and a crash
-   * loop would tell the operator less. Undefined when stopped first.
+   * naming the flag and file or endpoint, and retried for --startup-timeout (a Secret may be mounted
+   * late), then given up on. Undefined when stopped first.
    */
   private async openRegistry(signal: AbortSignal): Promise<LeaseRegistry | undefined> {
     const backoff = new Backoff(1000, 30_000);
+    const giveUpAt = this.clock.now() + this.options.startupTimeoutSeconds * 1000;
     while (!stopped(signal)) {
       try {
         return (
@@ -417,12 +432,25 @@ export class Agent {
           new EtcdRegistry(this.options.etcd, this.options.etcd.prefix)
         );
       } catch (error) {
+        this.giveUpAfterStartupTimeout(error, giveUpAt);
         this.store.update({ phase: `etcd settings: ${asError(error).message}` });
         this.log.error({ err: asError(error) }, "cannot set up the etcd client; retrying");
       }
       await this.clock.sleep(backoff.next(), signal);
     }
     return undefined;
+  }
+
+  /**
+   * A start-up problem that waiting seldom fixes is retried for --startup-timeout (a Secret mounted
+   * late, an interface still coming up), then ends the agent with one line: a crash loop is what
+   * kubelet and systemd show, where a silently NotReady agent shows nothing.
+   */
+  private giveUpAfterStartupTimeout(error: unknown, giveUpAt: number): void {
+    if (this.clock.now() < giveUpAt) return;
+    throw new StartupError(
+      `${asError(error).message}; still failing after --startup-timeout=${this.options.startupTimeoutSeconds}s, giving up: fix it and start the agent again`,
+    );
   }
 
   /** Logs how the backend's identity came about when that is news (made anew, adopted). */
@@ -439,6 +467,7 @@ export class Agent {
 
   private async detectInterface(signal: AbortSignal): Promise<ExternalInterface | undefined> {
     const backoff = new Backoff(1000, 10_000);
+    const giveUpAt = this.clock.now() + this.options.startupTimeoutSeconds * 1000;
     while (!stopped(signal)) {
       try {
         const external = await detectExternalInterface(
@@ -461,6 +490,7 @@ export class Agent {
         );
         return external;
       } catch (error) {
+        if (error instanceof InterfaceSelectionError) this.giveUpAfterStartupTimeout(error, giveUpAt);
         this.store.update({ phase: `no external interface: ${asError(error).message}` });
         this.log.error({ err: asError(error) }, "cannot select the external interface; retrying");
       }

@@ -280,6 +280,15 @@ export const agentFlags: readonly FlagSpec[] = [
     metavar: "PORT",
   },
   {
+    name: "startup-timeout",
+    kind: "duration",
+    default: "60s",
+    min: 1,
+    max: 86400,
+    help: "how long the agent retries a start-up problem that waiting seldom fixes (an etcd TLS file missing or unreadable, TLS files with an http:// endpoint, no interface matching --iface/--iface-regex/--iface-can-reach, no default route) before it exits 1, so kubelet or systemd show a crash loop",
+    metavar: "DURATION",
+  },
+  {
     name: "log-level",
     kind: "string",
     default: "info",
@@ -371,6 +380,7 @@ export interface AgentOptions {
   /** --healthz-ip:--healthz-port; undefined when the port is 0. */
   readonly healthzAddress: ListenAddress | undefined;
   readonly logLevel: string;
+  readonly startupTimeoutSeconds: number;
   /** --log-format; undefined = json, or pino-pretty on a terminal. */
   readonly logFormat: LogFormat | undefined;
   readonly stateDir: string;
@@ -539,6 +549,7 @@ export function parseAgentOptions(
     healthzAddress,
     logLevel,
     logFormat: logFormatOf(g.str("log-format")),
+    startupTimeoutSeconds: g.num("startup-timeout"),
     stateDir: g.str("state-dir"),
     sources: parsed.sources,
     warnings,

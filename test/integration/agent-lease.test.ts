@@ -469,6 +469,27 @@ describe("flanneld's unit files", () => {
     expect(json.logs().find((l) => l.msg === "subnet lease acquired")?.level).toBe("info");
   });
 
+  it("--iface naming no interface: retried, then after --startup-timeout exit 1 with one line", async () => {
+    const prefix = newPrefix();
+    etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+    const agent = startAgent({
+      netns: host(1).ns,
+      etcdEndpoint: etcd.endpoint,
+      prefix,
+      args: ["--iface=nosuch0", "--startup-timeout=3s"],
+    });
+    agents.push(agent);
+    expect(await agent.process.exited()).toBe(1);
+    expect(agent.logs().some((l) => l.msg === "cannot select the external interface; retrying")).toBe(true);
+    const fatal = agent.logs().filter((l) => l.level === "fatal");
+    expect(fatal.map((l) => l.msg)).toEqual([
+      expect.stringMatching(
+        /^no interface with an IPv4 address matches --iface nosuch0 .*; still failing after --startup-timeout=3s, giving up/,
+      ),
+    ]);
+    expect(etcd.ctl(["get", `${prefix}/subnets/`, "--prefix", "--keys-only"]).trim()).toBe("");
+  });
+
   it("--iface-can-reach picks the interface that routes to the address, not the default route's", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);

@@ -99,6 +99,23 @@ describe("etcd over TLS with client certificates", () => {
     );
   });
 
+  it("a key file still missing after --startup-timeout ends the agent: exit 1, one line naming flag and file", async () => {
+    const missing = `${pki.dir}/never.key`;
+    const agent = agentWith([
+      `--etcd-cafile=${pki.caFile}`,
+      `--etcd-certfile=${pki.clientCertFile}`,
+      `--etcd-keyfile=${missing}`,
+      "--startup-timeout=2s",
+    ]);
+    expect(await agent.process.exited()).toBe(1);
+    const fatal = agent.logs().filter((l) => l.level === "fatal");
+    expect(fatal).toHaveLength(1);
+    expect(String(fatal[0]?.msg)).toBe(
+      `--etcd-keyfile ${missing}: cannot read the file (ENOENT: no such file or directory, open '${missing}'); ` +
+        "still failing after --startup-timeout=2s, giving up: fix it and start the agent again",
+    );
+  });
+
   it("names the environment variable when the missing key file came from one (as in the manifest)", async () => {
     const missing = `${pki.dir}/no-such-env.key`;
     const agent = agentWith(
