@@ -49,7 +49,10 @@ export class ConfigError extends Error {
   }
 }
 
-export const BACKEND_NOT_SET_WARNING = `Backend not set: using ${DEFAULT_BACKEND.type} (flannel's code would pick udp, which twill does not implement)`;
+export const BACKEND_NOT_SET_WARNING =
+  `Backend not set: twill uses ${DEFAULT_BACKEND.type}, but flanneld uses udp for this config, so flanneld ` +
+  `and twill nodes of one cluster cannot route to each other; set "Backend": {"Type": "${DEFAULT_BACKEND.type}"} ` +
+  `in the network config (twill config set) and restart the flanneld nodes`;
 
 const TOP_LEVEL_FIELDS = [
   "EnableIPv4",

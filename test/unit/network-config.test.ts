@@ -202,7 +202,7 @@ describe("parseNetworkConfig: Backend", () => {
     expect(backendOf(config)).toEqual({ type: "vxlan", options: VXLAN_DEFAULTS });
     expect(warnings).toEqual([BACKEND_NOT_SET_WARNING]);
     expect(BACKEND_NOT_SET_WARNING).toBe(
-      "Backend not set: using vxlan (flannel's code would pick udp, which twill does not implement)",
+      'Backend not set: twill uses vxlan, but flanneld uses udp for this config, so flanneld and twill nodes of one cluster cannot route to each other; set "Backend": {"Type": "vxlan"} in the network config (twill config set) and restart the flanneld nodes',
     );
   });
 
