@@ -19,6 +19,7 @@ declare -A needs=(
   [systemd-analyze]=systemd
   [iperf3]=iperf3
   [ethtool]=ethtool
+  [python3]=python3
 )
 missing=()
 for cmd in "${!needs[@]}"; do

@@ -34,6 +34,7 @@ import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../
 import { netnsCommand } from "./netns.js";
 import { createLogger, errorMessage } from "../util/log.js";
 import { routeWarnings } from "../util/warnings.js";
+import { sdNotify } from "../node/systemd.js";
 import type { LevelWithSilent } from "pino";
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -340,9 +341,17 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
     return 1;
   }
   const controller = new AbortController();
+  const notify = (state: string): void => {
+    try {
+      if (sdNotify(state, env)) log.info({ state: state.split("\n")[0] }, "told systemd");
+    } catch (error) {
+      log.warn({ err: error }, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+  };
   const stop = (signal: string): void => {
     if (controller.signal.aborted) return;
     log.info({ signal }, "stopping; the data plane is left as it is");
+    notify("STOPPING=1");
     controller.abort();
   };
   // `on`, not `once`: a second signal during shutdown must not fall back to the default action and
@@ -352,6 +361,13 @@ async function agentCommand(argv: readonly string[], env: Env): Promise<number> 
   const store = new StateStore();
   const metrics = new Metrics({ version: VERSION, state: () => store.current });
   const agent = new Agent(options, log, metrics, { store, ruleWatch: agentRuleWatch(env) });
+  // Type=notify: ready once, when the agent first is (subnet.env written, data plane programmed).
+  const stopWatchingReadiness = store.onChange(() => {
+    if (store.notReady().length > 0) return;
+    stopWatchingReadiness();
+    const subnet = store.current.ownLease === undefined ? "?" : formatCidr(store.current.ownLease.subnet);
+    notify(`READY=1\nSTATUS=ready: subnet ${subnet}`);
+  });
   const addresses = [options.metricsAddress, options.healthzAddress].filter(
     (address): address is ListenAddress => address !== undefined,
   );

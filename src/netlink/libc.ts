@@ -7,6 +7,8 @@ import { constants } from "node:os";
 import koffi from "koffi";
 
 export const AF_NETLINK = 16;
+export const AF_UNIX = 1;
+export const SOCK_DGRAM = 2;
 export const AF_INET = 2;
 export const IPPROTO_RAW = 255;
 /** Level of IPv4 socket options, the legacy iptables ones among them. */
@@ -81,6 +83,7 @@ interface Bindings {
   fcntl(fd: number, command: number, ...variadic: (string | number)[]): number;
   setns(fd: number, nstype: number): number;
   strerror(errno: number): string;
+  sendto(fd: number, buf: Uint8Array, len: number, flags: number, addr: Buffer, addrlen: number): number;
 }
 
 let bound: Bindings | undefined;
@@ -101,6 +104,9 @@ function bindings(): Bindings {
     fcntl: fn("int fcntl(int fd, int cmd, ...)"),
     setns: fn("int setns(int fd, int nstype)"),
     strerror: fn("const char *strerror(int errnum)"),
+    sendto: fn(
+      "intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
+    ),
   } as Bindings;
   return bound;
 }
@@ -145,6 +151,11 @@ export function send(fd: number, data: Uint8Array, flags: number): number {
 export function recv(fd: number, into: Uint8Array, flags: number): number {
   const result = bindings().recv(fd, into, into.length, flags);
   return result === -1 ? -koffi.errno() : result;
+}
+
+/** Sends `data` as one datagram to `address` (a sockaddr); returns the bytes sent. */
+export function sendto(fd: number, data: Uint8Array, flags: number, address: Buffer): number {
+  return checked("sendto", bindings().sendto(fd, data, data.length, flags, address, address.length));
 }
 
 export function setsockoptInt(fd: number, level: number, name: number, value: number, call: string): void {

@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startAgent, runTwill, type AgentProcess } from "../helpers/agent.js";
 import type { EtcdServer } from "../helpers/etcd.js";
 import { createUnderlay, type Cluster, type Host } from "../helpers/netns.js";
-import { waitFor } from "../helpers/processes.js";
+import { startProcess, waitFor } from "../helpers/processes.js";
 
 let cluster: Cluster;
 let etcd: EtcdServer;
@@ -488,6 +488,46 @@ describe("flanneld's unit files", () => {
       ),
     ]);
     expect(etcd.ctl(["get", `${prefix}/subnets/`, "--prefix", "--keys-only"]).trim()).toBe("");
+  });
+
+  it("tells systemd READY=1 (NOTIFY_SOCKET) only once subnet.env is written and it is ready, STOPPING=1 at stop", async () => {
+    const prefix = newPrefix();
+    const dir = mkdtempSync(join(tmpdir(), "twill-notify-"));
+    const socketPath = join(dir, "notify.sock");
+    // systemd's side, for real: an AF_UNIX datagram socket that prints each message on one line.
+    const receiver = startProcess("python3", [
+      "-c",
+      "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('bound',flush=True)\n" +
+        "while True: print(s.recv(4096).decode().replace('\\n','|'),flush=True)",
+      socketPath,
+    ]);
+    try {
+      await waitFor("the receiver", () => receiver.stdout().includes("bound"));
+      const agent = startAgent({
+        netns: host(1).ns,
+        etcdEndpoint: etcd.endpoint,
+        prefix,
+        args: ["--iface=eth0"],
+        env: { NOTIFY_SOCKET: socketPath },
+      });
+      agents.push(agent);
+      // No network config yet: not ready, nothing said.
+      await waitFor("the missing-config report", () => logged(agent, /no network config at/));
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(receiver.stdout()).not.toContain("READY=1");
+      etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
+      await waitFor("READY=1", () => receiver.stdout().includes("READY=1"));
+      const env = agent.subnetEnv();
+      expect(env).toBeDefined();
+      expect(receiver.stdout()).toContain(`READY=1|STATUS=ready: subnet ${networkOf(subnetOf(env) ?? "")}`);
+      expect((await runTwill(["status"], { netns: host(1).ns })).code).toBe(0);
+      await agent.process.stop();
+      await waitFor("STOPPING=1", () => receiver.stdout().includes("STOPPING=1"));
+      expect(receiver.stdout().match(/READY=1/g)).toHaveLength(1);
+    } finally {
+      await receiver.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("--iface-can-reach picks the interface that routes to the address, not the default route's", async () => {

@@ -308,7 +308,9 @@ describe("systemd unit (deploy/systemd)", () => {
   });
 
   it("runs `twill agent` from an optional environment file and always restarts it", () => {
-    expect(one("Service", "Type")).toBe("simple");
+    // The agent speaks sd_notify (READY=1 once ready; agent-lease.test.ts checks it over a real socket).
+    expect(one("Service", "Type")).toBe("notify");
+    expect(one("Service", "NotifyAccess")).toBe("main");
     expect(values("Service", "EnvironmentFile")).toContain("-/etc/twill/twill.env");
     expect(one("Service", "ExecStart")).toMatch(/^\/usr\/local\/bin\/twill agent(\s|$)/);
     expect(one("Service", "Restart")).toBe("always");
