@@ -10,6 +10,7 @@
 // error is thrown (the process exits non-zero for its supervisor); the data plane is left as it is.
 import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
 import { backendForLease } from "./backends/registry.js";
+import { cniVersionFromPlugins } from "./cni/probe.js";
 import { BLACKHOLE_ROUTE_METRIC, type AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
 import type { KernelChannel } from "./dataplane/channel.js";
@@ -228,6 +229,10 @@ export class Agent {
         bridge: options.bridge,
         dockerOptsFile: options.dockerOptsFile,
         dockerDaemonJson: options.dockerDaemonJson,
+        // Asked once, now, while etcd and the lease take their time; the first conflist waits for it.
+        ...(options.cniConfFile === ""
+          ? {}
+          : { cniVersion: cniVersionFromPlugins(options.cniBinDirs, log, { runner: this.runner }) }),
       },
       log,
       { subnetFileWritten: (written) => store.update({ subnetFileWritten: written }) },

@@ -84,7 +84,7 @@ export const netnsFlags: readonly FlagSpec[] = [
     name: "cni-bin-dir",
     kind: "string",
     default: DEFAULT_CNI_BIN_DIR,
-    help: "colon-separated plugin directories (CNI_PATH)",
+    help: "plugin directories (CNI_PATH), colon- or comma-separated like the agent's --cni-bin-dir",
     metavar: "DIRS",
   },
   {
@@ -278,8 +278,9 @@ export async function netnsCommand(argv: readonly string[], env: Env, io: Io = p
     const cniArgs = withIgnoreUnknown(value("cni-args"));
     validateCniArgs(cniArgs);
     const confPath = value("conf") || value("cni-conf-file");
+    // Colons as in CNI_PATH, or commas as the agent's --cni-bin-dir: TWILL_CNI_BIN_DIR serves both.
     const binDirs = value("cni-bin-dir")
-      .split(":")
+      .split(/[:,]/)
       .filter((d) => d !== "");
     const timeout = parsed.values.get("timeout");
     const chain: ChainOptions = { binDirs, timeoutMs: (typeof timeout === "number" ? timeout : 60) * 1000 };

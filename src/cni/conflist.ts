@@ -4,9 +4,13 @@ import { firstHost, formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
 import { parseSubnetEnv } from "../node/subnet-env.js";
 import { isJsonObject, parseJsonObject, type JsonObject, type JsonValue } from "./json.js";
 import { errorMessage } from "../util/log.js";
+import { DEFAULT_CNI_VERSION } from "./version.js";
 
-/** The spec version twill writes: Debian's plugins (v1.1.1) speak 0.1.0 … 1.0.0, and CHECK needs ≥ 0.4.0. */
-export const TWILL_CNI_VERSION = "1.0.0";
+/**
+ * The spec version twill writes unless told otherwise: Debian's plugins (v1.1.1) speak 0.1.0 … 1.0.0.
+ * The agent declares what its installed plugins speak (src/cni/version.ts); CHECK needs ≥ 0.4.0.
+ */
+export const TWILL_CNI_VERSION = DEFAULT_CNI_VERSION;
 export const TWILL_NETWORK_NAME = "twill";
 export const DEFAULT_CNI_CONF_FILE = "/etc/cni/net.d/10-twill.conflist";
 
@@ -25,6 +29,8 @@ export interface TwillConflistInput {
   readonly name?: string;
   /** host-local's store dir (default /var/lib/cni/networks): tests give each node its own. */
   readonly ipamDataDir?: string;
+  /** The spec version to declare (default TWILL_CNI_VERSION): one every plugin of the list speaks. */
+  readonly cniVersion?: string;
 }
 
 /**
@@ -37,6 +43,9 @@ export function twillConflist(input: TwillConflistInput): JsonObject {
   if (!Number.isInteger(input.mtu) || input.mtu < 68 || input.mtu > 65535) {
     throw new RangeError(`invalid MTU ${input.mtu} for the CNI config`);
   }
+  if (input.cniVersion !== undefined && !/^\d+\.\d+\.\d+$/.test(input.cniVersion)) {
+    throw new RangeError(`invalid cniVersion "${input.cniVersion}" for the CNI config`);
+  }
   const gateway = formatIPv4(firstHost(input.subnet));
   const ipam: JsonObject = {
     type: "host-local",
@@ -48,7 +57,7 @@ export function twillConflist(input: TwillConflistInput): JsonObject {
     ],
   };
   return {
-    cniVersion: TWILL_CNI_VERSION,
+    cniVersion: input.cniVersion ?? TWILL_CNI_VERSION,
     name: input.name ?? TWILL_NETWORK_NAME,
     plugins: [
       {
@@ -73,7 +82,7 @@ export function formatConflist(conf: JsonObject): string {
 /** The node's conflist from its subnet.env text (flannel's or twill's), as flannel's CNI plugin reads it. */
 export function conflistFromSubnetEnv(
   text: string,
-  options: { bridge: string; name?: string; ipamDataDir?: string },
+  options: { bridge: string; name?: string; ipamDataDir?: string; cniVersion?: string },
 ): JsonObject {
   const env = parseSubnetEnv(text);
   const missing = [

@@ -194,6 +194,13 @@ export const agentFlags: readonly FlagSpec[] = [
     metavar: "PATH",
   },
   {
+    name: "cni-bin-dir",
+    kind: "list",
+    default: "/opt/cni/bin,/usr/lib/cni",
+    help: "where the CNI plugins are (comma- or colon-separated, first match wins): the conflist declares the newest cniVersion (1.0.0, 0.4.0 or 0.3.1) that bridge, host-local and portmap there all speak",
+    metavar: "DIRS",
+  },
+  {
     name: "docker-opts-file",
     kind: "string",
     default: "",
@@ -365,6 +372,8 @@ export interface AgentOptions {
   readonly kernelWatch: boolean;
   /** "" = off, for each of the three. */
   readonly cniConfFile: string;
+  /** --cni-bin-dir: where the plugins the conflist names are asked for their versions. */
+  readonly cniBinDirs: readonly string[];
   readonly dockerOptsFile: string;
   readonly dockerDaemonJson: string;
   readonly ipMasq: boolean;
@@ -535,6 +544,8 @@ export function parseAgentOptions(
     resyncIntervalSeconds: g.num("resync-interval"),
     kernelWatch: g.bool("kernel-watch"),
     cniConfFile: g.str("cni-conf-file"),
+    // Commas like every list flag, or colons like CNI_PATH and `twill netns --cni-bin-dir`.
+    cniBinDirs: g.list("cni-bin-dir").flatMap((dirs) => dirs.split(":").filter((dir) => dir !== "")),
     dockerOptsFile: g.str("docker-opts-file"),
     dockerDaemonJson: g.str("docker-daemon-json"),
     ipMasq: g.bool("ip-masq"),

@@ -9,6 +9,7 @@ import { daemonJsonFragment, formatDockerOpts, mergeDaemonJson } from "./docker-
 import { formatConflist, twillConflist } from "../cni/conflist.js";
 import { formatCidr } from "../ip/ipv4.js";
 import { systemClock, type Clock } from "../util/clock.js";
+import { raceAbort, stopped } from "../util/time.js";
 import { errorMessage, type Logger } from "../util/log.js";
 
 export type UpdateOutcome = "created" | "updated" | "unchanged";
@@ -45,6 +46,8 @@ export interface NodeFilesOptions {
   readonly dockerOptsFile: string;
   /** --docker-daemon-json; "" = off. */
   readonly dockerDaemonJson: string;
+  /** The conflist's cniVersion: one the installed plugins speak (default TWILL_CNI_VERSION). */
+  readonly cniVersion?: string;
 }
 
 export interface NodeFileReport {
@@ -72,7 +75,14 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
     jobs.push({
       kind: "cni-conflist",
       path: options.cniConfFile,
-      render: () => formatConflist(twillConflist({ ...env, bridge: options.bridge })),
+      render: () =>
+        formatConflist(
+          twillConflist({
+            ...env,
+            bridge: options.bridge,
+            ...(options.cniVersion === undefined ? {} : { cniVersion: options.cniVersion }),
+          }),
+        ),
     });
   }
   if (options.dockerOptsFile !== "") {
@@ -107,6 +117,15 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
   return reports;
 }
 
+export interface NodeFilesWriterOptions extends Omit<NodeFilesOptions, "cniVersion"> {
+  readonly subnetFile: string;
+  /**
+   * The conflist's cniVersion, or its promise while the plugins are being asked (src/cni/probe.ts):
+   * the first write waits for it, so the conflist is never written with a version they refuse.
+   */
+  readonly cniVersion?: string | Promise<string>;
+}
+
 export interface NodeFilesEvents {
   /** After every attempt: whether subnet.env now holds the current lease. */
   subnetFileWritten(written: boolean): void;
@@ -122,7 +141,7 @@ export class NodeFilesWriter {
   private wake: (() => void) | undefined;
 
   constructor(
-    private readonly options: NodeFilesOptions & { readonly subnetFile: string },
+    private readonly options: NodeFilesWriterOptions,
     private readonly log: Logger,
     private readonly events: NodeFilesEvents,
     private readonly clock: Clock = systemClock,
@@ -141,7 +160,10 @@ export class NodeFilesWriter {
       const want = target === undefined ? undefined : JSON.stringify(target);
       let retry = false;
       if (target !== undefined && want !== this.written) {
-        retry = !(await this.writeAll(target));
+        const version = this.options.cniVersion;
+        const cniVersion = version instanceof Promise ? await raceAbort(version, signal, undefined) : version;
+        if (stopped(signal)) break;
+        retry = !(await this.writeAll(target, cniVersion));
         if (!retry) this.written = want;
       }
       await new Promise<void>((resolve) => {
@@ -162,8 +184,16 @@ export class NodeFilesWriter {
   }
 
   /** Writes every file; true when all of them are right. */
-  private async writeAll(target: SubnetEnv): Promise<boolean> {
-    const reports = await updateNodeFiles(target, this.options);
+  private async writeAll(target: SubnetEnv, cniVersion: string | undefined): Promise<boolean> {
+    const { subnetFile, cniConfFile, bridge, dockerOptsFile, dockerDaemonJson } = this.options;
+    const reports = await updateNodeFiles(target, {
+      subnetFile,
+      cniConfFile,
+      bridge,
+      dockerOptsFile,
+      dockerDaemonJson,
+      ...(cniVersion === undefined ? {} : { cniVersion }),
+    });
     let ok = true;
     for (const report of reports) {
       if (report.error !== undefined) {

@@ -13,7 +13,7 @@ import type { JsonObject } from "../../src/cni/json.js";
 import { parseCniResult, type CniResult } from "../../src/cni/result.js";
 import { daemonJsonFragment, formatDockerOpts } from "../../src/node/docker-opts.js";
 import { parseSubnetEnv, type SubnetEnv } from "../../src/node/subnet-env.js";
-import { runTwill } from "../helpers/agent.js";
+import { runTwill, startAgent } from "../helpers/agent.js";
 import { listNamespaces, type Host } from "../helpers/netns.js";
 import { waitFor } from "../helpers/processes.js";
 import {
@@ -490,7 +490,11 @@ describe("the agent's own CNI config and Docker files", () => {
     cluster = await started({
       backend: "vxlan",
       hosts: 1,
-      agentArgs: [`--docker-opts-file=${dockerOpts()}`, `--docker-daemon-json=${daemonJson()}`],
+      agentArgs: [
+        `--docker-opts-file=${dockerOpts()}`,
+        `--docker-daemon-json=${daemonJson()}`,
+        `--cni-bin-dir=${PLUGIN_DIR}`,
+      ],
     });
   }, 120_000);
   afterAll(teardown);
@@ -526,6 +530,67 @@ describe("the agent's own CNI config and Docker files", () => {
       `DOCKER_OPT_BIP="--bip=${/FLANNEL_SUBNET=(.*)/.exec(env)?.[1] ?? "?"}"`,
     );
     expect(await readFile(dockerOpts(), "utf8")).toContain('DOCKER_OPT_IPMASQ="--ip-masq=true"');
+  });
+
+  it("declares the cniVersion that the installed plugins all speak, as they answer VERSION themselves", async () => {
+    // What an operator would check: ask each plugin, then read the conflist.
+    const plugins = ["bridge", "host-local", "portmap"];
+    const supported = await Promise.all(
+      plugins.map(async (plugin) => {
+        const answer = await execa(join(PLUGIN_DIR, plugin), [], {
+          env: { CNI_COMMAND: "VERSION" },
+          input: "",
+        });
+        return (JSON.parse(answer.stdout) as { supportedVersions: string[] }).supportedVersions;
+      }),
+    );
+    const newest = ["1.0.0", "0.4.0", "0.3.1"].find((v) => supported.every((list) => list.includes(v)));
+    expect(newest, `the plugins in ${PLUGIN_DIR} share a version twill can declare`).toBeDefined();
+    const conf = await waitFor("the conflist", async () => readFile(conflist(), "utf8"));
+    expect((JSON.parse(conf) as { cniVersion: string }).cniVersion).toBe(newest);
+    // Chosen from their answers, not the default kept for want of one.
+    const chosen = agent()
+      .logs()
+      .filter((l) => l.msg === "CNI version chosen from the plugins");
+    expect(chosen).toEqual([
+      expect.objectContaining({
+        cniVersion: newest,
+        plugins: Object.fromEntries(plugins.map((p) => [p, join(PLUGIN_DIR, p)])),
+        supported: Object.fromEntries(plugins.map((p, i) => [p, supported[i]])),
+      }),
+    ]);
+    expect(
+      agent()
+        .logs()
+        .filter((l) => String(l.msg).startsWith("CNI plugin ")),
+    ).toEqual([]);
+  });
+
+  it("without the plugins in --cni-bin-dir: cniVersion 1.0.0, and a warning per plugin naming the dir searched", async () => {
+    const empty = await tempDir();
+    const host = await cluster.net.addHost(2);
+    const other = startAgent({
+      netns: host.ns,
+      etcdEndpoint: cluster.etcd.endpoint,
+      args: ["--iface=eth0", `--cni-bin-dir=${empty}`],
+    });
+    try {
+      const conf = await waitFor("the second node's conflist", async () =>
+        readFile(other.cniConfFile, "utf8"),
+      );
+      expect((JSON.parse(conf) as { cniVersion: string }).cniVersion).toBe("1.0.0");
+      const warnings = other.logs().filter((l) => String(l.msg).startsWith("CNI plugin "));
+      // A warning: pino's number (40) or its name, whichever the log format writes.
+      expect(warnings.map((w) => [w.level === 40 || w.level === "warn", w.msg, w.dirs])).toEqual(
+        ["bridge", "host-local", "portmap"].map((plugin) => [
+          true,
+          `CNI plugin ${plugin}: not found in ${empty}; the conflist declares cniVersion 1.0.0`,
+          [empty],
+        ]),
+      );
+    } finally {
+      await other.destroy();
+    }
   });
 
   it("a restart with the same lease touches none of them", async () => {

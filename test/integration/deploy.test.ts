@@ -522,6 +522,15 @@ describe("Kubernetes manifest (deploy/kubernetes/twill.yaml)", () => {
     expect(flagValue("state-dir") ?? helpDefault("state-dir")).toBe("/var/lib/twill");
   });
 
+  it("mounts the node's CNI plugin dir read-only where --cni-bin-dir looks, to ask the plugins their versions", () => {
+    const vol = list(at(pod, "volumes")).find((v) => at(v, "hostPath", "path") === "/opt/cni/bin");
+    expect(vol, "hostPath volume /opt/cni/bin").toBeDefined();
+    const mount = mountsOf(container).find((m) => m.name === at(vol, "name"));
+    expect(mount?.mountPath).toBe("/opt/cni/bin");
+    expect(mount?.readOnly, "/opt/cni/bin read-only").toBe(true);
+    expect((flagValue("cni-bin-dir") ?? helpDefault("cni-bin-dir")).split(/[:,]/)).toContain("/opt/cni/bin");
+  });
+
   it("probes /healthz and /readyz on the metrics port, which Prometheus is told to scrape", () => {
     const port = list(at(container, "ports")).find((p) => at(p, "name") === "metrics");
     expect(at(port, "containerPort")).toBe(9102);

@@ -46,6 +46,13 @@ describe("agent options", () => {
     ).toEqual(["http://a:2379", "http://b:2379"]);
   });
 
+  it("looks for the CNI plugins in /opt/cni/bin, then /usr/lib/cni; takes commas or CNI_PATH's colons", () => {
+    expect(parseAgentOptions([], noEnv).cniBinDirs).toEqual(["/opt/cni/bin", "/usr/lib/cni"]);
+    expect(parseAgentOptions(["--cni-bin-dir=/a,/b"], noEnv).cniBinDirs).toEqual(["/a", "/b"]);
+    expect(parseAgentOptions([], { TWILL_CNI_BIN_DIR: "/a:/b:" }).cniBinDirs).toEqual(["/a", "/b"]);
+    expect(parseAgentOptions(["--cni-bin-dir="], noEnv).cniBinDirs).toEqual([]);
+  });
+
   it("serves the endpoints on 0.0.0.0:9102 and flannel's health port only when asked", () => {
     const o = parseAgentOptions([], noEnv);
     expect(o.metricsAddress).toEqual({ host: "0.0.0.0", port: 9102 });

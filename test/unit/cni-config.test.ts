@@ -123,6 +123,16 @@ describe("twillConflist", () => {
     );
   });
 
+  it("declares the cniVersion it is given (the one the installed plugins speak), 1.0.0 by default", () => {
+    const conf = twillConflist({ ...lease, bridge: "cni0", ipMasq: false, cniVersion: "0.4.0" });
+    expect(formatConflist(conf)).toBe(
+      GOLDEN_NO_MASQ.replace('"cniVersion": "1.0.0"', '"cniVersion": "0.4.0"'),
+    );
+    expect(() => twillConflist({ ...lease, bridge: "cni0", ipMasq: false, cniVersion: "1.0" })).toThrow(
+      'invalid cniVersion "1.0"',
+    );
+  });
+
   it("refuses an MTU no link can have", () => {
     expect(() => twillConflist({ ...lease, mtu: 0, bridge: "cni0", ipMasq: false })).toThrow(RangeError);
     expect(() => twillConflist({ ...lease, mtu: 1450.5, bridge: "cni0", ipMasq: false })).toThrow(RangeError);

@@ -1,5 +1,5 @@
 // The node-files writer's loop: it ends when stopped, also when the stop lands while it is writing.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -13,7 +13,7 @@ afterEach(() => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function writerIn(dir: string): NodeFilesWriter {
+function writerIn(dir: string, cniVersion?: string | Promise<string>): NodeFilesWriter {
   return new NodeFilesWriter(
     {
       subnetFile: join(dir, "subnet.env"),
@@ -21,6 +21,7 @@ function writerIn(dir: string): NodeFilesWriter {
       bridge: "cni0",
       dockerOptsFile: "",
       dockerDaemonJson: "",
+      ...(cniVersion === undefined ? {} : { cniVersion }),
     },
     captureLogs().log,
     { subnetFileWritten: () => undefined },
@@ -67,4 +68,47 @@ describe("NodeFilesWriter", () => {
     expect(await endsSoon(run)).toBe("ended");
     expect(readFileSync(join(dir, "subnet.env"), "utf8")).toContain("FLANNEL_SUBNET=10.244.5.1/24");
   });
+
+  it("writes the conflist with the plugins' cniVersion once they have answered, not before", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
+    dirs.push(dir);
+    let answer: (version: string) => void = () => undefined;
+    const writer = writerIn(dir, new Promise<string>((resolve) => (answer = resolve)));
+    const controller = new AbortController();
+    const run = writer.run(controller.signal);
+    writer.set(TARGET);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(existsSync(join(dir, "10-twill.conflist"))).toBe(false);
+    answer("0.4.0");
+    const conflist = await waitForFile(join(dir, "10-twill.conflist"));
+    expect(JSON.parse(conflist)).toMatchObject({
+      cniVersion: "0.4.0",
+      plugins: [{ type: "bridge" }, { type: "portmap" }],
+    });
+    controller.abort();
+    expect(await endsSoon(run)).toBe("ended");
+  });
+
+  it("ends when stopped while the plugins have not answered yet, having written nothing", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
+    dirs.push(dir);
+    const writer = writerIn(dir, new Promise<string>(() => undefined));
+    const controller = new AbortController();
+    const run = writer.run(controller.signal);
+    writer.set(TARGET);
+    await new Promise((resolve) => setImmediate(resolve));
+    controller.abort();
+    expect(await endsSoon(run)).toBe("ended");
+    expect(readdirSync(dir)).toEqual([]);
+  });
 });
+
+/** The file's text once it exists (polled with real timers; at most 2 s). */
+async function waitForFile(path: string): Promise<string> {
+  const deadline = Date.now() + 2000;
+  while (!existsSync(path)) {
+    if (Date.now() > deadline) throw new Error(`${path} was not written within 2 s`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return readFileSync(path, "utf8");
+}
