@@ -4,6 +4,7 @@
 import { readFdb, readNeighbours, readRoutes } from "../test/helpers/ip-read.js";
 import { TWILL_ROUTE_PROTOCOL } from "../src/dataplane/objects.js";
 import { runTwill } from "../test/helpers/agent.js";
+import { randomTag } from "../test/helpers/netns.js";
 import { waitFor } from "../test/helpers/processes.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
 
@@ -11,6 +12,11 @@ export interface DemoOptions {
   readonly backend: "vxlan" | "host-gw";
   readonly hosts?: number;
   readonly print?: (line: string) => void;
+  /**
+   * Stops the start (Ctrl-C while it starts): what was made so far is removed, then the abort reason is
+   * thrown.
+   */
+  readonly signal?: AbortSignal;
 }
 
 export interface Demo {
@@ -23,26 +29,46 @@ export interface Demo {
 export async function startDemo(options: DemoOptions): Promise<Demo> {
   const print = options.print ?? (() => undefined);
   const hostCount = options.hosts ?? 3;
-  print(`starting: etcd and ${hostCount} hosts in network namespaces, backend ${options.backend} …`);
-  const cluster = await startTwillCluster({ backend: options.backend, hosts: hostCount });
+  const { signal } = options;
+  // Every namespace the demo makes is named tw-<tag>-…: said first, so a look (or a test) can find them.
+  const tag = randomTag();
+  print(
+    `starting: etcd and ${hostCount} hosts in network namespaces tw-${tag}-*, backend ${options.backend} …`,
+  );
+  const cluster = await startTwillCluster({
+    backend: options.backend,
+    hosts: hostCount,
+    tag,
+    ...(signal === undefined ? {} : { signal }),
+  });
   try {
+    print(`etcd and ${hostCount} agents are up, each with a lease; adding 2 pods per host …`);
     for (let i = 1; i <= hostCount; i++) {
+      signal?.throwIfAborted();
       await cluster.addPod(i, "a", 2);
+      signal?.throwIfAborted();
       await cluster.addPod(i, "b", 3);
     }
     const firstHost = cluster.nodes[0]?.host;
     if (!firstHost) throw new Error("no hosts");
     const flags = [`--etcd-endpoints=${cluster.etcd.endpoint}`];
-    await waitFor("every host to route to every peer", async () => {
-      const counts = await Promise.all(
-        cluster.nodes.map(
-          async (n) =>
-            (await readRoutes(n.host.runner, { table: 254, family: 4, protocol: TWILL_ROUTE_PROTOCOL }))
-              .length,
-        ),
-      );
-      return counts.every((c) => c === hostCount - 1);
-    });
+    await waitFor(
+      "every host to route to every peer",
+      async () => {
+        const counts = await Promise.all(
+          cluster.nodes.map(
+            async (n) =>
+              (await readRoutes(n.host.runner, { table: 254, family: 4, protocol: TWILL_ROUTE_PROTOCOL }))
+                .length,
+          ),
+        );
+        return counts.every((c) => c === hostCount - 1);
+      },
+      20_000,
+      50,
+      signal,
+    );
+    signal?.throwIfAborted();
 
     print(`\n== leases in etcd (${cluster.etcd.endpoint}, inside namespace ${cluster.net.switchNs})`);
     print((await runTwill(["leases", ...flags], { netns: firstHost.ns })).stdout.trimEnd());
@@ -71,6 +97,7 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
       print(`  pods: ${node.pods.map((p) => `${p.name}=${p.address}`).join(", ")}`);
     }
 
+    signal?.throwIfAborted();
     const pods = cluster.nodes.flatMap((n) => n.pods);
     const matrix = await Promise.all(
       pods.flatMap((from) =>

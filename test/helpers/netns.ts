@@ -137,7 +137,8 @@ function installExitHook(): void {
   });
 }
 
-function randomTag(): string {
+/** A fresh run tag (5 lowercase hex digits): names are `tw-<tag>-…`. */
+export function randomTag(): string {
   return randomBytes(3).toString("hex").slice(0, 5);
 }
 

@@ -89,16 +89,21 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Polls `check` until it returns anything but undefined, null or false, or `timeoutMs` passes (then throws with `what`). */
+/**
+ * Polls `check` until it returns anything but undefined, null or false, or `timeoutMs` passes (then throws
+ * with `what`). When `signal` aborts, throws its reason at once (the demo stops mid-start on Ctrl-C).
+ */
 export async function waitFor<T>(
   what: string,
   check: () => Promise<T | undefined | null | false> | T | undefined | null | false,
   timeoutMs = 20_000,
   intervalMs = 50,
+  signal?: AbortSignal,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
+    signal?.throwIfAborted();
     try {
       const value = await check();
       // null counts as "not yet" too (e.g. a RegExp exec that did not match).

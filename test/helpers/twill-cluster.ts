@@ -53,6 +53,8 @@ export interface TwillClusterOptions {
   /** Hosts (by 1-based position) to put on the remote segment behind the router. */
   readonly remoteHosts?: readonly number[];
   readonly tag?: string;
+  /** Stops the start between steps: what was made so far is removed and the abort reason thrown. */
+  readonly signal?: AbortSignal;
 }
 
 export function subnetLine(env: string | undefined): {
@@ -110,14 +112,18 @@ async function missingMeshRoutes(nodes: readonly NodeUnderTest[]): Promise<strin
 export async function startTwillCluster(options: TwillClusterOptions): Promise<TwillCluster> {
   const net = await createUnderlay(options.tag === undefined ? {} : { tag: options.tag });
   const nodes: NodeUnderTest[] = [];
+  const signal = options.signal;
   try {
+    signal?.throwIfAborted();
     const etcd = await net.startEtcd();
     const hosts: Host[] = [];
     if ((options.remoteHosts?.length ?? 0) > 0) await net.addRemoteSegment();
     for (let i = 1; i <= options.hosts; i++) {
+      signal?.throwIfAborted();
       const remote = options.remoteHosts?.includes(i) ?? false;
       hosts.push(await net.addHost(i, remote ? { segment: "remote" } : {}));
     }
+    signal?.throwIfAborted();
     const prefix = "/coreos.com/network";
     const first = hosts[0];
     if (!first) throw new Error("a cluster needs at least one host");
@@ -139,7 +145,7 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
       });
     for (const host of hosts) nodes.push({ host, agent: launch(host), pods: [] });
     for (const node of nodes)
-      await waitFor(`${node.host.ns} subnet.env`, () => node.agent.subnetEnv(), 30_000);
+      await waitFor(`${node.host.ns} subnet.env`, () => node.agent.subnetEnv(), 30_000, 50, signal);
 
     const node = (i: number): NodeUnderTest => {
       const found = nodes[i - 1];
@@ -164,6 +170,9 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
         await waitFor(
           `cni0 in ${n.host.ns}`,
           async () => (await net.exec(n.host.ns, ["ip", "link", "show", "cni0"])).exitCode === 0,
+          20_000,
+          50,
+          signal,
         );
         const ns = `${n.host.ns}-${name}`;
         net.trackNamespace(ns); // deleted with the cluster, also by its last-resort exit hook
