@@ -7,13 +7,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startAgent, runTwill, type AgentProcess } from "../helpers/agent.js";
 import type { EtcdServer } from "../helpers/etcd.js";
 import { createUnderlay, type Cluster, type Host } from "../helpers/netns.js";
-import { startProcess, waitFor } from "../helpers/processes.js";
+import { startProcess, waitFor, type Started } from "../helpers/processes.js";
 
 let cluster: Cluster;
 let etcd: EtcdServer;
 let hosts: Host[];
 let prefixCounter = 0;
 const agents: AgentProcess[] = [];
+/** Other processes a test starts: stopped at teardown too (a timed-out test never reaches its finally). */
+const others: Started[] = [];
 
 beforeAll(async () => {
   cluster = await createUnderlay();
@@ -24,6 +26,7 @@ afterEach(async () => {
   await Promise.all(agents.splice(0).map((agent) => agent.destroy()));
 });
 afterAll(async () => {
+  await Promise.allSettled(others.splice(0).map((p) => p.stop()));
   await cluster.destroy();
 });
 
@@ -501,6 +504,7 @@ describe("flanneld's unit files", () => {
         "while True: print(s.recv(4096).decode().replace('\\n','|'),flush=True)",
       socketPath,
     ]);
+    others.push(receiver);
     try {
       await waitFor("the receiver", () => receiver.stdout().includes("bound"));
       const agent = startAgent({

@@ -15,9 +15,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
-import { LAUNCHER_FLAGS, cliPath, parseLogLines, runTwill, startAgent } from "../helpers/agent.js";
+import {
+  LAUNCHER_FLAGS,
+  cliPath,
+  parseLogLines,
+  runTwill,
+  startAgent,
+  type AgentProcess,
+} from "../helpers/agent.js";
 import { readRoutes } from "../helpers/ip-read.js";
-import { isAlive, startProcess, waitFor } from "../helpers/processes.js";
+import { isAlive, startProcess, waitFor, type Started } from "../helpers/processes.js";
 import {
   startTwillCluster,
   subnetLine,
@@ -27,6 +34,15 @@ import {
 
 const clusters: TwillCluster[] = [];
 const tempDirs: string[] = [];
+/** Agents and processes started by a test itself: stopped at teardown too (a timed-out test never
+ *  reaches its own finally). */
+const ownAgents: AgentProcess[] = [];
+const ownProcesses: Started[] = [];
+
+function tracked(agent: AgentProcess): AgentProcess {
+  ownAgents.push(agent);
+  return agent;
+}
 
 async function started(options: Parameters<typeof startTwillCluster>[0]): Promise<TwillCluster> {
   const cluster = await startTwillCluster(options);
@@ -35,6 +51,8 @@ async function started(options: Parameters<typeof startTwillCluster>[0]): Promis
 }
 
 afterAll(async () => {
+  await Promise.allSettled(ownAgents.splice(0).map((a) => a.destroy()));
+  await Promise.allSettled(ownProcesses.splice(0).map((p) => p.stop()));
   await Promise.allSettled(clusters.splice(0).map((c) => c.destroy()));
   for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
@@ -324,11 +342,13 @@ describe("vxlan: the own key written by someone else", () => {
     const first = node(cluster, 1);
     const own = subnetOf(cluster, 1);
     const host3 = await cluster.net.addHost(3);
-    const second = startAgent({
-      netns: host3.ns,
-      etcdEndpoint: cluster.etcd.endpoint,
-      args: ["--iface=eth0", "--public-ip=198.18.0.1", "--resync-interval=5s"],
-    });
+    const second = tracked(
+      startAgent({
+        netns: host3.ns,
+        etcdEndpoint: cluster.etcd.endpoint,
+        args: ["--iface=eth0", "--public-ip=198.18.0.1", "--resync-interval=5s"],
+      }),
+    );
     try {
       await second.waitForSubnetEnv();
       await waitFor("the first agent reports the duplicate public IP", async () => {
@@ -378,11 +398,13 @@ describe("an agent on its own", () => {
       "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.177.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
     );
     const host = await cluster.net.addHost(2);
-    const agent = startAgent({
-      netns: host.ns,
-      etcdEndpoint: cluster.etcd.endpoint,
-      args: ["--iface=eth0", `--subnet-file=${subnetFile}`],
-    });
+    const agent = tracked(
+      startAgent({
+        netns: host.ns,
+        etcdEndpoint: cluster.etcd.endpoint,
+        args: ["--iface=eth0", `--subnet-file=${subnetFile}`],
+      }),
+    );
     try {
       await waitFor("the subnet file's subnet", () =>
         agent.logs().some((l) => l.msg === "subnet lease acquired" && l.subnet === "10.244.177.0/24"),
@@ -436,6 +458,7 @@ describe("an agent on its own", () => {
       `--state-dir=${files.state}`,
       `--cni-conf-file=${files.cni}`,
     ]);
+    ownProcesses.push(agent);
     try {
       expect(await agent.exited()).toBe(1);
       const fatal = parseLogLines(agent.stdout()).filter((l) => l.level === "fatal");
@@ -458,12 +481,14 @@ describe("an agent on its own", () => {
     writeFileSync(shim, `#!/bin/sh\necho $$ > "${pidFile}"\nexec sleep 300\n`);
     chmodSync(shim, 0o755);
     const host = await cluster.net.addHost(4);
-    const agent = startAgent({
-      netns: host.ns,
-      etcdEndpoint: cluster.etcd.endpoint,
-      args: ["--iface=eth0", "--vxlan-tx-checksum-offload=false"],
-      env: { PATH: `${dir}:${process.env.PATH ?? ""}` },
-    });
+    const agent = tracked(
+      startAgent({
+        netns: host.ns,
+        etcdEndpoint: cluster.etcd.endpoint,
+        args: ["--iface=eth0", "--vxlan-tx-checksum-offload=false"],
+        env: { PATH: `${dir}:${process.env.PATH ?? ""}` },
+      }),
+    );
     let child = 0;
     try {
       await waitFor(

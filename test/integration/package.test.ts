@@ -17,6 +17,8 @@ let dir: string;
 let twill: string;
 let cluster: Cluster | undefined;
 let etcd: EtcdServer;
+/** Stopped at teardown too: a timed-out test never reaches its own finally. */
+let packagedAgent: Started | undefined;
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "twill-package-"));
@@ -29,6 +31,7 @@ beforeAll(() => {
   twill = join(dir, "twill", "bin", "twill");
 }, 300_000);
 afterAll(async () => {
+  await packagedAgent?.stop();
   await cluster?.destroy();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -64,6 +67,7 @@ describe("the self-contained package", () => {
         `--cni-conf-file=${join(dir, "10-twill.conflist")}`,
       ]);
       const started = agent;
+      packagedAgent = agent;
       await waitFor(
         "subnet.env from the packaged agent",
         () => {
