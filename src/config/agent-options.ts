@@ -306,9 +306,9 @@ export const agentFlags: readonly FlagSpec[] = [
   {
     name: "log-format",
     kind: "string",
-    default: "",
-    choices: ["", ...LOG_FORMATS],
-    help: 'json: one JSON record per line, with level names ("level":"info"); text: one readable line per record (time LEVEL message key=value …); "" = json, or colours on a terminal',
+    default: "auto",
+    choices: ["auto", ...LOG_FORMATS],
+    help: 'json: one JSON record per line, with level names ("level":"info"); text: one readable line per record (time LEVEL message key=value …); auto: json, or colours on a terminal',
     metavar: "FORMAT",
   },
   {
