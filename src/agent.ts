@@ -9,7 +9,7 @@
 // interface) ends it after --startup-timeout, and so does an unexpected error: every loop stops and the
 // error is thrown (the process exits non-zero for its supervisor); the data plane is left as it is.
 import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
-import { backendForLease } from "./backends/registry.js";
+import { identityByBackend, parsePeerDataByBackend } from "./backends/registry.js";
 import { cniVersionFromPlugins } from "./cni/probe.js";
 import { BLACKHOLE_ROUTE_METRIC, type AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
@@ -37,7 +37,6 @@ import {
 import { NodeFilesWriter } from "./node/files.js";
 import { readPreviousSubnet } from "./node/subnet-env.js";
 import { thisNodeBinding } from "./node/binding.js";
-import type { Lease } from "./lease/lease.js";
 import { afterRound, StateStore } from "./state.js";
 import { Heartbeats, dataplaneDeadlineMs } from "./supervisor.js";
 import { systemClock, type Clock } from "./util/clock.js";
@@ -301,20 +300,14 @@ export class Agent {
     };
 
     let subnetWatch: SubnetWatch | undefined;
-    // One function for the view's whole life: a new one would make the view re-parse every entry.
-    const parsePeerData = (attrs: LeaseAttrs): object | undefined =>
-      backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
-    const identityOf = (lease: Lease): string | undefined =>
-      lease.peerData === undefined
-        ? undefined
-        : backendForLease(lease.attrs.backendType)?.identityOf?.(lease.peerData);
     const viewContext = (own: OwnLease, config: NetworkConfig): ViewContext => ({
       prefix: registry.prefix,
       config,
       ownKey: own.key,
       ownSubnet: own.subnet,
-      parsePeerData,
-      identityOf,
+      // One function each for the view's whole life: a new one would make the view re-parse every entry.
+      parsePeerData: parsePeerDataByBackend,
+      identityOf: identityByBackend,
       ownIdentity: prepared.get(backendKey(config))?.identity,
       ownCreateRevision: own.createRevision,
     });

@@ -18,3 +18,24 @@ export function backendForLease(type: string | undefined): BackendPlugin | undef
 
 /** The backend used when the network config has no Backend at all. */
 export const DEFAULT_BACKEND = vxlanBackend;
+
+/**
+ * The peer view's parsePeerData hook: the backend of the lease's type parses its BackendData (undefined
+ * when twill has no such backend). One function for the process's life, so the view's cache holds.
+ */
+export function parsePeerDataByBackend(attrs: {
+  readonly backendType: string | undefined;
+  readonly backendData: string | undefined;
+}): object | undefined {
+  return backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
+}
+
+/** The peer view's identityOf hook: what a lease's parsed data claims that no two nodes may share. */
+export function identityByBackend(lease: {
+  readonly attrs: { readonly backendType: string | undefined };
+  readonly peerData?: object | undefined;
+}): string | undefined {
+  return lease.peerData === undefined
+    ? undefined
+    : backendForLease(lease.attrs.backendType)?.identityOf?.(lease.peerData);
+}

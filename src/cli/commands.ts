@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Agent } from "../agent.js";
 import { StateStore } from "../state.js";
-import { backendForLease } from "../backends/registry.js";
+import { backendForLease, identityByBackend, parsePeerDataByBackend } from "../backends/registry.js";
 import { agentFlags, ETCD_NAMED_FLAGS, etcdPrefix, parseAgentOptions } from "../config/agent-options.js";
 import {
   FlagError,
@@ -21,7 +21,7 @@ import {
 } from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
-import type { Lease, LeaseAttrs } from "../lease/lease.js";
+import type { Lease } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { EtcdRegistry, EtcdSettingsError } from "../lease/etcd-registry.js";
 import type { LeaseRegistry } from "../lease/registry.js";
@@ -192,18 +192,6 @@ async function timesToLive(
   return results;
 }
 
-/** The same hook as the agent's: the backend of the lease's type parses its BackendData. */
-function parsePeerData(attrs: LeaseAttrs): object | undefined {
-  return backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
-}
-
-/** The same as the agent's: what a lease's data claims that no two nodes may share. */
-function identityOf(lease: Lease): string | undefined {
-  return lease.peerData === undefined
-    ? undefined
-    : backendForLease(lease.attrs.backendType)?.identityOf?.(lease.peerData);
-}
-
 /** `twill leases --json`: one object, stable field names, for scripts. */
 function leasesJson(
   config: NetworkConfig | undefined,
@@ -281,8 +269,8 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
             ownSubnet: undefined,
             // What an agent sets aside, this lists as invalid: e.g. vxlan leases need usable BackendData,
             // and of two leases with one VTEP MAC the newer.
-            parsePeerData,
-            identityOf,
+            parsePeerData: parsePeerDataByBackend,
+            identityOf: identityByBackend,
           });
     const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
       (a, b) => a.subnet.ip - b.subnet.ip,
