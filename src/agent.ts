@@ -51,8 +51,6 @@ export interface AgentCounters {
   renewed?(): void;
   renewFailed?(): void;
   leaseLost?(): void;
-  /** The own key's conflict changed (kind), or ended (undefined). */
-  conflict?(kind: string | undefined): void;
   /** This node made a new identity (VTEP MAC): its state dir was copied, or an older lease holds it. */
   identityRenewed?(reason: "state-copied" | "conflict"): void;
   invalidSkipped?(count: number): void;
@@ -402,10 +400,7 @@ export class Agent {
               this.counters.leaseLost?.();
             },
             phase: (reason) => store.update({ phase: reason }),
-            conflict: (conflict) => {
-              store.update({ leaseConflict: conflict });
-              this.counters.conflict?.(conflict?.kind);
-            },
+            conflict: (conflict) => store.update({ leaseConflict: conflict }),
             heartbeat: (withinMs) => this.heartbeats.beat("lease", withinMs),
           },
         });
@@ -552,18 +547,19 @@ export class Agent {
   }
 
   private onWatchState(state: "watching" | "broken", reason: string | undefined): void {
-    // A restart is a watch that broke, not each failed attempt to list again while etcd is away.
-    if (state === "broken" && this.store.current.subnetWatch.state === "watching") {
-      this.counters.subnetWatchBroken?.();
-    }
-    this.store.update((s) => ({
+    const before = this.store.current.subnetWatch;
+    // A restart is a watch that broke, not each failed attempt to list again while etcd is away; the
+    // metric and the status count the same thing, and "since" is when the state began.
+    const broke = state === "broken" && before.state === "watching";
+    if (broke) this.counters.subnetWatchBroken?.();
+    this.store.update({
       subnetWatch: {
         state,
-        since: this.clock.now(),
+        since: state === before.state ? before.since : this.clock.now(),
         reason,
-        restarts: s.subnetWatch.restarts + (state === "broken" ? 1 : 0),
+        restarts: before.restarts + (broke ? 1 : 0),
       },
-    }));
+    });
   }
 
   private async shutdown(

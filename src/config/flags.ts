@@ -61,14 +61,21 @@ export function parseDurationSeconds(text: string): number | undefined {
   return total;
 }
 
+/** A boolean flag's text as Go's strconv.ParseBool reads the usual spellings; undefined for others. */
+export function parseBoolText(raw: string): boolean | undefined {
+  const lowered = raw.toLowerCase();
+  if (["true", "1", "t", "yes"].includes(lowered)) return true;
+  if (["false", "0", "f", "no"].includes(lowered)) return false;
+  return undefined;
+}
+
 function convert(spec: FlagSpec, raw: string, origin: string): FlagValue {
   const where = origin === "flag" ? `--${spec.name}` : `${origin} (--${spec.name})`;
   switch (spec.kind) {
     case "bool": {
-      const lowered = raw.toLowerCase();
-      if (["true", "1", "t", "yes"].includes(lowered)) return true;
-      if (["false", "0", "f", "no"].includes(lowered)) return false;
-      throw new FlagError(`${where}: "${raw}" is not a boolean (use true or false)`);
+      const value = parseBoolText(raw);
+      if (value === undefined) throw new FlagError(`${where}: "${raw}" is not a boolean (use true or false)`);
+      return value;
     }
     case "int": {
       if (!/^-?\d+$/.test(raw)) throw new FlagError(`${where}: "${raw}" is not an integer${bounds(spec)}`);

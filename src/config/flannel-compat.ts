@@ -2,7 +2,7 @@
 // FLANNELD_ variable: set to flanneld's default (a unit file that spells out every flag) they are
 // ignored with a warning; set to anything else they are refused, saying what to do instead. Without
 // this, FLANNELD_KUBE_SUBNET_MGR=true would be ignored silently while --kube-subnet-mgr is refused.
-import { envName, FlagError } from "./flags.js";
+import { envName, FlagError, parseBoolText } from "./flags.js";
 
 const KUBE_INSTEAD =
   "twill has no Kubernetes subnet manager: it keeps the leases in etcd, as flanneld does without " +
@@ -45,9 +45,8 @@ const UNSUPPORTED: readonly Unsupported[] = [
 
 function isDefault(spec: Unsupported, value: string): boolean {
   if (!spec.bool) return value === spec.flannelDefault;
-  const lowered = value.toLowerCase();
-  const truthy = ["true", "1", "t", "yes"].includes(lowered);
-  return String(truthy) === spec.flannelDefault;
+  // Not a boolean at all is not the default either: refused, like any other value.
+  return String(parseBoolText(value)) === spec.flannelDefault;
 }
 
 /** The agent's arguments without the flanneld flags that are ignored, and what to warn about. */

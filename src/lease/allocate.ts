@@ -131,7 +131,7 @@ export function chooseSubnet(input: AllocationInput): AllocationDecision {
     return { kind: "create", subnet: { ip, prefixLen: config.subnetLen }, reason: "free", staleOwn };
   }
 
-  const poolSize = max >= min ? Math.floor((max - min) / size) + 1 : 0;
+  const poolSize = poolSizeOf(config);
   return {
     kind: "exhausted",
     network: config.network,
@@ -139,6 +139,14 @@ export function chooseSubnet(input: AllocationInput): AllocationDecision {
     inUse: countInUse(taken, min, size, poolSize),
     staleOwn,
   };
+}
+
+/** How many subnets the config's pool holds: SubnetMin to SubnetMax in steps of SubnetLen. */
+export function poolSizeOf(config: NetworkConfig): number {
+  const size = sizeOf(config.subnetLen);
+  return config.subnetMax >= config.subnetMin
+    ? Math.floor((config.subnetMax - config.subnetMin) / size) + 1
+    : 0;
 }
 
 /** Pool subnets (min + k·size, 0 ≤ k < poolSize) that intersect a taken range, each counted once. */

@@ -2,7 +2,7 @@
 // nothing here decides anything (allocation and validation are pure, elsewhere).
 import { readFileSync } from "node:fs";
 import { noop } from "cockatiel";
-import { Etcd3, type IOptions, type IKeyValue, type Watcher } from "etcd3";
+import { Etcd3, isRecoverableError, type IOptions, type IKeyValue, type Watcher } from "etcd3";
 import { etcdEndpointProblem } from "../config/etcd-endpoint.js";
 import { errorMessage } from "../util/log.js";
 import { sleep } from "../util/time.js";
@@ -154,15 +154,10 @@ export class EtcdRegistry implements LeaseRegistry {
   }
 
   private failed(error: unknown): void {
+    // Only trouble getting an answer makes etcd unreachable (etcd3's own "recoverable" class: unavailable,
+    // deadline, cancelled …); a refusal (permission denied, a bad request) is an answer.
+    if (!(error instanceof Error && isRecoverableError(error))) return;
     const message = storeErrorMessage(error);
-    // A call etcd answered with a refusal (a failed comparison is not an error; a permission is) still
-    // means etcd is there; only transport trouble makes it unreachable.
-    if (
-      !/UNAVAILABLE|DEADLINE|ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|No connection|TLS|certificate|handshake|disconnect/i.test(
-        message,
-      )
-    )
-      return;
     const since = this.problem?.since ?? this.now();
     if (this.problem?.message === message) return;
     this.problem = { message, since, where: this.endpoints.join(", ") };

@@ -50,7 +50,10 @@ export interface LifecycleObserver extends KeeperObserver {
    * adoption of a rewritten key, renewal, or a new config applied. Called before the lifecycle goes on.
    */
   ownLease(own: OwnLease, config: NetworkConfig): void;
-  /** The own lease was lost (deleted, expired or overwritten in etcd) and is being re-acquired. */
+  /**
+   * The own lease was lost (deleted or expired in etcd, or changed under a write) and is being
+   * re-acquired. A key overwritten by another writer is a conflict instead.
+   */
   leaseLost?(reason: string): void;
   /** The own key is held by another writer (see OwnKeyConflict); undefined once that is over. */
   conflict?(conflict: OwnKeyConflict | undefined): void;
@@ -240,21 +243,12 @@ export class LeaseLifecycle {
       return { preferred: own.subnet };
     }
     this.log.info({ subnet }, "network config changed; applying it");
-    const attrs = await this.options.attrsFor(state.config);
-    let published: OwnLease | "lost" = own;
-    // Unchanged attributes need no write: the key already says it all.
-    if (encodeLeaseAttrs(attrs) !== encodeLeaseAttrs(own.attrs)) {
-      try {
-        published = await this.keeper.republish(own, attrs);
-      } catch (error) {
-        this.log.warn(
-          { err: this.options.registry.explain(error), subnet },
-          "cannot publish the lease for the new network config; retrying",
-        );
-        this.retryLater();
-        return undefined;
-      }
-    }
+    const published = await this.publishIfChanged(
+      own,
+      await this.options.attrsFor(state.config),
+      "cannot publish the lease for the new network config; retrying",
+    );
+    if (published === "retry") return undefined;
     if (published === "lost") {
       this.lost("changed in etcd before the new config was published");
       return { preferred: own.subnet };
@@ -269,30 +263,48 @@ export class LeaseLifecycle {
   private async followAttributes(): Promise<Reacquire | undefined> {
     if (!this.attrsStale || this.conflict !== undefined || this.applied === undefined) return undefined;
     const own = this.ownLease();
-    const attrs = await this.options.attrsFor(this.applied.config);
-    if (encodeLeaseAttrs(attrs) === encodeLeaseAttrs(own.attrs)) {
-      this.attrsStale = false;
-      return undefined;
-    }
-    let published: OwnLease | "lost";
-    try {
-      published = await this.keeper.republish(own, attrs);
-    } catch (error) {
-      this.log.warn(
-        { err: this.options.registry.explain(error), key: own.key },
-        "cannot publish the lease's new attributes; retrying",
-      );
-      this.retryLater();
-      return undefined;
-    }
+    const published = await this.publishIfChanged(
+      own,
+      await this.options.attrsFor(this.applied.config),
+      "cannot publish the lease's new attributes; retrying",
+    );
+    if (published === "retry") return undefined;
     this.attrsStale = false;
     if (published === "lost") {
       this.lost("changed in etcd before the new attributes were published");
       return { preferred: own.subnet };
     }
-    this.log.info({ key: own.key, backendData: attrs.backendData }, "lease re-published with new attributes");
-    this.setOwn(published);
+    if (published !== own) {
+      this.log.info(
+        { key: own.key, backendData: published.attrs.backendData },
+        "lease re-published with new attributes",
+      );
+      this.setOwn(published);
+    }
     return undefined;
+  }
+
+  /**
+   * Writes `attrs` to the own key unless it already says them (then `own` comes back as it is): the
+   * lease as now written, "lost" when the key changed under us, or "retry" after an etcd error, which
+   * is logged as `failure` and retried later.
+   */
+  private async publishIfChanged(
+    own: OwnLease,
+    attrs: LeaseAttrs,
+    failure: string,
+  ): Promise<OwnLease | "lost" | "retry"> {
+    if (encodeLeaseAttrs(attrs) === encodeLeaseAttrs(own.attrs)) return own;
+    try {
+      return await this.keeper.republish(own, attrs);
+    } catch (error) {
+      this.log.warn(
+        { err: this.options.registry.explain(error), key: own.key, subnet: formatCidr(own.subnet) },
+        failure,
+      );
+      this.retryLater();
+      return "retry";
+    }
   }
 
   /** What a reported change of the own key means: nothing, a rewrite to adopt, or a lost lease. */

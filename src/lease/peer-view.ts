@@ -308,13 +308,19 @@ function findIdentityLosers(
   const losers = new Map<Lease, { holder: Lease; identity: string }>();
   const identityOf = ctx.identityOf;
   if (identityOf === undefined) return losers;
-  const holders = new Map<string, Lease>();
-  for (const lease of [...peers].sort(olderFirst)) {
+  const claimants = new Map<string, Lease[]>();
+  for (const lease of peers) {
     const identity = identityOf(lease);
     if (identity === undefined) continue;
-    const holder = holders.get(identity);
-    if (holder === undefined) holders.set(identity, lease);
-    else losers.set(lease, { holder, identity });
+    const group = claimants.get(identity);
+    if (group === undefined) claimants.set(identity, [lease]);
+    else group.push(lease);
+  }
+  // Only shared identities need an order: a cold start of 5,000 distinct MACs sorts nothing.
+  for (const [identity, group] of claimants) {
+    if (group.length < 2) continue;
+    const [holder, ...rest] = group.sort(olderFirst);
+    if (holder !== undefined) for (const lease of rest) losers.set(lease, { holder, identity });
   }
   return losers;
 }

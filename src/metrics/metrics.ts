@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 import type { PeerState } from "../backends/backend.js";
 import { BACKENDS } from "../backends/registry.js";
 import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
+import { poolSizeOf } from "../lease/allocate.js";
 import type { AcquireResult } from "../lease/keeper.js";
 import {
   DRIFT_KINDS,
@@ -190,13 +191,7 @@ export class Metrics {
       registers,
       collect() {
         const config = state().config;
-        if (config.kind !== "valid") {
-          this.set(0);
-          return;
-        }
-        const { subnetMin, subnetMax, subnetLen } = config.config;
-        const size = 2 ** (32 - subnetLen);
-        this.set(subnetMax >= subnetMin ? Math.floor((subnetMax - subnetMin) / size) + 1 : 0);
+        this.set(config.kind === "valid" ? poolSizeOf(config.config) : 0);
       },
     });
     new Gauge({

@@ -436,12 +436,16 @@ describe("Metrics", () => {
     expect(await value(m, "twill_config_valid")).toBe(1);
     expect(await value(m, "twill_lease_reserved")).toBe(1);
     expect(await value(m, "twill_lease_expiry_timestamp_seconds")).toBe(0);
+    // The pool of a /16 in /24s from SubnetMin 10.244.1.0: 255 subnets; the own lease holds one.
+    expect(await value(m, "twill_subnet_pool_size")).toBe(255);
+    expect(await value(m, "twill_subnet_pool_leased")).toBe(1);
     // Exactly what /readyz says.
     expect(agent.store.notReady()).toEqual([]);
     agent.update({ config: { kind: "invalid", key: "k", field: "Network", message: "Network: bad" } });
     expect(await value(m, "twill_ready")).toBe(0);
     expect(await value(m, "twill_config_valid")).toBe(0);
     expect(agent.store.notReady()).toEqual(["invalid network config: Network: bad"]);
+    expect(await value(m, "twill_subnet_pool_size")).toBe(0);
   });
 
   it("has no per-peer labels: the series count does not grow with the number of peers", async () => {

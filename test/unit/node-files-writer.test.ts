@@ -44,23 +44,29 @@ function endsSoon(run: Promise<void>): Promise<string> {
   ]);
 }
 
+/** A writer in a fresh temp dir, running until `stop` aborts (the tests below each start one). */
+function started(cniVersion?: string | Promise<string>): {
+  dir: string;
+  writer: NodeFilesWriter;
+  stop: AbortController;
+  run: Promise<void>;
+} {
+  const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
+  dirs.push(dir);
+  const writer = writerIn(dir, cniVersion);
+  const stop = new AbortController();
+  return { dir, writer, stop, run: writer.run(stop.signal) };
+}
+
 describe("NodeFilesWriter", () => {
   it("ends when stopped while it waits for a change", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
-    dirs.push(dir);
-    const writer = writerIn(dir);
-    const controller = new AbortController();
-    const run = writer.run(controller.signal);
+    const { stop: controller, run } = started();
     controller.abort();
     expect(await endsSoon(run)).toBe("ended");
   });
 
   it("ends when stopped while it writes, and the file is written whole", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
-    dirs.push(dir);
-    const writer = writerIn(dir);
-    const controller = new AbortController();
-    const run = writer.run(controller.signal);
+    const { dir, writer, stop: controller, run } = started();
     writer.set(TARGET);
     // The write has started (the loop woke and called into the file system) but not finished.
     await new Promise((resolve) => setImmediate(resolve));
@@ -70,12 +76,13 @@ describe("NodeFilesWriter", () => {
   });
 
   it("writes the conflist with the plugins' cniVersion once they have answered, not before", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
-    dirs.push(dir);
     let answer: (version: string) => void = () => undefined;
-    const writer = writerIn(dir, new Promise<string>((resolve) => (answer = resolve)));
-    const controller = new AbortController();
-    const run = writer.run(controller.signal);
+    const {
+      dir,
+      writer,
+      stop: controller,
+      run,
+    } = started(new Promise<string>((resolve) => (answer = resolve)));
     writer.set(TARGET);
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(existsSync(join(dir, "10-twill.conflist"))).toBe(false);
@@ -90,11 +97,7 @@ describe("NodeFilesWriter", () => {
   });
 
   it("ends when stopped while the plugins have not answered yet, having written nothing", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "twill-files-"));
-    dirs.push(dir);
-    const writer = writerIn(dir, new Promise<string>(() => undefined));
-    const controller = new AbortController();
-    const run = writer.run(controller.signal);
+    const { dir, writer, stop: controller, run } = started(new Promise<string>(() => undefined));
     writer.set(TARGET);
     await new Promise((resolve) => setImmediate(resolve));
     controller.abort();
