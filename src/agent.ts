@@ -226,10 +226,10 @@ export class Agent {
         bridge: options.bridge,
         dockerOptsFile: options.dockerOptsFile,
         dockerDaemonJson: options.dockerDaemonJson,
-        // Asked once, now, while etcd and the lease take their time; the first conflist waits for it.
+        // Asked once, at the first lease: the first conflist waits for the answer.
         ...(options.cniConfFile === ""
           ? {}
-          : { cniVersion: cniVersionFromPlugins(options.cniBinDirs, log, { runner: this.runner }) }),
+          : { cniVersion: () => cniVersionFromPlugins(options.cniBinDirs, log, { runner: this.runner }) }),
       },
       log,
       { subnetFileWritten: (written) => store.update({ subnetFileWritten: written }) },

@@ -120,10 +120,12 @@ export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions)
 export interface NodeFilesWriterOptions extends Omit<NodeFilesOptions, "cniVersion"> {
   readonly subnetFile: string;
   /**
-   * The conflist's cniVersion, or its promise while the plugins are being asked (src/cni/probe.ts):
-   * the first write waits for it, so the conflist is never written with a version they refuse.
+   * The conflist's cniVersion, or how to ask the plugins for it (src/cni/probe.ts): asked once, when
+   * there is a first lease to write for, so the probe's processes do not compete with the start-up
+   * (interface, config, lease); that first write waits for the answer, so the conflist is never
+   * written with a version the plugins refuse.
    */
-  readonly cniVersion?: string | Promise<string>;
+  readonly cniVersion?: string | (() => Promise<string>);
 }
 
 export interface NodeFilesEvents {
@@ -138,6 +140,8 @@ export interface NodeFilesEvents {
 export class NodeFilesWriter {
   private target: SubnetEnv | undefined;
   private written: string | undefined;
+  /** The plugins' answer, once asked (options.cniVersion as a function). */
+  private askedCniVersion: Promise<string> | undefined;
   private wake: (() => void) | undefined;
 
   constructor(
@@ -160,8 +164,7 @@ export class NodeFilesWriter {
       const want = target === undefined ? undefined : JSON.stringify(target);
       let retry = false;
       if (target !== undefined && want !== this.written) {
-        const version = this.options.cniVersion;
-        const cniVersion = version instanceof Promise ? await raceAbort(version, signal, undefined) : version;
+        const cniVersion = await this.cniVersion(signal);
         if (stopped(signal)) break;
         retry = !(await this.writeAll(target, cniVersion));
         if (!retry) this.written = want;
@@ -184,6 +187,14 @@ export class NodeFilesWriter {
   }
 
   /** Writes every file; true when all of them are right. */
+  /** The conflist's cniVersion: as given, or asked of the plugins once (the first call asks). */
+  private async cniVersion(signal: AbortSignal): Promise<string | undefined> {
+    const version = this.options.cniVersion;
+    if (typeof version !== "function") return version;
+    this.askedCniVersion ??= version();
+    return raceAbort(this.askedCniVersion, signal, undefined);
+  }
+
   private async writeAll(target: SubnetEnv, cniVersion: string | undefined): Promise<boolean> {
     const { subnetFile, cniConfFile, bridge, dockerOptsFile, dockerDaemonJson } = this.options;
     const reports = await updateNodeFiles(target, {

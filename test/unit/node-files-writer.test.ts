@@ -13,7 +13,7 @@ afterEach(() => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function writerIn(dir: string, cniVersion?: string | Promise<string>): NodeFilesWriter {
+function writerIn(dir: string, cniVersion?: string | (() => Promise<string>)): NodeFilesWriter {
   return new NodeFilesWriter(
     {
       subnetFile: join(dir, "subnet.env"),
@@ -45,7 +45,7 @@ function endsSoon(run: Promise<void>): Promise<string> {
 }
 
 /** A writer in a fresh temp dir, running until `stop` aborts (the tests below each start one). */
-function started(cniVersion?: string | Promise<string>): {
+function started(cniVersion?: string | (() => Promise<string>)): {
   dir: string;
   writer: NodeFilesWriter;
   stop: AbortController;
@@ -75,14 +75,21 @@ describe("NodeFilesWriter", () => {
     expect(readFileSync(join(dir, "subnet.env"), "utf8")).toContain("FLANNEL_SUBNET=10.244.5.1/24");
   });
 
-  it("writes the conflist with the plugins' cniVersion once they have answered, not before", async () => {
+  it("asks the plugins once, at the first lease, and writes the conflist with their answer, not before", async () => {
     let answer: (version: string) => void = () => undefined;
+    const answered = new Promise<string>((resolve) => (answer = resolve));
+    let asked = 0;
     const {
       dir,
       writer,
       stop: controller,
       run,
-    } = started(new Promise<string>((resolve) => (answer = resolve)));
+    } = started(() => {
+      asked++;
+      return answered;
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(asked).toBe(0); // no lease yet: the start-up is not competed with
     writer.set(TARGET);
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(existsSync(join(dir, "10-twill.conflist"))).toBe(false);
@@ -92,12 +99,15 @@ describe("NodeFilesWriter", () => {
       cniVersion: "0.4.0",
       plugins: [{ type: "bridge" }, { type: "portmap" }],
     });
+    writer.set({ ...TARGET, mtu: 1400 });
+    await waitFor(() => readFileSync(join(dir, "10-twill.conflist"), "utf8").includes('"mtu": 1400'));
+    expect(asked).toBe(1);
     controller.abort();
     expect(await endsSoon(run)).toBe("ended");
   });
 
   it("ends when stopped while the plugins have not answered yet, having written nothing", async () => {
-    const { dir, writer, stop: controller, run } = started(new Promise<string>(() => undefined));
+    const { dir, writer, stop: controller, run } = started(() => new Promise<string>(() => undefined));
     writer.set(TARGET);
     await new Promise((resolve) => setImmediate(resolve));
     controller.abort();
@@ -114,4 +124,13 @@ async function waitForFile(path: string): Promise<string> {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return readFileSync(path, "utf8");
+}
+
+/** Polls `check` with real timers until it holds (at most 2 s). */
+async function waitFor(check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 2000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("not within 2 s");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
