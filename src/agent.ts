@@ -291,7 +291,10 @@ export class Agent {
       return {
         publicIP: external.publicIp,
         publicIPv6: null,
-        backendType: config.backend.type,
+        backendType:
+          config.backend.leaseBackendType === null
+            ? undefined
+            : (config.backend.leaseBackendType ?? config.backend.type),
         backendData: backend.leaseData,
         backendV6Data: undefined,
       };

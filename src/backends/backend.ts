@@ -16,6 +16,8 @@ export type OptionValue = string | number | boolean | null;
 export interface BackendPlugin {
   /** flannel's Backend.Type, lower case ("vxlan", "host-gw"). */
   readonly type: string;
+  /** The BackendType its leases carry, when not `type`; null: none (flannel's udp leases). */
+  readonly leaseType?: string | null;
   /**
    * The network config's Backend object → this backend's config. Keys are matched as Go does
    * (case-insensitive; unknown keys are warned about); a bad value throws JsonFieldError naming
@@ -61,6 +63,11 @@ export interface BackendConfig {
   readonly type: string;
   /** The parsed options as plain values (defaults filled in), for status and logs. */
   readonly options: Readonly<Record<string, OptionValue>>;
+  /**
+   * The BackendType this node's lease carries: `type` when undefined; null for none, as flannel's udp
+   * backend publishes its leases without one.
+   */
+  readonly leaseBackendType?: string | null;
   /** The MTU pods get, given the external interface: the interface's (or the configured) MTU less the encapsulation. */
   mtu(external: ExternalInterface): number;
   /** Loads or creates what this node publishes and programs with (e.g. the VTEP MAC). */
@@ -95,6 +102,34 @@ export interface PeerStatus {
 export interface PeerProgram {
   readonly objects: readonly KernelObject[];
   readonly status: PeerStatus;
+  /** For a backend with a userspace data path (udp): where the peer's subnet goes. */
+  readonly userspaceRoute?: UserspaceRoute;
+}
+
+/** A row of a userspace data path's forwarding table: the peer's subnet goes to address:port. */
+export interface UserspaceRoute {
+  readonly subnet: Subnet;
+  readonly endpoint: { readonly address: number; readonly port: number };
+}
+
+/**
+ * A data path that runs in the agent's own process (udp: the TUN ↔ UDP proxy), beside the kernel
+ * objects. The data-plane loop starts it once the devices exist and feeds it every peer change.
+ */
+export interface UserspaceDataPath {
+  /**
+   * Starts it when it is not running, or again when `deviceRemade` (its device was made anew). Throws
+   * an Error saying why it cannot run (the port is taken, the TUN cannot be opened).
+   */
+  ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<void>;
+  /** Peer changes by lease key (undefined: the peer is gone); unchanged rows cost nothing. */
+  update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void;
+  /** The whole table: rows not in `routes` are removed. */
+  replaceAll(routes: ReadonlyMap<string, UserspaceRoute>): void;
+  /** Called when it stops on its own (its device was deleted, its thread died), with the reason. */
+  onStopped(listener: (reason: string) => void): void;
+  /** Ends it; the kernel's devices stay as they are. */
+  stop(): Promise<void>;
 }
 
 /** A device a backend (or the node) needs, and what must hold for it. */
@@ -156,6 +191,10 @@ export interface NodeBackend {
   readonly ownedDevices: readonly string[];
   /** The devices this backend needs. */
   devices(node: NodeFacts): DeviceSpec[];
+  /** Kernel objects the node needs besides its peers' (udp: the cluster network's route into flannel0). */
+  nodeObjects?(node: NodeFacts): KernelObject[];
+  /** A data path in the agent's process, if the backend has one (udp). */
+  readonly userspace?: UserspaceDataPath;
   /** What one peer needs in the kernel, and the verdict. */
   peer(node: NodeFacts, lease: Lease): PeerProgram;
 }

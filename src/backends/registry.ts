@@ -1,9 +1,10 @@
 // Every backend twill has. Adding one is a folder under src/backends/ and a line here.
 import type { BackendPlugin } from "./backend.js";
 import { hostGwBackend } from "./host-gw/index.js";
+import { udpBackend } from "./udp/index.js";
 import { vxlanBackend } from "./vxlan/index.js";
 
-export const BACKENDS: readonly BackendPlugin[] = [vxlanBackend, hostGwBackend];
+export const BACKENDS: readonly BackendPlugin[] = [vxlanBackend, hostGwBackend, udpBackend];
 
 /** The backend a network config's Backend.Type names (case-insensitive, as flannel reads it). */
 export function backendForConfig(type: string): BackendPlugin | undefined {
@@ -11,13 +12,18 @@ export function backendForConfig(type: string): BackendPlugin | undefined {
   return BACKENDS.find((backend) => backend.type === wanted);
 }
 
-/** The backend of a peer's lease: its BackendType exactly, as flannel's backends compare it. */
+/**
+ * The backend of a peer's lease: its BackendType exactly, as flannel's backends compare it. A lease
+ * without one is udp's (flannel's udp backend publishes none).
+ */
 export function backendForLease(type: string | undefined): BackendPlugin | undefined {
-  return BACKENDS.find((backend) => backend.type === type);
+  return BACKENDS.find(
+    (backend) => (backend.leaseType === undefined ? backend.type : (backend.leaseType ?? undefined)) === type,
+  );
 }
 
-/** The backend used when the network config has no Backend at all. */
-export const DEFAULT_BACKEND = vxlanBackend;
+/** The backend used when the network config has no Backend at all: udp, as flanneld decides. */
+export const DEFAULT_BACKEND = udpBackend;
 
 /**
  * The peer view's parsePeerData hook: the backend of the lease's type parses its BackendData (undefined

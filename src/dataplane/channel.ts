@@ -44,7 +44,8 @@ export interface Subscription {
 /** A device to create. */
 export interface LinkSpec {
   readonly name: string;
-  readonly kind: "vxlan" | "bridge";
+  /** "tun": a persistent TUN device without packet information (made with ioctls, not rtnetlink). */
+  readonly kind: "vxlan" | "bridge" | "tun";
   readonly mac?: string;
   readonly mtu?: number;
   readonly vxlan?: {

@@ -16,6 +16,8 @@ import type {
   NodeFacts,
   PeerProgram,
   PeerStatus,
+  UserspaceDataPath,
+  UserspaceRoute,
 } from "../backends/backend.js";
 import type { NetworkConfig } from "../config/network-config.js";
 import { localRunner, type CommandRunner } from "../exec/command.js";
@@ -183,6 +185,11 @@ export class DataplaneLoop {
   private programmedOnce = false;
   private forwardingWarned = false;
   private readonly extraCheckWarnings = new Map<string, string>();
+  /** The userspace data path's table (udp), by peer lease key, and this round's changes to it. */
+  private readonly userspaceRoutes = new Map<string, UserspaceRoute>();
+  private readonly userspaceChanges = new Map<string, UserspaceRoute | undefined>();
+  /** The userspace data path of the backend in use, once started. */
+  private userspace: UserspaceDataPath | undefined;
   private readonly clock: Clock;
   private readonly host: DataplaneHost;
 
@@ -218,6 +225,18 @@ export class DataplaneLoop {
       self.backend.leaseData,
     ]);
     if (key === this.selfKey) return;
+    if (this.userspace !== undefined && this.userspace !== self.backend.userspace) {
+      const old = this.userspace;
+      this.userspace = undefined;
+      old
+        .stop()
+        .catch((error: unknown) =>
+          this.log.error(
+            { err: errorOf(error) },
+            "stopping the previous backend's userspace data path failed",
+          ),
+        );
+    }
     this.self = self;
     this.selfKey = key;
     this.pending.reload ??= "self";
@@ -263,6 +282,10 @@ export class DataplaneLoop {
       subscription?.close();
       this.retryTimer?.cancel();
       this.resyncTimer?.cancel();
+      // The proxy thread ends with the loop; the devices and routes stay as they are (a restart
+      // attaches to them again).
+      await this.userspace?.stop();
+      this.userspace = undefined;
     }
   }
 
@@ -473,6 +496,7 @@ export class DataplaneLoop {
         ops = planSlots(slots, this.planInput(), scope);
       }
       failed.push(...(await this.write(ops)));
+      await this.syncUserspace(self, facts, repairs, full);
       if (full || work.retry) this.failedSlots.clear();
       for (const failure of failed) this.failedSlots.add(slotIdOf(failure.op.object));
       if (full) {
@@ -611,20 +635,59 @@ export class DataplaneLoop {
   private setPeer(facts: NodeFacts, key: string, lease: Lease | undefined): string[] {
     if (lease === undefined) {
       this.statuses.delete(key);
+      if (this.userspaceRoutes.delete(key)) this.userspaceChanges.set(key, undefined);
       return this.desired.remove(`peer ${key}`);
     }
-    const { objects, status } = this.program(facts, lease);
+    const { objects, status, userspaceRoute } = this.program(facts, lease);
     this.statuses.set(key, status);
+    if (userspaceRoute !== undefined) {
+      this.userspaceRoutes.set(key, userspaceRoute);
+      this.userspaceChanges.set(key, userspaceRoute);
+    } else if (this.userspaceRoutes.delete(key)) {
+      this.userspaceChanges.set(key, undefined);
+    }
     return this.desired.set(`peer ${key}`, rankOf(lease), objects);
+  }
+
+  /**
+   * Starts the backend's userspace data path once its devices exist (again when one was made anew) and
+   * hands it this round's peer changes; after a full recompute, the whole table.
+   */
+  private async syncUserspace(
+    self: DataplaneSelf,
+    facts: NodeFacts,
+    repairs: readonly DeviceRepair[],
+    full: boolean,
+  ): Promise<void> {
+    const userspace = self.backend.userspace;
+    if (userspace === undefined) return;
+    if (this.userspace !== userspace) {
+      this.userspace = userspace;
+      userspace.onStopped((reason) => {
+        this.log.error({ reason }, `the userspace data path stopped (${reason}); starting it again`);
+        this.pending.devices = true;
+        this.scheduleRetry();
+      });
+    }
+    const owned = new Set(self.backend.ownedDevices);
+    const remade = repairs.some(
+      (r) => owned.has(r.device) && (r.what === "created" || r.what === "recreated"),
+    );
+    if (full) userspace.replaceAll(this.userspaceRoutes);
+    else userspace.update(this.userspaceChanges);
+    this.userspaceChanges.clear();
+    await userspace.ensureRunning(facts, remade);
   }
 
   private recomputeAll(facts: NodeFacts): void {
     this.desired.clear();
     this.statuses.clear();
+    this.userspaceRoutes.clear();
     const metric = this.options.blackholeMetric;
+    const own = [...(this.self?.backend.nodeObjects?.(facts) ?? [])];
+    if (metric !== undefined) own.push(blackholeRoute(formatCidr(facts.subnet), metric));
     // Rank "" sorts before every peer's: the node's own objects win any contest.
-    if (metric !== undefined)
-      this.desired.set("self", "", [blackholeRoute(formatCidr(facts.subnet), metric)]);
+    if (own.length > 0) this.desired.set("self", "", own);
     for (const [key, lease] of this.peers) this.setPeer(facts, key, lease);
   }
 

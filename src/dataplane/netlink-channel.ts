@@ -24,6 +24,7 @@ import { AddressError } from "../ip/address.js";
 import { MessageWriter, NetlinkFormatError, type MessageView } from "../netlink/codec.js";
 import { EINVAL, ENODEV, SystemCallError } from "../netlink/libc.js";
 import { insideNetns } from "../netlink/netns.js";
+import { createPersistentTun } from "../netlink/tun.js";
 import {
   AF_BRIDGE,
   EncodeError,
@@ -135,6 +136,7 @@ export function openNetlinkChannel(options: NetlinkChannelOptions = {}): Netlink
       netns === undefined ? "local" : `netns ${netns}`,
       sockets.requests,
       sockets.notifications,
+      netns,
     );
   } catch (error) {
     sockets.requests.close();
@@ -221,6 +223,7 @@ export class NetlinkChannel implements KernelChannel {
     readonly where: string,
     private readonly requests: NetlinkSocket,
     private readonly notifications: NetlinkSocket,
+    private readonly netns?: string,
   ) {
     const listener: SubscriptionListener = {
       message: (message) => this.notified(message),
@@ -369,12 +372,32 @@ export class NetlinkChannel implements KernelChannel {
   }
 
   createLink(spec: LinkSpec): Promise<void> {
+    if (spec.kind === "tun") return this.serialized(() => this.createTun(spec));
     return this.serialized(() => {
       const call = `create ${spec.kind} device ${spec.name}`;
       const underlay = spec.vxlan?.underlay;
       const underlayIndex = underlay === undefined ? undefined : this.deviceIndex(underlay, call);
       this.request(call, (writer) => encodeLinkCreate(writer, spec, underlayIndex));
     });
+  }
+
+  /** rtnetlink cannot make a TUN device: ioctls do, in the channel's namespace; MTU as a second step. */
+  private createTun(spec: LinkSpec): void {
+    const netns = this.netns;
+    try {
+      if (netns === undefined) createPersistentTun(spec.name);
+      else insideNetns(netns, () => createPersistentTun(spec.name));
+    } catch (error) {
+      if (!(error instanceof SystemCallError)) throw error;
+      const reason = { errno: error.errno, code: error.code, message: error.reason };
+      throw new KernelCallError(`create tun device ${spec.name}`, reason);
+    }
+    this.refreshLinks();
+    if (spec.mtu !== undefined) {
+      const call = `set device ${spec.name}`;
+      const index = this.deviceIndex(spec.name, call);
+      this.request(call, (writer) => encodeLinkSet(writer, index, { mtu: spec.mtu }));
+    }
   }
 
   deleteLink(name: string): Promise<void> {

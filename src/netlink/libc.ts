@@ -84,6 +84,12 @@ interface Bindings {
   setns(fd: number, nstype: number): number;
   strerror(errno: number): string;
   sendto(fd: number, buf: Uint8Array, len: number, flags: number, addr: Buffer, addrlen: number): number;
+  recvfrom(fd: number, buf: Uint8Array, len: number, flags: number, addr: Buffer, addrlen: Buffer): number;
+  read(fd: number, buf: Uint8Array, len: number): number;
+  write(fd: number, buf: Uint8Array, len: number): number;
+  ioctl(fd: number, request: number, ...variadic: (string | number | Buffer)[]): number;
+  poll(fds: Buffer, count: number, timeoutMs: number): number;
+  eventfd(initial: number, flags: number): number;
 }
 
 let bound: Bindings | undefined;
@@ -107,6 +113,12 @@ function bindings(): Bindings {
     sendto: fn(
       "intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
     ),
+    recvfrom: fn("intptr_t recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)"),
+    read: fn("intptr_t read(int fd, void *buf, size_t count)"),
+    write: fn("intptr_t write(int fd, const void *buf, size_t count)"),
+    ioctl: fn("int ioctl(int fd, unsigned long request, ...)"),
+    poll: fn("int poll(void *fds, unsigned long nfds, int timeout)"),
+    eventfd: fn("int eventfd(unsigned int initval, int flags)"),
   } as Bindings;
   return bound;
 }
@@ -156,6 +168,81 @@ export function recv(fd: number, into: Uint8Array, flags: number): number {
 /** Sends `data` as one datagram to `address` (a sockaddr); returns the bytes sent. */
 export function sendto(fd: number, data: Uint8Array, flags: number, address: Buffer): number {
   return checked("sendto", bindings().sendto(fd, data, data.length, flags, address, address.length));
+}
+
+/**
+ * Receives one datagram into `into` and its sender's sockaddr into `from`. Returns the byte count or
+ * the negated errno (see recv).
+ */
+export function recvfrom(
+  fd: number,
+  into: Uint8Array,
+  flags: number,
+  from: Buffer,
+  fromLength: Buffer,
+): number {
+  fromLength.writeUInt32LE(from.length, 0);
+  const result = bindings().recvfrom(fd, into, into.length, flags, from, fromLength);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/**
+ * sendto(2) of the first `length` bytes of `data` (no copy, no exception: the packet path's variant).
+ * Returns the bytes sent or the negated errno.
+ */
+export function sendtoLength(fd: number, data: Uint8Array, length: number, address: Buffer): number {
+  const result = bindings().sendto(fd, data, length, MSG_DONTWAIT, address, address.length);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/** write(2) of the first `length` bytes of `data`; returns the bytes written or the negated errno. */
+export function writeLength(fd: number, data: Uint8Array, length: number): number {
+  const result = bindings().write(fd, data, length);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/** read(2) of up to `into.length` bytes; returns the byte count or the negated errno (see recv). */
+export function read(fd: number, into: Uint8Array): number {
+  const result = bindings().read(fd, into, into.length);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/** write(2) of all of `data`; returns the bytes written or the negated errno (see recv). */
+export function write(fd: number, data: Uint8Array): number {
+  const result = bindings().write(fd, data, data.length);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/** ioctl(2) whose argument is a structure the kernel reads and may fill (struct ifreq). */
+export function ioctlPointer(fd: number, request: number, argument: Buffer, call: string): void {
+  checked(call, bindings().ioctl(fd, request, "void *", argument));
+}
+
+/** ioctl(2) whose argument is a plain integer (TUNSETPERSIST). */
+export function ioctlValue(fd: number, request: number, value: number, call: string): void {
+  checked(call, bindings().ioctl(fd, request, "unsigned long", value));
+}
+
+export const POLLIN = 0x001;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+export const POLLNVAL = 0x020;
+
+/**
+ * poll(2) over `fds` (struct pollfd, 8 bytes each: fd, events, revents), waiting at most `timeoutMs`.
+ * Returns how many are ready, or the negated errno (EINTR when a signal arrived).
+ */
+export function poll(fds: Buffer, timeoutMs: number): number {
+  const result = bindings().poll(fds, fds.length / 8, timeoutMs);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+
+/** An eventfd(2): a counter another thread can poll for, to be woken when it is written. */
+export function eventfd(flags: number): number {
+  return checked("eventfd", bindings().eventfd(0, flags));
 }
 
 export function setsockoptInt(fd: number, level: number, name: number, value: number, call: string): void {

@@ -45,7 +45,7 @@ export interface TwillCluster {
 }
 
 export interface TwillClusterOptions {
-  readonly backend: "vxlan" | "host-gw";
+  readonly backend: "vxlan" | "host-gw" | "udp";
   readonly hosts: number;
   /** Extra Backend options, e.g. { DirectRouting: true }. */
   readonly backendOptions?: Record<string, unknown>;
@@ -89,7 +89,26 @@ export async function untilNoFailures(
 }
 
 /** Routes each node still lacks: "<host ns> -> <peer subnet>" for every peer subnet without a twill route. */
-async function missingMeshRoutes(nodes: readonly NodeUnderTest[]): Promise<string[]> {
+async function missingMeshRoutes(
+  nodes: readonly NodeUnderTest[],
+  backend: TwillClusterOptions["backend"],
+): Promise<string[]> {
+  if (backend === "udp") {
+    // udp has one route, the whole network into flannel0; the proxy's table holds the peers.
+    const missing = await Promise.all(
+      nodes.map(async (n) => {
+        const routes = await readRoutes(n.host.runner, {
+          table: 254,
+          family: 4,
+          protocol: TWILL_ROUTE_PROTOCOL,
+        });
+        return routes.some((r) => r.dst === "10.244.0.0/16" && r.dev === "flannel0")
+          ? []
+          : [`${n.host.ns} -> 10.244.0.0/16 dev flannel0`];
+      }),
+    );
+    return missing.flat();
+  }
   const subnets = nodes.map((n) => {
     const { network, prefixLen } = subnetLine(n.agent.subnetEnv());
     return `${network}/${prefixLen}`;
@@ -218,7 +237,7 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
           await waitFor(
             "every node's routes to all its peers",
             async () => {
-              missing = await missingMeshRoutes(nodes);
+              missing = await missingMeshRoutes(nodes, options.backend);
               return missing.length === 0;
             },
             timeoutMs,

@@ -664,7 +664,8 @@ describe("registry", () => {
     ["VxLan", "vxlan"],
     ["host-gw", "host-gw"],
     ["HOST-GW", "host-gw"],
-    ["udp", undefined],
+    ["udp", "udp"],
+    ["UDP", "udp"],
     ["hostgw", undefined],
     ["", undefined],
   ])("the config's Backend.Type %j → %s (case-insensitive, as flannel reads it)", (type, backend) => {
@@ -677,15 +678,16 @@ describe("registry", () => {
     // flannel's backends compare a peer's BackendType exactly.
     ["VXLAN", undefined],
     ["Host-Gw", undefined],
+    // flannel's udp leases carry no BackendType at all; one that says "udp" is nobody's.
     ["udp", undefined],
-    [undefined, undefined],
+    [undefined, "udp"],
   ])("a lease's BackendType %j → %s (exact, as flannel compares it)", (type, backend) => {
     expect(backendForLease(type)?.type).toBe(backend);
   });
 
-  it("lists each backend once, vxlan first and as the default", () => {
-    expect(BACKENDS.map((backend) => backend.type)).toEqual(["vxlan", "host-gw"]);
-    expect(DEFAULT_BACKEND.type).toBe("vxlan");
+  it("lists each backend once, vxlan first; udp is the default, as flanneld's", () => {
+    expect(BACKENDS.map((backend) => backend.type)).toEqual(["vxlan", "host-gw", "udp"]);
+    expect(DEFAULT_BACKEND.type).toBe("udp");
   });
 
   it("parses a peer's BackendData with the backend of its type", () => {

@@ -197,13 +197,23 @@ describe("parseNetworkConfig: keys are matched like Go's encoding/json", () => {
 });
 
 describe("parseNetworkConfig: Backend", () => {
-  it("absent Backend → vxlan defaults with a warning (flannel's code would pick udp)", () => {
+  it("absent Backend → udp with a warning recommending vxlan, as flanneld picks udp", () => {
     const { config, warnings } = parseNetworkConfig('{"Network":"10.0.0.0/16"}');
-    expect(backendOf(config)).toEqual({ type: "vxlan", options: VXLAN_DEFAULTS });
+    expect(backendOf(config)).toEqual({ type: "udp", options: { Port: 8285 } });
     expect(warnings).toEqual([BACKEND_NOT_SET_WARNING]);
     expect(BACKEND_NOT_SET_WARNING).toBe(
-      'Backend not set: twill uses vxlan, but flanneld uses udp for this config, so flanneld and twill nodes of one cluster cannot route to each other; set "Backend": {"Type": "vxlan"} in the network config (twill config set) and restart the flanneld nodes',
+      'Backend not set: using udp, as flanneld does for this config, so both agree; udp copies every packet through a userspace proxy and is far slower than vxlan: set "Backend": {"Type": "vxlan"} in the network config (twill config set) and restart every node',
     );
+  });
+
+  it.each([
+    [{ Type: "udp" }, 8285],
+    [{ Type: "UDP", Port: 9000 }, 9000],
+    [{ type: "udp", port: 1 }, 1],
+  ])("Backend %j → udp on port %d", (backend, port) => {
+    const { config, warnings } = parseNetworkConfig(cfg({ Backend: backend }));
+    expect(backendOf(config)).toEqual({ type: "udp", options: { Port: port } });
+    expect(warnings).toEqual([]);
   });
 
   it.each([["host-gw"], ["HOST-GW"], ["Host-Gw"]])("Type %s → host-gw", (type) => {
@@ -358,17 +368,23 @@ describe("parseNetworkConfig: errors name the field and the bad value", () => {
     ],
     [cfg({ Backend: null }), "Backend", "got null"],
     [cfg({ Backend: [] }), "Backend", "got []"],
-    [cfg({ Backend: {} }), "Backend.Type", "choose one of vxlan, host-gw"],
-    [cfg({ Backend: { Type: "" } }), "Backend.Type", "choose one of vxlan, host-gw"],
-    [cfg({ Backend: { Type: null } }), "Backend.Type", "choose one of vxlan, host-gw"],
+    [cfg({ Backend: {} }), "Backend.Type", "choose one of vxlan, host-gw, udp"],
+    [cfg({ Backend: { Type: "" } }), "Backend.Type", "choose one of vxlan, host-gw, udp"],
+    [cfg({ Backend: { Type: null } }), "Backend.Type", "choose one of vxlan, host-gw, udp"],
     [cfg({ Backend: { VNI: 1 } }), "Backend.Type", "Backend.Type is not set"],
     [cfg({ Backend: { Type: 1 } }), "Backend.Type", "Backend.Type: expected a string, got 1"],
     [
-      cfg({ Backend: { Type: "udp" } }),
-      "Backend.Type",
-      'Backend.Type "udp" is not supported by twill (supported: vxlan, host-gw)',
+      cfg({ Backend: { Type: "udp", Port: 0 } }),
+      "Backend.Port",
+      "Backend.Port 0: Port must be from 1 to 65535",
     ],
-    [cfg({ Backend: { Type: "UDP" } }), "Backend.Type", 'Backend.Type "UDP" is not supported by twill'],
+    [
+      cfg({ Backend: { Type: "udp", Port: 70000 } }),
+      "Backend.Port",
+      "Backend.Port 70000: Port must be from 1",
+    ],
+    [cfg({ Backend: { Type: "udp", Port: "8285" } }), "Backend.Port", "Backend.Port: expected an integer"],
+    [cfg({ Backend: { Type: "udp", Port: 8285.5 } }), "Backend.Port", "Backend.Port: expected an integer"],
     [cfg({ Backend: { Type: "wireguard" } }), "Backend.Type", 'Backend.Type "wireguard" is not supported'],
     [cfg({ Backend: { Type: "ipip" } }), "Backend.Type", 'Backend.Type "ipip" is not supported'],
     [cfg({ Backend: { Type: "ipsec" } }), "Backend.Type", 'Backend.Type "ipsec" is not supported'],

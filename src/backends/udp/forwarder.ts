@@ -1,0 +1,285 @@
+// The udp backend's shell on the main thread: it owns the descriptors (the TUN device, the UDP socket
+// bound to the external interface's address and the Port, a wake-up eventfd), runs the packet proxy on
+// a worker thread (proxy.ts), keeps the forwarding table the proxy routes by, and restarts the proxy
+// when it stops (the TUN device was deleted and made again, the worker died). Table changes are
+// deltas: a peer that comes or goes never disturbs traffic to the others.
+import { closeSync } from "node:fs";
+import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
+import type { UserspaceDataPath, UserspaceRoute } from "../backend.js";
+import type { NodeFacts } from "../backend.js";
+import { formatIPv4, type IPv4 } from "../../ip/ipv4.js";
+import {
+  AF_INET,
+  bind,
+  close,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  eventfd,
+  setsockoptInt,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  socket,
+  SOL_SOCKET,
+  SystemCallError,
+  write,
+} from "../../netlink/libc.js";
+import { attachTun } from "../../netlink/tun.js";
+import {
+  PROXY_COUNTERS,
+  type ProxyCommand,
+  type ProxyCounter,
+  type ProxyFailure,
+  type ProxySetup,
+} from "./proxy.js";
+
+const SO_SNDBUFFORCE = 32;
+const SO_RCVBUFFORCE = 33;
+/** Socket buffers that absorb a burst of full-size packets while the proxy is busy (flannel keeps the default). */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+export type ProxyCounters = Readonly<Record<ProxyCounter, number>>;
+
+function udpSocket(address: IPv4, port: number): number {
+  const fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  try {
+    const sockaddr = Buffer.alloc(16);
+    sockaddr.writeUInt16LE(AF_INET, 0);
+    sockaddr.writeUInt16BE(port, 2);
+    sockaddr.writeUInt32BE(address, 4);
+    try {
+      bind(fd, sockaddr);
+    } catch (error) {
+      const inUse = error instanceof SystemCallError && error.code === "EADDRINUSE";
+      throw new Error(
+        `cannot bind the udp backend's socket to ${formatIPv4(address)}:${port}` +
+          (inUse
+            ? ": the port is in use (a flanneld still running on this node? another Backend.Port?)"
+            : ""),
+        { cause: error },
+      );
+    }
+    for (const option of [SO_SNDBUFFORCE, SO_RCVBUFFORCE]) {
+      try {
+        setsockoptInt(fd, SOL_SOCKET, option, SOCKET_BUFFER_BYTES, "setsockopt(socket buffer)");
+      } catch {
+        // Without CAP_NET_ADMIN the kernel's default buffers still work, only burst tolerance is lower.
+      }
+    }
+    return fd;
+  } catch (error) {
+    close(fd);
+    throw error;
+  }
+}
+
+/** What starts the proxy's thread; a seam so the shell's bookkeeping is unit-tested without threads. */
+export type ProxyLauncher = (setup: ProxySetup, transfer: MessagePort) => ProxyThread;
+
+export interface ProxyThread {
+  /** Called once when the thread ends: with the proxy's reason, or the error that ended it. */
+  onExit(listener: (reason: string | undefined) => void): void;
+  terminate(): Promise<void>;
+}
+
+export const workerLauncher: ProxyLauncher = (setup, transfer) => {
+  const worker = new Worker(new URL("./proxy-worker.js", import.meta.url), {
+    workerData: setup,
+    transferList: [transfer],
+  });
+  // The proxy never keeps the agent alive on its own: the agent decides when it ends.
+  worker.unref();
+  let reason: string | undefined;
+  return {
+    onExit(listener) {
+      worker.on("message", (message: ProxyFailure) => (reason = message.reason));
+      worker.on("error", (error) => (reason = `the proxy thread failed: ${error.message}`));
+      worker.on("exit", () => listener(reason ?? "the proxy thread ended"));
+    },
+    terminate: async () => {
+      await worker.terminate();
+    },
+  };
+};
+
+interface Running {
+  readonly thread: ProxyThread;
+  readonly tunFd: number;
+  readonly port: MessagePort;
+  readonly control: Int32Array;
+  stopping: boolean;
+}
+
+export interface ForwarderOptions {
+  readonly device: string;
+  readonly port: number;
+  readonly launcher?: ProxyLauncher;
+  readonly attach?: (device: string) => number;
+}
+
+export class UdpForwarder implements UserspaceDataPath {
+  private readonly routes = new Map<string, UserspaceRoute>();
+  private readonly counterBuffer = new SharedArrayBuffer(8 * PROXY_COUNTERS.length);
+  private readonly counterView = new Float64Array(this.counterBuffer);
+  private socketFd: number | undefined;
+  private boundTo: IPv4 | undefined;
+  private wakeFd: number | undefined;
+  private running: Running | undefined;
+  private stoppedListener: ((reason: string) => void) | undefined;
+  private readonly launcher: ProxyLauncher;
+  private readonly attach: (device: string) => number;
+  /** Why the proxy last stopped on its own, until it runs again. */
+  lastFailure: string | undefined;
+
+  constructor(private readonly options: ForwarderOptions) {
+    this.launcher = options.launcher ?? workerLauncher;
+    this.attach = options.attach ?? ((device) => attachTun(device, { persist: true }));
+  }
+
+  get isRunning(): boolean {
+    return this.running !== undefined;
+  }
+
+  /** Peers in the forwarding table. */
+  get size(): number {
+    return this.routes.size;
+  }
+
+  onStopped(listener: (reason: string) => void): void {
+    this.stoppedListener = listener;
+  }
+
+  counters(): ProxyCounters {
+    const values = {} as Record<ProxyCounter, number>;
+    PROXY_COUNTERS.forEach((name, i) => (values[name] = this.counterView[i] ?? 0));
+    return values;
+  }
+
+  async ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<void> {
+    const address = node.external.ifaceIp;
+    if (this.socketFd !== undefined && this.boundTo !== address) {
+      await this.stopThread();
+      close(this.socketFd);
+      this.socketFd = undefined;
+    }
+    if (deviceRemade) await this.stopThread();
+    if (this.running !== undefined) return;
+    this.socketFd ??= udpSocket(address, this.options.port);
+    this.boundTo = address;
+    this.wakeFd ??= eventfd(EFD_NONBLOCK | EFD_CLOEXEC);
+    const tunFd = this.attach(this.options.device);
+    const channel = new MessageChannel();
+    const control = new Int32Array(new SharedArrayBuffer(4));
+    const setup: ProxySetup = {
+      tunFd,
+      socketFd: this.socketFd,
+      wakeFd: this.wakeFd,
+      tunAddress: node.subnet.ip,
+      port: channel.port2,
+      counters: this.counterBuffer,
+      control: control.buffer,
+    };
+    // The whole table first, queued before the thread starts: its first packet already has every peer.
+    channel.port1.postMessage({ type: "clear" } satisfies ProxyCommand);
+    for (const [key, route] of this.routes) channel.port1.postMessage(setCommand(key, route));
+    let thread: ProxyThread;
+    try {
+      thread = this.launcher(setup, channel.port2);
+    } catch (error) {
+      closeSync(tunFd);
+      channel.port1.close();
+      throw error;
+    }
+    const running: Running = { thread, tunFd, port: channel.port1, control, stopping: false };
+    this.running = running;
+    this.lastFailure = undefined;
+    thread.onExit((reason) => this.exited(running, reason));
+  }
+
+  update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
+    const commands: ProxyCommand[] = [];
+    for (const [key, route] of changes) {
+      if (route === undefined) {
+        if (this.routes.delete(key)) commands.push({ type: "delete", key });
+      } else {
+        const before = this.routes.get(key);
+        if (before !== undefined && sameRoute(before, route)) continue;
+        this.routes.set(key, route);
+        commands.push(setCommand(key, route));
+      }
+    }
+    this.send(commands);
+  }
+
+  replaceAll(routes: ReadonlyMap<string, UserspaceRoute>): void {
+    const changes = new Map<string, UserspaceRoute | undefined>();
+    for (const key of this.routes.keys()) if (!routes.has(key)) changes.set(key, undefined);
+    for (const [key, route] of routes) changes.set(key, route);
+    this.update(changes);
+  }
+
+  async stop(): Promise<void> {
+    await this.stopThread();
+    if (this.socketFd !== undefined) close(this.socketFd);
+    if (this.wakeFd !== undefined) close(this.wakeFd);
+    this.socketFd = undefined;
+    this.wakeFd = undefined;
+  }
+
+  private send(commands: readonly ProxyCommand[]): void {
+    const running = this.running;
+    if (running === undefined || commands.length === 0) return;
+    for (const command of commands) running.port.postMessage(command);
+    this.wake();
+  }
+
+  private wake(): void {
+    if (this.wakeFd !== undefined) write(this.wakeFd, WAKE);
+  }
+
+  private async stopThread(): Promise<void> {
+    const running = this.running;
+    if (running === undefined) return;
+    running.stopping = true;
+    this.running = undefined;
+    Atomics.store(running.control, 0, 1);
+    this.wake();
+    await running.thread.terminate();
+    this.release(running);
+  }
+
+  private release(running: Running): void {
+    running.port.close();
+    try {
+      closeSync(running.tunFd);
+    } catch {
+      // Already closed: the thread ended on its own and was released then.
+    }
+  }
+
+  private exited(running: Running, reason: string | undefined): void {
+    if (running.stopping) return;
+    if (this.running === running) this.running = undefined;
+    this.release(running);
+    this.lastFailure = reason ?? "the proxy thread ended";
+    this.stoppedListener?.(this.lastFailure);
+  }
+}
+
+function setCommand(key: string, route: UserspaceRoute): ProxyCommand {
+  return {
+    type: "set",
+    key,
+    entry: { network: route.subnet.ip, prefixLen: route.subnet.prefixLen, endpoint: route.endpoint },
+  };
+}
+
+function sameRoute(a: UserspaceRoute, b: UserspaceRoute): boolean {
+  return (
+    a.subnet.ip === b.subnet.ip &&
+    a.subnet.prefixLen === b.subnet.prefixLen &&
+    a.endpoint.address === b.endpoint.address &&
+    a.endpoint.port === b.endpoint.port
+  );
+}

@@ -1,0 +1,140 @@
+// The udp backend, as flannel's: a TUN device flannel0 (address <subnet>/32, MTU = underlay − 28) that
+// the whole cluster network is routed into, and a proxy that sends each packet read from it, unchanged,
+// as one UDP datagram to the PublicIP:Port of the peer owning its destination subnet, and writes each
+// datagram that arrives into the TUN. The lease carries no BackendType and no BackendData, exactly as
+// flanneld's udp leases, so twill and flanneld udp nodes route to each other.
+//
+// Unlike flannel, the TUN device is persistent and kept across restarts (with its address and route),
+// and only datagrams from peers' public IPs are written into it.
+import { JsonFieldError, optionalInt, resolveFields, type JsonObject } from "../../config/json-fields.js";
+import { ownedRoute, type KernelObject } from "../../dataplane/objects.js";
+import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
+import type { Lease } from "../../lease/lease.js";
+import type {
+  BackendConfig,
+  BackendPlugin,
+  DeviceSpec,
+  NodeBackend,
+  NodeFacts,
+  PeerProgram,
+  PrepareContext,
+} from "../backend.js";
+import { UdpForwarder } from "./forwarder.js";
+
+/** flannel's udp device name (flannel opens "flannel%d", which is flannel0 on a node with one). */
+export const UDP_DEVICE = "flannel0";
+export const UDP_DEFAULT_PORT = 8285;
+/** Outer IPv4 header + UDP header. */
+export const UDP_OVERHEAD = 28;
+
+const FIELDS = ["Type", "Port"] as const;
+const NO_PEER_DATA: object = Object.freeze({});
+
+function typeText(type: string | undefined): string {
+  return `"${type ?? ""}"`;
+}
+
+class UdpNode implements NodeBackend {
+  readonly leaseData = undefined;
+  readonly identity = undefined;
+  readonly ownedDevices: readonly string[] = [UDP_DEVICE];
+  readonly userspace: UdpForwarder;
+
+  constructor(readonly config: UdpConfig) {
+    this.userspace = new UdpForwarder({ device: UDP_DEVICE, port: config.port });
+  }
+
+  devices(node: NodeFacts): DeviceSpec[] {
+    const mtu = this.config.mtu(node.external);
+    return [
+      {
+        link: { name: UDP_DEVICE, kind: "tun", mtu },
+        mtu,
+        mac: undefined,
+        addresses: [{ address: formatIPv4(node.subnet.ip), prefixLength: 32 }],
+        addressScope: [{ family: 4, address: formatIPv4(node.network.ip), length: node.network.prefixLen }],
+        incompatibility: (link) =>
+          link.kind === "tun"
+            ? undefined
+            : `${UDP_DEVICE} is a ${link.kind ?? "plain"} device, not a TUN device`,
+      },
+    ];
+  }
+
+  /** The whole cluster network goes into the TUN: the proxy decides per packet which peer gets it. */
+  nodeObjects(node: NodeFacts): KernelObject[] {
+    return [
+      ownedRoute({
+        family: 4,
+        dst: formatCidr(node.network),
+        gateway: undefined,
+        dev: UDP_DEVICE,
+        onlink: false,
+      }),
+    ];
+  }
+
+  peer(_node: NodeFacts, lease: Lease): PeerProgram {
+    const subnet = formatCidr(lease.subnet);
+    // flanneld's udp leases carry no BackendType; twill's udp leases neither.
+    if (lease.attrs.backendType !== undefined) {
+      return {
+        objects: [],
+        status: {
+          state: "backend-mismatch",
+          reason: `peer ${subnet} uses backend ${typeText(lease.attrs.backendType)}, this node uses "udp"; not programmed`,
+        },
+      };
+    }
+    const endpoint = { address: lease.attrs.publicIP, port: this.config.port };
+    return {
+      objects: [],
+      status: {
+        state: "programmed",
+        reason: `udp via ${UDP_DEVICE} to ${formatIPv4(endpoint.address)}:${endpoint.port}`,
+      },
+      userspaceRoute: { subnet: lease.subnet, endpoint },
+    };
+  }
+}
+
+class UdpConfig implements BackendConfig {
+  readonly type = "udp";
+  readonly leaseBackendType = null;
+  readonly options: Readonly<Record<string, number>>;
+
+  constructor(readonly port: number) {
+    this.options = { Port: port };
+  }
+
+  mtu(external: { readonly mtu: number }): number {
+    return external.mtu - UDP_OVERHEAD;
+  }
+
+  prepare(_context: PrepareContext): Promise<NodeBackend> {
+    return Promise.resolve(new UdpNode(this));
+  }
+}
+
+/** flannel's udp Backend keys; errors name the field. */
+export function parseUdpConfig(raw: JsonObject, warnings: string[]): UdpConfig {
+  const { values, warnings: fieldWarnings } = resolveFields(raw, FIELDS, "Backend.");
+  warnings.push(...fieldWarnings);
+  const port = optionalInt(values.get("Port"), "Backend.Port") ?? UDP_DEFAULT_PORT;
+  if (port < 1 || port > 65535) {
+    throw new JsonFieldError(
+      "Backend.Port",
+      `Backend.Port ${port}: Port must be from 1 to 65535 (default ${UDP_DEFAULT_PORT}); every node sends to ` +
+        `its peers on this one port`,
+    );
+  }
+  return new UdpConfig(port);
+}
+
+export const udpBackend: BackendPlugin = {
+  type: "udp",
+  leaseType: null,
+  parseConfig: parseUdpConfig,
+  // flannel's udp nodes publish no BackendData; whatever a lease carries is ignored, as flannel does.
+  parsePeerData: () => NO_PEER_DATA,
+};
