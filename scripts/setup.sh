@@ -20,6 +20,7 @@ declare -A needs=(
   [iperf3]=iperf3
   [ethtool]=ethtool
   [python3]=python3
+  [tcpdump]=tcpdump
 )
 missing=()
 for cmd in "${!needs[@]}"; do

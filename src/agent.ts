@@ -341,6 +341,7 @@ export class Agent {
         ownLease: own,
         phase: undefined,
         backend: { type: config.backend.type, options: config.backend.options },
+        userspace: backend.userspace?.status.bind(backend.userspace),
       });
       const target = { network: config.network, subnet: own.subnet };
       files.set({ ...target, mtu: config.backend.mtu(external), ipMasq: options.ipMasq });

@@ -1,7 +1,7 @@
 // The agent's one state store: what every loop has found out, in one typed place. The loops write
 // their part; /status, /readyz, the metrics gauges and `twill status` read it. Readiness is derived
 // from the state every time it is read, so no step can hide another's reason.
-import type { OptionValue, PeerStatus } from "./backends/backend.js";
+import type { OptionValue, PeerStatus, UserspaceStatus } from "./backends/backend.js";
 import { isDriftRound, type RoundReport, type Trigger } from "./dataplane/loop.js";
 import type { ConfigState } from "./lease/config-watch.js";
 import type { OwnLease } from "./lease/keeper.js";
@@ -88,6 +88,8 @@ export interface AgentState {
   readonly nodeProblems: readonly string[];
   /** What the agent is doing while not yet (or no longer) ready: shown first among the reasons. */
   readonly phase: string | undefined;
+  /** The backend's userspace data path (udp's proxy), read live: its counters move with every packet. */
+  readonly userspace: (() => UserspaceStatus) | undefined;
 }
 
 export function initialState(): AgentState {
@@ -114,6 +116,7 @@ export function initialState(): AgentState {
     etcdProblem: undefined,
     nodeProblems: [],
     phase: "starting",
+    userspace: undefined,
   };
 }
 
@@ -135,6 +138,10 @@ export function notReadyReasons(state: AgentState): string[] {
   if (state.view === undefined) reasons.push("peer view not synced");
   if (!state.dataplane.programmed) reasons.push("data plane not programmed yet");
   if (!state.masq.installed) reasons.push("masquerade/forward rules not installed yet");
+  const userspace = state.userspace?.();
+  if (userspace !== undefined && state.dataplane.programmed && !userspace.running) {
+    reasons.push(`${userspace.what} not running: ${userspace.lastFailure ?? "starting"}`);
+  }
   return reasons;
 }
 

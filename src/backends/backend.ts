@@ -130,7 +130,40 @@ export interface UserspaceDataPath {
   onStopped(listener: (reason: string) => void): void;
   /** Ends it; the kernel's devices stay as they are. */
   stop(): Promise<void>;
+  /** How it is doing, read at scrape and for status. */
+  status(): UserspaceStatus;
 }
+
+export interface UserspaceStatus {
+  /** What it is, for status and logs ("udp proxy on flannel0, port 8285"). */
+  readonly what: string;
+  /** The device it serves (metrics label). */
+  readonly device: string;
+  readonly running: boolean;
+  /** Why it last stopped on its own, until it runs again. */
+  readonly lastFailure: string | undefined;
+  /** Rows in its forwarding table. */
+  readonly peers: number;
+  /** Counters since the agent started: packets and bytes each way, drops by reason, restarts. */
+  readonly txPackets: number;
+  readonly txBytes: number;
+  readonly rxPackets: number;
+  readonly rxBytes: number;
+  readonly drops: Readonly<Record<UserspaceDrop, number>>;
+  readonly icmpUnreachableSent: number;
+  readonly restarts: number;
+}
+
+/** Why a userspace data path dropped a packet: twill_udp_dropped_packets_total{reason}. */
+export const USERSPACE_DROPS = [
+  "no_route",
+  "ttl_expired",
+  "unknown_sender",
+  "malformed",
+  "send_error",
+  "tun_write_error",
+] as const;
+export type UserspaceDrop = (typeof USERSPACE_DROPS)[number];
 
 /** A device a backend (or the node) needs, and what must hold for it. */
 export interface DeviceSpec {

@@ -91,6 +91,17 @@ export interface StatusJson {
     /** How a removed rule is noticed ("nftables notifications", "legacy table counters", "timer"). */
     readonly watch?: string | null;
   };
+  /** The backend's userspace data path (udp's proxy); absent for kernel-only backends. */
+  readonly userspace?: {
+    readonly what: string;
+    readonly running: boolean;
+    readonly lastFailure: string | null;
+    readonly peers: number;
+    readonly packets: { readonly tx: number; readonly rx: number };
+    readonly bytes: { readonly tx: number; readonly rx: number };
+    readonly drops: Readonly<Record<string, number>>;
+    readonly restarts: number;
+  };
 }
 
 export interface StatusInput {
@@ -215,6 +226,24 @@ export function buildStatus(input: StatusInput): StatusJson {
       errors: agent.masq.errors,
       iptables: agent.masq.iptables ? { ...agent.masq.iptables } : null,
       watch: agent.masq.watch ?? null,
+    },
+    ...userspaceJson(agent),
+  };
+}
+
+function userspaceJson(agent: AgentState): Pick<StatusJson, "userspace"> {
+  const status = agent.userspace?.();
+  if (status === undefined) return {};
+  return {
+    userspace: {
+      what: status.what,
+      running: status.running,
+      lastFailure: status.lastFailure ?? null,
+      peers: status.peers,
+      packets: { tx: status.txPackets, rx: status.rxPackets },
+      bytes: { tx: status.txBytes, rx: status.rxBytes },
+      drops: { ...status.drops },
+      restarts: status.restarts,
     },
   };
 }
@@ -343,6 +372,17 @@ export function renderStatus(status: StatusJson): string {
       ? "none"
       : `${driftTotal} (route ${d.route}, neighbour ${d.neighbour}, fdb ${d.fdb}, device ${d.device})`,
   );
+  const userspace = status.userspace;
+  if (userspace !== undefined) {
+    const dropped = Object.entries(userspace.drops).filter(([, n]) => n > 0);
+    field(
+      "userspace",
+      `${userspace.what}: ${userspace.running ? "running" : `NOT RUNNING (${userspace.lastFailure ?? "starting"})`}, ` +
+        `${plural(userspace.peers, "peer")}, ${userspace.packets.tx} packets out, ${userspace.packets.rx} in` +
+        (dropped.length === 0 ? "" : `, dropped ${dropped.map(([why, n]) => `${n} ${why}`).join(", ")}`) +
+        (userspace.restarts > 0 ? `, restarted ${plural(userspace.restarts, "time")}` : ""),
+    );
+  }
   if (status.masq.iptables) {
     const watch = status.masq.watch ? `; removals noticed by ${status.masq.watch}` : "";
     field("iptables", `${status.masq.iptables.command} (${status.masq.iptables.reason})${watch}`);

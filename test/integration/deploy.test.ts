@@ -49,6 +49,12 @@ const GAUGES_AND_COUNTERS = [
   "twill_subnet_pool_size",
   "twill_subnet_pool_leased",
   "twill_peers",
+  "twill_udp_proxy_up",
+  "twill_udp_peers",
+  "twill_udp_proxy_restarts_total",
+  "twill_udp_packets_total",
+  "twill_udp_bytes_total",
+  "twill_udp_dropped_packets_total",
   "twill_invalid_entries",
   "twill_invalid_entries_skipped_total",
   "twill_kernel_objects",
@@ -925,6 +931,37 @@ describe("Prometheus files (deploy/prometheus)", () => {
             expr: expr("TwillSubnetPoolNearlyExhausted"),
             eval_time: "20m",
             exp_samples: [{ labels: '{job="twill"}', value: 240 / 255 }],
+          },
+        ],
+      },
+      {
+        interval: "1m",
+        input_series: [
+          // a's proxy stopped at 3m for good; b's for one minute only; c runs vxlan (no series).
+          { series: `twill_udp_proxy_up${t("a", 'device="flannel0"')}`, values: "1 1 1 0 0 0 0 0 0 0 0" },
+          { series: `twill_udp_proxy_up${t("b", 'device="flannel0"')}`, values: "1 1 1 0 1 1 1 1 1 1 1" },
+        ],
+        promql_expr_test: [
+          {
+            expr: expr("TwillUdpProxyDown"),
+            eval_time: "10m",
+            exp_samples: [{ labels: `twill_udp_proxy_up${t("a", 'device="flannel0"')}`, value: 0 }],
+          },
+        ],
+        alert_rule_test: [
+          {
+            alertname: "TwillUdpProxyDown",
+            eval_time: "10m",
+            exp_alerts: [
+              {
+                exp_labels: { severity: "critical", job: "twill", instance: "a", device: "flannel0" },
+                exp_annotations: {
+                  summary: "twill on a: the udp backend's proxy is not running",
+                  description:
+                    "Pods on this node cannot reach pods on other nodes: nothing moves packets between flannel0 and the UDP socket. `twill status` says why it stopped (the port taken by another process, /dev/net/tun missing in the container, the device deleted); the agent keeps trying to start it.",
+                },
+              },
+            ],
           },
         ],
       },

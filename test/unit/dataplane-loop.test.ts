@@ -4,10 +4,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
-import type { NodeBackend } from "../../src/backends/backend.js";
+import type {
+  NodeBackend,
+  NodeFacts,
+  UserspaceDataPath,
+  UserspaceRoute,
+  UserspaceStatus,
+} from "../../src/backends/backend.js";
 import { DataplaneLoop, type DataplaneHost, type RoundReport } from "../../src/dataplane/loop.js";
 import { permanentFdb, permanentNeighbour, ownedRoute, type Route } from "../../src/dataplane/objects.js";
-import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import { formatCidr, formatIPv4, parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import type { Lease } from "../../src/lease/lease.js";
 import type { ExternalInterface } from "../../src/node/external-interface.js";
 import { FakeClock, settle } from "../helpers/fake-clock.js";
@@ -52,7 +58,13 @@ afterEach(async () => {
 });
 
 async function start(
-  options: { backend?: "vxlan" | "host-gw"; peers?: readonly Lease[]; backendOptions?: string } = {},
+  options: {
+    backend?: "vxlan" | "host-gw" | "udp";
+    peers?: readonly Lease[];
+    backendOptions?: string;
+    /** Changes the prepared backend before the loop gets it (e.g. a recording userspace data path). */
+    wrap?: (backend: NodeBackend) => NodeBackend;
+  } = {},
 ): Promise<Harness> {
   const kernel = new FakeKernel();
   const clock = new FakeClock();
@@ -63,12 +75,13 @@ async function start(
     `{"Network":"10.244.0.0/16","Backend":{"Type":"${type}"${options.backendOptions ?? ""}}}`,
   ).config;
   const dir = mkdtempSync(join(tmpdir(), "twill-loop-"));
-  const backend = await config.backend.prepare({
+  const prepared = await config.backend.prepare({
     stateDir: dir,
     existingLink: () => Promise.resolve(undefined),
     txChecksumOffload: true,
     nodeBinding: "test-node",
   });
+  const backend = options.wrap?.(prepared) ?? prepared;
   const loop = new DataplaneLoop(
     kernel,
     { bridge: "cni0", resyncIntervalMs: RESYNC_MS, watchKernel: true },
@@ -527,5 +540,159 @@ describe("data-plane loop: verdicts", () => {
       .map((a) => `${a.dev} ${a.address}/${a.prefixLength}`);
     expect(own.sort()).toEqual(["cni0 10.244.7.1/24", "flannel.1 10.244.7.0/32"]);
     expect(h.kernel.routes()).toEqual(expect.arrayContaining([tunnelRoute(2), tunnelRoute(3)]));
+  });
+});
+
+/** A userspace data path that records what the loop asks of it. */
+class RecordingUserspace implements UserspaceDataPath {
+  readonly table = new Map<string, UserspaceRoute>();
+  readonly starts: boolean[] = [];
+  readonly updates: string[][] = [];
+  running = false;
+  stopped = 0;
+  private listener: ((reason: string) => void) | undefined;
+
+  ensureRunning(_node: NodeFacts, deviceRemade: boolean): Promise<void> {
+    if (!this.running || deviceRemade) this.starts.push(deviceRemade);
+    this.running = true;
+    return Promise.resolve();
+  }
+  update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
+    if (changes.size > 0) this.updates.push([...changes.keys()]);
+    for (const [key, route] of changes) {
+      if (route === undefined) this.table.delete(key);
+      else this.table.set(key, route);
+    }
+  }
+  replaceAll(routes: ReadonlyMap<string, UserspaceRoute>): void {
+    this.table.clear();
+    for (const [key, route] of routes) this.table.set(key, route);
+  }
+  onStopped(listener: (reason: string) => void): void {
+    this.listener = listener;
+  }
+  /** As if the proxy thread died. */
+  fail(reason: string): void {
+    this.running = false;
+    this.listener?.(reason);
+  }
+  stop(): Promise<void> {
+    this.stopped++;
+    this.running = false;
+    return Promise.resolve();
+  }
+  status(): UserspaceStatus {
+    return {
+      what: "recording",
+      device: "flannel0",
+      running: this.running,
+      lastFailure: undefined,
+      peers: this.table.size,
+      txPackets: 0,
+      txBytes: 0,
+      rxPackets: 0,
+      rxBytes: 0,
+      drops: {
+        no_route: 0,
+        ttl_expired: 0,
+        unknown_sender: 0,
+        malformed: 0,
+        send_error: 0,
+        tun_write_error: 0,
+      },
+      icmpUnreachableSent: 0,
+      restarts: 0,
+    };
+  }
+}
+
+describe("data-plane loop: a backend with a userspace data path (udp)", () => {
+  const udpPeer = (n: number): Lease => peerLease(n, { type: undefined });
+  async function startUdp(peers: readonly Lease[] = [udpPeer(2), udpPeer(3)]) {
+    const userspace = new RecordingUserspace();
+    const h = await start({
+      backend: "udp",
+      peers,
+      wrap: (backend) =>
+        Object.assign(Object.create(Object.getPrototypeOf(backend) as object) as NodeBackend, backend, {
+          userspace,
+        }),
+    });
+    return { h, userspace };
+  }
+  const endpointOf = (userspace: RecordingUserspace, n: number) => {
+    const route = userspace.table.get(leaseKey(n));
+    return route === undefined
+      ? undefined
+      : `${formatCidr(route.subnet)} ${formatIPv4(route.endpoint.address)}:${route.endpoint.port}`;
+  };
+
+  it("makes the TUN device and the network's route into it, then starts the data path with every peer", async () => {
+    const { h, userspace } = await startUdp();
+    expect(h.kernel.links.get("flannel0")).toMatchObject({ kind: "tun", mtu: 1472, up: true });
+    expect(
+      h.kernel.addresses.filter((a) => a.dev === "flannel0").map((a) => `${a.address}/${a.prefixLength}`),
+    ).toEqual(["10.244.1.0/32"]);
+    expect(h.kernel.routes()).toEqual([
+      ownedRoute({ family: 4, dst: "10.244.0.0/16", gateway: undefined, dev: "flannel0", onlink: false }),
+    ]);
+    expect(userspace.starts).toEqual([true]);
+    expect(endpointOf(userspace, 2)).toBe("10.244.2.0/24 198.18.0.2:8285");
+    expect(endpointOf(userspace, 3)).toBe("10.244.3.0/24 198.18.0.3:8285");
+    expect(h.loop.peerStates.get(leaseKey(2))).toEqual({
+      state: "programmed",
+      reason: "udp via flannel0 to 198.18.0.2:8285",
+    });
+  });
+
+  it("hands it each peer change alone, and writes nothing to the kernel for it", async () => {
+    const { h, userspace } = await startUdp();
+    const applied = h.kernel.applied.length;
+    await h.put(udpPeer(4));
+    await h.remove(2);
+    expect(userspace.updates.slice(-2)).toEqual([[leaseKey(4)], [leaseKey(2)]]);
+    expect(endpointOf(userspace, 4)).toBe("10.244.4.0/24 198.18.0.4:8285");
+    expect(endpointOf(userspace, 2)).toBeUndefined();
+    expect(h.kernel.applied.length).toBe(applied);
+  });
+
+  it("gives a peer of another backend no row, and says why", async () => {
+    const { h, userspace } = await startUdp([udpPeer(2), peerLease(3)]);
+    expect(endpointOf(userspace, 3)).toBeUndefined();
+    expect(h.loop.peerStates.get(leaseKey(3))).toMatchObject({
+      state: "backend-mismatch",
+      reason: 'peer 10.244.3.0/24 uses backend "vxlan", this node uses "udp"; not programmed',
+    });
+  });
+
+  it("restores the network route and a deleted TUN device, and restarts the data path on the new device", async () => {
+    const { h, userspace } = await startUdp();
+    await h.kernel.deleteLink("flannel0");
+    await settle();
+    expect(h.kernel.links.get("flannel0")).toMatchObject({ kind: "tun", up: true });
+    expect(h.kernel.routes().map((r) => `${r.dst} ${r.dev ?? ""}`)).toEqual(["10.244.0.0/16 flannel0"]);
+    expect(userspace.starts).toEqual([true, true]);
+    expect(userspace.table.size).toBe(2);
+  });
+
+  it("starts the data path again after it stopped on its own", async () => {
+    const { h, userspace } = await startUdp();
+    userspace.fail("the proxy thread failed: boom");
+    await h.clock.advance(10_000);
+    await settle();
+    expect(userspace.running).toBe(true);
+    expect(userspace.starts).toEqual([true, false]);
+    expect(h.logs.records().some((r) => String(r.msg).includes("the userspace data path stopped"))).toBe(
+      true,
+    );
+  });
+
+  it("stops the data path when the loop ends, and leaves the device and route in place", async () => {
+    const { h, userspace } = await startUdp();
+    await h.stop();
+    harnesses.splice(harnesses.indexOf(h), 1);
+    expect(userspace.stopped).toBe(1);
+    expect(h.kernel.links.has("flannel0")).toBe(true);
+    expect(h.kernel.routes()).toHaveLength(1);
   });
 });

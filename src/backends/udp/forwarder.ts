@@ -5,7 +5,7 @@
 // deltas: a peer that comes or goes never disturbs traffic to the others.
 import { closeSync } from "node:fs";
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
-import type { UserspaceDataPath, UserspaceRoute } from "../backend.js";
+import type { UserspaceDataPath, UserspaceRoute, UserspaceStatus } from "../backend.js";
 import type { NodeFacts } from "../backend.js";
 import { formatIPv4, type IPv4 } from "../../ip/ipv4.js";
 import {
@@ -131,6 +131,8 @@ export class UdpForwarder implements UserspaceDataPath {
   private readonly attach: (device: string) => number;
   /** Why the proxy last stopped on its own, until it runs again. */
   lastFailure: string | undefined;
+  /** Times the proxy stopped on its own (and was started again by the data-plane loop). */
+  private failures = 0;
 
   constructor(private readonly options: ForwarderOptions) {
     this.launcher = options.launcher ?? workerLauncher;
@@ -154,6 +156,31 @@ export class UdpForwarder implements UserspaceDataPath {
     const values = {} as Record<ProxyCounter, number>;
     PROXY_COUNTERS.forEach((name, i) => (values[name] = this.counterView[i] ?? 0));
     return values;
+  }
+
+  status(): UserspaceStatus {
+    const c = this.counters();
+    return {
+      what: `udp proxy on ${this.options.device}, port ${this.options.port}`,
+      device: this.options.device,
+      running: this.running !== undefined,
+      lastFailure: this.lastFailure,
+      peers: this.routes.size,
+      txPackets: c.txPackets,
+      txBytes: c.txBytes,
+      rxPackets: c.rxPackets,
+      rxBytes: c.rxBytes,
+      drops: {
+        no_route: c.dropNoRoute,
+        ttl_expired: c.dropTtl,
+        unknown_sender: c.dropUnknownSender,
+        malformed: c.dropMalformed,
+        send_error: c.dropSendError,
+        tun_write_error: c.dropTunWriteError,
+      },
+      icmpUnreachableSent: c.icmpUnreachableSent,
+      restarts: this.failures,
+    };
   }
 
   async ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<void> {
@@ -263,6 +290,7 @@ export class UdpForwarder implements UserspaceDataPath {
     if (this.running === running) this.running = undefined;
     this.release(running);
     this.lastFailure = reason ?? "the proxy thread ended";
+    this.failures++;
     this.stoppedListener?.(this.lastFailure);
   }
 }
