@@ -45,7 +45,8 @@ export interface TwillCluster {
 }
 
 export interface TwillClusterOptions {
-  readonly backend: "vxlan" | "host-gw" | "udp";
+  /** "none": a network config without Backend (twill, as flanneld, then uses udp). */
+  readonly backend: "vxlan" | "host-gw" | "udp" | "none";
   readonly hosts: number;
   /** Extra Backend options, e.g. { DirectRouting: true }. */
   readonly backendOptions?: Record<string, unknown>;
@@ -93,7 +94,7 @@ async function missingMeshRoutes(
   nodes: readonly NodeUnderTest[],
   backend: TwillClusterOptions["backend"],
 ): Promise<string[]> {
-  if (backend === "udp") {
+  if (backend === "udp" || backend === "none") {
     // udp has one route, the whole network into flannel0; the proxy's table holds the peers.
     const missing = await Promise.all(
       nodes.map(async (n) => {
@@ -148,7 +149,9 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
     if (!first) throw new Error("a cluster needs at least one host");
     const config = JSON.stringify({
       Network: "10.244.0.0/16",
-      Backend: { Type: options.backend, ...options.backendOptions },
+      ...(options.backend === "none"
+        ? {}
+        : { Backend: { Type: options.backend, ...options.backendOptions } }),
     });
     const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${etcd.endpoint}`], {
       netns: first.ns,

@@ -131,7 +131,7 @@ export class UdpForwarder implements UserspaceDataPath {
   private readonly attach: (device: string) => number;
   /** Why the proxy last stopped on its own, until it runs again. */
   lastFailure: string | undefined;
-  /** Times the proxy stopped on its own (and was started again by the data-plane loop). */
+  /** Times the proxy was started again: it stopped on its own, or its TUN device was made anew. */
   private failures = 0;
 
   constructor(private readonly options: ForwarderOptions) {
@@ -190,7 +190,10 @@ export class UdpForwarder implements UserspaceDataPath {
       close(this.socketFd);
       this.socketFd = undefined;
     }
-    if (deviceRemade) await this.stopThread();
+    if (deviceRemade && this.running !== undefined) {
+      await this.stopThread();
+      this.failures++;
+    }
     if (this.running !== undefined) return;
     this.socketFd ??= udpSocket(address, this.options.port);
     this.boundTo = address;
@@ -202,7 +205,6 @@ export class UdpForwarder implements UserspaceDataPath {
       tunFd,
       socketFd: this.socketFd,
       wakeFd: this.wakeFd,
-      tunAddress: node.subnet.ip,
       port: channel.port2,
       counters: this.counterBuffer,
       control: control.buffer,

@@ -9,6 +9,8 @@ const ICMP_HEADER_BYTES = 8;
 const PROTOCOL_ICMP = 1;
 const ICMP_DEST_UNREACHABLE = 3;
 const ICMP_NET_UNREACHABLE = 0;
+/** ICMP types that are errors: destination unreachable, source quench, redirect, time exceeded, parameter problem. */
+const ICMP_ERRORS: ReadonlySet<number> = new Set([3, 4, 5, 11, 12]);
 /** flannel's proxy gives its ICMP errors a TTL of 8. */
 const ICMP_TTL = 8;
 
@@ -66,18 +68,18 @@ export function internetChecksum(bytes: Uint8Array, start: number, end: number):
 
 /**
  * The ICMP "destination net unreachable" flannel's proxy writes back into the TUN for a packet whose
- * destination no peer owns: from the node's TUN address to the packet's source, quoting the packet's
- * header and first 8 payload bytes. undefined where none is due (RFC 792/1812): the offender is itself
- * ICMP, or a fragment other than the first, or malformed.
+ * destination no peer owns, to the packet's source, quoting its header and first 8 payload bytes.
+ * flannel sends it from the node's TUN address, and the kernel drops it as a martian (a packet that
+ * arrives from outside with one of the node's own addresses as its source), so it never reaches the
+ * pod; twill sends it from the unreachable destination itself. undefined where none is due (RFC
+ * 792/1812): the offender is itself an ICMP error, or a fragment other than the first, or malformed.
  */
-export function netUnreachable(
-  offender: Uint8Array,
-  length: number,
-  tunAddress: IPv4,
-): Uint8Array | undefined {
+export function netUnreachable(offender: Uint8Array, length: number): Uint8Array | undefined {
   if (malformedReason(offender, length) !== undefined) return undefined;
   const headerBytes = ((offender[0] ?? 0) & 0x0f) * 4;
-  if (offender[9] === PROTOCOL_ICMP) return undefined;
+  // No ICMP error about an ICMP error (RFC 1812 4.3.2.7); an echo request gets one. (flannel answers no
+  // ICMP at all, so a ping to a subnet nobody owns times out.)
+  if (offender[9] === PROTOCOL_ICMP && ICMP_ERRORS.has(offender[headerBytes] ?? 0)) return undefined;
   const fragmentOffset = (((offender[6] ?? 0) & 0x1f) << 8) | (offender[7] ?? 0);
   if (fragmentOffset !== 0) return undefined;
   const quoted = Math.min(length, headerBytes + 8);
@@ -88,7 +90,7 @@ export function netUnreachable(
   view.setUint16(2, total);
   reply[8] = ICMP_TTL;
   reply[9] = PROTOCOL_ICMP;
-  view.setUint32(12, tunAddress);
+  view.setUint32(12, destinationOf(offender));
   view.setUint32(16, sourceOf(offender));
   view.setUint16(10, internetChecksum(reply, 0, IPV4_HEADER_BYTES));
   reply[IPV4_HEADER_BYTES] = ICMP_DEST_UNREACHABLE;

@@ -18,7 +18,6 @@ import {
   strerror,
   writeLength,
 } from "../../netlink/libc.js";
-import type { IPv4 } from "../../ip/ipv4.js";
 import { formatIPv4 } from "../../ip/ipv4.js";
 import {
   decrementTtl,
@@ -64,8 +63,6 @@ export interface ProxySetup {
   readonly socketFd: number;
   /** An eventfd the main thread writes after each batch of commands (and to stop). */
   readonly wakeFd: number;
-  /** The TUN device's address: the source of ICMP net-unreachable replies, as flannel's. */
-  readonly tunAddress: IPv4;
   /** Commands arrive here. */
   readonly port: MessagePort;
   /** Float64Array over it, indexed as PROXY_COUNTERS. */
@@ -155,7 +152,7 @@ export function runProxy(setup: ProxySetup): string | undefined {
       const next = table.lookup(destinationOf(packet));
       if (next === undefined) {
         count("dropNoRoute");
-        const reply = netUnreachable(packet, length, setup.tunAddress);
+        const reply = netUnreachable(packet, length);
         if (reply !== undefined && writeLength(setup.tunFd, reply, reply.length) === reply.length)
           count("icmpUnreachableSent");
         continue;
