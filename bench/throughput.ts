@@ -4,10 +4,16 @@
 //   twill vxlan    pod → pod, two real agents with the vxlan backend (startTwillCluster);
 //   manual vxlan   pod → pod, the same data path set up by hand (bridge, vxlan device, neigh, fdb, route);
 //   twill host-gw  pod → pod, two real agents with the host-gw backend;
-//   manual host-gw pod → pod, bridge and a route via the peer host, by hand.
-// Prints medians in Gbit/s and ratios vs underlay and vs manual; writes bench/results/throughput.json.
+//   manual host-gw pod → pod, bridge and a route via the peer host, by hand;
+//   twill udp      pod → pod, two real agents with the udp backend (TUN + the agent's proxy thread).
+// Per path: TCP Gbit/s, the machine's CPU (all cores, from /proc/stat) per Gbit/s, the agents' own CPU
+// (the udp proxy runs in them; the kernel paths cost the agents nothing), and packets per second of
+// 64-byte UDP datagrams as received (iperf3 -u -b 0: the sender overruns, the receiver's count is what
+// the path carried). Prints medians and ratios vs underlay, vs manual and udp vs vxlan; writes
+// bench/results/throughput.json.
 // Needs iperf3 (Debian package iperf3). BENCH_QUICK=1: one 2 s run per path; BENCH_RUNS, BENCH_SECONDS
 // override the repetitions (default 3) and seconds per run (default 5).
+import { readFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { execa } from "execa";
 import { createUnderlay, type Cluster, type Host, type Pod } from "../test/helpers/netns.js";
@@ -22,6 +28,8 @@ const PORT = "5201";
 
 interface PathSpec {
   readonly name: string;
+  /** The agents on this path, whose CPU time is counted (none for the underlay and manual paths). */
+  readonly agentPids: () => readonly number[];
   readonly net: Cluster;
   readonly clientNs: string;
   readonly serverNs: string;
@@ -32,7 +40,36 @@ interface PathSpec {
 interface Sample {
   readonly gbps: number;
   readonly retransmits: number;
+  /** The whole machine's busy cores during the run, per Gbit/s carried. */
+  readonly coresPerGbps: number;
+  /** The path's agents' CPU seconds per second of the run (0 without agents). */
+  readonly agentCores: number;
 }
+
+/** Busy and total jiffies of all CPUs so far (/proc/stat's first line). */
+function cpuTimes(): { busy: number; total: number } {
+  const fields = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "")
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const total = fields.reduce((a, b) => a + b, 0);
+  const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/** CPU seconds (user + system) a process has used so far; 0 once it is gone. */
+function processCpuSeconds(pid: number): number {
+  try {
+    const fields = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+const agentCpu = (pids: readonly number[]): number =>
+  pids.reduce((sum, pid) => sum + processCpuSeconds(pid), 0);
 
 /** A number at `path` inside iperf3's JSON report, or undefined. */
 function numberAt(value: unknown, path: readonly string[]): number | undefined {
@@ -48,7 +85,13 @@ async function iperf(path: PathSpec): Promise<Sample> {
   // iperf3 as a direct child of `ip netns exec` (which execs it): execa's timeout ends it by PID.
   const args = ["netns", "exec", path.clientNs, "iperf3", "-c", path.serverIp, "-p", PORT];
   args.push("-t", String(seconds), "-O", "1", "-J");
+  const cpuBefore = cpuTimes();
+  const agentsBefore = agentCpu(path.agentPids());
+  const startedRun = Date.now();
   const result = await execa("ip", args, { reject: false, timeout: (seconds + 30) * 1000 });
+  const cpuAfter = cpuTimes();
+  const agentSeconds = agentCpu(path.agentPids()) - agentsBefore;
+  const elapsed = (Date.now() - startedRun) / 1000;
   let report: unknown;
   try {
     report = JSON.parse(result.stdout);
@@ -60,7 +103,28 @@ async function iperf(path: PathSpec): Promise<Sample> {
     const error = typeof report === "object" && report !== null ? (report as { error?: unknown }).error : "";
     throw new Error(`${path.name}: iperf3 failed: ${String(error)}`);
   }
-  return { gbps: bps / 1e9, retransmits: numberAt(report, ["end", "sum_sent", "retransmits"]) ?? 0 };
+  const cores =
+    (cpus().length * (cpuAfter.busy - cpuBefore.busy)) / Math.max(1, cpuAfter.total - cpuBefore.total);
+  return {
+    gbps: bps / 1e9,
+    retransmits: numberAt(report, ["end", "sum_sent", "retransmits"]) ?? 0,
+    coresPerGbps: cores / (bps / 1e9),
+    agentCores: agentSeconds / elapsed,
+  };
+}
+
+/** Packets per second of 64-byte UDP datagrams the path delivered (iperf3 -u -b 0). */
+async function packetsPerSecond(path: PathSpec): Promise<number> {
+  const args = ["netns", "exec", path.clientNs, "iperf3", "-c", path.serverIp, "-p", PORT, "-u", "-b", "0"];
+  args.push("-l", "64", "-t", String(Math.max(2, Math.round(seconds / 2))), "-J");
+  const result = await execa("ip", args, { reject: false, timeout: (seconds + 30) * 1000 });
+  const report: unknown = JSON.parse(result.stdout || "{}");
+  const packets = numberAt(report, ["end", "sum", "packets"]);
+  const lost = numberAt(report, ["end", "sum", "lost_packets"]);
+  const took = numberAt(report, ["end", "sum", "seconds"]);
+  if (packets === undefined || lost === undefined || took === undefined)
+    throw new Error(`${path.name}: iperf3 -u gave no totals: ${result.stderr}`);
+  return (packets - lost) / took;
 }
 
 async function startServer(net: Cluster, ns: string): Promise<void> {
@@ -201,12 +265,16 @@ try {
   clusters.push(vx);
   const hg = await startTwillCluster({ backend: "host-gw", hosts: 2 });
   clusters.push(hg);
+  // --ip-masq as deployed, so that pod-to-pod traffic is not masqueraded by the bridge plugin.
+  const ud = await startTwillCluster({ backend: "udp", hosts: 2, agentArgs: ["--ip-masq"] });
+  clusters.push(ud);
   manual = await createUnderlay();
   const m = manual;
   const mh = [await m.addHost(1), await m.addHost(2), await m.addHost(3), await m.addHost(4)] as const;
 
   const [vxA, vxB] = await twillPods(vx);
   const [hgA, hgB] = await twillPods(hg);
+  const [udA, udB] = await twillPods(ud);
   const [mvA, mvB] = await manualPods(m, [mh[0], mh[1]], "vxlan", 245);
   const [mhA, mhB] = await manualPods(m, [mh[2], mh[3]], "host-gw", 246);
   const vxHost = (i: number): Host => {
@@ -223,6 +291,7 @@ try {
       serverNs: vxHost(2).ns,
       serverIp: vxHost(2).address,
       mtu: 1500,
+      agentPids: () => [],
     },
     {
       name: "twill vxlan",
@@ -231,8 +300,17 @@ try {
       serverNs: vxB.ns,
       serverIp: vxB.address,
       mtu: 1450,
+      agentPids: () => vx.nodes.map((n) => n.agent.process.pid),
     },
-    { name: "manual vxlan", net: m, clientNs: mvA.ns, serverNs: mvB.ns, serverIp: mvB.address, mtu: 1450 },
+    {
+      name: "manual vxlan",
+      net: m,
+      clientNs: mvA.ns,
+      serverNs: mvB.ns,
+      serverIp: mvB.address,
+      mtu: 1450,
+      agentPids: () => [],
+    },
     {
       name: "twill host-gw",
       net: hg.net,
@@ -240,8 +318,26 @@ try {
       serverNs: hgB.ns,
       serverIp: hgB.address,
       mtu: 1500,
+      agentPids: () => hg.nodes.map((n) => n.agent.process.pid),
     },
-    { name: "manual host-gw", net: m, clientNs: mhA.ns, serverNs: mhB.ns, serverIp: mhB.address, mtu: 1500 },
+    {
+      name: "manual host-gw",
+      net: m,
+      clientNs: mhA.ns,
+      serverNs: mhB.ns,
+      serverIp: mhB.address,
+      mtu: 1500,
+      agentPids: () => [],
+    },
+    {
+      name: "twill udp",
+      net: ud.net,
+      clientNs: udA.ns,
+      serverNs: udB.ns,
+      serverIp: udB.address,
+      mtu: 1472,
+      agentPids: () => ud.nodes.map((n) => n.agent.process.pid),
+    },
   ];
   for (const path of paths) await startServer(path.net, path.serverNs);
 
@@ -251,12 +347,24 @@ try {
       const sample = await iperf(path);
       samples.get(path.name)?.push(sample);
       console.log(
-        `  run ${run + 1}/${runs} ${path.name}: ${round(sample.gbps, 2)} Gbit/s (${sample.retransmits} retransmits)`,
+        `  run ${run + 1}/${runs} ${path.name}: ${round(sample.gbps, 2)} Gbit/s (${sample.retransmits} retransmits), ` +
+          `${round(sample.coresPerGbps, 2)} cores per Gbit/s, agents ${round(sample.agentCores, 2)} cores`,
       );
+    }
+  }
+  const pps = new Map<string, number[]>(paths.map((p) => [p.name, []]));
+  for (let run = 0; run < runs; run++) {
+    for (const path of paths) {
+      const value = await packetsPerSecond(path);
+      pps.get(path.name)?.push(value);
+      console.log(`  run ${run + 1}/${runs} ${path.name}: ${Math.round(value)} packets/s of 64-byte UDP`);
     }
   }
 
   const med = (name: string): number => median((samples.get(name) ?? []).map((s) => s.gbps));
+  const medOf = (name: string, pick: (s: Sample) => number): number =>
+    median((samples.get(name) ?? []).map(pick));
+  const medPps = (name: string): number => median(pps.get(name) ?? []);
   const results = Object.fromEntries(
     paths.map((p) => {
       const list = samples.get(p.name) ?? [];
@@ -267,6 +375,16 @@ try {
           runsGbps: list.map((s) => round(s.gbps, 3)),
           retransmits: list.map((s) => s.retransmits),
           medianGbps: round(med(p.name), 3),
+          medianCoresPerGbps: round(
+            medOf(p.name, (s) => s.coresPerGbps),
+            3,
+          ),
+          medianAgentCores: round(
+            medOf(p.name, (s) => s.agentCores),
+            3,
+          ),
+          packetsPerSecond64: (pps.get(p.name) ?? []).map((v) => Math.round(v)),
+          medianPacketsPerSecond64: Math.round(medPps(p.name)),
         },
       ];
     }),
@@ -279,11 +397,26 @@ try {
     "twill host-gw / underlay": ratio("twill host-gw", "underlay"),
     "twill host-gw / manual host-gw": ratio("twill host-gw", "manual host-gw"),
     "manual host-gw / underlay": ratio("manual host-gw", "underlay"),
+    "twill udp / twill vxlan": ratio("twill udp", "twill vxlan"),
+    "twill udp / underlay": ratio("twill udp", "underlay"),
+    "twill udp / twill vxlan, packets/s": round(medPps("twill udp") / medPps("twill vxlan"), 3),
   };
   console.log("medians:");
-  for (const p of paths) console.log(`  ${p.name.padEnd(15)} ${round(med(p.name), 2)} Gbit/s (MTU ${p.mtu})`);
+  for (const p of paths) {
+    console.log(
+      `  ${p.name.padEnd(15)} ${round(med(p.name), 2)} Gbit/s (MTU ${p.mtu}), ` +
+        `${round(
+          medOf(p.name, (s) => s.coresPerGbps),
+          2,
+        )} cores/Gbit/s, agents ${round(
+          medOf(p.name, (s) => s.agentCores),
+          2,
+        )} cores, ` +
+        `${Math.round(medPps(p.name))} packets/s (64 B)`,
+    );
+  }
   console.log("ratios:");
-  for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(31)} ${value}`);
+  for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(36)} ${value}`);
 
   const path = writeResult("throughput", {
     quick,

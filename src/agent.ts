@@ -101,6 +101,8 @@ export class Agent {
   readonly store: StateStore;
   readonly heartbeats: Heartbeats;
   private lifecycle: LeaseLifecycle | undefined;
+  /** The data-plane loop, once wired: its userspace data path is stopped last on the way out. */
+  private dataplane: DataplaneLoop | undefined;
   private readonly clock: Clock;
   private readonly runner: CommandRunner;
 
@@ -180,6 +182,8 @@ export class Agent {
       await Promise.all(loops);
       slow.cancel();
       await this.shutdown(registry, channel);
+      // Last: udp's proxy keeps moving packets until the agent is about to exit.
+      await this.dataplane?.stopUserspace();
     }
     if (failure !== undefined && !stopped(outer)) throw failure;
   }
@@ -196,7 +200,7 @@ export class Agent {
     configWatch.onChange((state) => store.update({ config: state }));
     supervise("config watch", configWatch.run(signal));
 
-    const dataplane = new DataplaneLoop(
+    const dataplane = (this.dataplane = new DataplaneLoop(
       channel,
       {
         bridge: options.bridge,
@@ -218,7 +222,7 @@ export class Agent {
         peerStates: (states) => store.updateDataplane(() => ({ peerStates: states })),
       },
       { clock: this.clock },
-    );
+    ));
     const files = new NodeFilesWriter(
       {
         subnetFile: options.subnetFile,

@@ -118,10 +118,10 @@ export interface UserspaceRoute {
  */
 export interface UserspaceDataPath {
   /**
-   * Starts it when it is not running, or again when `deviceRemade` (its device was made anew). Throws
-   * an Error saying why it cannot run (the port is taken, the TUN cannot be opened).
+   * Starts it when it is not running, or again when `deviceRemade` (its device was made anew); true
+   * when it started now. Throws an Error saying why it cannot run (the port is taken, no TUN).
    */
-  ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<void>;
+  ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<boolean>;
   /** Peer changes by lease key (undefined: the peer is gone); unchanged rows cost nothing. */
   update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void;
   /** The whole table: rows not in `routes` are removed. */

@@ -282,11 +282,18 @@ export class DataplaneLoop {
       subscription?.close();
       this.retryTimer?.cancel();
       this.resyncTimer?.cancel();
-      // The proxy thread ends with the loop; the devices and routes stay as they are (a restart
-      // attaches to them again).
-      await this.userspace?.stop();
-      this.userspace = undefined;
     }
+  }
+
+  /**
+   * Ends the backend's userspace data path (udp's proxy). Not part of run(): the agent calls it last
+   * on its way out, so that packets keep moving while everything else shuts down. The devices and
+   * routes stay as they are; the next agent attaches to them again.
+   */
+  async stopUserspace(): Promise<void> {
+    const userspace = this.userspace;
+    this.userspace = undefined;
+    await userspace?.stop();
   }
 
   private hasWork(): boolean {
@@ -676,7 +683,10 @@ export class DataplaneLoop {
     if (full) userspace.replaceAll(this.userspaceRoutes);
     else userspace.update(this.userspaceChanges);
     this.userspaceChanges.clear();
-    await userspace.ensureRunning(facts, remade);
+    if (await userspace.ensureRunning(facts, remade)) {
+      const status = userspace.status();
+      this.log.info({ peers: status.peers }, `${status.what} started`);
+    }
   }
 
   private recomputeAll(facts: NodeFacts): void {

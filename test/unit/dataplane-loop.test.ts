@@ -552,10 +552,11 @@ class RecordingUserspace implements UserspaceDataPath {
   stopped = 0;
   private listener: ((reason: string) => void) | undefined;
 
-  ensureRunning(_node: NodeFacts, deviceRemade: boolean): Promise<void> {
-    if (!this.running || deviceRemade) this.starts.push(deviceRemade);
+  ensureRunning(_node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
+    const starting = !this.running || deviceRemade;
+    if (starting) this.starts.push(deviceRemade);
     this.running = true;
-    return Promise.resolve();
+    return Promise.resolve(starting);
   }
   update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
     if (changes.size > 0) this.updates.push([...changes.keys()]);
@@ -687,10 +688,12 @@ describe("data-plane loop: a backend with a userspace data path (udp)", () => {
     );
   });
 
-  it("stops the data path when the loop ends, and leaves the device and route in place", async () => {
+  it("keeps the data path running after the loop ends until told, and leaves the device and route", async () => {
     const { h, userspace } = await startUdp();
     await h.stop();
     harnesses.splice(harnesses.indexOf(h), 1);
+    expect(userspace.stopped).toBe(0);
+    await h.loop.stopUserspace();
     expect(userspace.stopped).toBe(1);
     expect(h.kernel.links.has("flannel0")).toBe(true);
     expect(h.kernel.routes()).toHaveLength(1);

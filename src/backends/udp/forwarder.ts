@@ -183,7 +183,7 @@ export class UdpForwarder implements UserspaceDataPath {
     };
   }
 
-  async ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<void> {
+  async ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
     const address = node.external.ifaceIp;
     if (this.socketFd !== undefined && this.boundTo !== address) {
       await this.stopThread();
@@ -194,7 +194,7 @@ export class UdpForwarder implements UserspaceDataPath {
       await this.stopThread();
       this.failures++;
     }
-    if (this.running !== undefined) return;
+    if (this.running !== undefined) return false;
     this.socketFd ??= udpSocket(address, this.options.port);
     this.boundTo = address;
     this.wakeFd ??= eventfd(EFD_NONBLOCK | EFD_CLOEXEC);
@@ -224,6 +224,7 @@ export class UdpForwarder implements UserspaceDataPath {
     this.running = running;
     this.lastFailure = undefined;
     thread.onExit((reason) => this.exited(running, reason));
+    return true;
   }
 
   update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
