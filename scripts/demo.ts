@@ -12,7 +12,11 @@ const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 /** Exit codes as a shell reports a process ended by the signal (128 + number); SIGPIPE for lost output. */
 const SIGNAL_EXIT: Record<string, number> = { SIGHUP: 129, SIGINT: 130, SIGPIPE: 141, SIGTERM: 143 };
 
-const backend = process.argv.includes("--host-gw") ? "host-gw" : "vxlan";
+const backend = process.argv.includes("--host-gw")
+  ? "host-gw"
+  : process.argv.includes("--udp")
+    ? "udp"
+    : "vxlan";
 const stop = new AbortController();
 /** What stopped the demo: a signal's name, or SIGPIPE for output that went away. */
 let stoppedBy: string | undefined;

@@ -285,7 +285,8 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
       rows.push([
         formatCidr(lease.subnet),
         formatIPv4(lease.attrs.publicIP),
-        lease.attrs.backendType ?? "-",
+        // flannel's udp (and alloc) leases carry no BackendType.
+        lease.attrs.backendType ?? "(none: udp)",
         peerDataColumn(lease),
         formatDuration(ttls[i]),
       ]);
