@@ -348,9 +348,11 @@ export class Agent {
         userspace: backend.userspace?.status.bind(backend.userspace),
       });
       const target = { network: config.network, subnet: own.subnet };
+      // The data plane first: its round then starts before the rules' and files' first commands,
+      // which matters for udp, whose packets wait for this round after a restart.
+      dataplane.setSelf({ config, subnet: own.subnet, external, backend });
       files.set({ ...target, mtu: config.backend.mtu(external), ipMasq: options.ipMasq });
       masq.set(target);
-      dataplane.setSelf({ config, subnet: own.subnet, external, backend });
       if (subnetWatch === undefined) {
         subnetWatch = new SubnetWatch(
           registry,

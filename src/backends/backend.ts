@@ -160,6 +160,7 @@ export const USERSPACE_DROPS = [
   "ttl_expired",
   "unknown_sender",
   "malformed",
+  "not_ipv4",
   "send_error",
   "tun_write_error",
 ] as const;

@@ -462,7 +462,8 @@ export class Metrics {
       help:
         "Packets the udp proxy dropped, by reason: no_route (no peer owns the destination; an ICMP " +
         "net-unreachable goes back), ttl_expired, unknown_sender (a datagram not from a peer's public IP), " +
-        "malformed, send_error (the socket refused it), tun_write_error",
+        "malformed, not_ipv4 (IPv6 the kernel sends into the TUN; udp carries IPv4), send_error (the socket " +
+        "refused it), tun_write_error",
       labelNames: ["reason"],
       registers,
       collect() {

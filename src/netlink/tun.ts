@@ -52,6 +52,13 @@ export function attachTun(name: string, options: { readonly persist: boolean }):
     return fd;
   } catch (error) {
     closeSync(fd);
+    if (error instanceof SystemCallError && error.code === "EBUSY") {
+      throw new Error(
+        `${name} is held by another process (a flanneld still running on this node?); stop it, and ` +
+          `twill attaches to ${name} on its next try`,
+        { cause: error },
+      );
+    }
     if (error instanceof SystemCallError && error.code === "EINVAL") {
       throw new Error(
         `${name} exists but is not a TUN device without packet information (a TAP device, or one made ` +

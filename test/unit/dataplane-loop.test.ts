@@ -598,6 +598,7 @@ class RecordingUserspace implements UserspaceDataPath {
         ttl_expired: 0,
         unknown_sender: 0,
         malformed: 0,
+        not_ipv4: 0,
         send_error: 0,
         tun_write_error: 0,
       },

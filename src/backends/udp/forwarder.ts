@@ -175,6 +175,7 @@ export class UdpForwarder implements UserspaceDataPath {
         ttl_expired: c.dropTtl,
         unknown_sender: c.dropUnknownSender,
         malformed: c.dropMalformed,
+        not_ipv4: c.dropNotIpv4,
         send_error: c.dropSendError,
         tun_write_error: c.dropTunWriteError,
       },

@@ -39,6 +39,7 @@ export const PROXY_COUNTERS = [
   "dropTtl",
   "dropUnknownSender",
   "dropMalformed",
+  "dropNotIpv4",
   "dropSendError",
   "dropTunWriteError",
   "icmpUnreachableSent",
@@ -144,6 +145,11 @@ export function runProxy(setup: ProxySetup): string | undefined {
         throw new ProxyStopped(
           length === -EBADFD ? "the TUN device was deleted" : `reading the TUN device: ${strerror(-length)}`,
         );
+      }
+      if (length > 0 && (packet[0] ?? 0) >> 4 !== 4) {
+        // IPv6 the kernel sends on its own (router solicitations, MLD): udp carries IPv4 only.
+        count("dropNotIpv4");
+        continue;
       }
       if (malformedReason(packet, length) !== undefined) {
         count("dropMalformed");
