@@ -190,6 +190,8 @@ export class DataplaneLoop {
   private readonly userspaceChanges = new Map<string, UserspaceRoute | undefined>();
   /** The userspace data path of the backend in use, once started. */
   private userspace: UserspaceDataPath | undefined;
+  /** The previous backend's userspace data path, stopping: the next one starts after it let go. */
+  private userspaceStopping: Promise<void> | undefined;
   private readonly clock: Clock;
   private readonly host: DataplaneHost;
 
@@ -228,14 +230,18 @@ export class DataplaneLoop {
     if (this.userspace !== undefined && this.userspace !== self.backend.userspace) {
       const old = this.userspace;
       this.userspace = undefined;
-      old
-        .stop()
-        .catch((error: unknown) =>
-          this.log.error(
-            { err: errorOf(error) },
-            "stopping the previous backend's userspace data path failed",
+      // Its device and port may be the next one's (a Port change): they must be let go of first.
+      const before = this.userspaceStopping ?? Promise.resolve();
+      this.userspaceStopping = before.then(() =>
+        old
+          .stop()
+          .catch((error: unknown) =>
+            this.log.error(
+              { err: errorOf(error) },
+              "stopping the previous backend's userspace data path failed",
+            ),
           ),
-        );
+      );
     }
     this.self = self;
     this.selfKey = key;
@@ -293,6 +299,7 @@ export class DataplaneLoop {
   async stopUserspace(): Promise<void> {
     const userspace = this.userspace;
     this.userspace = undefined;
+    await this.userspaceStopping;
     await userspace?.stop();
   }
 
@@ -666,8 +673,12 @@ export class DataplaneLoop {
     repairs: readonly DeviceRepair[],
     full: boolean,
   ): Promise<void> {
+    // A round that began before the node changed: the next round runs for the new node.
+    if (self !== this.self) return;
     const userspace = self.backend.userspace;
     if (userspace === undefined) return;
+    await this.userspaceStopping;
+    if (self !== this.self) return;
     if (this.userspace !== userspace) {
       this.userspace = userspace;
       userspace.onStopped((reason) => {

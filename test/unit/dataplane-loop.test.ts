@@ -689,6 +689,42 @@ describe("data-plane loop: a backend with a userspace data path (udp)", () => {
     );
   });
 
+  it("on a new backend (a Port change), stops the old data path before the new one starts", async () => {
+    const { h, userspace } = await startUdp();
+    const order: string[] = [];
+    const stop = userspace.stop.bind(userspace);
+    userspace.stop = async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      order.push("old stopped");
+      return stop();
+    };
+    const next = new RecordingUserspace();
+    const ensure = next.ensureRunning.bind(next);
+    next.ensureRunning = (node, remade) => {
+      order.push("new started");
+      return ensure(node, remade);
+    };
+    const config = parseNetworkConfig(
+      '{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000}}',
+    ).config;
+    const prepared = await config.backend.prepare({
+      stateDir: "/nonexistent",
+      existingLink: () => Promise.resolve(undefined),
+      txChecksumOffload: true,
+      nodeBinding: "test-node",
+    });
+    const backend = Object.assign(
+      Object.create(Object.getPrototypeOf(prepared) as object) as NodeBackend,
+      prepared,
+      { userspace: next },
+    );
+    h.loop.setSelf({ config, subnet: OWN, external: EXTERNAL, backend });
+    await settle();
+    expect(order).toEqual(["old stopped", "new started"]);
+    expect(next.table.size).toBe(2);
+    expect(userspace.stopped).toBe(1);
+  });
+
   it("keeps the data path running after the loop ends until told, and leaves the device and route", async () => {
     const { h, userspace } = await startUdp();
     await h.stop();

@@ -1,5 +1,6 @@
 // The udp backend's pure core: flannel's packet rules (TTL and checksum, ICMP net-unreachable), the
 // forwarding table, the proxy's table commands; and the forwarder's bookkeeping with a fake thread.
+import { openSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { UdpForwarder, type ProxyThread } from "../../src/backends/udp/forwarder.js";
 import {
@@ -137,6 +138,18 @@ describe("udp packet rules", () => {
       ipv4Packet({ src: "10.244.1.2", dst: "10.244.9.9", protocol: 1, payload: [3, 1, 0, 0, 0, 0, 0, 0] }),
     ],
     [
+      "an ICMP packet with no ICMP header",
+      ipv4Packet({ src: "10.244.1.2", dst: "10.244.9.9", protocol: 1, payload: [] }),
+    ],
+    [
+      "a multicast source",
+      ipv4Packet({ src: "224.0.0.5", dst: "10.244.9.9", protocol: 17, payload: [0, 1, 0, 2, 0, 8, 0, 0] }),
+    ],
+    [
+      "the zero source",
+      ipv4Packet({ src: "0.0.0.0", dst: "10.244.9.9", protocol: 17, payload: [0, 1, 0, 2, 0, 8, 0, 0] }),
+    ],
+    [
       "a fragment other than the first",
       ipv4Packet({ src: "10.244.1.2", dst: "10.244.9.9", protocol: 17, fragmentOffset: 0x2003 }),
     ],
@@ -214,7 +227,7 @@ describe("udp forwarder (main thread side), with a fake proxy thread", () => {
       port: 0,
       attach: (device) => {
         attached.push(device);
-        return 1_000_000; // never a real descriptor: the fake thread never reads it
+        return openSync("/dev/null", "r"); // a real descriptor to close; the fake thread never reads it
       },
       launcher: (setup) => {
         const thread = { setup, exit: (_reason: string | undefined) => {}, terminated: false };
@@ -293,13 +306,71 @@ describe("udp forwarder (main thread side), with a fake proxy thread", () => {
       threads[1]?.exit("the TUN device was deleted");
       expect(stops).toEqual(["the TUN device was deleted"]);
       expect(forwarder.isRunning).toBe(false);
-      expect(forwarder.lastFailure).toBe("the TUN device was deleted");
+      expect(forwarder.failure).toBe("the TUN device was deleted");
       await forwarder.ensureRunning(NODE, false);
       expect(threads).toHaveLength(3);
       expect(forwarder.size).toBe(2);
     } finally {
       await forwarder.stop();
     }
+  });
+
+  it("says why it could not start, for status and readiness, and starts once the cause is gone", async () => {
+    let attempts = 0;
+    const forwarder = new UdpForwarder({
+      device: "flannel0",
+      port: 0,
+      attach: () => {
+        attempts++;
+        if (attempts === 1) throw new Error("flannel0 is held by another process");
+        return openSync("/dev/null", "r");
+      },
+      launcher: () => ({ onExit: () => undefined, terminate: () => Promise.resolve() }),
+    });
+    await expect(forwarder.ensureRunning(NODE, false)).rejects.toThrow("held by another process");
+    expect(forwarder.status()).toMatchObject({
+      running: false,
+      lastFailure: "flannel0 is held by another process",
+    });
+    try {
+      expect(await forwarder.ensureRunning(NODE, false)).toBe(true);
+      expect(forwarder.status()).toMatchObject({ running: true, lastFailure: undefined });
+    } finally {
+      await forwarder.stop();
+    }
+  });
+
+  it("runs a start asked for during a stop only after the stop let go of everything", async () => {
+    const order: string[] = [];
+    let finishTerminate: () => void = () => undefined;
+    const forwarder = new UdpForwarder({
+      device: "flannel0",
+      port: 0,
+      attach: () => {
+        order.push("attach");
+        return openSync("/dev/null", "r");
+      },
+      launcher: () => ({
+        onExit: () => undefined,
+        terminate: () => {
+          order.push("terminate");
+          return new Promise<void>((resolve) => (finishTerminate = resolve));
+        },
+      }),
+    });
+    await forwarder.ensureRunning(NODE, false);
+    const stopping = forwarder.stop().then(() => order.push("stopped"));
+    const starting = forwarder.ensureRunning(NODE, false).then(() => order.push("started"));
+    await new Promise((resolve) => setImmediate(resolve));
+    finishTerminate();
+    await stopping;
+    finishTerminate();
+    await starting;
+    expect(order).toEqual(["attach", "terminate", "stopped", "attach", "started"]);
+    const last = forwarder.stop();
+    await new Promise((resolve) => setImmediate(resolve));
+    finishTerminate();
+    await last;
   });
 
   it("keeps its counters in memory the thread shares", () => {

@@ -25,6 +25,7 @@ import {
   write,
 } from "../../netlink/libc.js";
 import { attachTun } from "../../netlink/tun.js";
+import { sockaddrOf } from "./packet.js";
 import {
   PROXY_COUNTERS,
   type ProxyCommand,
@@ -44,12 +45,8 @@ export type ProxyCounters = Readonly<Record<ProxyCounter, number>>;
 function udpSocket(address: IPv4, port: number): number {
   const fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   try {
-    const sockaddr = Buffer.alloc(16);
-    sockaddr.writeUInt16LE(AF_INET, 0);
-    sockaddr.writeUInt16BE(port, 2);
-    sockaddr.writeUInt32BE(address, 4);
     try {
-      bind(fd, sockaddr);
+      bind(fd, sockaddrOf({ address, port }));
     } catch (error) {
       const inUse = error instanceof SystemCallError && error.code === "EADDRINUSE";
       throw new Error(
@@ -129,10 +126,15 @@ export class UdpForwarder implements UserspaceDataPath {
   private stoppedListener: ((reason: string) => void) | undefined;
   private readonly launcher: ProxyLauncher;
   private readonly attach: (device: string) => number;
-  /** Why the proxy last stopped on its own, until it runs again. */
-  lastFailure: string | undefined;
+  /** Why the proxy last stopped on its own or could not start, until it runs again. */
+  private lastFailure: string | undefined;
   /** Times the proxy was started again: it stopped on its own, or its TUN device was made anew. */
-  private failures = 0;
+  private restarts = 0;
+  /**
+   * Starts and stops run one after the other: a stop closes descriptors after an await, and a start
+   * overlapping it could hand a closed (and reused) descriptor number to a new thread.
+   */
+  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly options: ForwarderOptions) {
     this.launcher = options.launcher ?? workerLauncher;
@@ -180,11 +182,43 @@ export class UdpForwarder implements UserspaceDataPath {
         tun_write_error: c.dropTunWriteError,
       },
       icmpUnreachableSent: c.icmpUnreachableSent,
-      restarts: this.failures,
+      restarts: this.restarts,
     };
   }
 
-  async ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
+  /** Why the proxy last stopped on its own or could not start; undefined while it runs. */
+  get failure(): string | undefined {
+    return this.lastFailure;
+  }
+
+  ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
+    return this.serialized(async () => {
+      try {
+        return await this.start(node, deviceRemade);
+      } catch (error) {
+        this.lastFailure = error instanceof Error ? error.message : String(error);
+        throw error;
+      }
+    });
+  }
+
+  stop(): Promise<void> {
+    return this.serialized(async () => {
+      await this.stopThread();
+      if (this.socketFd !== undefined) close(this.socketFd);
+      if (this.wakeFd !== undefined) close(this.wakeFd);
+      this.socketFd = undefined;
+      this.wakeFd = undefined;
+    });
+  }
+
+  private serialized<T>(step: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(step);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+
+  private async start(node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
     const address = node.external.ifaceIp;
     if (this.socketFd !== undefined && this.boundTo !== address) {
       await this.stopThread();
@@ -193,7 +227,7 @@ export class UdpForwarder implements UserspaceDataPath {
     }
     if (deviceRemade && this.running !== undefined) {
       await this.stopThread();
-      this.failures++;
+      this.restarts++;
     }
     if (this.running !== undefined) return false;
     this.socketFd ??= udpSocket(address, this.options.port);
@@ -250,14 +284,6 @@ export class UdpForwarder implements UserspaceDataPath {
     this.update(changes);
   }
 
-  async stop(): Promise<void> {
-    await this.stopThread();
-    if (this.socketFd !== undefined) close(this.socketFd);
-    if (this.wakeFd !== undefined) close(this.wakeFd);
-    this.socketFd = undefined;
-    this.wakeFd = undefined;
-  }
-
   private send(commands: readonly ProxyCommand[]): void {
     const running = this.running;
     if (running === undefined || commands.length === 0) return;
@@ -280,13 +306,10 @@ export class UdpForwarder implements UserspaceDataPath {
     this.release(running);
   }
 
+  /** Each run is released once: by stopThread, or by exited when it ended on its own. */
   private release(running: Running): void {
     running.port.close();
-    try {
-      closeSync(running.tunFd);
-    } catch {
-      // Already closed: the thread ended on its own and was released then.
-    }
+    closeSync(running.tunFd);
   }
 
   private exited(running: Running, reason: string | undefined): void {
@@ -294,7 +317,7 @@ export class UdpForwarder implements UserspaceDataPath {
     if (this.running === running) this.running = undefined;
     this.release(running);
     this.lastFailure = reason ?? "the proxy thread ended";
-    this.failures++;
+    this.restarts++;
     this.stoppedListener?.(this.lastFailure);
   }
 }

@@ -79,7 +79,11 @@ export function netUnreachable(offender: Uint8Array, length: number): Uint8Array
   const headerBytes = ((offender[0] ?? 0) & 0x0f) * 4;
   // No ICMP error about an ICMP error (RFC 1812 4.3.2.7); an echo request gets one. (flannel answers no
   // ICMP at all, so a ping to a subnet nobody owns times out.)
-  if (offender[9] === PROTOCOL_ICMP && ICMP_ERRORS.has(offender[headerBytes] ?? 0)) return undefined;
+  if (offender[9] === PROTOCOL_ICMP && (length <= headerBytes || ICMP_ERRORS.has(offender[headerBytes] ?? 0)))
+    return undefined;
+  // Never to a source that names no single host (RFC 1812 4.3.2.7): 0.0.0.0, multicast, broadcast.
+  const source = sourceOf(offender);
+  if (source === 0 || source >>> 28 === 0xe || source === 0xffffffff) return undefined;
   const fragmentOffset = (((offender[6] ?? 0) & 0x1f) << 8) | (offender[7] ?? 0);
   if (fragmentOffset !== 0) return undefined;
   const quoted = Math.min(length, headerBytes + 8);
@@ -98,6 +102,15 @@ export function netUnreachable(offender: Uint8Array, length: number): Uint8Array
   reply.set(offender.subarray(0, quoted), IPV4_HEADER_BYTES + ICMP_HEADER_BYTES);
   view.setUint16(IPV4_HEADER_BYTES + 2, internetChecksum(reply, IPV4_HEADER_BYTES, total));
   return reply;
+}
+
+/** The sockaddr_in of an endpoint (x86_64 Linux layout: family, port and address in network order). */
+export function sockaddrOf(endpoint: Endpoint): Buffer {
+  const sockaddr = Buffer.alloc(16);
+  sockaddr.writeUInt16LE(2, 0); // AF_INET
+  sockaddr.writeUInt16BE(endpoint.port, 2);
+  sockaddr.writeUInt32BE(endpoint.address, 4);
+  return sockaddr;
 }
 
 /** Where a peer subnet's packets go. */

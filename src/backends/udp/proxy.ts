@@ -18,12 +18,12 @@ import {
   strerror,
   writeLength,
 } from "../../netlink/libc.js";
-import { formatIPv4 } from "../../ip/ipv4.js";
 import {
   decrementTtl,
   destinationOf,
   ForwardingTable,
   malformedReason,
+  sockaddrOf,
   netUnreachable,
   type Endpoint,
   type ForwardingEntry,
@@ -45,7 +45,8 @@ export const PROXY_COUNTERS = [
   "icmpUnreachableSent",
 ] as const;
 export type ProxyCounter = (typeof PROXY_COUNTERS)[number];
-const at = (name: ProxyCounter): number => PROXY_COUNTERS.indexOf(name);
+/** Counter name → index, computed once: the packet path bumps several counters per packet. */
+const AT = Object.fromEntries(PROXY_COUNTERS.map((name, i) => [name, i])) as Record<ProxyCounter, number>;
 
 /** Changes to the forwarding table, main thread → proxy. */
 export type ProxyCommand =
@@ -77,23 +78,20 @@ interface SocketEndpoint extends Endpoint {
   readonly sockaddr: Buffer;
 }
 
-const AF_INET = 2;
 /** At most this many packets per device per wake-up, so neither direction starves the other. */
 const BATCH = 64;
 /** The loop looks at the stop flag at least this often even when nothing arrives. */
 const IDLE_POLL_MS = 500;
 /** Big enough for any datagram: the TUN's MTU is the underlay's less 28. */
 const BUFFER_BYTES = 65_536;
+const EBADF = 9;
+/**
+ * At most this many ICMP net-unreachables a second, as the kernel limits its own ICMP errors: a pod
+ * that floods an address nobody owns gets a few answers, not one per packet.
+ */
+const ICMP_PER_SECOND = 100;
 /** EBADFD: the TUN device this descriptor was attached to was deleted. */
 const EBADFD = 77;
-
-function sockaddrOf(endpoint: Endpoint): Buffer {
-  const sockaddr = Buffer.alloc(16);
-  sockaddr.writeUInt16LE(AF_INET, 0);
-  sockaddr.writeUInt16BE(endpoint.port, 2);
-  sockaddr.writeUInt32BE(endpoint.address, 4);
-  return sockaddr;
-}
 
 /** Applies one command to the table. */
 export function applyCommand(table: ForwardingTable<SocketEndpoint>, command: ProxyCommand): void {
@@ -123,8 +121,12 @@ export function runProxy(setup: ProxySetup): string | undefined {
     fds.writeInt16LE(POLLIN, i * 8 + 4);
   });
   const count = (name: ProxyCounter, by = 1): void => {
-    counters[at(name)] = (counters[at(name)] ?? 0) + by;
+    const i = AT[name];
+    counters[i] = (counters[i] ?? 0) + by;
   };
+
+  let icmpWindow = 0;
+  let icmpInWindow = 0;
 
   const drainCommands = (): void => {
     read(setup.wakeFd, wakeCount);
@@ -158,7 +160,13 @@ export function runProxy(setup: ProxySetup): string | undefined {
       const next = table.lookup(destinationOf(packet));
       if (next === undefined) {
         count("dropNoRoute");
-        const reply = netUnreachable(packet, length);
+        const now = Date.now();
+        if (now - icmpWindow >= 1000) {
+          icmpWindow = now;
+          icmpInWindow = 0;
+        }
+        const reply = icmpInWindow < ICMP_PER_SECOND ? netUnreachable(packet, length) : undefined;
+        if (reply !== undefined) icmpInWindow++;
         if (reply !== undefined && writeLength(setup.tunFd, reply, reply.length) === reply.length)
           count("icmpUnreachableSent");
         continue;
@@ -180,7 +188,8 @@ export function runProxy(setup: ProxySetup): string | undefined {
     for (let i = 0; i < BATCH; i++) {
       const length = recvfrom(setup.socketFd, packet, 0, from, fromLength);
       if (length === -EAGAIN) return;
-      // A queued ICMP error (a peer's port unreachable) surfaces here once; the socket goes on working.
+      if (length === -EBADF) throw new ProxyStopped("the UDP socket was closed");
+      // Nothing else is expected (the socket is unconnected and has no IP_RECVERR); drain next time.
       if (length < 0) return;
       if (!table.isPeer(from.readUInt32BE(4))) {
         count("dropUnknownSender");
@@ -215,6 +224,9 @@ export function runProxy(setup: ProxySetup): string | undefined {
       if ((tunEvents & (POLLERR | POLLHUP | POLLNVAL)) !== 0 && (tunEvents & POLLIN) === 0) {
         return "the TUN device was deleted";
       }
+      if ((socketEvents & (POLLERR | POLLNVAL)) !== 0 && (socketEvents & POLLIN) === 0) {
+        return "the UDP socket failed";
+      }
       if ((tunEvents & POLLIN) !== 0) tunToUdp();
       if ((socketEvents & POLLIN) !== 0) udpToTun();
     }
@@ -223,9 +235,4 @@ export function runProxy(setup: ProxySetup): string | undefined {
     if (error instanceof ProxyStopped) return error.message;
     throw error;
   }
-}
-
-/** For messages: "10.244.3.0/24 → 198.18.0.3:8285". */
-export function describeEntry(entry: ForwardingEntry): string {
-  return `${formatIPv4(entry.network)}/${entry.prefixLen} → ${formatIPv4(entry.endpoint.address)}:${entry.endpoint.port}`;
 }
