@@ -40,14 +40,15 @@ async function pods(cluster: TwillCluster): Promise<[Pod, Pod]> {
 
 /**
  * ms from the new agent's first log record to the moment its data path works again, from its log: the
- * udp proxy's "started" record; for vxlan, its first record that the data plane is reconciled or ready.
+ * udp proxy resumed from the state dir (or, without one, started); vxlan's is never interrupted.
  */
 function startupMs(cluster: TwillCluster, since: number, backend: string): number | undefined {
   const logs = cluster.nodes[1]?.agent.logs().slice(since) ?? [];
   const at = (record: Record<string, unknown> | undefined): number | undefined =>
     typeof record?.time === "string" ? Date.parse(record.time) : undefined;
   const first = at(logs[0]);
-  const pattern = backend === "udp" ? /^udp proxy on .* started$/ : /data plane reconciled|^ready/;
+  const pattern =
+    backend === "udp" ? /^resumed udp proxy on |^udp proxy on .* started$/ : /data plane reconciled/;
   const done = at(logs.find((l) => typeof l.msg === "string" && pattern.test(l.msg)));
   return first === undefined || done === undefined ? undefined : done - first;
 }

@@ -9,7 +9,7 @@
 // interface) ends it after --startup-timeout, and so does an unexpected error: every loop stops and the
 // error is thrown (the process exits non-zero for its supervisor); the data plane is left as it is.
 import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
-import { identityByBackend, parsePeerDataByBackend } from "./backends/registry.js";
+import { BACKENDS, identityByBackend, parsePeerDataByBackend } from "./backends/registry.js";
 import { cniVersionFromPlugins } from "./cni/probe.js";
 import { BLACKHOLE_ROUTE_METRIC, type AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
@@ -148,6 +148,7 @@ export class Agent {
     try {
       channel = (this.deps.openChannel ?? openNetlinkChannel)();
       supervise("node checks", this.checkNode(signal));
+      await this.resumeDataPaths();
       registry = await this.openRegistry(signal);
       if (registry === undefined) return;
       registry.onProblem?.((problem) => {
@@ -186,6 +187,26 @@ export class Agent {
       await this.dataplane?.stopUserspace();
     }
     if (failure !== undefined && !stopped(outer)) throw failure;
+  }
+
+  /**
+   * Takes up, before etcd answers, what the previous agent left running in its own process (udp's
+   * proxy): its packets stop while no agent runs, and this start has etcd, the lease and the first
+   * round still to go. A state that cannot be used means a normal start.
+   */
+  private async resumeDataPaths(): Promise<void> {
+    for (const plugin of BACKENDS) {
+      try {
+        const what = await plugin.resume?.({ stateDir: this.options.stateDir });
+        if (what !== undefined)
+          this.log.info({ backend: plugin.type }, `resumed ${what}, while etcd is asked`);
+      } catch (error) {
+        this.log.warn(
+          { backend: plugin.type, err: asError(error) },
+          "could not resume the previous data path",
+        );
+      }
+    }
   }
 
   /** Connects the loops and starts them under `supervise`. */
@@ -348,6 +369,14 @@ export class Agent {
         userspace: backend.userspace?.status.bind(backend.userspace),
       });
       const target = { network: config.network, subnet: own.subnet };
+      // The node's backend is prepared by now: a resumed data path it did not adopt is not wanted.
+      for (const plugin of BACKENDS) {
+        plugin
+          .releaseResumed?.()
+          .catch((error: unknown) =>
+            log.warn({ backend: plugin.type, err: asError(error) }, "stopping a resumed data path failed"),
+          );
+      }
       // The data plane first: its round then starts before the rules' and files' first commands,
       // which matters for udp, whose packets wait for this round after a restart.
       dataplane.setSelf({ config, subnet: own.subnet, external, backend });

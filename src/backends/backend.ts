@@ -40,6 +40,15 @@ export interface BackendPlugin {
    * the same terms as NodeBackend.identity; undefined, or no such method, when nothing is unique.
    */
   identityOf?(data: object): string | undefined;
+  /**
+   * At the agent's start, before etcd answers: takes up what the previous agent left running in its
+   * own process (udp's proxy), from the state dir. Returns what it resumed, for the log; undefined
+   * when there was nothing to resume. The backend's `prepare` adopts it when the config still asks
+   * for the same thing.
+   */
+  resume?(context: { readonly stateDir: string }): Promise<string | undefined>;
+  /** Once the node's backend is prepared: stops whatever `resume` started and `prepare` did not adopt. */
+  releaseResumed?(): Promise<void>;
 }
 
 /** What preparing a backend may use. */

@@ -356,6 +356,11 @@ describe("udp: 3 hosts x 2 pods", () => {
       "the restarted agent's proxy running",
       async () => (await status(cluster, 2)).userspace?.running === true,
     );
+    // Started from the state dir before etcd answered, with the peers of the previous run.
+    const resumed = agent
+      .logs()
+      .find((l) => String(l.msg).startsWith("resumed udp proxy on flannel0, port 8285"));
+    expect(String(resumed?.msg)).toContain("2 peers from the previous run, while etcd is asked");
     expect((await cluster.net.ping(from.ns, to.address, { count: 3 })).received).toBe(3);
   });
 });

@@ -12,6 +12,7 @@ import {
   netUnreachable,
   sourceOf,
 } from "../../src/backends/udp/packet.js";
+import { encodeResumeState, parseResumeState } from "../../src/backends/udp/resume.js";
 import { PROXY_COUNTERS, type ProxyCommand, type ProxySetup } from "../../src/backends/udp/proxy.js";
 import type { NodeFacts } from "../../src/backends/backend.js";
 import { parsePrefix } from "../../src/ip/address.js";
@@ -377,5 +378,43 @@ describe("udp forwarder (main thread side), with a fake proxy thread", () => {
     const { forwarder } = harness();
     expect(Object.keys(forwarder.counters())).toEqual([...PROXY_COUNTERS]);
     expect(Object.values(forwarder.counters()).every((v) => v === 0)).toBe(true);
+  });
+});
+
+describe("udp resume state (what a restarted agent starts its proxy from)", () => {
+  const route = (n: number) => ({
+    subnet: parseCidr(`10.244.${n}.0/24`),
+    endpoint: { address: parseIPv4(`198.18.0.${n}`), port: 8285 },
+  });
+
+  it("reads back what it wrote", () => {
+    const state = {
+      device: "flannel0",
+      port: 8285,
+      bindAddress: parseIPv4("198.18.0.1"),
+      routes: new Map([
+        ["/coreos.com/network/subnets/10.244.2.0-24", route(2)],
+        ["/coreos.com/network/subnets/10.244.3.0-24", route(3)],
+      ]),
+    };
+    expect(parseResumeState(encodeResumeState(state))).toEqual(state);
+  });
+
+  it.each([
+    ["", "not JSON"],
+    ["[]", "bad device"],
+    ['{"device":"flannel0","port":0,"bindAddress":"198.18.0.1","routes":[]}', "bad port"],
+    ['{"device":"a/b","port":8285,"bindAddress":"198.18.0.1","routes":[]}', "bad device"],
+    ['{"device":"flannel0","port":8285,"bindAddress":"x","routes":[]}', "bad address"],
+    [
+      '{"device":"flannel0","port":8285,"bindAddress":"198.18.0.1","routes":[["k","10.244.2.0/33","198.18.0.2",8285]]}',
+      "bad route subnet",
+    ],
+    [
+      '{"device":"flannel0","port":8285,"bindAddress":"198.18.0.1","routes":[["k","10.244.2.0/24","198.18.0.2",0]]}',
+      "bad route port",
+    ],
+  ])("refuses %j: %s", (text, reason) => {
+    expect(parseResumeState(text)).toBe(reason);
   });
 });

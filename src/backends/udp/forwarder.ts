@@ -26,6 +26,7 @@ import {
 } from "../../netlink/libc.js";
 import { attachTun } from "../../netlink/tun.js";
 import { sockaddrOf } from "./packet.js";
+import type { ResumeState } from "./resume.js";
 import {
   PROXY_COUNTERS,
   type ProxyCommand,
@@ -113,6 +114,8 @@ export interface ForwarderOptions {
   readonly port: number;
   readonly launcher?: ProxyLauncher;
   readonly attach?: (device: string) => number;
+  /** Keeps what a restarted agent needs to start the proxy at once (resume.ts); called on changes. */
+  readonly persist?: (state: ResumeState) => void;
 }
 
 export class UdpForwarder implements UserspaceDataPath {
@@ -191,10 +194,30 @@ export class UdpForwarder implements UserspaceDataPath {
     return this.lastFailure;
   }
 
+  /** The device and port it serves. */
+  get device(): string {
+    return this.options.device;
+  }
+
+  get port(): number {
+    return this.options.port;
+  }
+
   ensureRunning(node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
+    return this.startSerialized(node.external.ifaceIp, deviceRemade);
+  }
+
+  /** Starts with the socket bound to `bindAddress` before the node is known (a restart, resume.ts). */
+  resume(bindAddress: IPv4): Promise<boolean> {
+    return this.startSerialized(bindAddress, false);
+  }
+
+  private startSerialized(bindAddress: IPv4, deviceRemade: boolean): Promise<boolean> {
     return this.serialized(async () => {
       try {
-        return await this.start(node, deviceRemade);
+        const started = await this.start(bindAddress, deviceRemade);
+        this.persistState();
+        return started;
       } catch (error) {
         this.lastFailure = error instanceof Error ? error.message : String(error);
         throw error;
@@ -218,8 +241,7 @@ export class UdpForwarder implements UserspaceDataPath {
     return result;
   }
 
-  private async start(node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
-    const address = node.external.ifaceIp;
+  private async start(address: IPv4, deviceRemade: boolean): Promise<boolean> {
     if (this.socketFd !== undefined && this.boundTo !== address) {
       await this.stopThread();
       close(this.socketFd);
@@ -275,6 +297,17 @@ export class UdpForwarder implements UserspaceDataPath {
       }
     }
     this.send(commands);
+    if (commands.length > 0) this.persistState();
+  }
+
+  private persistState(): void {
+    if (this.boundTo === undefined) return;
+    this.options.persist?.({
+      device: this.options.device,
+      port: this.options.port,
+      bindAddress: this.boundTo,
+      routes: this.routes,
+    });
   }
 
   replaceAll(routes: ReadonlyMap<string, UserspaceRoute>): void {

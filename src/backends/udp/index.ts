@@ -19,7 +19,12 @@ import type {
   PeerProgram,
   PrepareContext,
 } from "../backend.js";
+import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { writeFileAtomic } from "../../node/subnet-env.js";
 import { UdpForwarder } from "./forwarder.js";
+import { encodeResumeState, parseResumeState, RESUME_FILE, type ResumeState } from "./resume.js";
 
 /** flannel's udp device name (flannel opens "flannel%d", which is flannel0 on a node with one). */
 export const UDP_DEVICE = "flannel0";
@@ -34,15 +39,36 @@ function typeText(type: string | undefined): string {
   return `"${type ?? ""}"`;
 }
 
+/** Writes the proxy's resume state (resume.ts) at most every PERSIST_DELAY_MS, off the packet path. */
+function resumeStateWriter(stateDir: string): (state: ResumeState) => void {
+  let pending: ResumeState | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  return (state) => {
+    pending = { ...state, routes: new Map(state.routes) };
+    timer ??= setTimeout(() => {
+      timer = undefined;
+      const write = pending;
+      pending = undefined;
+      if (write === undefined) return;
+      // A hint for the next start only: a failed write costs that start its head start, nothing else.
+      writeFileAtomic(join(stateDir, RESUME_FILE), encodeResumeState(write), 0o600).catch(() => undefined);
+    }, PERSIST_DELAY_MS).unref();
+  };
+}
+const PERSIST_DELAY_MS = 200;
+
+/** The proxy a restarted agent started from the state dir, until `prepare` adopts it. */
+let resumed: UdpForwarder | undefined;
+
 class UdpNode implements NodeBackend {
   readonly leaseData = undefined;
   readonly identity = undefined;
   readonly ownedDevices: readonly string[] = [UDP_DEVICE];
-  readonly userspace: UdpForwarder;
 
-  constructor(readonly config: UdpConfig) {
-    this.userspace = new UdpForwarder({ device: UDP_DEVICE, port: config.port });
-  }
+  constructor(
+    readonly config: UdpConfig,
+    readonly userspace: UdpForwarder,
+  ) {}
 
   devices(node: NodeFacts): DeviceSpec[] {
     const mtu = this.config.mtu(node.external);
@@ -111,8 +137,16 @@ class UdpConfig implements BackendConfig {
     return external.mtu - UDP_OVERHEAD;
   }
 
-  prepare(_context: PrepareContext): Promise<NodeBackend> {
-    return Promise.resolve(new UdpNode(this));
+  prepare(context: PrepareContext): Promise<NodeBackend> {
+    let forwarder: UdpForwarder;
+    if (resumed !== undefined && resumed.port === this.port) {
+      forwarder = resumed;
+      resumed = undefined;
+    } else {
+      const persist = resumeStateWriter(context.stateDir);
+      forwarder = new UdpForwarder({ device: UDP_DEVICE, port: this.port, persist });
+    }
+    return Promise.resolve(new UdpNode(this, forwarder));
   }
 }
 
@@ -131,9 +165,38 @@ export function parseUdpConfig(raw: JsonObject, warnings: string[]): UdpConfig {
   return new UdpConfig(port);
 }
 
+/** Starts the proxy as the previous agent left it, if its state and its device are there. */
+async function resumeProxy(context: { readonly stateDir: string }): Promise<string | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(context.stateDir, RESUME_FILE), "utf8");
+  } catch {
+    return undefined;
+  }
+  const state = parseResumeState(text);
+  if (typeof state === "string") throw new Error(`${RESUME_FILE} in ${context.stateDir}: ${state}; ignored`);
+  // Only a TUN device the previous agent left (after a reboot there is none: a normal start makes it).
+  if (!existsSync(`/sys/class/net/${state.device}/tun_flags`)) return undefined;
+  const forwarder = new UdpForwarder({
+    device: state.device,
+    port: state.port,
+    persist: resumeStateWriter(context.stateDir),
+  });
+  forwarder.replaceAll(state.routes);
+  await forwarder.resume(state.bindAddress);
+  resumed = forwarder;
+  return `${forwarder.status().what}, ${state.routes.size} peers from the previous run`;
+}
+
 export const udpBackend: BackendPlugin = {
   type: "udp",
   leaseType: null,
+  resume: resumeProxy,
+  async releaseResumed() {
+    const unused = resumed;
+    resumed = undefined;
+    await unused?.stop();
+  },
   parseConfig: parseUdpConfig,
   // flannel's udp nodes publish no BackendData; whatever a lease carries is ignored, as flannel does.
   parsePeerData: () => NO_PEER_DATA,
