@@ -363,6 +363,24 @@ describe("udp: 3 hosts x 2 pods", () => {
     expect(String(resumed?.msg)).toContain("2 peers from the previous run, while etcd is asked");
     expect((await cluster.net.ping(from.ns, to.address, { count: 3 })).received).toBe(3);
   });
+
+  it("follows a Port change: each node lets go of 8285, listens on the new port, and pods still reach each other", async () => {
+    const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${cluster.etcd.endpoint}`], {
+      netns: node(cluster, 1).host.ns,
+      input: JSON.stringify({ Network: "10.244.0.0/16", Backend: { Type: "udp", Port: 9000 } }),
+    });
+    expect(set.code, set.stderr).toBe(0);
+    for (let i = 1; i <= 3; i++) {
+      await waitFor(`node ${i}'s proxy on port 9000`, async () => {
+        const s = (await status(cluster, i)).userspace;
+        return s?.what === "udp proxy on flannel0, port 9000" && s.running;
+      });
+      const sockets = await cluster.net.run(node(cluster, i).host.ns, ["ss", "-Hunl"]);
+      expect(sockets).toContain(":9000");
+      expect(sockets).not.toContain(":8285");
+    }
+    expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+  });
 });
 
 describe("udp: a twill node and a flannel-style peer made by hand", () => {

@@ -137,16 +137,16 @@ class UdpConfig implements BackendConfig {
     return external.mtu - UDP_OVERHEAD;
   }
 
-  prepare(context: PrepareContext): Promise<NodeBackend> {
-    let forwarder: UdpForwarder;
-    if (resumed !== undefined && resumed.port === this.port) {
-      forwarder = resumed;
-      resumed = undefined;
-    } else {
-      const persist = resumeStateWriter(context.stateDir);
-      forwarder = new UdpForwarder({ device: UDP_DEVICE, port: this.port, persist });
+  async prepare(context: PrepareContext): Promise<NodeBackend> {
+    const previous = resumed;
+    resumed = undefined;
+    if (previous !== undefined && previous.port === this.port && previous.device === UDP_DEVICE) {
+      return new UdpNode(this, previous);
     }
-    return Promise.resolve(new UdpNode(this, forwarder));
+    // Another Port now: the resumed proxy lets go of flannel0 before the new one attaches to it.
+    await previous?.stop();
+    const persist = resumeStateWriter(context.stateDir);
+    return new UdpNode(this, new UdpForwarder({ device: UDP_DEVICE, port: this.port, persist }));
   }
 }
 
