@@ -19,7 +19,7 @@ import { execa } from "execa";
 import { createUnderlay, type Cluster, type Host, type Pod } from "../test/helpers/netns.js";
 import { waitFor } from "../test/helpers/processes.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
-import { median, round, writeResult, tearDownOnSignal } from "./lib.js";
+import { median, percentile, round, writeResult, tearDownOnSignal } from "./lib.js";
 
 const quick = process.env.BENCH_QUICK === "1";
 const runs = Number(process.env.BENCH_RUNS ?? (quick ? 1 : 3));
@@ -28,6 +28,8 @@ const PORT = "5201";
 
 interface PathSpec {
   readonly name: string;
+  /** The sending node's host namespace, whose agent's /healthz response time is probed during runs. */
+  readonly agentNs?: string;
   /** The agents on this path, whose CPU time is counted (none for the underlay and manual paths). */
   readonly agentPids: () => readonly number[];
   readonly net: Cluster;
@@ -38,6 +40,8 @@ interface PathSpec {
 }
 
 interface Sample {
+  /** The sending node's agent's /healthz response times during the run (ms), when it has one. */
+  readonly healthzMs: readonly number[];
   readonly gbps: number;
   readonly retransmits: number;
   /** The whole machine's busy cores during the run, per Gbit/s carried. */
@@ -81,6 +85,26 @@ function numberAt(value: unknown, path: readonly string[]): number | undefined {
   return typeof at === "number" ? at : undefined;
 }
 
+/**
+ * Asks the agent in `ns` for /healthz every 20 ms for `forSeconds` and returns each response time:
+ * its event loop answers at once unless something blocks it (udp's packets run on a worker thread).
+ */
+async function healthzTimes(ns: string, forSeconds: number): Promise<number[]> {
+  const script =
+    `const end=Date.now()+Number(process.argv[1])*1000;const out=[];` +
+    `(async()=>{while(Date.now()<end){const t=performance.now();` +
+    `try{await (await fetch("http://127.0.0.1:9102/healthz")).text();out.push(performance.now()-t);}catch{}` +
+    `await new Promise(r=>setTimeout(r,20));}console.log(JSON.stringify(out));})();`;
+  const result = await execa(
+    "ip",
+    ["netns", "exec", ns, process.execPath, "-e", script, String(forSeconds)],
+    {
+      reject: false,
+    },
+  );
+  return result.exitCode === 0 ? (JSON.parse(result.stdout) as number[]) : [];
+}
+
 async function iperf(path: PathSpec): Promise<Sample> {
   // iperf3 as a direct child of `ip netns exec` (which execs it): execa's timeout ends it by PID.
   const args = ["netns", "exec", path.clientNs, "iperf3", "-c", path.serverIp, "-p", PORT];
@@ -88,8 +112,10 @@ async function iperf(path: PathSpec): Promise<Sample> {
   const cpuBefore = cpuTimes();
   const agentsBefore = agentCpu(path.agentPids());
   const startedRun = Date.now();
+  const probe = path.agentNs === undefined ? Promise.resolve([]) : healthzTimes(path.agentNs, seconds);
   const result = await execa("ip", args, { reject: false, timeout: (seconds + 30) * 1000 });
   const cpuAfter = cpuTimes();
+  const healthzMs = await probe;
   const agentSeconds = agentCpu(path.agentPids()) - agentsBefore;
   const elapsed = (Date.now() - startedRun) / 1000;
   let report: unknown;
@@ -106,6 +132,7 @@ async function iperf(path: PathSpec): Promise<Sample> {
   const cores =
     (cpus().length * (cpuAfter.busy - cpuBefore.busy)) / Math.max(1, cpuAfter.total - cpuBefore.total);
   return {
+    healthzMs,
     gbps: bps / 1e9,
     retransmits: numberAt(report, ["end", "sum_sent", "retransmits"]) ?? 0,
     coresPerGbps: cores / (bps / 1e9),
@@ -301,6 +328,7 @@ try {
       serverIp: vxB.address,
       mtu: 1450,
       agentPids: () => vx.nodes.map((n) => n.agent.process.pid),
+      agentNs: vxHost(1).ns,
     },
     {
       name: "manual vxlan",
@@ -337,6 +365,7 @@ try {
       serverIp: udB.address,
       mtu: 1472,
       agentPids: () => ud.nodes.map((n) => n.agent.process.pid),
+      agentNs: ud.nodes[0]?.host.ns ?? "",
     },
   ];
   for (const path of paths) await startServer(path.net, path.serverNs);
@@ -365,6 +394,17 @@ try {
   const medOf = (name: string, pick: (s: Sample) => number): number =>
     median((samples.get(name) ?? []).map(pick));
   const medPps = (name: string): number => median(pps.get(name) ?? []);
+  /** The sending agent's /healthz response times over every run of a path: its event loop's freedom. */
+  const healthzSummary = (name: string): Record<string, number> => {
+    const times = (samples.get(name) ?? []).flatMap((s) => s.healthzMs);
+    if (times.length === 0) return {};
+    return {
+      healthzProbes: times.length,
+      healthzMedianMs: round(median(times), 2),
+      healthzP99Ms: round(percentile(times, 99), 2),
+      healthzMaxMs: round(Math.max(...times), 2),
+    };
+  };
   const results = Object.fromEntries(
     paths.map((p) => {
       const list = samples.get(p.name) ?? [];
@@ -385,6 +425,7 @@ try {
           ),
           packetsPerSecond64: (pps.get(p.name) ?? []).map((v) => Math.round(v)),
           medianPacketsPerSecond64: Math.round(medPps(p.name)),
+          ...healthzSummary(p.name),
         },
       ];
     }),
@@ -414,6 +455,15 @@ try {
         )} cores, ` +
         `${Math.round(medPps(p.name))} packets/s (64 B)`,
     );
+  }
+  for (const p of paths) {
+    const h = healthzSummary(p.name);
+    if (h.healthzProbes !== undefined) {
+      console.log(
+        `  ${p.name.padEnd(15)} its agent's /healthz during the runs: median ${h.healthzMedianMs} ms, ` +
+          `p99 ${h.healthzP99Ms} ms, max ${h.healthzMaxMs} ms (${h.healthzProbes} probes)`,
+      );
+    }
   }
   console.log("ratios:");
   for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(36)} ${value}`);
