@@ -4,7 +4,7 @@
 // the docs. No label carries a peer: every label has a small fixed set of values.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
-import { USERSPACE_DROPS, type PeerState } from "../backends/backend.js";
+import { USERSPACE_DROPS, type PeerState, type UserspaceStatus } from "../backends/backend.js";
 import { BACKENDS } from "../backends/registry.js";
 import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
 import { poolSizeOf } from "../lease/allocate.js";
@@ -397,81 +397,81 @@ export class Metrics {
 
   /** The udp proxy's figures (a backend's userspace data path), read live at scrape; no samples elsewhere. */
   private registerUserspace(registers: Registry[], state: () => AgentState): void {
-    const live = () => state().userspace?.();
-    new Gauge({
-      name: "twill_udp_proxy_up",
-      help: "1 while the udp backend's proxy thread runs, 0 when it stopped (see twill status); udp nodes only",
-      labelNames: ["device"],
-      registers,
-      collect() {
-        this.reset();
-        const status = live();
-        if (status !== undefined) this.set({ device: status.device }, status.running ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: "twill_udp_peers",
-      help: "Peer subnets in the udp proxy's forwarding table; udp nodes only",
-      labelNames: ["device"],
-      registers,
-      collect() {
-        this.reset();
-        const status = live();
-        if (status !== undefined) this.set({ device: status.device }, status.peers);
-      },
-    });
-    new Counter({
-      name: "twill_udp_proxy_restarts_total",
-      help: "Times the udp proxy stopped on its own (its TUN device deleted, its thread died) and was started again",
-      labelNames: ["device"],
-      registers,
-      collect() {
-        this.reset();
-        const status = live();
-        if (status !== undefined) this.inc({ device: status.device }, status.restarts);
-      },
-    });
-    new Counter({
-      name: "twill_udp_packets_total",
-      help: "Packets the udp proxy forwarded, by direction: tx (TUN to a peer), rx (a peer to the TUN)",
-      labelNames: ["direction"],
-      registers,
-      collect() {
-        this.reset();
-        const status = live();
-        if (status === undefined) return;
-        this.inc({ direction: "tx" }, status.txPackets);
-        this.inc({ direction: "rx" }, status.rxPackets);
-      },
-    });
-    new Counter({
-      name: "twill_udp_bytes_total",
-      help: "Bytes of inner IP packets the udp proxy forwarded, by direction (tx, rx)",
-      labelNames: ["direction"],
-      registers,
-      collect() {
-        this.reset();
-        const status = live();
-        if (status === undefined) return;
-        this.inc({ direction: "tx" }, status.txBytes);
-        this.inc({ direction: "rx" }, status.rxBytes);
-      },
-    });
-    new Counter({
-      name: "twill_udp_dropped_packets_total",
-      help:
-        "Packets the udp proxy dropped, by reason: no_route (no peer owns the destination; an ICMP " +
+    type Sample = readonly [Partial<Record<string, string>>, number];
+    const series = (
+      Kind: typeof Gauge | typeof Counter,
+      name: string,
+      help: string,
+      labelName: string,
+      samples: (status: UserspaceStatus) => readonly Sample[],
+    ): void => {
+      new Kind({
+        name,
+        help,
+        labelNames: [labelName],
+        registers,
+        collect() {
+          // Counters too are set from the proxy's own totals, so each scrape starts from none.
+          this.reset();
+          const status = state().userspace?.();
+          if (status === undefined) return;
+          for (const [labels, value] of samples(status)) {
+            if (this instanceof Gauge) this.set(labels, value);
+            else this.inc(labels, value);
+          }
+        },
+      });
+    };
+    series(
+      Gauge,
+      "twill_udp_proxy_up",
+      "1 while the udp backend's proxy thread runs, 0 when it stopped (see twill status); udp nodes only",
+      "device",
+      (s) => [[{ device: s.device }, s.running ? 1 : 0]],
+    );
+    series(
+      Gauge,
+      "twill_udp_peers",
+      "Peer subnets in the udp proxy's forwarding table; udp nodes only",
+      "device",
+      (s) => [[{ device: s.device }, s.peers]],
+    );
+    series(
+      Counter,
+      "twill_udp_proxy_restarts_total",
+      "Times the udp proxy stopped on its own (its TUN device deleted, its thread died) and was started again",
+      "device",
+      (s) => [[{ device: s.device }, s.restarts]],
+    );
+    series(
+      Counter,
+      "twill_udp_packets_total",
+      "Packets the udp proxy forwarded, by direction: tx (TUN to a peer), rx (a peer to the TUN)",
+      "direction",
+      (s) => [
+        [{ direction: "tx" }, s.txPackets],
+        [{ direction: "rx" }, s.rxPackets],
+      ],
+    );
+    series(
+      Counter,
+      "twill_udp_bytes_total",
+      "Bytes of inner IP packets the udp proxy forwarded, by direction (tx, rx)",
+      "direction",
+      (s) => [
+        [{ direction: "tx" }, s.txBytes],
+        [{ direction: "rx" }, s.rxBytes],
+      ],
+    );
+    series(
+      Counter,
+      "twill_udp_dropped_packets_total",
+      "Packets the udp proxy dropped, by reason: no_route (no peer owns the destination; an ICMP " +
         "net-unreachable goes back), ttl_expired, unknown_sender (a datagram not from a peer's public IP), " +
         "malformed, not_ipv4 (IPv6 the kernel sends into the TUN; udp carries IPv4), send_error (the socket " +
         "refused it), tun_write_error",
-      labelNames: ["reason"],
-      registers,
-      collect() {
-        this.reset();
-        const status = live();
-        if (status === undefined) return;
-        for (const reason of USERSPACE_DROPS) this.inc({ reason }, status.drops[reason]);
-      },
-    });
+      "reason",
+      (s) => USERSPACE_DROPS.map((reason) => [{ reason }, s.drops[reason]] as const),
+    );
   }
 }

@@ -530,3 +530,50 @@ describe("Heartbeats", () => {
     expect(dataplaneDeadlineMs(300_000)).toBe(930_000);
   });
 });
+
+describe("udp proxy metrics (a backend's userspace data path)", () => {
+  const status = (running: boolean) => ({
+    what: "udp proxy on flannel0, port 8285",
+    device: "flannel0",
+    running,
+    lastFailure: running ? undefined : "the TUN device was deleted",
+    peers: 4,
+    txPackets: 10,
+    txBytes: 12_000,
+    rxPackets: 7,
+    rxBytes: 9_000,
+    drops: {
+      no_route: 3,
+      ttl_expired: 0,
+      unknown_sender: 2,
+      malformed: 0,
+      not_ipv4: 1,
+      send_error: 0,
+      tun_write_error: 0,
+    },
+    icmpUnreachableSent: 3,
+    restarts: 1,
+  });
+
+  it("reads the proxy's own totals at scrape", async () => {
+    const w = new Wired();
+    let running = true;
+    w.update({ userspace: () => status(running) });
+    expect(await value(w.metrics, "twill_udp_proxy_up", { device: "flannel0" })).toBe(1);
+    expect(await value(w.metrics, "twill_udp_peers", { device: "flannel0" })).toBe(4);
+    expect(await value(w.metrics, "twill_udp_packets_total", { direction: "tx" })).toBe(10);
+    expect(await value(w.metrics, "twill_udp_bytes_total", { direction: "rx" })).toBe(9_000);
+    expect(await value(w.metrics, "twill_udp_dropped_packets_total", { reason: "unknown_sender" })).toBe(2);
+    expect(await value(w.metrics, "twill_udp_dropped_packets_total", { reason: "not_ipv4" })).toBe(1);
+    expect(await value(w.metrics, "twill_udp_proxy_restarts_total", { device: "flannel0" })).toBe(1);
+    running = false;
+    expect(await value(w.metrics, "twill_udp_proxy_up", { device: "flannel0" })).toBe(0);
+    // A second scrape reports the same totals, not their sum.
+    expect(await value(w.metrics, "twill_udp_packets_total", { direction: "tx" })).toBe(10);
+  });
+
+  it("has no udp series on a node without one", async () => {
+    const text = await new Wired().metrics.registry.metrics();
+    expect(text).not.toMatch(/^twill_udp_\w+\{/m);
+  });
+});

@@ -356,3 +356,58 @@ describe("helpers", () => {
     expect(normaliseAddress(input)).toBe(output);
   });
 });
+
+describe("a udp node's proxy in status and readiness", () => {
+  const proxy = (running: boolean, lastFailure?: string) => () => ({
+    what: "udp proxy on flannel0, port 8285",
+    device: "flannel0",
+    running,
+    lastFailure,
+    peers: 2,
+    txPackets: 120,
+    txBytes: 1000,
+    rxPackets: 110,
+    rxBytes: 900,
+    drops: {
+      no_route: 0,
+      ttl_expired: 0,
+      unknown_sender: 4,
+      malformed: 0,
+      not_ipv4: 0,
+      send_error: 0,
+      tun_write_error: 0,
+    },
+    icmpUnreachableSent: 0,
+    restarts: 1,
+  });
+
+  it("shows it running in the document and the text, and the agent stays ready", () => {
+    const s = status({ ...readyAgent(), userspace: proxy(true) });
+    expect(s.ready).toBe(true);
+    expect(s.userspace).toMatchObject({
+      running: true,
+      peers: 2,
+      packets: { tx: 120, rx: 110 },
+      restarts: 1,
+    });
+    expect(renderStatus(s)).toContain(
+      "userspace:      udp proxy on flannel0, port 8285: running, 2 peers, 120 packets out, 110 in, dropped 4 unknown_sender, restarted 1 time",
+    );
+  });
+
+  it("makes the agent not ready, naming why, while it cannot run", () => {
+    const s = status({
+      ...readyAgent(),
+      userspace: proxy(false, "cannot bind the udp backend's socket to 198.18.0.1:8285: the port is in use"),
+    });
+    expect(s.ready).toBe(false);
+    expect(s.notReady).toEqual([
+      "udp proxy on flannel0, port 8285 not running: cannot bind the udp backend's socket to 198.18.0.1:8285: the port is in use",
+    ]);
+    expect(renderStatus(s)).toContain("NOT RUNNING (cannot bind");
+  });
+
+  it("has no userspace entry on a vxlan node", () => {
+    expect(status(readyAgent()).userspace).toBeUndefined();
+  });
+});
