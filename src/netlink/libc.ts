@@ -84,12 +84,13 @@ interface Bindings {
   setns(fd: number, nstype: number): number;
   strerror(errno: number): string;
   sendto(fd: number, buf: Uint8Array, len: number, flags: number, addr: Buffer, addrlen: number): number;
-  recvfrom(fd: number, buf: Uint8Array, len: number, flags: number, addr: Buffer, addrlen: Buffer): number;
   read(fd: number, buf: Uint8Array, len: number): number;
   write(fd: number, buf: Uint8Array, len: number): number;
   ioctl(fd: number, request: number, ...variadic: (string | number | Buffer)[]): number;
   poll(fds: Buffer, count: number, timeoutMs: number): number;
   eventfd(initial: number, flags: number): number;
+  sendmmsg(fd: number, messages: Buffer, count: number, flags: number): number;
+  recvmmsg(fd: number, messages: Buffer, count: number, flags: number, timeout: null): number;
 }
 
 let bound: Bindings | undefined;
@@ -113,12 +114,13 @@ function bindings(): Bindings {
     sendto: fn(
       "intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
     ),
-    recvfrom: fn("intptr_t recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)"),
     read: fn("intptr_t read(int fd, void *buf, size_t count)"),
     write: fn("intptr_t write(int fd, const void *buf, size_t count)"),
     ioctl: fn("int ioctl(int fd, unsigned long request, ...)"),
     poll: fn("int poll(void *fds, unsigned long nfds, int timeout)"),
     eventfd: fn("int eventfd(unsigned int initval, int flags)"),
+    sendmmsg: fn("int sendmmsg(int fd, void *msgvec, unsigned int vlen, int flags)"),
+    recvmmsg: fn("int recvmmsg(int fd, void *msgvec, unsigned int vlen, int flags, void *timeout)"),
   } as Bindings;
   return bound;
 }
@@ -170,31 +172,6 @@ export function sendto(fd: number, data: Uint8Array, flags: number, address: Buf
   return checked("sendto", bindings().sendto(fd, data, data.length, flags, address, address.length));
 }
 
-/**
- * Receives one datagram into `into` and its sender's sockaddr into `from`. Returns the byte count or
- * the negated errno (see recv).
- */
-export function recvfrom(
-  fd: number,
-  into: Uint8Array,
-  flags: number,
-  from: Buffer,
-  fromLength: Buffer,
-): number {
-  fromLength.writeUInt32LE(from.length, 0);
-  const result = bindings().recvfrom(fd, into, into.length, flags, from, fromLength);
-  return result === -1 ? -koffi.errno() : result;
-}
-
-/**
- * sendto(2) of the first `length` bytes of `data` (no copy, no exception: the packet path's variant).
- * Returns the bytes sent or the negated errno.
- */
-export function sendtoLength(fd: number, data: Uint8Array, length: number, address: Buffer): number {
-  const result = bindings().sendto(fd, data, length, MSG_DONTWAIT, address, address.length);
-  return result === -1 ? -koffi.errno() : result;
-}
-
 /** write(2) of the first `length` bytes of `data`; returns the bytes written or the negated errno. */
 export function writeLength(fd: number, data: Uint8Array, length: number): number {
   const result = bindings().write(fd, data, length);
@@ -234,6 +211,26 @@ export const POLLNVAL = 0x020;
  */
 export function poll(fds: Buffer, timeoutMs: number): number {
   const result = bindings().poll(fds, fds.length / 8, timeoutMs);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/** Where a buffer's bytes are in memory, for structures that point at them (iovec, msghdr). */
+export function addressOf(buffer: Uint8Array): bigint {
+  return koffi.address(buffer);
+}
+
+/**
+ * sendmmsg(2) of the first `count` struct mmsghdr in `messages`, without waiting. Returns how many
+ * were sent (each message's msg_len is filled in), or the negated errno.
+ */
+export function sendmmsg(fd: number, messages: Buffer, count: number): number {
+  const result = bindings().sendmmsg(fd, messages, count, MSG_DONTWAIT);
+  return result === -1 ? -koffi.errno() : result;
+}
+
+/** recvmmsg(2) into up to `count` struct mmsghdr, without waiting; the count received or the negated errno. */
+export function recvmmsg(fd: number, messages: Buffer, count: number): number {
+  const result = bindings().recvmmsg(fd, messages, count, MSG_DONTWAIT, null);
   return result === -1 ? -koffi.errno() : result;
 }
 

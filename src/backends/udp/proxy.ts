@@ -3,6 +3,11 @@
 // It runs on a worker thread of its own (proxy-worker.ts), never on the agent's event loop: the main
 // thread only sends it forwarding-table changes (a MessagePort, plus the eventfd to wake it) and reads
 // its counters (a SharedArrayBuffer). The descriptors belong to the main thread, which opened them.
+//
+// Datagrams go out and come in by the batch (sendmmsg, recvmmsg: one system call for up to BATCH of
+// them, where flannel's proxy makes one per packet); the TUN has no batched read or write, so that
+// side stays one call per packet. bench/throughput.ts: +50 % TCP, +28 % small packets over one call
+// per datagram.
 import { receiveMessageOnPort, type MessagePort } from "node:worker_threads";
 import {
   EAGAIN,
@@ -11,10 +16,11 @@ import {
   POLLHUP,
   POLLIN,
   POLLNVAL,
+  addressOf,
   poll,
   read,
-  recvfrom,
-  sendtoLength,
+  recvmmsg,
+  sendmmsg,
   strerror,
   writeLength,
 } from "../../netlink/libc.js";
@@ -76,14 +82,14 @@ export interface ProxySetup {
 /** An endpoint with its sockaddr_in made once, so a packet's send needs no allocation. */
 interface SocketEndpoint extends Endpoint {
   readonly sockaddr: Buffer;
+  /** Where `sockaddr` is in memory, for the msghdr of a batched send. */
+  readonly sockaddrAt: bigint;
 }
 
 /** At most this many packets per device per wake-up, so neither direction starves the other. */
 const BATCH = 64;
 /** The loop looks at the stop flag at least this often even when nothing arrives. */
 const IDLE_POLL_MS = 500;
-/** Big enough for any datagram: the TUN's MTU is the underlay's less 28. */
-const BUFFER_BYTES = 65_536;
 const EBADF = 9;
 /**
  * At most this many ICMP net-unreachables a second, as the kernel limits its own ICMP errors: a pod
@@ -97,11 +103,67 @@ const EBADFD = 77;
 export function applyCommand(table: ForwardingTable<SocketEndpoint>, command: ProxyCommand): void {
   if (command.type === "clear") table.clear();
   else if (command.type === "delete") table.delete(command.key);
-  else
+  else {
+    const sockaddr = sockaddrOf(command.entry.endpoint);
     table.set(command.key, command.entry, {
       ...command.entry.endpoint,
-      sockaddr: sockaddrOf(command.entry.endpoint),
+      sockaddr,
+      sockaddrAt: addressOf(sockaddr),
     });
+  }
+}
+
+/** struct iovec and struct mmsghdr on x86_64 Linux. */
+const IOVEC_BYTES = 16;
+const MMSGHDR_BYTES = 64;
+const MSG_NAME = 0;
+const MSG_NAMELEN = 8;
+const MSG_IOV = 16;
+const MSG_IOVLEN = 24;
+const MSG_LEN = 56;
+/** One packet's room in a batch: a TUN's MTU is at most 65535. */
+const SLOT_BYTES = 65_536;
+
+/** BATCH packets' worth of buffers, iovecs and mmsghdrs, made once and pointed at each other. */
+class MessageBatch {
+  readonly slots: Buffer[] = [];
+  readonly messages = Buffer.alloc(BATCH * MMSGHDR_BYTES);
+  private readonly iovecs = Buffer.alloc(BATCH * IOVEC_BYTES);
+  /** sockaddr_in per message, for received datagrams' senders. */
+  readonly names: Buffer[] = [];
+
+  constructor() {
+    const iovecsAt = addressOf(this.iovecs);
+    for (let i = 0; i < BATCH; i++) {
+      const slot = Buffer.alloc(SLOT_BYTES);
+      const name = Buffer.alloc(16);
+      this.slots.push(slot);
+      this.names.push(name);
+      this.iovecs.writeBigUInt64LE(addressOf(slot), i * IOVEC_BYTES);
+      this.iovecs.writeBigUInt64LE(BigInt(SLOT_BYTES), i * IOVEC_BYTES + 8);
+      const m = i * MMSGHDR_BYTES;
+      this.messages.writeBigUInt64LE(addressOf(name), m + MSG_NAME);
+      this.messages.writeUInt32LE(16, m + MSG_NAMELEN);
+      this.messages.writeBigUInt64LE(iovecsAt + BigInt(i * IOVEC_BYTES), m + MSG_IOV);
+      this.messages.writeBigUInt64LE(1n, m + MSG_IOVLEN);
+    }
+  }
+
+  /** The length of the datagram message i received (recvmmsg filled in msg_len). */
+  receivedLength(i: number): number {
+    return this.messages.readUInt32LE(i * MMSGHDR_BYTES + MSG_LEN);
+  }
+
+  /** The IPv4 address of the sender of message i (its sockaddr_in, filled in by recvmmsg). */
+  senderOf(i: number): number {
+    return this.names[i]?.readUInt32BE(4) ?? 0;
+  }
+
+  /** Message i sends `length` bytes of its slot to `sockaddrAt`. */
+  prepareSend(i: number, length: number, sockaddrAt: bigint): void {
+    this.iovecs.writeBigUInt64LE(BigInt(length), i * IOVEC_BYTES + 8);
+    this.messages.writeBigUInt64LE(sockaddrAt, i * MMSGHDR_BYTES + MSG_NAME);
+  }
 }
 
 class ProxyStopped extends Error {}
@@ -111,16 +173,13 @@ export function runProxy(setup: ProxySetup): string | undefined {
   const table = new ForwardingTable<SocketEndpoint>();
   const counters = new Float64Array(setup.counters);
   const control = new Int32Array(setup.control);
-  const packet = Buffer.alloc(BUFFER_BYTES);
-  const from = Buffer.alloc(16);
-  const fromLength = Buffer.alloc(4);
   const wakeCount = Buffer.alloc(8);
   const fds = Buffer.alloc(24);
   [setup.tunFd, setup.socketFd, setup.wakeFd].forEach((fd, i) => {
     fds.writeInt32LE(fd, i * 8);
     fds.writeInt16LE(POLLIN, i * 8 + 4);
   });
-  const count = (name: ProxyCounter, by = 1): void => {
+  const bump = (name: ProxyCounter, by = 1): void => {
     const i = AT[name];
     counters[i] = (counters[i] ?? 0) + by;
   };
@@ -139,27 +198,47 @@ export function runProxy(setup: ProxySetup): string | undefined {
     }
   };
 
+  const tx = new MessageBatch();
+  /** Sends the first `count` prepared messages of `tx`; what the socket refuses is dropped. */
+  const flush = (count: number): void => {
+    let sent = 0;
+    while (sent < count) {
+      const n = sendmmsg(setup.socketFd, tx.messages.subarray(sent * MMSGHDR_BYTES), count - sent);
+      if (n <= 0) break;
+      for (let i = sent; i < sent + n; i++) {
+        bump("txPackets");
+        bump("txBytes", tx.messages.readUInt32LE(i * MMSGHDR_BYTES + MSG_LEN));
+      }
+      sent += n;
+    }
+    if (sent < count) bump("dropSendError", count - sent);
+  };
+
   const tunToUdp = (): void => {
+    let queued = 0;
     for (let i = 0; i < BATCH; i++) {
+      const packet = tx.slots[queued] ?? tx.slots[0];
+      if (packet === undefined) break;
       const length = read(setup.tunFd, packet);
-      if (length === -EAGAIN) return;
+      if (length === -EAGAIN) break;
       if (length < 0) {
+        flush(queued);
         throw new ProxyStopped(
           length === -EBADFD ? "the TUN device was deleted" : `reading the TUN device: ${strerror(-length)}`,
         );
       }
       if (length > 0 && (packet[0] ?? 0) >> 4 !== 4) {
         // IPv6 the kernel sends on its own (router solicitations, MLD): udp carries IPv4 only.
-        count("dropNotIpv4");
+        bump("dropNotIpv4");
         continue;
       }
       if (malformedReason(packet, length) !== undefined) {
-        count("dropMalformed");
+        bump("dropMalformed");
         continue;
       }
       const next = table.lookup(destinationOf(packet));
       if (next === undefined) {
-        count("dropNoRoute");
+        bump("dropNoRoute");
         const now = Date.now();
         if (now - icmpWindow >= 1000) {
           icmpWindow = now;
@@ -168,46 +247,45 @@ export function runProxy(setup: ProxySetup): string | undefined {
         const reply = icmpInWindow < ICMP_PER_SECOND ? netUnreachable(packet, length) : undefined;
         if (reply !== undefined) icmpInWindow++;
         if (reply !== undefined && writeLength(setup.tunFd, reply, reply.length) === reply.length)
-          count("icmpUnreachableSent");
+          bump("icmpUnreachableSent");
         continue;
       }
       if (!decrementTtl(packet)) {
-        count("dropTtl");
+        bump("dropTtl");
         continue;
       }
-      if (sendtoLength(setup.socketFd, packet, length, next.sockaddr) === length) {
-        count("txPackets");
-        count("txBytes", length);
-      } else {
-        count("dropSendError");
-      }
+      tx.prepareSend(queued, length, next.sockaddrAt);
+      queued++;
     }
+    flush(queued);
   };
 
+  const rx = new MessageBatch();
   const udpToTun = (): void => {
-    for (let i = 0; i < BATCH; i++) {
-      const length = recvfrom(setup.socketFd, packet, 0, from, fromLength);
-      if (length === -EAGAIN) return;
-      if (length === -EBADF) throw new ProxyStopped("the UDP socket was closed");
-      // Nothing else is expected (the socket is unconnected and has no IP_RECVERR); drain next time.
-      if (length < 0) return;
-      if (!table.isPeer(from.readUInt32BE(4))) {
-        count("dropUnknownSender");
+    const received = recvmmsg(setup.socketFd, rx.messages, BATCH);
+    if (received === -EBADF) throw new ProxyStopped("the UDP socket was closed");
+    // Nothing else is expected (the socket is unconnected and has no IP_RECVERR); drain next time.
+    for (let i = 0; i < received; i++) {
+      const packet = rx.slots[i];
+      if (packet === undefined) break;
+      const length = rx.receivedLength(i);
+      if (!table.isPeer(rx.senderOf(i))) {
+        bump("dropUnknownSender");
         continue;
       }
       if (malformedReason(packet, length) !== undefined) {
-        count("dropMalformed");
+        bump("dropMalformed");
         continue;
       }
       if (!decrementTtl(packet)) {
-        count("dropTtl");
+        bump("dropTtl");
         continue;
       }
       if (writeLength(setup.tunFd, packet, length) === length) {
-        count("rxPackets");
-        count("rxBytes", length);
+        bump("rxPackets");
+        bump("rxBytes", length);
       } else {
-        count("dropTunWriteError");
+        bump("dropTunWriteError");
       }
     }
   };
