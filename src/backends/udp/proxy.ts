@@ -82,8 +82,6 @@ export interface ProxySetup {
 /** An endpoint with its sockaddr_in made once, so a packet's send needs no allocation. */
 interface SocketEndpoint extends Endpoint {
   readonly sockaddr: Buffer;
-  /** Where `sockaddr` is in memory, for the msghdr of a batched send. */
-  readonly sockaddrAt: bigint;
 }
 
 /** At most this many packets per device per wake-up, so neither direction starves the other. */
@@ -108,7 +106,6 @@ export function applyCommand(table: ForwardingTable<SocketEndpoint>, command: Pr
     table.set(command.key, command.entry, {
       ...command.entry.endpoint,
       sockaddr,
-      sockaddrAt: addressOf(sockaddr),
     });
   }
 }
@@ -121,6 +118,7 @@ const MSG_NAMELEN = 8;
 const MSG_IOV = 16;
 const MSG_IOVLEN = 24;
 const MSG_LEN = 56;
+const SOCKADDR_BYTES = 16;
 /** One packet's room in a batch: a TUN's MTU is at most 65535. */
 const SLOT_BYTES = 65_536;
 
@@ -129,21 +127,24 @@ class MessageBatch {
   readonly slots: Buffer[] = [];
   readonly messages = Buffer.alloc(BATCH * MMSGHDR_BYTES);
   private readonly iovecs = Buffer.alloc(BATCH * IOVEC_BYTES);
-  /** sockaddr_in per message, for received datagrams' senders. */
-  readonly names: Buffer[] = [];
+  /**
+   * The sockaddr_in of each message (its destination, or its sender once received), in one buffer: the
+   * kernel follows pointers to these, and V8 may move a typed array of 64 bytes or less (it keeps such
+   * small ones on its own heap), so nothing pointed at is allocated that small.
+   */
+  private readonly names = Buffer.alloc(BATCH * SOCKADDR_BYTES);
 
   constructor() {
     const iovecsAt = addressOf(this.iovecs);
+    const namesAt = addressOf(this.names);
     for (let i = 0; i < BATCH; i++) {
       const slot = Buffer.alloc(SLOT_BYTES);
-      const name = Buffer.alloc(16);
       this.slots.push(slot);
-      this.names.push(name);
       this.iovecs.writeBigUInt64LE(addressOf(slot), i * IOVEC_BYTES);
       this.iovecs.writeBigUInt64LE(BigInt(SLOT_BYTES), i * IOVEC_BYTES + 8);
       const m = i * MMSGHDR_BYTES;
-      this.messages.writeBigUInt64LE(addressOf(name), m + MSG_NAME);
-      this.messages.writeUInt32LE(16, m + MSG_NAMELEN);
+      this.messages.writeBigUInt64LE(namesAt + BigInt(i * SOCKADDR_BYTES), m + MSG_NAME);
+      this.messages.writeUInt32LE(SOCKADDR_BYTES, m + MSG_NAMELEN);
       this.messages.writeBigUInt64LE(iovecsAt + BigInt(i * IOVEC_BYTES), m + MSG_IOV);
       this.messages.writeBigUInt64LE(1n, m + MSG_IOVLEN);
     }
@@ -156,13 +157,13 @@ class MessageBatch {
 
   /** The IPv4 address of the sender of message i (its sockaddr_in, filled in by recvmmsg). */
   senderOf(i: number): number {
-    return this.names[i]?.readUInt32BE(4) ?? 0;
+    return this.names.readUInt32BE(i * SOCKADDR_BYTES + 4);
   }
 
-  /** Message i sends `length` bytes of its slot to `sockaddrAt`. */
-  prepareSend(i: number, length: number, sockaddrAt: bigint): void {
+  /** Message i sends `length` bytes of its slot to `sockaddr` (copied: 16 bytes). */
+  prepareSend(i: number, length: number, sockaddr: Buffer): void {
     this.iovecs.writeBigUInt64LE(BigInt(length), i * IOVEC_BYTES + 8);
-    this.messages.writeBigUInt64LE(sockaddrAt, i * MMSGHDR_BYTES + MSG_NAME);
+    sockaddr.copy(this.names, i * SOCKADDR_BYTES, 0, SOCKADDR_BYTES);
   }
 }
 
@@ -254,7 +255,7 @@ export function runProxy(setup: ProxySetup): string | undefined {
         bump("dropTtl");
         continue;
       }
-      tx.prepareSend(queued, length, next.sockaddrAt);
+      tx.prepareSend(queued, length, next.sockaddr);
       queued++;
     }
     flush(queued);
