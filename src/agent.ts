@@ -9,7 +9,13 @@
 // interface) ends it after --startup-timeout, and so does an unexpected error: every loop stops and the
 // error is thrown (the process exits non-zero for its supervisor); the data plane is left as it is.
 import { IDENTITY_ORIGIN_TEXT, type NodeBackend } from "./backends/backend.js";
-import { BACKENDS, identityByBackend, parsePeerDataByBackend } from "./backends/registry.js";
+import {
+  BACKENDS,
+  backendForConfig,
+  identityByBackend,
+  leaseTypeOf,
+  parsePeerDataByBackend,
+} from "./backends/registry.js";
 import { cniVersionFromPlugins } from "./cni/probe.js";
 import { BLACKHOLE_ROUTE_METRIC, type AgentOptions } from "./config/agent-options.js";
 import type { NetworkConfig } from "./config/network-config.js";
@@ -89,6 +95,12 @@ const PEERS_LOGGED_AT_START = 100;
 const NODE_CHECK_MS = 30_000;
 /** The masquerade full check's interval while notifications report removed rules. */
 const MASQ_SAFETY_RESYNC_MS = 300_000;
+
+/** The BackendType this node's lease carries for its config (none for udp, as flanneld's). */
+function leaseBackendType(config: NetworkConfig): string | undefined {
+  const plugin = backendForConfig(config.backend.type);
+  return plugin === undefined ? config.backend.type : leaseTypeOf(plugin);
+}
 
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
@@ -316,10 +328,7 @@ export class Agent {
       return {
         publicIP: external.publicIp,
         publicIPv6: null,
-        backendType:
-          config.backend.leaseBackendType === null
-            ? undefined
-            : (config.backend.leaseBackendType ?? config.backend.type),
+        backendType: leaseBackendType(config),
         backendData: backend.leaseData,
         backendV6Data: undefined,
       };

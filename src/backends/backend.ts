@@ -72,11 +72,6 @@ export interface BackendConfig {
   readonly type: string;
   /** The parsed options as plain values (defaults filled in), for status and logs. */
   readonly options: Readonly<Record<string, OptionValue>>;
-  /**
-   * The BackendType this node's lease carries: `type` when undefined; null for none, as flannel's udp
-   * backend publishes its leases without one.
-   */
-  readonly leaseBackendType?: string | null;
   /** The MTU pods get, given the external interface: the interface's (or the configured) MTU less the encapsulation. */
   mtu(external: ExternalInterface): number;
   /** Loads or creates what this node publishes and programs with (e.g. the VTEP MAC). */

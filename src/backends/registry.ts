@@ -12,14 +12,17 @@ export function backendForConfig(type: string): BackendPlugin | undefined {
   return BACKENDS.find((backend) => backend.type === wanted);
 }
 
+/** The BackendType a backend's leases carry: its type, or none for udp (flannel's udp leases have none). */
+export function leaseTypeOf(backend: BackendPlugin): string | undefined {
+  return backend.leaseType === undefined ? backend.type : (backend.leaseType ?? undefined);
+}
+
 /**
  * The backend of a peer's lease: its BackendType exactly, as flannel's backends compare it. A lease
  * without one is udp's (flannel's udp backend publishes none).
  */
 export function backendForLease(type: string | undefined): BackendPlugin | undefined {
-  return BACKENDS.find(
-    (backend) => (backend.leaseType === undefined ? backend.type : (backend.leaseType ?? undefined)) === type,
-  );
+  return BACKENDS.find((backend) => leaseTypeOf(backend) === type);
 }
 
 /** The backend used when the network config has no Backend at all: udp, as flanneld decides. */

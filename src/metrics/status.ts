@@ -100,6 +100,8 @@ export interface StatusJson {
     readonly packets: { readonly tx: number; readonly rx: number };
     readonly bytes: { readonly tx: number; readonly rx: number };
     readonly drops: Readonly<Record<string, number>>;
+    /** ICMP net-unreachables sent back for destinations no peer owns (part of the no_route drops). */
+    readonly icmpUnreachableSent: number;
     readonly restarts: number;
   };
 }
@@ -243,6 +245,7 @@ function userspaceJson(agent: AgentState): Pick<StatusJson, "userspace"> {
       packets: { tx: status.txPackets, rx: status.rxPackets },
       bytes: { tx: status.txBytes, rx: status.rxBytes },
       drops: { ...status.drops },
+      icmpUnreachableSent: status.icmpUnreachableSent,
       restarts: status.restarts,
     },
   };

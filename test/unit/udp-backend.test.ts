@@ -306,11 +306,10 @@ describe("udp forwarder (main thread side), with a fake proxy thread", () => {
       expect(attached).toEqual(["flannel0", "flannel0"]);
       threads[1]?.exit("the TUN device was deleted");
       expect(stops).toEqual(["the TUN device was deleted"]);
-      expect(forwarder.isRunning).toBe(false);
-      expect(forwarder.failure).toBe("the TUN device was deleted");
+      expect(forwarder.status()).toMatchObject({ running: false, lastFailure: "the TUN device was deleted" });
       await forwarder.ensureRunning(NODE, false);
       expect(threads).toHaveLength(3);
-      expect(forwarder.size).toBe(2);
+      expect(forwarder.status().peers).toBe(2);
     } finally {
       await forwarder.stop();
     }

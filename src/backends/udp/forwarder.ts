@@ -41,7 +41,7 @@ const SO_RCVBUFFORCE = 33;
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
-export type ProxyCounters = Readonly<Record<ProxyCounter, number>>;
+type ProxyCounters = Readonly<Record<ProxyCounter, number>>;
 
 function udpSocket(address: IPv4, port: number): number {
   const fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -144,15 +144,6 @@ export class UdpForwarder implements UserspaceDataPath {
     this.attach = options.attach ?? ((device) => attachTun(device, { persist: true }));
   }
 
-  get isRunning(): boolean {
-    return this.running !== undefined;
-  }
-
-  /** Peers in the forwarding table. */
-  get size(): number {
-    return this.routes.size;
-  }
-
   onStopped(listener: (reason: string) => void): void {
     this.stoppedListener = listener;
   }
@@ -189,11 +180,6 @@ export class UdpForwarder implements UserspaceDataPath {
     };
   }
 
-  /** Why the proxy last stopped on its own or could not start; undefined while it runs. */
-  get failure(): string | undefined {
-    return this.lastFailure;
-  }
-
   /** The device and port it serves. */
   get device(): string {
     return this.options.device;
@@ -216,7 +202,8 @@ export class UdpForwarder implements UserspaceDataPath {
     return this.serialized(async () => {
       try {
         const started = await this.start(bindAddress, deviceRemade);
-        this.persistState();
+        // What a restart resumes from changes only with a start (the bound address) or the table.
+        if (started) this.persistState();
         return started;
       } catch (error) {
         this.lastFailure = error instanceof Error ? error.message : String(error);

@@ -39,12 +39,15 @@ function typeText(type: string | undefined): string {
   return `"${type ?? ""}"`;
 }
 
-/** Writes the proxy's resume state (resume.ts) at most every PERSIST_DELAY_MS, off the packet path. */
+/**
+ * Writes the proxy's resume state (resume.ts) at most every PERSIST_DELAY_MS. The state's table is the
+ * forwarder's live map, encoded when the timer fires: a peer event never copies the whole table.
+ */
 function resumeStateWriter(stateDir: string): (state: ResumeState) => void {
   let pending: ResumeState | undefined;
   let timer: NodeJS.Timeout | undefined;
   return (state) => {
-    pending = { ...state, routes: new Map(state.routes) };
+    pending = state;
     timer ??= setTimeout(() => {
       timer = undefined;
       const write = pending;
@@ -126,7 +129,6 @@ class UdpNode implements NodeBackend {
 
 class UdpConfig implements BackendConfig {
   readonly type = "udp";
-  readonly leaseBackendType = null;
   readonly options: Readonly<Record<string, number>>;
 
   constructor(readonly port: number) {

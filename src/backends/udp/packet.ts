@@ -4,7 +4,7 @@
 // owns. The proxy loop (proxy.ts) only moves bytes between the TUN device and the UDP socket.
 import { maskOf, type IPv4 } from "../../ip/ipv4.js";
 
-export const IPV4_HEADER_BYTES = 20;
+const IPV4_HEADER_BYTES = 20;
 const ICMP_HEADER_BYTES = 8;
 const PROTOCOL_ICMP = 1;
 const ICMP_DEST_UNREACHABLE = 3;

@@ -98,7 +98,7 @@ const ICMP_PER_SECOND = 100;
 const EBADFD = 77;
 
 /** Applies one command to the table. */
-export function applyCommand(table: ForwardingTable<SocketEndpoint>, command: ProxyCommand): void {
+function applyCommand(table: ForwardingTable<SocketEndpoint>, command: ProxyCommand): void {
   if (command.type === "clear") table.clear();
   else if (command.type === "delete") table.delete(command.key);
   else {
