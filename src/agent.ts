@@ -321,6 +321,17 @@ export class Agent {
           txChecksumOffload: options.vxlanTxChecksumOffload,
           nodeBinding: binding,
           renewIdentity: renew,
+          wireguard: {
+            implementation: options.wireguardImplementation,
+            binary: options.wireguardGo,
+            keyFile: options.wireguardKeyFile,
+          },
+          log,
+          // The backend's identity changed on its own (a rotated WireGuard key): prepare again, re-publish.
+          identityChanged: () => {
+            prepared.delete(key);
+            this.lifecycle?.refreshAttributes();
+          },
         });
         prepared.set(key, backend);
         this.reportIdentity(backend);

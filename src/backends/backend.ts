@@ -9,6 +9,7 @@ import type { JsonObject } from "../config/json-fields.js";
 import type { Lease } from "../lease/lease.js";
 import type { ExternalInterface } from "../node/external-interface.js";
 import type { CommandRunner } from "../exec/command.js";
+import type { Logger } from "pino";
 
 /** A plain option value, for status output and change detection. */
 export type OptionValue = string | number | boolean | null;
@@ -66,6 +67,16 @@ export interface PrepareContext {
   readonly nodeBinding: string;
   /** Make a new identity even if one is persisted: another node holds this one (see identityOf). */
   readonly renewIdentity?: boolean;
+  /** WireGuard: --wireguard-implementation, --wireguard-go, --wireguard-key-file ("" = default). */
+  readonly wireguard?: {
+    readonly implementation: "auto" | "kernel" | "userspace";
+    readonly binary: string;
+    readonly keyFile: string;
+  };
+  /** For what a backend wants to say as it prepares (which WireGuard implementation, and why). */
+  readonly log?: Logger;
+  /** Tells the agent this node's lease data changed on its own (a rotated key): prepare again, re-publish. */
+  readonly identityChanged?: () => void;
 }
 
 export interface BackendConfig {
@@ -114,11 +125,14 @@ export interface PeerProgram {
 export interface UserspaceRoute {
   readonly subnet: Subnet;
   readonly endpoint: { readonly address: number; readonly port: number };
+  /** wireguard: the peer's public key (WireGuard's base64 text form). */
+  readonly publicKey?: string;
 }
 
 /**
- * A data path that runs in the agent's own process (udp: the TUN ↔ UDP proxy), beside the kernel
- * objects. The data-plane loop starts it once the devices exist and feeds it every peer change.
+ * A data path programmed outside rtnetlink, beside the kernel objects: udp's TUN ↔ UDP proxy in the
+ * agent's own process, WireGuard's peers (wireguard-go's or the kernel's). The data-plane loop starts
+ * it once the devices exist and feeds it every peer change.
  */
 export interface UserspaceDataPath {
   /**
@@ -132,13 +146,20 @@ export interface UserspaceDataPath {
   replaceAll(routes: ReadonlyMap<string, UserspaceRoute>): void;
   /** Called when it stops on its own (its device was deleted, its thread died), with the reason. */
   onStopped(listener: (reason: string) => void): void;
-  /** Ends it; the kernel's devices stay as they are. */
+  /** Ends it as the agent exits; the kernel's devices (and wireguard-go) stay as they are. */
   stop(): Promise<void>;
+  /**
+   * Ends it for good: the node now uses another backend. Without this method, `stop` is called. For
+   * WireGuard, wireguard-go then exits too.
+   */
+  retire?(): Promise<void>;
   /** How it is doing, read at scrape and for status. */
   status(): UserspaceStatus;
 }
 
-export interface UserspaceStatus {
+export type UserspaceStatus = UdpProxyStatus | WireGuardStatus;
+
+interface DataPathStatus {
   /** What it is, for status and logs ("udp proxy on flannel0, port 8285"). */
   readonly what: string;
   /** The device it serves (metrics label). */
@@ -148,6 +169,37 @@ export interface UserspaceStatus {
   readonly lastFailure: string | undefined;
   /** Rows in its forwarding table. */
   readonly peers: number;
+  /** Times it stopped on its own and was started again. */
+  readonly restarts: number;
+}
+
+/** WireGuard's device as last read (at most a poll interval old). */
+export interface WireGuardStatus extends DataPathStatus {
+  readonly kind: "wireguard";
+  /** "kernel" or "userspace" (wireguard-go). */
+  readonly implementation: "kernel" | "userspace";
+  readonly publicKey: string;
+  readonly listenPort: number;
+  /** wireguard-go's process id (userspace only). */
+  readonly pid: number | undefined;
+  readonly peerDetails: readonly WireGuardPeerStatus[];
+  /** Peers restored or corrected after someone changed them by hand. */
+  readonly repairs: number;
+}
+
+export interface WireGuardPeerStatus {
+  /** The peer's subnet (CIDR), or "" for a device peer twill does not know (about to be removed). */
+  readonly subnet: string;
+  readonly publicKey: string;
+  readonly endpoint: string | undefined;
+  /** Unix ms of the latest handshake; 0 = none yet. */
+  readonly lastHandshakeMs: number;
+  readonly rxBytes: number;
+  readonly txBytes: number;
+}
+
+export interface UdpProxyStatus extends DataPathStatus {
+  readonly kind: "udp";
   /** Counters since the agent started: packets and bytes each way, drops by reason, restarts. */
   readonly txPackets: number;
   readonly txBytes: number;
@@ -155,7 +207,6 @@ export interface UserspaceStatus {
   readonly rxBytes: number;
   readonly drops: Readonly<Record<UserspaceDrop, number>>;
   readonly icmpUnreachableSent: number;
-  readonly restarts: number;
 }
 
 /** Why a userspace data path dropped a packet: twill_udp_dropped_packets_total{reason}. */

@@ -3,8 +3,9 @@ import type { BackendPlugin } from "./backend.js";
 import { hostGwBackend } from "./host-gw/index.js";
 import { udpBackend } from "./udp/index.js";
 import { vxlanBackend } from "./vxlan/index.js";
+import { wireguardBackend } from "./wireguard/index.js";
 
-export const BACKENDS: readonly BackendPlugin[] = [vxlanBackend, hostGwBackend, udpBackend];
+export const BACKENDS: readonly BackendPlugin[] = [vxlanBackend, hostGwBackend, udpBackend, wireguardBackend];
 
 /** The backend a network config's Backend.Type names (case-insensitive, as flannel reads it). */
 export function backendForConfig(type: string): BackendPlugin | undefined {

@@ -16,6 +16,11 @@ import {
   type ParsedFlags,
 } from "./flags.js";
 
+function wireguardImplementation(value: string): "auto" | "kernel" | "userspace" {
+  if (value === "auto" || value === "kernel" || value === "userspace") return value;
+  throw new Error(`--wireguard-implementation: "${value}" is not one of auto, kernel, userspace`);
+}
+
 /** The metric of the --ip-blackhole-route route: far behind the bridge's connected route (metric 0). */
 export const BLACKHOLE_ROUTE_METRIC = 1_000_000;
 
@@ -177,6 +182,28 @@ export const agentFlags: readonly FlagSpec[] = [
     kind: "bool",
     default: "true",
     help: "false: turn TX checksum offload off on the VXLAN device and keep it off, also after re-creation (the workaround for bad VXLAN checksums: Services and DNS timing out after 63 s, flannel#1279); needs ethtool",
+  },
+  {
+    name: "wireguard-implementation",
+    kind: "string",
+    default: "auto",
+    choices: ["auto", "kernel", "userspace"],
+    help: "wireguard backend: the kernel's WireGuard (module wireguard), or wireguard-go in userspace; auto = the kernel's when it has the module, else wireguard-go",
+    metavar: "WHICH",
+  },
+  {
+    name: "wireguard-go",
+    kind: "string",
+    default: "wireguard-go",
+    help: "wireguard backend: the wireguard-go binary (a path, or a name looked up in PATH; Debian package wireguard-go)",
+    metavar: "PATH",
+  },
+  {
+    name: "wireguard-key-file",
+    kind: "string",
+    default: "",
+    help: "wireguard backend: this node's private key file (base64, mode 0400), made when absent; \"\" = $WIREGUARD_KEY_FILE (flanneld's variable) if set, else <state-dir>/wireguard.key. A key flanneld left in /run/flannel/wgkey is taken over",
+    metavar: "PATH",
   },
   {
     name: "ip-blackhole-route",
@@ -382,6 +409,9 @@ export interface AgentOptions {
   readonly iptablesForwardRules: boolean;
   readonly iptablesMode: IptablesMode;
   readonly vxlanTxChecksumOffload: boolean;
+  readonly wireguardImplementation: "auto" | "kernel" | "userspace";
+  readonly wireguardGo: string;
+  readonly wireguardKeyFile: string;
   readonly ipBlackholeRoute: boolean;
   /** --metrics-address; undefined when disabled. */
   readonly metricsAddress: ListenAddress | undefined;
@@ -554,6 +584,9 @@ export function parseAgentOptions(
     iptablesForwardRules: g.bool("iptables-forward-rules"),
     iptablesMode: iptablesMode(g.str("iptables-mode")),
     vxlanTxChecksumOffload: g.bool("vxlan-tx-checksum-offload"),
+    wireguardImplementation: wireguardImplementation(g.str("wireguard-implementation")),
+    wireguardGo: g.str("wireguard-go"),
+    wireguardKeyFile: g.str("wireguard-key-file"),
     ipBlackholeRoute: g.bool("ip-blackhole-route"),
     metricsAddress,
     statusFromAnywhere: g.bool("status-from-anywhere"),

@@ -45,7 +45,8 @@ export interface Subscription {
 export interface LinkSpec {
   readonly name: string;
   /** "tun": a persistent TUN device without packet information (made with ioctls, not rtnetlink). */
-  readonly kind: "vxlan" | "bridge" | "tun";
+  /** "wireguard": the kernel's WireGuard device (configured through `wg`, not rtnetlink). */
+  readonly kind: "vxlan" | "bridge" | "tun" | "wireguard";
   readonly mac?: string;
   readonly mtu?: number;
   readonly vxlan?: {

@@ -233,8 +233,7 @@ export class DataplaneLoop {
       // Its device and port may be the next one's (a Port change): they must be let go of first.
       const before = this.userspaceStopping ?? Promise.resolve();
       this.userspaceStopping = before.then(() =>
-        old
-          .stop()
+        (old.retire?.() ?? old.stop())
           .catch((error: unknown) =>
             this.log.error(
               { err: errorOf(error) },

@@ -4,7 +4,14 @@
 // the docs. No label carries a peer: every label has a small fixed set of values.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
-import { USERSPACE_DROPS, type PeerState, type UserspaceStatus } from "../backends/backend.js";
+import {
+  USERSPACE_DROPS,
+  type PeerState,
+  type UdpProxyStatus,
+  type UserspaceStatus,
+  type WireGuardPeerStatus,
+  type WireGuardStatus,
+} from "../backends/backend.js";
 import { BACKENDS } from "../backends/registry.js";
 import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
 import { poolSizeOf } from "../lease/allocate.js";
@@ -395,33 +402,39 @@ export class Metrics {
     else if (result.restored > 0) this.masqRestored.inc(result.restored);
   }
 
-  /** The udp proxy's figures (a backend's userspace data path), read live at scrape; no samples elsewhere. */
+  /**
+   * The figures of the backend's data path outside rtnetlink (udp's proxy, WireGuard's device), read
+   * live at scrape; each series has samples only on nodes of its backend.
+   */
   private registerUserspace(registers: Registry[], state: () => AgentState): void {
     type Sample = readonly [Partial<Record<string, string>>, number];
-    const series = (
-      Kind: typeof Gauge | typeof Counter,
-      name: string,
-      help: string,
-      labelName: string,
-      samples: (status: UserspaceStatus) => readonly Sample[],
-    ): void => {
-      new Kind({
-        name,
-        help,
-        labelNames: [labelName],
-        registers,
-        collect() {
-          // Counters too are set from the proxy's own totals, so each scrape starts from none.
-          this.reset();
-          const status = state().userspace?.();
-          if (status === undefined) return;
-          for (const [labels, value] of samples(status)) {
+    const seriesOf =
+      <S extends UserspaceStatus>(is: (status: UserspaceStatus) => status is S) =>
+      (
+        Kind: typeof Gauge | typeof Counter,
+        name: string,
+        help: string,
+        labelNames: string | readonly string[],
+        samples: (status: S) => readonly Sample[],
+      ): void => {
+        new Kind({
+          name,
+          help,
+          labelNames: typeof labelNames === "string" ? [labelNames] : [...labelNames],
+          registers,
+          collect() {
+            // Counters too are set from the data path's own totals, so each scrape starts from none.
+            this.reset();
+            const status = state().userspace?.();
+            if (status === undefined || !is(status)) return;
+            for (const [labels, value] of samples(status)) {
             if (this instanceof Gauge) this.set(labels, value);
             else this.inc(labels, value);
-          }
-        },
-      });
-    };
+            }
+          },
+        });
+      };
+    const series = seriesOf((s): s is UdpProxyStatus => s.kind === "udp");
     series(
       Gauge,
       "twill_udp_proxy_up",
@@ -472,6 +485,63 @@ export class Metrics {
         "refused it), tun_write_error",
       "reason",
       (s) => USERSPACE_DROPS.map((reason) => [{ reason }, s.drops[reason]] as const),
+    );
+    const wireguard = seriesOf((s): s is WireGuardStatus => s.kind === "wireguard");
+    wireguard(
+      Gauge,
+      "twill_wireguard_up",
+      "1 while the WireGuard device is served and configured (wireguard-go running, or the kernel's device), 0 when not (see twill status); wireguard nodes only",
+      ["device", "implementation"],
+      (s) => [[{ device: s.device, implementation: s.implementation }, s.running ? 1 : 0]],
+    );
+    wireguard(
+      Gauge,
+      "twill_wireguard_peers",
+      "WireGuard peers on the device, as last read (every 0.5 s); wireguard nodes only",
+      "device",
+      (s) => [[{ device: s.device }, s.peers]],
+    );
+    wireguard(
+      Counter,
+      "twill_wireguard_restarts_total",
+      "Times wireguard-go exited and was started again",
+      "device",
+      (s) => [[{ device: s.device }, s.restarts]],
+    );
+    wireguard(
+      Counter,
+      "twill_wireguard_repairs_total",
+      "Times the WireGuard device was found changed by someone else (a peer removed or altered, the key or port changed) and restored",
+      "device",
+      (s) => [[{ device: s.device }, s.repairs]],
+    );
+    const peerLabels = (p: WireGuardPeerStatus): Partial<Record<string, string>> => ({
+      subnet: p.subnet,
+      public_key: p.publicKey,
+    });
+    wireguard(
+      Gauge,
+      "twill_wireguard_peer_handshake_age_seconds",
+      "Seconds since the latest handshake with each peer (+Inf: none yet); WireGuard shakes hands at least every 2 minutes while traffic flows",
+      ["subnet", "public_key"],
+      (s) => {
+        const now = Date.now();
+        return s.peerDetails.map((p) => [
+          peerLabels(p),
+          p.lastHandshakeMs === 0 ? Number.POSITIVE_INFINITY : Math.max(0, (now - p.lastHandshakeMs) / 1000),
+        ]);
+      },
+    );
+    wireguard(
+      Counter,
+      "twill_wireguard_peer_bytes_total",
+      "Bytes received from (rx) and sent to (tx) each peer through WireGuard, as the device counts them (encrypted, with WireGuard's headers)",
+      ["subnet", "public_key", "direction"],
+      (s) =>
+        s.peerDetails.flatMap((p) => [
+          [{ ...peerLabels(p), direction: "rx" }, p.rxBytes] as const,
+          [{ ...peerLabels(p), direction: "tx" }, p.txBytes] as const,
+        ]),
     );
   }
 }

@@ -91,19 +91,49 @@ export interface StatusJson {
     /** How a removed rule is noticed ("nftables notifications", "legacy table counters", "timer"). */
     readonly watch?: string | null;
   };
-  /** The backend's userspace data path (udp's proxy); absent for kernel-only backends. */
-  readonly userspace?: {
-    readonly what: string;
-    readonly running: boolean;
-    readonly lastFailure: string | null;
-    readonly peers: number;
-    readonly packets: { readonly tx: number; readonly rx: number };
-    readonly bytes: { readonly tx: number; readonly rx: number };
-    readonly drops: Readonly<Record<string, number>>;
-    /** ICMP net-unreachables sent back for destinations no peer owns (part of the no_route drops). */
-    readonly icmpUnreachableSent: number;
-    readonly restarts: number;
-  };
+  /**
+   * The backend's data path outside rtnetlink (udp's proxy, WireGuard's device); absent for the
+   * backends that have none. `kind` says which fields follow.
+   */
+  readonly userspace?: UdpProxyJson | WireGuardJson;
+}
+
+interface DataPathJson {
+  readonly what: string;
+  readonly running: boolean;
+  readonly lastFailure: string | null;
+  readonly peers: number;
+  readonly restarts: number;
+}
+
+export interface UdpProxyJson extends DataPathJson {
+  readonly kind: "udp";
+  readonly packets: { readonly tx: number; readonly rx: number };
+  readonly bytes: { readonly tx: number; readonly rx: number };
+  readonly drops: Readonly<Record<string, number>>;
+  /** ICMP net-unreachables sent back for destinations no peer owns (part of the no_route drops). */
+  readonly icmpUnreachableSent: number;
+}
+
+export interface WireGuardJson extends DataPathJson {
+  readonly kind: "wireguard";
+  readonly implementation: "kernel" | "userspace";
+  readonly device: string;
+  readonly publicKey: string;
+  readonly listenPort: number;
+  /** wireguard-go's process id; null for the kernel's device. */
+  readonly pid: number | null;
+  /** Peers restored after someone changed the device. */
+  readonly repairs: number;
+  readonly peerDetails: readonly {
+    readonly subnet: string;
+    readonly publicKey: string;
+    readonly endpoint: string | null;
+    /** ISO time of the latest handshake; null: none yet. */
+    readonly latestHandshake: string | null;
+    readonly rxBytes: number;
+    readonly txBytes: number;
+  }[];
 }
 
 export interface StatusInput {
@@ -236,8 +266,35 @@ export function buildStatus(input: StatusInput): StatusJson {
 function userspaceJson(agent: AgentState): Pick<StatusJson, "userspace"> {
   const status = agent.userspace?.();
   if (status === undefined) return {};
+  if (status.kind === "wireguard") {
+    return {
+      userspace: {
+        kind: "wireguard",
+        what: status.what,
+        running: status.running,
+        lastFailure: status.lastFailure ?? null,
+        peers: status.peers,
+        restarts: status.restarts,
+        implementation: status.implementation,
+        device: status.device,
+        publicKey: status.publicKey,
+        listenPort: status.listenPort,
+        pid: status.pid ?? null,
+        repairs: status.repairs,
+        peerDetails: status.peerDetails.map((p) => ({
+          subnet: p.subnet,
+          publicKey: p.publicKey,
+          endpoint: p.endpoint ?? null,
+          latestHandshake: p.lastHandshakeMs === 0 ? null : new Date(p.lastHandshakeMs).toISOString(),
+          rxBytes: p.rxBytes,
+          txBytes: p.txBytes,
+        })),
+      },
+    };
+  }
   return {
     userspace: {
+      kind: "udp",
       what: status.what,
       running: status.running,
       lastFailure: status.lastFailure ?? null,
@@ -376,7 +433,20 @@ export function renderStatus(status: StatusJson): string {
       : `${driftTotal} (route ${d.route}, neighbour ${d.neighbour}, fdb ${d.fdb}, device ${d.device})`,
   );
   const userspace = status.userspace;
-  if (userspace !== undefined) {
+  if (userspace?.kind === "wireguard") {
+    const now = Date.parse(status.generatedAt);
+    const shaken = userspace.peerDetails.filter((p) => p.latestHandshake !== null);
+    const oldest = Math.max(0, ...shaken.map((p) => (now - Date.parse(p.latestHandshake ?? "")) / 1000));
+    field(
+      "wireguard",
+      `${userspace.what}: ${userspace.running ? "running" : `NOT RUNNING (${userspace.lastFailure ?? "starting"})`}` +
+        `${userspace.pid === null ? "" : ` (pid ${userspace.pid})`}, ${plural(userspace.peers, "peer")}, ` +
+        `${shaken.length} with a handshake` +
+        (shaken.length > 0 ? ` (oldest ${Math.round(oldest)} s ago)` : "") +
+        (userspace.repairs > 0 ? `, restored ${plural(userspace.repairs, "time")}` : "") +
+        (userspace.restarts > 0 ? `, restarted ${plural(userspace.restarts, "time")}` : ""),
+    );
+  } else if (userspace !== undefined) {
     const dropped = Object.entries(userspace.drops).filter(([, n]) => n > 0);
     field(
       "userspace",

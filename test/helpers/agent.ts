@@ -49,6 +49,8 @@ export interface AgentSpec {
   readonly prefix?: string;
   readonly args?: readonly string[];
   readonly env?: Record<string, string>;
+  /** Run inside the mount namespace of this process (a test host's own /run/wireguard). */
+  readonly mountNamespaceOf?: number;
 }
 
 /** The agent's JSON log lines; an incomplete last line (still being written) is left for the next call. */
@@ -90,10 +92,13 @@ export function startAgent(spec: AgentSpec): AgentProcess {
     ...(spec.args ?? []),
   ];
   const env = { ...process.env, ...spec.env };
-  const launch = (): Started =>
-    spec.netns === undefined
-      ? startProcess(process.execPath, args, env)
-      : startProcess("ip", ["netns", "exec", spec.netns, process.execPath, ...args], env);
+  // nsenter and ip netns exec both exec in place: the PID is the agent's.
+  const mount = spec.mountNamespaceOf === undefined ? [] : ["nsenter", `--mount=/proc/${spec.mountNamespaceOf}/ns/mnt`, "--"];
+  const inNetns = spec.netns === undefined ? [] : ["ip", "netns", "exec", spec.netns];
+  const launch = (): Started => {
+    const [command = process.execPath, ...prefix] = [...mount, ...inNetns, process.execPath];
+    return startProcess(command, [...prefix, ...args], env);
+  };
   const agent: AgentProcess = {
     dir,
     subnetFile,

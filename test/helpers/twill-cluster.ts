@@ -12,6 +12,7 @@ import { startAgent, runTwill, type AgentProcess } from "./agent.js";
 import type { EtcdServer } from "./etcd.js";
 import { createUnderlay, type Cluster, type Host, type Pod } from "./netns.js";
 import { waitFor } from "./processes.js";
+import { startMountNamespace, stopRecordedWireGuardGo, type MountNamespace } from "./wireguard.js";
 
 /** Debian's containernetworking-plugins. */
 export const CNI_PLUGIN_DIR = "/usr/lib/cni";
@@ -20,6 +21,8 @@ export interface NodeUnderTest {
   readonly host: Host;
   agent: AgentProcess;
   pods: Pod[];
+  /** wireguard: the host's own mount namespace (its /run/wireguard); `wg` runs in it. */
+  readonly mountNs?: MountNamespace;
 }
 
 export interface TwillCluster {
@@ -46,7 +49,7 @@ export interface TwillCluster {
 
 export interface TwillClusterOptions {
   /** "none": a network config without Backend (twill, as flanneld, then uses udp). */
-  readonly backend: "vxlan" | "host-gw" | "udp" | "none";
+  readonly backend: "vxlan" | "host-gw" | "udp" | "wireguard" | "none";
   readonly hosts: number;
   /** Extra Backend options, e.g. { DirectRouting: true }. */
   readonly backendOptions?: Record<string, unknown>;
@@ -94,8 +97,10 @@ async function missingMeshRoutes(
   nodes: readonly NodeUnderTest[],
   backend: TwillClusterOptions["backend"],
 ): Promise<string[]> {
-  if (backend === "udp" || backend === "none") {
-    // udp has one route, the whole network into flannel0; the proxy's table holds the peers.
+  if (backend === "udp" || backend === "none" || backend === "wireguard") {
+    // udp and wireguard have one route, the whole network into their device; the proxy's table or
+    // WireGuard's peers hold the rest.
+    const dev = backend === "wireguard" ? "flannel-wg" : "flannel0";
     const missing = await Promise.all(
       nodes.map(async (n) => {
         const routes = await readRoutes(n.host.runner, {
@@ -103,9 +108,9 @@ async function missingMeshRoutes(
           family: 4,
           protocol: TWILL_ROUTE_PROTOCOL,
         });
-        return routes.some((r) => r.dst === "10.244.0.0/16" && r.dev === "flannel0")
+        return routes.some((r) => r.dst === "10.244.0.0/16" && r.dev === dev)
           ? []
-          : [`${n.host.ns} -> 10.244.0.0/16 dev flannel0`];
+          : [`${n.host.ns} -> 10.244.0.0/16 dev ${dev}`];
       }),
     );
     return missing.flat();
@@ -159,13 +164,18 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
     });
     if (set.code !== 0) throw new Error(`twill config set failed: ${set.stderr}`);
 
-    const launch = (host: Host): AgentProcess =>
+    const launch = (host: Host, mountNs: MountNamespace | undefined): AgentProcess =>
       startAgent({
         netns: host.ns,
         etcdEndpoint: etcd.endpoint,
         args: ["--iface=eth0", "--resync-interval=5s", ...(options.agentArgs ?? [])],
+        ...(mountNs === undefined ? {} : { mountNamespaceOf: mountNs.pid }),
       });
-    for (const host of hosts) nodes.push({ host, agent: launch(host), pods: [] });
+    for (const host of hosts) {
+      const mountNs = options.backend === "wireguard" ? await startMountNamespace() : undefined;
+      const agent = launch(host, mountNs);
+      nodes.push({ host, agent, pods: [], ...(mountNs === undefined ? {} : { mountNs }) });
+    }
     for (const node of nodes)
       await waitFor(`${node.host.ns} subnet.env`, () => node.agent.subnetEnv(), 30_000, 50, signal);
 
@@ -254,14 +264,22 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
         untilNoFailures(() => cluster.pingMatrix(), timeoutMs),
       destroy: async () => {
         // Agents first; then every namespace, newest first (pods before their hosts).
-        await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
+        await Promise.allSettled(nodes.map((n) => destroyNode(n)));
         await net.destroy();
       },
     };
     return cluster;
   } catch (error) {
-    await Promise.allSettled(nodes.map((n) => n.agent.destroy()));
+    await Promise.allSettled(nodes.map((n) => destroyNode(n)));
     await net.destroy();
     throw error;
   }
+}
+
+/** The agent, the wireguard-go it left (which outlives agents by design) and the mount namespace. */
+async function destroyNode(node: NodeUnderTest): Promise<void> {
+  await node.agent.process.stop();
+  await stopRecordedWireGuardGo(node.agent.stateDir);
+  await node.agent.destroy();
+  await node.mountNs?.stop();
 }

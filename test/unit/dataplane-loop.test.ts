@@ -584,6 +584,7 @@ class RecordingUserspace implements UserspaceDataPath {
   }
   status(): UserspaceStatus {
     return {
+      kind: "udp" as const,
       what: "recording",
       device: "flannel0",
       running: this.running,

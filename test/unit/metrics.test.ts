@@ -533,6 +533,7 @@ describe("Heartbeats", () => {
 
 describe("udp proxy metrics (a backend's userspace data path)", () => {
   const status = (running: boolean) => ({
+    kind: "udp" as const,
     what: "udp proxy on flannel0, port 8285",
     device: "flannel0",
     running,

@@ -359,6 +359,7 @@ describe("helpers", () => {
 
 describe("a udp node's proxy in status and readiness", () => {
   const proxy = (running: boolean, lastFailure?: string) => () => ({
+    kind: "udp" as const,
     what: "udp proxy on flannel0, port 8285",
     device: "flannel0",
     running,

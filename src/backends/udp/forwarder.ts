@@ -5,7 +5,7 @@
 // deltas: a peer that comes or goes never disturbs traffic to the others.
 import { closeSync } from "node:fs";
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
-import type { UserspaceDataPath, UserspaceRoute, UserspaceStatus } from "../backend.js";
+import type { UdpProxyStatus, UserspaceDataPath, UserspaceRoute } from "../backend.js";
 import type { NodeFacts } from "../backend.js";
 import { formatIPv4, type IPv4 } from "../../ip/ipv4.js";
 import {
@@ -154,9 +154,10 @@ export class UdpForwarder implements UserspaceDataPath {
     return values;
   }
 
-  status(): UserspaceStatus {
+  status(): UdpProxyStatus {
     const c = this.counters();
     return {
+      kind: "udp",
       what: `udp proxy on ${this.options.device}, port ${this.options.port}`,
       device: this.options.device,
       running: this.running !== undefined,

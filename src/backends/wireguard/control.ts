@@ -1,0 +1,125 @@
+// Talking to a WireGuard device: wireguard-go through its configuration socket (UAPI, a line protocol
+// on /var/run/wireguard/<device>.sock), the kernel's device through `wg` (which speaks generic
+// netlink to the kernel, and UAPI to wireguard-go, so it is tested here against wireguard-go).
+import { createConnection } from "node:net";
+import { randomBytes } from "node:crypto";
+import { rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { CommandError, type CommandRunner } from "../../exec/command.js";
+import {
+  encodeUapiSet,
+  parseUapiGet,
+  parseWgDump,
+  uapiErrno,
+  wgSetArgs,
+  type DeviceChange,
+  type DeviceState,
+} from "./device-state.js";
+
+export interface WireGuardControl {
+  /** What it talks to, for errors ("wireguard-go's socket /var/run/wireguard/flannel-wg.sock"). */
+  readonly where: string;
+  get(): Promise<DeviceState>;
+  set(change: DeviceChange): Promise<void>;
+}
+
+/** wireguard-go's socket directory: fixed in wireguard-go, and where `wg` looks. */
+export const UAPI_SOCKET_DIR = "/var/run/wireguard";
+const UAPI_TIMEOUT_MS = 5_000;
+
+/** One request and its reply on a fresh connection (wireguard-go serves each connection in turn). */
+function uapiExchange(path: string, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(path);
+    let reply = "";
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`${path}: no answer in ${UAPI_TIMEOUT_MS} ms`));
+    }, UAPI_TIMEOUT_MS);
+    socket.setEncoding("utf8");
+    socket.on("connect", () => socket.write(request));
+    socket.on("data", (chunk: string) => {
+      reply += chunk;
+      if (uapiErrno(reply) !== undefined) {
+        clearTimeout(timer);
+        socket.end();
+        resolve(reply);
+      }
+    });
+    socket.on("error", (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new Error(`${path}: ${error.code ?? error.message}`, { cause: error }));
+    });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      if (uapiErrno(reply) === undefined) reject(new Error(`${path}: closed before a complete answer`));
+    });
+  });
+}
+
+export class UapiControl implements WireGuardControl {
+  readonly where: string;
+  readonly path: string;
+
+  constructor(device: string, socketDir = UAPI_SOCKET_DIR) {
+    this.path = join(socketDir, `${device}.sock`);
+    this.where = `wireguard-go's socket ${this.path}`;
+  }
+
+  async get(): Promise<DeviceState> {
+    return parseUapiGet(await uapiExchange(this.path, "get=1\n\n"));
+  }
+
+  async set(change: DeviceChange): Promise<void> {
+    const reply = await uapiExchange(this.path, encodeUapiSet(change));
+    const errno = uapiErrno(reply);
+    if (errno !== 0) throw new Error(`${this.where} refused the change (errno ${errno})`);
+  }
+
+  /** True when something answers on the socket. */
+  async answers(): Promise<boolean> {
+    return this.get().then(
+      () => true,
+      () => false,
+    );
+  }
+}
+
+/** The kernel's device, through `wg`; keys pass through 0600 files in `keyDir`, removed at once. */
+export class WgToolControl implements WireGuardControl {
+  readonly where: string;
+
+  constructor(
+    private readonly device: string,
+    private readonly runner: CommandRunner,
+    private readonly keyDir: string,
+  ) {
+    this.where = `wg on ${device}`;
+  }
+
+  async get(): Promise<DeviceState> {
+    const result = await this.runner.run("wg", ["show", this.device, "dump"]);
+    if (result.exitCode !== 0) throw new CommandError(`wg show ${this.device} dump`, result);
+    return parseWgDump(result.stdout);
+  }
+
+  async set(change: DeviceChange): Promise<void> {
+    const files = new Map<string, string>();
+    const keyFile = (key: string): string => {
+      let path = files.get(key);
+      if (path === undefined) {
+        path = join(this.keyDir, `.wg-key-${randomBytes(6).toString("hex")}`);
+        files.set(key, path);
+      }
+      return path;
+    };
+    const args = wgSetArgs(this.device, change, keyFile);
+    try {
+      for (const [key, path] of files) await writeFile(path, `${key}\n`, { mode: 0o600, flag: "wx" });
+      const result = await this.runner.run("wg", args);
+      if (result.exitCode !== 0) throw new CommandError(`wg set ${this.device}`, result);
+    } finally {
+      await Promise.all([...files.values()].map((path) => rm(path, { force: true })));
+    }
+  }
+}

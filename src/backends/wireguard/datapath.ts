@@ -1,0 +1,270 @@
+// The WireGuard device's configuration, kept as twill wants it: the node's key and port, and a peer per
+// node lease (public key, endpoint, the peer's subnet as allowed IPs, pre-shared key, keepalive). The
+// data-plane loop feeds it every peer change; a poll every POLL_MS reads the device again, restores
+// what someone changed by hand, keeps the figures for metrics and status, notices a rotated key file,
+// and (userspace) starts wireguard-go again when it exited.
+import type { Logger } from "pino";
+import type {
+  NodeFacts,
+  UserspaceDataPath,
+  UserspaceRoute,
+  WireGuardPeerStatus,
+  WireGuardStatus,
+} from "../backend.js";
+import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
+import type { WireGuardControl } from "./control.js";
+import { deviceChange, type DeviceChange, type DeviceState, type WantedDevice, type WantedPeer } from "./device-state.js";
+import type { WireGuardGo } from "./wireguard-go.js";
+
+export interface WireGuardSettings {
+  readonly device: string;
+  readonly implementation: "kernel" | "userspace";
+  readonly listenPort: number;
+  readonly psk: string | undefined;
+  readonly keepalive: number;
+  readonly privateKey: string;
+  readonly publicKey: string;
+  /** The key file, read each poll: a new key there (twill wireguard rotate-key) is taken up. */
+  readonly keyFile: string;
+}
+
+export interface WireGuardDeps {
+  readonly control: WireGuardControl;
+  /** wireguard-go, when the implementation is userspace. */
+  readonly process?: WireGuardGo;
+  readonly log?: Logger;
+  /** Reads the key file: the key in it now, or undefined. */
+  readonly readKeyFile: (path: string) => Promise<string | undefined>;
+  readonly pollMs?: number;
+}
+
+/** Drift is restored within this (the issue's bound is 1 s). */
+export const POLL_MS = 500;
+
+/** Peers as WireGuard gets them: by public key, each key once (the first lease by key order wins). */
+export function wantedPeers(
+  rows: ReadonlyMap<string, UserspaceRoute>,
+  settings: Pick<WireGuardSettings, "publicKey" | "psk" | "keepalive">,
+): Map<string, WantedPeer> {
+  const peers = new Map<string, WantedPeer>();
+  for (const key of [...rows.keys()].sort()) {
+    const row = rows.get(key);
+    const publicKey = row?.publicKey;
+    if (row === undefined || publicKey === undefined) continue;
+    // Our own key on a peer's lease is a copied identity, which the peer view sets aside; two leases
+    // with one key cannot both be WireGuard peers, so the first by key order is, deterministically.
+    if (publicKey === settings.publicKey || peers.has(publicKey)) continue;
+    peers.set(publicKey, {
+      publicKey,
+      endpoint: `${formatIPv4(row.endpoint.address)}:${row.endpoint.port}`,
+      allowedIps: [formatCidr(row.subnet)],
+      presharedKey: settings.psk,
+      keepalive: settings.keepalive,
+    });
+  }
+  return peers;
+}
+
+function describeChange(change: DeviceChange): string {
+  const parts: string[] = [];
+  if (change.privateKey !== undefined) parts.push("private key");
+  if (change.listenPort !== undefined) parts.push(`listen port ${change.listenPort}`);
+  for (const peer of change.peers) {
+    parts.push(peer.remove === true ? `removed peer ${peer.publicKey}` : `peer ${peer.publicKey} (${peer.why})`);
+  }
+  return parts.join(", ");
+}
+
+export class WireGuardDataPath implements UserspaceDataPath {
+  private readonly rows = new Map<string, UserspaceRoute>();
+  /** Peers whose endpoint changed in their lease: set again even if WireGuard learned another. */
+  private readonly endpointsToSet = new Set<string>();
+  private readonly listeners: ((reason: string) => void)[] = [];
+  private last: DeviceState | undefined;
+  private active = false;
+  private lastFailure: string | undefined;
+  private restarts = 0;
+  private repairs = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private queue: Promise<void> = Promise.resolve();
+  private announcedKey: string | undefined;
+  private keyChangedListener: (() => void) | undefined;
+  private readonly pollMs: number;
+
+  constructor(
+    private settings: WireGuardSettings,
+    private readonly deps: WireGuardDeps,
+  ) {
+    this.pollMs = deps.pollMs ?? POLL_MS;
+  }
+
+  /** New settings from a new preparation (a rotated key, another port): the next sync applies them. */
+  configure(settings: WireGuardSettings, onKeyChanged: () => void): void {
+    this.settings = settings;
+    this.keyChangedListener = onKeyChanged;
+  }
+
+  get implementation(): "kernel" | "userspace" {
+    return this.settings.implementation;
+  }
+
+  async ensureRunning(_node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
+    const process = this.deps.process;
+    let started = false;
+    if (process !== undefined) {
+      // A device made anew has lost the wireguard-go that served it.
+      if (deviceRemade && process.alive()) await process.terminate();
+      const how = await process.ensure().catch((error: unknown) => {
+        this.active = false;
+        this.lastFailure = (error as Error).message;
+        throw error;
+      });
+      started = how === "started";
+      if (how !== "running") {
+        this.deps.log?.info(
+          { pid: process.pid, device: this.settings.device },
+          how === "adopted" ? "adopted the running wireguard-go" : "started wireguard-go",
+        );
+        // A new wireguard-go knows no peer yet; an adopted one keeps the endpoints it learned.
+        if (how === "started") for (const row of this.rows.values()) if (row.publicKey) this.endpointsToSet.add(row.publicKey);
+      }
+    }
+    this.active = true;
+    this.lastFailure = undefined;
+    await this.sync(false);
+    this.startPolling();
+    return started;
+  }
+
+  update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
+    for (const [key, row] of changes) {
+      const before = this.rows.get(key);
+      if (row === undefined) this.rows.delete(key);
+      else {
+        this.rows.set(key, row);
+        if (
+          row.publicKey !== undefined &&
+          (before === undefined ||
+            before.endpoint.address !== row.endpoint.address ||
+            before.endpoint.port !== row.endpoint.port ||
+            before.publicKey !== row.publicKey)
+        )
+          this.endpointsToSet.add(row.publicKey);
+      }
+    }
+  }
+
+  replaceAll(routes: ReadonlyMap<string, UserspaceRoute>): void {
+    const changes = new Map<string, UserspaceRoute | undefined>(routes);
+    for (const key of this.rows.keys()) if (!routes.has(key)) changes.set(key, undefined);
+    this.update(changes);
+  }
+
+  onStopped(listener: (reason: string) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+    this.active = false;
+    await this.queue;
+  }
+
+  async retire(): Promise<void> {
+    await this.stop();
+    await this.deps.process?.terminate();
+  }
+
+  status(): WireGuardStatus {
+    const s = this.settings;
+    const subnets = new Map<string, string>();
+    for (const row of this.rows.values()) if (row.publicKey) subnets.set(row.publicKey, formatCidr(row.subnet));
+    const peerDetails: WireGuardPeerStatus[] = [...(this.last?.peers.values() ?? [])].map((peer) => ({
+      subnet: subnets.get(peer.publicKey) ?? "",
+      publicKey: peer.publicKey,
+      endpoint: peer.endpoint,
+      lastHandshakeMs: peer.lastHandshakeMs,
+      rxBytes: peer.rxBytes,
+      txBytes: peer.txBytes,
+    }));
+    const how = s.implementation === "kernel" ? "kernel WireGuard" : "wireguard-go";
+    return {
+      kind: "wireguard",
+      what: `${how} on ${s.device}, port ${s.listenPort}, public key ${s.publicKey}`,
+      device: s.device,
+      running: this.active,
+      lastFailure: this.lastFailure,
+      peers: this.last?.peers.size ?? 0,
+      restarts: this.restarts,
+      implementation: s.implementation,
+      publicKey: s.publicKey,
+      listenPort: s.listenPort,
+      pid: this.deps.process?.pid,
+      peerDetails,
+      repairs: this.repairs,
+    };
+  }
+
+  private wanted(): WantedDevice {
+    const s = this.settings;
+    return { privateKey: s.privateKey, listenPort: s.listenPort, peers: wantedPeers(this.rows, s) };
+  }
+
+  /** Reads the device and makes it as wanted; one at a time. `drift`: called by the poll, not a round. */
+  private sync(drift: boolean): Promise<void> {
+    const run = async (): Promise<void> => {
+      const control = this.deps.control;
+      const actual = await control.get();
+      this.last = actual;
+      const endpoints = new Set(this.endpointsToSet);
+      const change = deviceChange(this.wanted(), actual, endpoints);
+      if (change === undefined) return;
+      await control.set(change);
+      for (const key of endpoints) this.endpointsToSet.delete(key);
+      // Peers from rounds are expected; from the poll they mean someone changed the device.
+      if (drift) {
+        this.repairs++;
+        this.deps.log?.warn({ device: this.settings.device, changes: describeChange(change) }, "WireGuard device changed by someone else; restored");
+      }
+      this.last = await control.get();
+    };
+    const next = this.queue.then(run);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private startPolling(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setInterval(() => void this.poll(), this.pollMs);
+    this.timer.unref();
+  }
+
+  private async poll(): Promise<void> {
+    if (!this.active) return;
+    const process = this.deps.process;
+    if (process !== undefined && !process.alive()) {
+      this.active = false;
+      this.restarts++;
+      const reason = `wireguard-go (pid ${process.pid ?? "?"}) exited`;
+      this.lastFailure = reason;
+      for (const listener of this.listeners) listener(reason);
+      return;
+    }
+    try {
+      await this.sync(true);
+      this.lastFailure = undefined;
+    } catch (error) {
+      this.lastFailure = `cannot read or set ${this.settings.device}: ${(error as Error).message}`;
+    }
+    await this.checkKeyFile();
+  }
+
+  private async checkKeyFile(): Promise<void> {
+    const inFile = await this.deps.readKeyFile(this.settings.keyFile);
+    if (inFile === undefined || inFile === this.settings.privateKey || inFile === this.announcedKey) return;
+    this.announcedKey = inFile;
+    this.deps.log?.info({ keyFile: this.settings.keyFile }, "a new WireGuard private key in the key file: taking it up and re-publishing");
+    this.keyChangedListener?.();
+  }
+}
