@@ -32,6 +32,7 @@ import { Metrics } from "../metrics/metrics.js";
 import { createHandler, formatListenAddress, serve, type ListenAddress } from "../metrics/server.js";
 import { StatusFetchError, agentEndpoints, fetchStatus, renderStatus } from "../metrics/status.js";
 import { netnsCommand } from "./netns.js";
+import { wireguardCommand } from "./wireguard.js";
 import { createLogger, errorMessage } from "../util/log.js";
 import { routeWarnings } from "../util/warnings.js";
 import { sdNotify } from "../node/systemd.js";
@@ -73,6 +74,9 @@ Usage:
   twill netns attach|detach|check NETNS [--port HOST:CONTAINER/PROTO …]
                                    run the node's CNI plugins against a network namespace
                                    (see twill netns --help)
+  twill wireguard rotate-key [--state-dir DIR] [--wireguard-key-file PATH]
+                                   give this node a new WireGuard key; the running agent
+                                   publishes it (see twill wireguard --help)
   twill --version                  print the version
   twill --help                     this text
 
@@ -450,6 +454,8 @@ export async function runCli(argv: readonly string[], env: Env): Promise<number>
         return await statusCommand(rest, env);
       case "netns":
         return await netnsCommand(rest, env);
+      case "wireguard":
+        return await wireguardCommand(rest, env);
       default:
         return fail(`unknown command "${command}"; run twill --help`, 2);
     }
