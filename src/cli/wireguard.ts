@@ -51,14 +51,24 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 async function rotateKey(argv: readonly string[], env: Env): Promise<number> {
   const parsed = parseFlags(rotateFlags, argv, env);
   if (parsed.positionals.length > 0) {
-    write(process.stderr, `twill: wireguard rotate-key: unexpected argument "${parsed.positionals[0] ?? ""}"`);
+    write(
+      process.stderr,
+      `twill: wireguard rotate-key: unexpected argument "${parsed.positionals[0] ?? ""}"`,
+    );
     return 2;
   }
-  const path = keyFilePath(String(parsed.values.get("wireguard-key-file")), String(parsed.values.get("state-dir")), env);
+  const path = keyFilePath(
+    String(parsed.values.get("wireguard-key-file")),
+    String(parsed.values.get("state-dir")),
+    env,
+  );
   const old = await currentKeyInFile(path);
   const oldPublic = old === undefined ? undefined : encodeKey(publicKeyOf(Buffer.from(old, "base64")));
   const key = await writeNewKey(path, "renewed");
-  write(process.stdout, `new WireGuard key written to ${path}: public key ${oldPublic ?? "(none)"} -> ${key.publicKey}`);
+  write(
+    process.stdout,
+    `new WireGuard key written to ${path}: public key ${oldPublic ?? "(none)"} -> ${key.publicKey}`,
+  );
   const timeoutSeconds = Number(parsed.values.get("timeout"));
   if (timeoutSeconds === 0) return 0;
   const address = String(parsed.values.get("address"));

@@ -428,8 +428,8 @@ export class Metrics {
             const status = state().userspace?.();
             if (status === undefined || !is(status)) return;
             for (const [labels, value] of samples(status)) {
-            if (this instanceof Gauge) this.set(labels, value);
-            else this.inc(labels, value);
+              if (this instanceof Gauge) this.set(labels, value);
+              else this.inc(labels, value);
             }
           },
         });

@@ -93,10 +93,13 @@ export function startAgent(spec: AgentSpec): AgentProcess {
   ];
   const env = { ...process.env, ...spec.env };
   // nsenter and ip netns exec both exec in place: the PID is the agent's.
-  const mount = spec.mountNamespaceOf === undefined ? [] : ["nsenter", `--mount=/proc/${spec.mountNamespaceOf}/ns/mnt`, "--"];
+  const mount =
+    spec.mountNamespaceOf === undefined
+      ? []
+      : ["nsenter", `--mount=/proc/${spec.mountNamespaceOf}/ns/mnt`, "--"];
   const inNetns = spec.netns === undefined ? [] : ["ip", "netns", "exec", spec.netns];
   const launch = (): Started => {
-    const [command = process.execPath, ...prefix] = [...mount, ...inNetns, process.execPath];
+    const [command, ...prefix] = [...mount, ...inNetns, process.execPath] as [string, ...string[]];
     return startProcess(command, [...prefix, ...args], env);
   };
   const agent: AgentProcess = {

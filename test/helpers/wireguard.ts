@@ -14,7 +14,11 @@ export interface MountNamespace {
   /** `nsenter` arguments that enter it (and `netns`, when given). */
   enter(netns?: string): string[];
   /** Runs a command inside it and the given network namespace. */
-  exec(netns: string, command: readonly string[], input?: string): Promise<{ stdout: string; stderr: string; exitCode: number }>;
+  exec(
+    netns: string,
+    command: readonly string[],
+    input?: string,
+  ): Promise<{ stdout: string; stderr: string; exitCode: number }>;
   stop(): Promise<void>;
 }
 

@@ -33,7 +33,15 @@ export const WIREGUARD_MIN_MTU = 68 + WIREGUARD_OVERHEAD;
 /** WireGuard's persistent keepalive is a 16-bit number of seconds. */
 const MAX_KEEPALIVE = 65535;
 
-const FIELDS = ["Type", "ListenPort", "ListenPortV6", "MTU", "PSK", "PersistentKeepaliveInterval", "Mode"] as const;
+const FIELDS = [
+  "Type",
+  "ListenPort",
+  "ListenPortV6",
+  "MTU",
+  "PSK",
+  "PersistentKeepaliveInterval",
+  "Mode",
+] as const;
 
 function port(value: unknown, field: string, fallback: number): number {
   const given = optionalInt(value, field) ?? fallback;
@@ -69,7 +77,8 @@ export function parseWireGuardOptions(raw: JsonObject, warnings: string[]): Wire
     }
     psk = decoded.toString("base64");
   }
-  const keepalive = optionalInt(values.get("PersistentKeepaliveInterval"), "Backend.PersistentKeepaliveInterval") ?? 0;
+  const keepalive =
+    optionalInt(values.get("PersistentKeepaliveInterval"), "Backend.PersistentKeepaliveInterval") ?? 0;
   if (keepalive < 0 || keepalive > MAX_KEEPALIVE) {
     throw new JsonFieldError(
       "Backend.PersistentKeepaliveInterval",
@@ -91,5 +100,12 @@ export function parseWireGuardOptions(raw: JsonObject, warnings: string[]): Wire
         `use "separate" (the default), "auto" or "ipv4"`,
     );
   }
-  return { listenPort, listenPortV6, mtu: mtu === 0 ? undefined : mtu, psk, persistentKeepalive: keepalive, mode };
+  return {
+    listenPort,
+    listenPortV6,
+    mtu: mtu === 0 ? undefined : mtu,
+    psk,
+    persistentKeepalive: keepalive,
+    mode,
+  };
 }

@@ -13,7 +13,13 @@ import type {
 } from "../backend.js";
 import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
 import type { WireGuardControl } from "./control.js";
-import { deviceChange, type DeviceChange, type DeviceState, type WantedDevice, type WantedPeer } from "./device-state.js";
+import {
+  deviceChange,
+  type DeviceChange,
+  type DeviceState,
+  type WantedDevice,
+  type WantedPeer,
+} from "./device-state.js";
 import type { WireGuardGo } from "./wireguard-go.js";
 
 export interface WireGuardSettings {
@@ -70,7 +76,9 @@ function describeChange(change: DeviceChange): string {
   if (change.privateKey !== undefined) parts.push("private key");
   if (change.listenPort !== undefined) parts.push(`listen port ${change.listenPort}`);
   for (const peer of change.peers) {
-    parts.push(peer.remove === true ? `removed peer ${peer.publicKey}` : `peer ${peer.publicKey} (${peer.why})`);
+    parts.push(
+      peer.remove === true ? `removed peer ${peer.publicKey}` : `peer ${peer.publicKey} (${peer.why})`,
+    );
   }
   return parts.join(", ");
 }
@@ -126,7 +134,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
           how === "adopted" ? "adopted the running wireguard-go" : "started wireguard-go",
         );
         // A new wireguard-go knows no peer yet; an adopted one keeps the endpoints it learned.
-        if (how === "started") for (const row of this.rows.values()) if (row.publicKey) this.endpointsToSet.add(row.publicKey);
+        if (how === "started")
+          for (const row of this.rows.values()) if (row.publicKey) this.endpointsToSet.add(row.publicKey);
       }
     }
     this.active = true;
@@ -179,7 +188,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
   status(): WireGuardStatus {
     const s = this.settings;
     const subnets = new Map<string, string>();
-    for (const row of this.rows.values()) if (row.publicKey) subnets.set(row.publicKey, formatCidr(row.subnet));
+    for (const row of this.rows.values())
+      if (row.publicKey) subnets.set(row.publicKey, formatCidr(row.subnet));
     const peerDetails: WireGuardPeerStatus[] = [...(this.last?.peers.values() ?? [])].map((peer) => ({
       subnet: subnets.get(peer.publicKey) ?? "",
       publicKey: peer.publicKey,
@@ -225,7 +235,10 @@ export class WireGuardDataPath implements UserspaceDataPath {
       // Peers from rounds are expected; from the poll they mean someone changed the device.
       if (drift) {
         this.repairs++;
-        this.deps.log?.warn({ device: this.settings.device, changes: describeChange(change) }, "WireGuard device changed by someone else; restored");
+        this.deps.log?.warn(
+          { device: this.settings.device, changes: describeChange(change) },
+          "WireGuard device changed by someone else; restored",
+        );
       }
       this.last = await control.get();
     };
@@ -264,7 +277,10 @@ export class WireGuardDataPath implements UserspaceDataPath {
     const inFile = await this.deps.readKeyFile(this.settings.keyFile);
     if (inFile === undefined || inFile === this.settings.privateKey || inFile === this.announcedKey) return;
     this.announcedKey = inFile;
-    this.deps.log?.info({ keyFile: this.settings.keyFile }, "a new WireGuard private key in the key file: taking it up and re-publishing");
+    this.deps.log?.info(
+      { keyFile: this.settings.keyFile },
+      "a new WireGuard private key in the key file: taking it up and re-publishing",
+    );
     this.keyChangedListener?.();
   }
 }

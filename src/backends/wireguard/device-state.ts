@@ -68,7 +68,8 @@ export function deviceChange(
     const have = actual.peers.get(want.publicKey);
     let why: string | undefined;
     if (have === undefined) why = "missing";
-    else if (!sameList(have.allowedIps, want.allowedIps)) why = `allowed IPs ${have.allowedIps.join(",") || "none"}`;
+    else if (!sameList(have.allowedIps, want.allowedIps))
+      why = `allowed IPs ${have.allowedIps.join(",") || "none"}`;
     else if (have.presharedKey !== want.presharedKey) why = "pre-shared key";
     else if (have.keepalive !== want.keepalive) why = `keepalive ${have.keepalive}`;
     else if (

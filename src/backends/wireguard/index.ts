@@ -54,7 +54,8 @@ function field(obj: Record<string, unknown>, name: string): unknown {
 
 /** Reads a peer's BackendData as flannel does (case-insensitive keys); errors name the field. */
 export function parseWireGuardBackendData(text: string | undefined): WireGuardPeerData {
-  if (text === undefined) throw new LeaseDecodeError("BackendData", "BackendData is missing (wireguard needs PublicKey)");
+  if (text === undefined)
+    throw new LeaseDecodeError("BackendData", "BackendData is missing (wireguard needs PublicKey)");
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -66,13 +67,20 @@ export function parseWireGuardBackendData(text: string | undefined): WireGuardPe
   }
   const key = field(parsed as Record<string, unknown>, "PublicKey");
   if (typeof key !== "string") {
-    throw new LeaseDecodeError("BackendData.PublicKey", `BackendData.PublicKey is ${key === undefined ? "missing" : "not a string"}`);
+    throw new LeaseDecodeError(
+      "BackendData.PublicKey",
+      `BackendData.PublicKey is ${key === undefined ? "missing" : "not a string"}`,
+    );
   }
   const decoded = decodeKey(key);
-  if (typeof decoded === "string") throw new LeaseDecodeError("BackendData.PublicKey", `BackendData.PublicKey: ${decoded}`);
+  if (typeof decoded === "string")
+    throw new LeaseDecodeError("BackendData.PublicKey", `BackendData.PublicKey: ${decoded}`);
   const port = field(parsed as Record<string, unknown>, "Port") ?? 0;
   if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new LeaseDecodeError("BackendData.Port", `BackendData.Port is ${JSON.stringify(port)}, not a port 0–65535`);
+    throw new LeaseDecodeError(
+      "BackendData.Port",
+      `BackendData.Port is ${JSON.stringify(port)}, not a port 0–65535`,
+    );
   }
   return new WireGuardPeerData(decoded.toString("base64"), port);
 }
@@ -89,8 +97,10 @@ export function chooseImplementation(
   moduleLoaded: boolean = existsSync("/sys/module/wireguard"),
 ): { readonly implementation: "kernel" | "userspace"; readonly why: string } {
   if (wanted === "kernel") return { implementation: "kernel", why: "--wireguard-implementation=kernel" };
-  if (wanted === "userspace") return { implementation: "userspace", why: "--wireguard-implementation=userspace" };
-  if (existing?.kind === "wireguard") return { implementation: "kernel", why: `${WIREGUARD_DEVICE} is a kernel WireGuard device` };
+  if (wanted === "userspace")
+    return { implementation: "userspace", why: "--wireguard-implementation=userspace" };
+  if (existing?.kind === "wireguard")
+    return { implementation: "kernel", why: `${WIREGUARD_DEVICE} is a kernel WireGuard device` };
   if (moduleLoaded) return { implementation: "kernel", why: "the kernel has the wireguard module" };
   return { implementation: "userspace", why: "the kernel has no wireguard module (/sys/module/wireguard)" };
 }
@@ -130,7 +140,15 @@ class WireGuardNode implements NodeBackend {
 
   /** The whole cluster network goes into flannel-wg; WireGuard picks the peer by allowed IPs. */
   nodeObjects(node: NodeFacts): KernelObject[] {
-    return [ownedRoute({ family: 4, dst: formatCidr(node.network), gateway: undefined, dev: WIREGUARD_DEVICE, onlink: false })];
+    return [
+      ownedRoute({
+        family: 4,
+        dst: formatCidr(node.network),
+        gateway: undefined,
+        dev: WIREGUARD_DEVICE,
+        onlink: false,
+      }),
+    ];
   }
 
   peer(_node: NodeFacts, lease: Lease): PeerProgram {
@@ -146,15 +164,24 @@ class WireGuardNode implements NodeBackend {
     }
     let data: WireGuardPeerData;
     try {
-      data = lease.peerData instanceof WireGuardPeerData ? lease.peerData : parseWireGuardBackendData(lease.attrs.backendData);
+      data =
+        lease.peerData instanceof WireGuardPeerData
+          ? lease.peerData
+          : parseWireGuardBackendData(lease.attrs.backendData);
     } catch (error) {
       return {
         objects: [],
-        status: { state: "backend-mismatch", reason: `peer ${subnet} has bad wireguard BackendData: ${(error as Error).message}` },
+        status: {
+          state: "backend-mismatch",
+          reason: `peer ${subnet} has bad wireguard BackendData: ${(error as Error).message}`,
+        },
       };
     }
     // Port 0: a flannel release that did not publish it; flannel then uses its own port.
-    const endpoint = { address: lease.attrs.publicIP, port: data.port === 0 ? this.settings.listenPort : data.port };
+    const endpoint = {
+      address: lease.attrs.publicIP,
+      port: data.port === 0 ? this.settings.listenPort : data.port,
+    };
     return {
       objects: [],
       status: {
@@ -222,7 +249,10 @@ class WireGuardConfig implements BackendConfig {
         });
       }
       dataPaths.set(WIREGUARD_DEVICE, dataPath);
-      context.log?.info({ backend: "wireguard", implementation, why }, `WireGuard: ${implementation === "kernel" ? "the kernel's" : "wireguard-go (userspace)"}, because ${why}`);
+      context.log?.info(
+        { backend: "wireguard", implementation, why },
+        `WireGuard: ${implementation === "kernel" ? "the kernel's" : "wireguard-go (userspace)"}, because ${why}`,
+      );
     }
     dataPath.configure(settings, () => context.identityChanged?.());
     return new WireGuardNode(this, settings, dataPath, key.origin);
@@ -233,10 +263,14 @@ export const wireguardBackend: BackendPlugin = {
   type: "wireguard",
   parseConfig: (raw, warnings) => new WireGuardConfig(parseWireGuardOptions(raw, warnings)),
   parsePeerData: parseWireGuardBackendData,
-  async resume(context) {
+  resume(context) {
     startedStateDir = context.stateDir;
     const pid = recordedWireGuardGoPid(context.stateDir, WIREGUARD_DEVICE);
-    return pid === undefined ? undefined : `wireguard-go (pid ${pid}) still serving ${WIREGUARD_DEVICE}, with its peers`;
+    return Promise.resolve(
+      pid === undefined
+        ? undefined
+        : `wireguard-go (pid ${pid}) still serving ${WIREGUARD_DEVICE}, with its peers`,
+    );
   },
   /** The node now uses another backend: a wireguard-go a previous run left has no one to serve. */
   async releaseResumed() {

@@ -131,7 +131,11 @@ export class WireGuardGo {
     while (!(await this.control.answers())) {
       if (exited !== undefined || Date.now() > deadline) {
         if (exited === undefined && child.pid !== undefined) process.kill(child.pid, "SIGKILL");
-        const tail = (await readFile(this.logFile, "utf8").catch(() => "")).trim().split("\n").slice(-3).join(" | ");
+        const tail = (await readFile(this.logFile, "utf8").catch(() => ""))
+          .trim()
+          .split("\n")
+          .slice(-3)
+          .join(" | ");
         throw new Error(
           `${this.binary} -f ${this.device} did not start (${exited ?? `no socket after ${START_TIMEOUT_MS} ms`})` +
             (tail === "" ? "" : `: ${tail}`) +
@@ -168,7 +172,9 @@ export class WireGuardGo {
 /** The pid a state dir's pid file names for `device`, for tests and tools that must end it by PID. */
 export function recordedWireGuardGoPid(stateDir: string, device: string): number | undefined {
   try {
-    const recorded = JSON.parse(readFileSync(join(stateDir, `wireguard-go-${device}.json`), "utf8")) as PidFile;
+    const recorded = JSON.parse(
+      readFileSync(join(stateDir, `wireguard-go-${device}.json`), "utf8"),
+    ) as PidFile;
     return processStartTicks(recorded.pid) === recorded.startTicks ? recorded.pid : undefined;
   } catch {
     return undefined;
