@@ -99,8 +99,8 @@ export function startAgent(spec: AgentSpec): AgentProcess {
       : ["nsenter", `--mount=/proc/${spec.mountNamespaceOf}/ns/mnt`, "--"];
   const inNetns = spec.netns === undefined ? [] : ["ip", "netns", "exec", spec.netns];
   const launch = (): Started => {
-    const [command, ...prefix] = [...mount, ...inNetns, process.execPath] as [string, ...string[]];
-    return startProcess(command, [...prefix, ...args], env);
+    const argv = [...mount, ...inNetns, process.execPath];
+    return startProcess(argv[0] ?? process.execPath, [...argv.slice(1), ...args], env);
   };
   const agent: AgentProcess = {
     dir,
