@@ -20,6 +20,7 @@ import {
   type WantedDevice,
   type WantedPeer,
 } from "./device-state.js";
+import { encodeKey, publicKeyOf } from "./keys.js";
 import type { WireGuardGo } from "./wireguard-go.js";
 
 export interface WireGuardSettings {
@@ -273,14 +274,25 @@ export class WireGuardDataPath implements UserspaceDataPath {
     await this.checkKeyFile();
   }
 
+  /**
+   * A new key in the key file (twill wireguard rotate-key) goes on the device first, then into the
+   * lease: a peer that learns the new key from the lease then finds it in use already, and its first
+   * handshake succeeds. (The other order lets a fast peer's handshake meet the old key and be dropped,
+   * and WireGuard tries again only after 5 s.)
+   */
   private async checkKeyFile(): Promise<void> {
     const inFile = await this.deps.readKeyFile(this.settings.keyFile);
     if (inFile === undefined || inFile === this.settings.privateKey || inFile === this.announcedKey) return;
     this.announcedKey = inFile;
     this.deps.log?.info(
       { keyFile: this.settings.keyFile },
-      "a new WireGuard private key in the key file: taking it up and re-publishing",
+      "a new WireGuard private key in the key file: setting it on the device and re-publishing",
     );
+    const publicKey = encodeKey(publicKeyOf(Buffer.from(inFile, "base64")));
+    this.settings = { ...this.settings, privateKey: inFile, publicKey };
+    await this.sync(false).catch((error: unknown) => {
+      this.lastFailure = `cannot set the new key on ${this.settings.device}: ${(error as Error).message}`;
+    });
     this.keyChangedListener?.();
   }
 }
