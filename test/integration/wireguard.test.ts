@@ -77,9 +77,7 @@ async function devicePeers(cluster: TwillCluster, i: number): Promise<Map<string
  * A pcap file → its IPv4 packets: protocol, addresses, UDP ports. Link types: Ethernet (1), Linux
  * cooked (113) and cooked v2 (276, what `-i any` writes).
  */
-function ipv4Packets(
-  pcap: Buffer,
-): {
+function ipv4Packets(pcap: Buffer): {
   protocol: number;
   src: string;
   dst: string;
@@ -193,6 +191,10 @@ describe("wireguard: 3 hosts x 2 pods", () => {
     );
     const s = await wireguardStatus(cluster, 1);
     expect(s).toMatchObject({ implementation: "userspace", running: true, peers: 2, listenPort: 51820 });
+    const text = await runTwill(["status"], { netns: host.ns });
+    expect(text.stdout).toMatch(
+      /wireguard: +wireguard-go on flannel-wg, port 51820, public key \S+: running \(pid \d+\), 2 peers/,
+    );
   });
 
   it("sends pod traffic across the underlay only as WireGuard: UDP to 51820, no plaintext pod packet", async () => {
@@ -247,24 +249,39 @@ describe("wireguard: 3 hosts x 2 pods", () => {
     ).toBe(3);
   });
 
-  it("adds a peer for a node that joins and removes it when its lease goes", async () => {
-    const key = "lB1jZN1hJ1u7sHUdxVQGZq4bBH1l1Da7kIJvQU6n0nE=";
-    const lease = `${cluster.prefix}/subnets/10.244.201.0-24`;
-    cluster.etcd.ctl([
-      "put",
-      lease,
-      `{"PublicIP":"198.18.0.77","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"${key}","Port":51999}}`,
-    ]);
-    await waitFor("the new peer on every node", async () => {
+  it("adds peers for nodes that join (two behind one NAT: one public IP) and removes them when their leases go", async () => {
+    const keys = [
+      "lB1jZN1hJ1u7sHUdxVQGZq4bBH1l1Da7kIJvQU6n0nE=",
+      "8Ec5vhn7v5Ez4q7mL1P6I0n0H0yH6v5GXhH0cQm7u2E=",
+    ];
+    const leases = [201, 202].map((third) => `${cluster.prefix}/subnets/10.244.${third}.0-24`);
+    keys.forEach((key, i) =>
+      cluster.etcd.ctl([
+        "put",
+        leases[i] ?? "",
+        `{"PublicIP":"198.18.0.77","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"${key}","Port":${51998 + i}}}`,
+      ]),
+    );
+    await waitFor("both new peers on every node", async () => {
       for (let i = 1; i <= 3; i++) {
-        const peer = (await devicePeers(cluster, i)).get(key);
-        if (peer?.[1] !== "198.18.0.77:51999" || peer[2] !== "10.244.201.0/24") return false;
+        const peers = await devicePeers(cluster, i);
+        for (const [j, key] of keys.entries()) {
+          const peer = peers.get(key);
+          if (peer?.[1] !== `198.18.0.77:${51998 + j}` || peer[2] !== `10.244.${201 + j}.0/24`) return false;
+        }
       }
       return true;
     });
-    cluster.etcd.ctl(["del", lease]);
-    await waitFor("the peer gone from every node", async () => {
-      for (let i = 1; i <= 3; i++) if ((await devicePeers(cluster, i)).has(key)) return false;
+    const listed = await runTwill(["leases", `--etcd-endpoints=${cluster.etcd.endpoint}`], {
+      netns: node(cluster, 1).host.ns,
+    });
+    expect(listed.stdout).toContain(`key ${keys[0] ?? ""}`);
+    for (const lease of leases) cluster.etcd.ctl(["del", lease]);
+    await waitFor("the peers gone from every node", async () => {
+      for (let i = 1; i <= 3; i++) {
+        const peers = await devicePeers(cluster, i);
+        if (keys.some((key) => peers.has(key))) return false;
+      }
       return true;
     });
   });
@@ -303,6 +320,33 @@ describe("wireguard: 3 hosts x 2 pods", () => {
       15_000,
     );
     expect((await wireguardStatus(cluster, 3)).restarts).toBe(before.restarts + 1);
+    expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+  });
+
+  it("makes a deleted flannel-wg anew, with its route and wireguard-go, and traffic flows again", async () => {
+    const { host } = node(cluster, 3);
+    const old = await readLink(host.runner, WIREGUARD_DEVICE);
+    await cluster.net.run(host.ns, ["ip", "link", "del", WIREGUARD_DEVICE]);
+    await waitFor(
+      "a new flannel-wg with its route and both peers",
+      async () => {
+        const link = await readLink(host.runner, WIREGUARD_DEVICE).catch(() => undefined);
+        const routes = await readRoutes(host.runner, {
+          table: 254,
+          family: 4,
+          protocol: TWILL_ROUTE_PROTOCOL,
+        });
+        const s = await wireguardStatus(cluster, 3);
+        return (
+          link !== undefined &&
+          link.index !== old?.index &&
+          routes.some((r) => r.dst === "10.244.0.0/16" && r.dev === WIREGUARD_DEVICE) &&
+          s.running &&
+          s.peers === 2
+        );
+      },
+      20_000,
+    );
     expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
   });
 

@@ -85,6 +85,15 @@ export class UapiControl implements WireGuardControl {
   }
 }
 
+/** A `wg` that could not run at all: say which package brings it. */
+function withHint(error: CommandError): Error {
+  return error.result.exitCode === -1 && /ENOENT/.test(error.message)
+    ? new Error(`${error.message}; the kernel's WireGuard is configured with wg: install wireguard-tools`, {
+        cause: error,
+      })
+    : error;
+}
+
 /** The kernel's device, through `wg`; keys pass through 0600 files in `keyDir`, removed at once. */
 export class WgToolControl implements WireGuardControl {
   readonly where: string;
@@ -99,7 +108,7 @@ export class WgToolControl implements WireGuardControl {
 
   async get(): Promise<DeviceState> {
     const result = await this.runner.run("wg", ["show", this.device, "dump"]);
-    if (result.exitCode !== 0) throw new CommandError(`wg show ${this.device} dump`, result);
+    if (result.exitCode !== 0) throw withHint(new CommandError(`wg show ${this.device} dump`, result));
     return parseWgDump(result.stdout);
   }
 
@@ -117,7 +126,7 @@ export class WgToolControl implements WireGuardControl {
     try {
       for (const [key, path] of files) await writeFile(path, `${key}\n`, { mode: 0o600, flag: "wx" });
       const result = await this.runner.run("wg", args);
-      if (result.exitCode !== 0) throw new CommandError(`wg set ${this.device}`, result);
+      if (result.exitCode !== 0) throw withHint(new CommandError(`wg set ${this.device}`, result));
     } finally {
       await Promise.all([...files.values()].map((path) => rm(path, { force: true })));
     }
