@@ -2,7 +2,7 @@
 // no WireGuard kernel module): encrypted pod traffic (checked on the underlay), flannel's lease format,
 // a node set up by hand as flanneld's WireGuard backend sets one up, restarts without loss, drift,
 // key rotation, a pre-shared key and a bad key file.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -518,4 +518,33 @@ describe("wireguard: a bad key file", () => {
         .filter(Boolean),
     ).toHaveLength(1);
   }, 60_000);
+});
+
+describe("wireguard: a node that moves to another backend", () => {
+  it("ends its wireguard-go and drops the network's route into flannel-wg; pods reach each other over vxlan", async () => {
+    const cluster = await started({ backend: "wireguard", hosts: 2 });
+    await cluster.addPod(1, "a", 2);
+    await cluster.addPod(2, "a", 2);
+    await cluster.waitForMesh();
+    const pids = await Promise.all([1, 2].map(async (i) => (await wireguardStatus(cluster, i)).pid));
+    const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${cluster.etcd.endpoint}`], {
+      netns: node(cluster, 1).host.ns,
+      input: JSON.stringify({ Network: "10.244.0.0/16", Backend: { Type: "vxlan" } }),
+    });
+    expect(set.code, set.stderr).toBe(0);
+    await waitFor("wireguard-go gone on both nodes", () =>
+      pids.every((pid) => pid !== null && !existsSync(`/proc/${pid}`)),
+    );
+    for (let i = 1; i <= 2; i++) {
+      await waitFor(`node ${i}: no route into flannel-wg`, async () => {
+        const routes = await readRoutes(node(cluster, i).host.runner, {
+          table: 254,
+          family: 4,
+          protocol: TWILL_ROUTE_PROTOCOL,
+        });
+        return !routes.some((r) => r.dev === WIREGUARD_DEVICE) && routes.some((r) => r.dev === "flannel.1");
+      });
+    }
+    expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+  }, 120_000);
 });

@@ -70,9 +70,10 @@ export function parseWireGuardOptions(raw: JsonObject, warnings: string[]): Wire
   if (pskText !== undefined && pskText !== "") {
     const decoded = decodeKey(pskText);
     if (typeof decoded === "string") {
+      // Not `decoded`: it quotes the text, and a nearly right PSK is a secret (this goes to status and logs).
       throw new JsonFieldError(
         "Backend.PSK",
-        `Backend.PSK: ${decoded.replace("WireGuard key", "pre-shared key")}; make one with wg genpsk`,
+        "Backend.PSK: not a pre-shared key (44 characters of base64; the value is not shown); make one with wg genpsk",
       );
     }
     psk = decoded.toString("base64");

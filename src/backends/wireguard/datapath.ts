@@ -230,7 +230,11 @@ export class WireGuardDataPath implements UserspaceDataPath {
       this.last = actual;
       const endpoints = new Set(this.endpointsToSet);
       const change = deviceChange(this.wanted(), actual, endpoints);
-      if (change === undefined) return;
+      if (change === undefined) {
+        // Their endpoints are on the device already: from now on they may roam.
+        for (const key of endpoints) this.endpointsToSet.delete(key);
+        return;
+      }
       await control.set(change);
       for (const key of endpoints) this.endpointsToSet.delete(key);
       // Peers from rounds are expected; from the poll they mean someone changed the device.

@@ -269,7 +269,7 @@ export const wireguardBackend: BackendPlugin = {
     return Promise.resolve(
       pid === undefined
         ? undefined
-        : `wireguard-go (pid ${pid}) still serving ${WIREGUARD_DEVICE}, with its peers`,
+        : `the running wireguard-go (pid ${pid}) on ${WIREGUARD_DEVICE}`,
     );
   },
   /** The node now uses another backend: a wireguard-go a previous run left has no one to serve. */
