@@ -686,7 +686,7 @@ describe("registry", () => {
   });
 
   it("lists each backend once, vxlan first; udp is the default, as flanneld's", () => {
-    expect(BACKENDS.map((backend) => backend.type)).toEqual(["vxlan", "host-gw", "udp"]);
+    expect(BACKENDS.map((backend) => backend.type)).toEqual(["vxlan", "host-gw", "udp", "wireguard"]);
     expect(DEFAULT_BACKEND.type).toBe("udp");
   });
 

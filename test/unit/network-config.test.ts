@@ -385,7 +385,21 @@ describe("parseNetworkConfig: errors name the field and the bad value", () => {
     ],
     [cfg({ Backend: { Type: "udp", Port: "8285" } }), "Backend.Port", "Backend.Port: expected an integer"],
     [cfg({ Backend: { Type: "udp", Port: 8285.5 } }), "Backend.Port", "Backend.Port: expected an integer"],
-    [cfg({ Backend: { Type: "wireguard" } }), "Backend.Type", 'Backend.Type "wireguard" is not supported'],
+    [
+      cfg({ Backend: { Type: "wireguard", ListenPort: 0 } }),
+      "Backend.ListenPort",
+      "Backend.ListenPort 0: must be from 1 to 65535",
+    ],
+    [
+      cfg({ Backend: { Type: "wireguard", Mode: "tunnel" } }),
+      "Backend.Mode",
+      'Backend.Mode "tunnel": no valid Mode',
+    ],
+    [
+      cfg({ Backend: { Type: "wireguard", PSK: "secret" } }),
+      "Backend.PSK",
+      "Backend.PSK: not a pre-shared key",
+    ],
     [cfg({ Backend: { Type: "ipip" } }), "Backend.Type", 'Backend.Type "ipip" is not supported'],
     [cfg({ Backend: { Type: "ipsec" } }), "Backend.Type", 'Backend.Type "ipsec" is not supported'],
     [cfg({ Backend: { Type: "alloc" } }), "Backend.Type", 'Backend.Type "alloc" is not supported'],
