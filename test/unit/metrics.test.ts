@@ -1,6 +1,6 @@
 // Prometheus metrics: counters fed by the loops' events, gauges read from the agent's state at scrape
 // (so they never disagree with /readyz and /status), and no label that grows with the cluster.
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import type { PeerStatus } from "../../src/backends/backend.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import type { PlannedOp } from "../../src/dataplane/kinds/index.js";
@@ -576,5 +576,144 @@ describe("udp proxy metrics (a backend's userspace data path)", () => {
   it("has no udp series on a node without one", async () => {
     const text = await new Wired().metrics.registry.metrics();
     expect(text).not.toMatch(/^twill_udp_\w+\{/m);
+  });
+});
+
+describe("wireguard metrics (a backend's userspace data path)", () => {
+  const KEY_A = "mNb7OIIXTdgW4khM7OFlzJ+UPs7lmcWHV7xjPgakMkQ=";
+  const KEY_B = "GHc0lmKsi1pVlPy0RRBWhWEUpeSDfIE8uivN/XO7L1A=";
+  const OWN = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+  const status = (running: boolean, implementation: "kernel" | "userspace" = "userspace") => ({
+    kind: "wireguard" as const,
+    what: `wireguard-go on flannel-wg, port 51820, public key ${OWN}`,
+    device: "flannel-wg",
+    running,
+    lastFailure: running ? undefined : "wireguard-go (pid 4242) exited",
+    peers: 2,
+    restarts: 3,
+    implementation,
+    publicKey: OWN,
+    listenPort: 51820,
+    pid: implementation === "userspace" ? 4242 : undefined,
+    peerDetails: [
+      {
+        subnet: "10.244.2.0/24",
+        publicKey: KEY_A,
+        endpoint: "198.18.0.2:51820",
+        lastHandshakeMs: T0 - 30_000,
+        rxBytes: 148,
+        txBytes: 92,
+      },
+      {
+        subnet: "10.244.3.0/24",
+        publicKey: KEY_B,
+        endpoint: undefined,
+        lastHandshakeMs: 0,
+        rxBytes: 0,
+        txBytes: 0,
+      },
+    ],
+    repairs: 5,
+  });
+
+  it("reads the device's figures at scrape: up, peers, handshake ages, bytes, repairs, restarts", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(T0);
+    try {
+      const w = new Wired();
+      let running = true;
+      w.update({ userspace: () => status(running) });
+      const m = w.metrics;
+      expect(
+        await value(m, "twill_wireguard_up", { device: "flannel-wg", implementation: "userspace" }),
+      ).toBe(1);
+      expect(await value(m, "twill_wireguard_peers", { device: "flannel-wg" })).toBe(2);
+      expect(await value(m, "twill_wireguard_repairs_total", { device: "flannel-wg" })).toBe(5);
+      expect(await value(m, "twill_wireguard_restarts_total", { device: "flannel-wg" })).toBe(3);
+      const a = { subnet: "10.244.2.0/24", public_key: KEY_A };
+      const b = { subnet: "10.244.3.0/24", public_key: KEY_B };
+      expect(await value(m, "twill_wireguard_peer_handshake_age_seconds", a)).toBe(30);
+      // Never shaken hands: +Inf, so `> 180` alerts catch it.
+      expect(await value(m, "twill_wireguard_peer_handshake_age_seconds", b)).toBe(Number.POSITIVE_INFINITY);
+      expect(await value(m, "twill_wireguard_peer_bytes_total", { ...a, direction: "rx" })).toBe(148);
+      expect(await value(m, "twill_wireguard_peer_bytes_total", { ...a, direction: "tx" })).toBe(92);
+      expect(await value(m, "twill_wireguard_peer_bytes_total", { ...b, direction: "rx" })).toBe(0);
+      const text = await m.registry.metrics();
+      expect(text).toContain(
+        `twill_wireguard_peer_handshake_age_seconds{subnet="10.244.3.0/24",public_key="${KEY_B}"} +Inf`,
+      );
+      expect(text).toContain(
+        `twill_wireguard_peer_bytes_total{subnet="10.244.2.0/24",public_key="${KEY_A}",direction="tx"} 92`,
+      );
+
+      running = false;
+      expect(
+        await value(m, "twill_wireguard_up", { device: "flannel-wg", implementation: "userspace" }),
+      ).toBe(0);
+      // A second scrape reports the same totals, not their sum.
+      expect(await value(m, "twill_wireguard_repairs_total", { device: "flannel-wg" })).toBe(5);
+      expect(await value(m, "twill_wireguard_peer_bytes_total", { ...a, direction: "rx" })).toBe(148);
+      // Time passes: the age grows.
+      vi.setSystemTime(T0 + 60_000);
+      expect(await value(m, "twill_wireguard_peer_handshake_age_seconds", a)).toBe(90);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("labels the kernel's device with implementation kernel", async () => {
+    const w = new Wired();
+    w.update({ userspace: () => status(true, "kernel") });
+    expect(
+      await value(w.metrics, "twill_wireguard_up", { device: "flannel-wg", implementation: "kernel" }),
+    ).toBe(1);
+    const text = await w.metrics.registry.getSingleMetricAsString("twill_wireguard_up");
+    expect(text).not.toContain('implementation="userspace"');
+  });
+
+  it("has no udp samples on a wireguard node, and no wireguard samples on a udp node", async () => {
+    const wireguard = new Wired();
+    wireguard.update({ userspace: () => status(true) });
+    const wgText = await wireguard.metrics.registry.metrics();
+    expect(wgText).toMatch(/^twill_wireguard_up\{/m);
+    expect(wgText).not.toMatch(/^twill_udp_\w+[{ ]/m);
+
+    const udp = new Wired();
+    udp.update({
+      userspace: () => ({
+        kind: "udp" as const,
+        what: "udp proxy on flannel0, port 8285",
+        device: "flannel0",
+        running: true,
+        lastFailure: undefined,
+        peers: 1,
+        txPackets: 1,
+        txBytes: 1,
+        rxPackets: 1,
+        rxBytes: 1,
+        drops: {
+          no_route: 0,
+          ttl_expired: 0,
+          unknown_sender: 0,
+          malformed: 0,
+          not_ipv4: 0,
+          send_error: 0,
+          tun_write_error: 0,
+        },
+        icmpUnreachableSent: 0,
+        restarts: 0,
+      }),
+    });
+    const udpText = await udp.metrics.registry.metrics();
+    expect(udpText).toMatch(/^twill_udp_proxy_up\{/m);
+    expect(udpText).not.toMatch(/^twill_wireguard_\w+[{ ]/m);
+  });
+
+  it("has no wireguard samples on a node without a userspace data path", async () => {
+    const text = await new Wired().metrics.registry.metrics();
+    expect(text).not.toMatch(/^twill_wireguard_\w+[{ ]/m);
+    // The series are declared all the same (HELP and TYPE), so dashboards know them.
+    expect(text).toContain("# TYPE twill_wireguard_up gauge");
+    expect(text).toContain("# TYPE twill_wireguard_peer_bytes_total counter");
   });
 });

@@ -412,3 +412,151 @@ describe("a udp node's proxy in status and readiness", () => {
     expect(status(readyAgent()).userspace).toBeUndefined();
   });
 });
+
+describe("a wireguard node's device in status and readiness", () => {
+  const OWN = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+  const KEY_A = "mNb7OIIXTdgW4khM7OFlzJ+UPs7lmcWHV7xjPgakMkQ=";
+  const KEY_B = "GHc0lmKsi1pVlPy0RRBWhWEUpeSDfIE8uivN/XO7L1A=";
+  const device =
+    (
+      running: boolean,
+      over: {
+        lastFailure?: string;
+        implementation?: "kernel" | "userspace";
+        repairs?: number;
+        restarts?: number;
+        handshakes?: boolean;
+      } = {},
+    ) =>
+    () => {
+      const implementation = over.implementation ?? "userspace";
+      const how = implementation === "kernel" ? "kernel WireGuard" : "wireguard-go";
+      return {
+        kind: "wireguard" as const,
+        what: `${how} on flannel-wg, port 51820, public key ${OWN}`,
+        device: "flannel-wg",
+        running,
+        lastFailure: over.lastFailure,
+        peers: 2,
+        restarts: over.restarts ?? 0,
+        implementation,
+        publicKey: OWN,
+        listenPort: 51820,
+        pid: implementation === "userspace" ? 4242 : undefined,
+        repairs: over.repairs ?? 0,
+        peerDetails: [
+          {
+            subnet: "10.244.3.0/24",
+            publicKey: KEY_A,
+            endpoint: "198.18.0.3:51820",
+            lastHandshakeMs: over.handshakes === false ? 0 : NOW - 42_000,
+            rxBytes: 148,
+            txBytes: 92,
+          },
+          {
+            subnet: "10.244.12.0/24",
+            publicKey: KEY_B,
+            endpoint: undefined,
+            lastHandshakeMs: 0,
+            rxBytes: 0,
+            txBytes: 0,
+          },
+        ],
+      };
+    };
+
+  it("puts the device in the document as kind wireguard, and the agent stays ready", () => {
+    const s = status({ ...readyAgent(), userspace: device(true, { repairs: 1 }) });
+    expect(s.ready).toBe(true);
+    expect(s.userspace).toEqual({
+      kind: "wireguard",
+      what: `wireguard-go on flannel-wg, port 51820, public key ${OWN}`,
+      running: true,
+      lastFailure: null,
+      peers: 2,
+      restarts: 0,
+      implementation: "userspace",
+      device: "flannel-wg",
+      publicKey: OWN,
+      listenPort: 51820,
+      pid: 4242,
+      repairs: 1,
+      peerDetails: [
+        {
+          subnet: "10.244.3.0/24",
+          publicKey: KEY_A,
+          endpoint: "198.18.0.3:51820",
+          latestHandshake: new Date(NOW - 42_000).toISOString(),
+          rxBytes: 148,
+          txBytes: 92,
+        },
+        {
+          subnet: "10.244.12.0/24",
+          publicKey: KEY_B,
+          endpoint: null,
+          latestHandshake: null,
+          rxBytes: 0,
+          txBytes: 0,
+        },
+      ],
+    });
+    // It survives JSON (the CLI reads it over HTTP).
+    expect(JSON.parse(JSON.stringify(s))).toEqual(s);
+  });
+
+  it.each([
+    [
+      "running, with a handshake, restored once",
+      device(true, { repairs: 1 }),
+      `wireguard:      wireguard-go on flannel-wg, port 51820, public key ${OWN}: running (pid 4242), 2 peers, ` +
+        "1 with a handshake (oldest 42 s ago), restored 1 time\n",
+    ],
+    [
+      "the kernel's device: no pid; restarted twice, no handshake yet",
+      device(true, { implementation: "kernel", restarts: 2, handshakes: false }),
+      `wireguard:      kernel WireGuard on flannel-wg, port 51820, public key ${OWN}: running, 2 peers, ` +
+        "0 with a handshake, restarted 2 times\n",
+    ],
+    [
+      "not running",
+      device(false, { lastFailure: "wireguard-go (pid 4242) exited", restarts: 1 }),
+      `wireguard:      wireguard-go on flannel-wg, port 51820, public key ${OWN}: ` +
+        "NOT RUNNING (wireguard-go (pid 4242) exited) (pid 4242), 2 peers, 1 with a handshake (oldest 42 s ago), " +
+        "restarted 1 time\n",
+    ],
+  ])("renders a wireguard: line (%s)", (_name, userspace, line) => {
+    const text = renderStatus(status({ ...readyAgent(), userspace }));
+    expect(text).toContain(`\n${line}`);
+    expect(text).not.toContain("userspace:");
+  });
+
+  it("makes the agent not ready, naming why, while it is not running", () => {
+    const s = status({
+      ...readyAgent(),
+      userspace: device(false, { lastFailure: "wireguard-go (pid 4242) exited" }),
+    });
+    expect(s.ready).toBe(false);
+    expect(s.notReady).toEqual([
+      `wireguard-go on flannel-wg, port 51820, public key ${OWN} not running: wireguard-go (pid 4242) exited`,
+    ]);
+    expect(renderStatus(s)).toContain("NOT RUNNING");
+  });
+
+  it("says starting when it has not run yet and nothing failed", () => {
+    const s = status({ ...readyAgent(), userspace: device(false) });
+    expect(s.notReady).toEqual([
+      `wireguard-go on flannel-wg, port 51820, public key ${OWN} not running: starting`,
+    ]);
+    expect(renderStatus(s)).toContain(": NOT RUNNING (starting)");
+  });
+
+  it("is not held against readiness before the data plane is programmed (that reason says it already)", () => {
+    const agent = readyAgent();
+    const s = status({
+      ...agent,
+      dataplane: { ...agent.dataplane, programmed: false },
+      userspace: device(false),
+    });
+    expect(s.notReady).toEqual(["data plane not programmed yet"]);
+  });
+});

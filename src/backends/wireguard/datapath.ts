@@ -97,6 +97,9 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private timer: NodeJS.Timeout | undefined;
   private queue: Promise<void> = Promise.resolve();
   private announcedKey: string | undefined;
+  /** Bumped by every peer change; the version the device was last made to match. */
+  private rowsVersion = 0;
+  private syncedVersion = 0;
   private keyChangedListener: (() => void) | undefined;
   private readonly pollMs: number;
 
@@ -141,12 +144,18 @@ export class WireGuardDataPath implements UserspaceDataPath {
     }
     this.active = true;
     this.lastFailure = undefined;
-    await this.sync(false);
+    // Polling first: a device that cannot be configured now is tried again by the poll, and by the
+    // loop's retry of this round.
     this.startPolling();
+    await this.sync(false).catch((error: unknown) => {
+      this.lastFailure = `cannot configure ${this.settings.device}: ${(error as Error).message}`;
+      throw error;
+    });
     return started;
   }
 
   update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
+    if (changes.size > 0) this.rowsVersion++;
     for (const [key, row] of changes) {
       const before = this.rows.get(key);
       if (row === undefined) this.rows.delete(key);
@@ -226,6 +235,9 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private sync(drift: boolean): Promise<void> {
     const run = async (): Promise<void> => {
       const control = this.deps.control;
+      // A peer change that arrived since the last sync is the loop's, not someone else's.
+      const expected = this.rowsVersion !== this.syncedVersion;
+      const version = this.rowsVersion;
       const actual = await control.get();
       this.last = actual;
       const endpoints = new Set(this.endpointsToSet);
@@ -233,12 +245,14 @@ export class WireGuardDataPath implements UserspaceDataPath {
       if (change === undefined) {
         // Their endpoints are on the device already: from now on they may roam.
         for (const key of endpoints) this.endpointsToSet.delete(key);
+        this.syncedVersion = version;
         return;
       }
       await control.set(change);
       for (const key of endpoints) this.endpointsToSet.delete(key);
-      // Peers from rounds are expected; from the poll they mean someone changed the device.
-      if (drift) {
+      this.syncedVersion = version;
+      // Changes for rounds are expected; from the poll they mean someone changed the device.
+      if (drift && !expected) {
         this.repairs++;
         this.deps.log?.warn(
           { device: this.settings.device, changes: describeChange(change) },
