@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # twill's container image: the agent on a slim Node.js LTS base with the network tools it drives (ip from
-# iproute2, iptables-restore, sysctl from procps). Used by deploy/kubernetes/twill.yaml.
+# iproute2, iptables-restore, sysctl from procps, ethtool, and for the wireguard backend wg from
+# wireguard-tools and wireguard-go). Used by deploy/kubernetes/twill.yaml.
 #
 #   docker build -t ghcr.io/twill/twill:0.1.0 .
 #
@@ -23,8 +24,10 @@ FROM ${NODE_IMAGE}
 # CAP_NET_ADMIN/CAP_NET_RAW as root, which a non-root user cannot hold for `ip` and `iptables` without file
 # capabilities. The DaemonSet drops every other capability and makes the root file system read-only.
 # iptables is Debian's, with both backends: --iptables-mode=auto picks the one the host's kube-proxy uses.
+# The wireguard backend configures the kernel's WireGuard device with wg (wireguard-tools), and runs
+# wireguard-go where the host's kernel has no WireGuard module (--wireguard-implementation=auto).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 iptables procps ethtool \
+    && apt-get install -y --no-install-recommends iproute2 iptables procps ethtool wireguard-tools wireguard-go \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 ENV NODE_ENV=production

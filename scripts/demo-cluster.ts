@@ -1,15 +1,15 @@
 // The demo cluster's code path, shared by scripts/demo.ts (interactive) and its test: a real etcd
 // and three hosts in network namespaces running the real agent, two pods per host; it reports the
-// leases, each host's routes and VXLAN entries and a pod-to-pod ping matrix.
+// leases, each host's routes and VXLAN entries or WireGuard peers, and a pod-to-pod ping matrix.
 import { readFdb, readNeighbours, readRoutes } from "../test/helpers/ip-read.js";
 import { TWILL_ROUTE_PROTOCOL } from "../src/dataplane/objects.js";
 import { runTwill } from "../test/helpers/agent.js";
 import { randomTag } from "../test/helpers/netns.js";
 import { waitFor } from "../test/helpers/processes.js";
-import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
+import { startTwillCluster, type NodeUnderTest, type TwillCluster } from "../test/helpers/twill-cluster.js";
 
 export interface DemoOptions {
-  readonly backend: "vxlan" | "host-gw" | "udp";
+  readonly backend: "vxlan" | "host-gw" | "udp" | "wireguard";
   readonly hosts?: number;
   readonly print?: (line: string) => void;
   /**
@@ -26,6 +26,24 @@ export interface Demo {
   destroy(): Promise<void>;
 }
 
+/** A host's WireGuard peers as `wg show flannel-wg dump` lists them (inside the host's mount namespace). */
+async function wireGuardPeers(
+  node: NodeUnderTest,
+): Promise<{ publicKey: string; endpoint: string; allowedIps: string }[]> {
+  if (node.mountNs === undefined) return [];
+  const dump = await node.mountNs.exec(node.host.ns, ["wg", "show", "flannel-wg", "dump"]);
+  if (dump.exitCode !== 0) return [];
+  return dump.stdout
+    .trim()
+    .split("\n")
+    .slice(1)
+    .filter((line) => line !== "")
+    .map((line) => {
+      const [publicKey = "", , endpoint = "", allowedIps = ""] = line.split("\t");
+      return { publicKey, endpoint, allowedIps };
+    });
+}
+
 export async function startDemo(options: DemoOptions): Promise<Demo> {
   const print = options.print ?? (() => undefined);
   const hostCount = options.hosts ?? 3;
@@ -40,7 +58,7 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
     hosts: hostCount,
     tag,
     // As deployed: the bridge plugin then leaves pod-to-pod traffic unmasqueraded.
-    ...(options.backend === "udp" ? { agentArgs: ["--ip-masq"] } : {}),
+    ...(options.backend === "udp" || options.backend === "wireguard" ? { agentArgs: ["--ip-masq"] } : {}),
     ...(signal === undefined ? {} : { signal }),
   });
   try {
@@ -54,8 +72,9 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
     const firstHost = cluster.nodes[0]?.host;
     if (!firstHost) throw new Error("no hosts");
     const flags = [`--etcd-endpoints=${cluster.etcd.endpoint}`];
-    // udp routes the whole network into flannel0 (one route); the others have one route per peer.
-    const routesPerHost = options.backend === "udp" ? 1 : hostCount - 1;
+    // udp and wireguard route the whole network into their device (one route); the others have one
+    // route per peer.
+    const routesPerHost = options.backend === "udp" || options.backend === "wireguard" ? 1 : hostCount - 1;
     await waitFor(
       "every host to route to every peer",
       async () => {
@@ -72,6 +91,18 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
       50,
       signal,
     );
+    if (options.backend === "wireguard") {
+      await waitFor(
+        "every host to have a WireGuard peer for every other host",
+        async () => {
+          const counts = await Promise.all(cluster.nodes.map(async (n) => (await wireGuardPeers(n)).length));
+          return counts.every((c) => c === hostCount - 1);
+        },
+        20_000,
+        100,
+        signal,
+      );
+    }
     signal?.throwIfAborted();
 
     print(`\n== leases in etcd (${cluster.etcd.endpoint}, inside namespace ${cluster.net.switchNs})`);
@@ -97,6 +128,12 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
           print(`  neigh ${n.dst} lladdr ${n.lladdr ?? "?"} dev flannel.1 permanent`);
         const fdb = (await readFdb(node.host.runner, "flannel.1")).filter((f) => f.dst !== undefined);
         for (const f of fdb) print(`  fdb   ${f.mac} dst ${f.dst ?? "?"} dev flannel.1 ${f.state}`);
+      }
+      if (options.backend === "wireguard") {
+        for (const peer of await wireGuardPeers(node))
+          print(
+            `  wg    peer ${peer.publicKey} endpoint ${peer.endpoint} allowed-ips ${peer.allowedIps} dev flannel-wg`,
+          );
       }
       print(`  pods: ${node.pods.map((p) => `${p.name}=${p.address}`).join(", ")}`);
     }

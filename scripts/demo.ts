@@ -16,7 +16,9 @@ const backend = process.argv.includes("--host-gw")
   ? "host-gw"
   : process.argv.includes("--udp")
     ? "udp"
-    : "vxlan";
+    : process.argv.includes("--wireguard")
+      ? "wireguard"
+      : "vxlan";
 const stop = new AbortController();
 /** What stopped the demo: a signal's name, or SIGPIPE for output that went away. */
 let stoppedBy: string | undefined;
@@ -74,6 +76,9 @@ try {
     );
     say(`  ip netns exec ${first.host.ns} curl -s http://127.0.0.1:9102/metrics | grep ^twill_`);
     say(`  ip netns exec ${first.host.ns} node dist/cli/main.js status`);
+    // Each host has its own /run/wireguard (wireguard-go's socket) in a mount namespace of its own.
+    if (first.mountNs !== undefined)
+      say(`  nsenter ${first.mountNs.enter(first.host.ns).join(" ")} wg show flannel-wg`);
   }
   say("Press Ctrl-C to stop and remove everything.");
   if (!stop.signal.aborted) {

@@ -21,6 +21,10 @@ declare -A needs=(
   [ethtool]=ethtool
   [python3]=python3
   [tcpdump]=tcpdump
+  # The wireguard backend: wireguard-go where the kernel has no WireGuard module, wg for the kernel's
+  # device and for looking at either.
+  [wireguard-go]=wireguard-go
+  [wg]=wireguard-tools
 )
 missing=()
 for cmd in "${!needs[@]}"; do

@@ -228,7 +228,7 @@ function leasesJson(
 }
 
 /**
- * The VTEP MAC column: what the lease's backend shows of its BackendData; "?" when that data is
+ * The BACKEND DATA column (vxlan: the VTEP MAC; wireguard: the public key): what the lease's backend shows of its BackendData; "?" when that data is
  * unusable (only leases listed without a network config get here unparsed), "-" when there is none.
  */
 function peerDataColumn(lease: Lease): string {
@@ -284,7 +284,7 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
       out(JSON.stringify(leasesJson(config, leases, ttls, view?.invalid), null, 2));
       return 0;
     }
-    const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN"]];
+    const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "BACKEND DATA", "EXPIRES IN"]];
     for (const [i, lease] of leases.entries()) {
       rows.push([
         formatCidr(lease.subnet),

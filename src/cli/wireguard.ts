@@ -1,7 +1,7 @@
 // `twill wireguard rotate-key`: gives the node a new WireGuard key. It writes the key file the agent
-// uses; the agent notices within half a second, publishes the new public key in its lease and sets the
-// new key on the device, and every peer, seeing the lease, replaces the node's peer entry. This
-// command then waits until the agent's /status shows the new key.
+// uses; the agent notices within half a second, sets the new key on the device and then publishes the
+// new public key in its lease, and every peer, seeing the lease, replaces the node's peer entry. This
+// command then waits until the agent's /status shows the new key in use.
 import { agentFlags } from "../config/agent-options.js";
 import { formatFlagHelp, parseFlags, type FlagSpec } from "../config/flags.js";
 import { fetchStatus } from "../metrics/status.js";
@@ -35,9 +35,10 @@ const usage = `Usage: twill wireguard rotate-key [flags]
 
 Makes a new WireGuard private key for this node and writes it to the agent's key file (the same
 --state-dir and --wireguard-key-file as the agent's, or $WIREGUARD_KEY_FILE). The running agent
-takes it up within half a second: it publishes the new public key in its lease and sets the key on
-flannel-wg, and its peers follow the lease. Pod traffic between this node and each peer pauses
-until that peer has the new key (typically well under a second).
+takes it up within half a second: it sets the key on flannel-wg, then publishes the new public key
+in its lease, and its peers follow the lease. Pod traffic between this node and each peer waits
+(WireGuard holds it) until that peer has the new key and has shaken hands anew, so rotate while
+etcd is reachable: the peers learn the key only from the lease.
 
 Flags:
 ${formatFlagHelp(rotateFlags)}`;
@@ -80,7 +81,10 @@ async function rotateKey(argv: readonly string[], env: Env): Promise<number> {
       const wg = status.userspace?.kind === "wireguard" ? status.userspace : undefined;
       if (wg === undefined) last = `the agent at ${address} does not run the wireguard backend`;
       else if (wg.publicKey === key.publicKey) {
-        write(process.stdout, `the agent uses the new key and has published it in its lease`);
+        write(
+          process.stdout,
+          "the agent uses the new key; its lease carries it as soon as etcd has taken the update (twill leases shows it)",
+        );
         return 0;
       } else last = `the agent at ${address} still shows public key ${wg.publicKey}`;
     } catch (error) {

@@ -202,7 +202,7 @@ export const agentFlags: readonly FlagSpec[] = [
     name: "wireguard-key-file",
     kind: "string",
     default: "",
-    help: "wireguard backend: this node's private key file (base64, mode 0400), made when absent; \"\" = $WIREGUARD_KEY_FILE (flanneld's variable) if set, else <state-dir>/wireguard.key. A key flanneld left in /run/flannel/wgkey is taken over",
+    help: "wireguard backend: this node's private key file (base64, mode 0400), made when absent; \"\" = $WIREGUARD_KEY_FILE (flanneld's variable) if set, else wireguard.key in --state-dir. A key flanneld left in /run/flannel/wgkey is taken over",
     metavar: "PATH",
   },
   {
@@ -368,7 +368,7 @@ export const agentFlags: readonly FlagSpec[] = [
     name: "state-dir",
     kind: "string",
     default: "/var/lib/twill",
-    help: "directory for state kept across restarts (the VXLAN VTEP MAC)",
+    help: "directory for state kept across restarts and reboots: the VXLAN VTEP MAC, the udp proxy's table, the WireGuard key (wireguard.key), wireguard-go's pid file and log",
     metavar: "DIR",
   },
 ];

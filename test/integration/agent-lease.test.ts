@@ -616,7 +616,7 @@ describe("admin commands", () => {
     expect(got.stdout.trim()).toBe(vxlanConfig);
   });
 
-  it("leases prints every lease with public IP, backend, VTEP MAC and time left, and lists invalid entries", async () => {
+  it("leases prints every lease with public IP, backend, its data (VTEP MAC) and time left, and lists invalid entries", async () => {
     const prefix = newPrefix();
     etcd.ctl(["put", `${prefix}/config`, vxlanConfig]);
     const a = agentOn(host(1), prefix);
@@ -630,7 +630,7 @@ describe("admin commands", () => {
     );
     expect(result.code).toBe(0);
     const lines = result.stdout.split("\n");
-    expect(lines[0]).toMatch(/^SUBNET\s+PUBLIC IP\s+BACKEND\s+VTEP MAC\s+EXPIRES IN$/);
+    expect(lines[0]).toMatch(/^SUBNET\s+PUBLIC IP\s+BACKEND\s+BACKEND DATA\s+EXPIRES IN$/);
     const row = /^10\.244\.\d+\.0\/24\s+198\.18\.0\.1\s+vxlan\s+[0-9a-f:]{17}\s+(\d+)h(\d{2})m$/.exec(
       lines[1] ?? "",
     );

@@ -55,6 +55,12 @@ const GAUGES_AND_COUNTERS = [
   "twill_udp_packets_total",
   "twill_udp_bytes_total",
   "twill_udp_dropped_packets_total",
+  "twill_wireguard_up",
+  "twill_wireguard_peers",
+  "twill_wireguard_restarts_total",
+  "twill_wireguard_repairs_total",
+  "twill_wireguard_peer_handshake_age_seconds",
+  "twill_wireguard_peer_bytes_total",
   "twill_invalid_entries",
   "twill_invalid_entries_skipped_total",
   "twill_kernel_objects",
@@ -324,6 +330,16 @@ describe("systemd unit (deploy/systemd)", () => {
     expect(one("Install", "WantedBy")).toBe("multi-user.target");
   });
 
+  it("stops only the agent, so wireguard-go (data plane) outlives a restart, and gives it /run/wireguard", () => {
+    // control-group (the default) and mixed would kill wireguard-go with every restart of the unit.
+    expect(one("Service", "KillMode")).toBe("process");
+    expect(one("Service", "KillSignal")).toBe("SIGTERM");
+    // wireguard-go's socket dir (fixed in wireguard-go, where wg looks): writable under ProtectSystem.
+    expect(words("Service", "RuntimeDirectory")).toEqual(expect.arrayContaining(["flannel", "wireguard"]));
+    expect(one("Service", "RuntimeDirectoryPreserve")).toBe("yes");
+    expect(words("Service", "DeviceAllow")).toContain("/dev/net/tun");
+  });
+
   it("is hardened but keeps what the agent needs (NET_ADMIN, netlink, /proc/sys, its files)", () => {
     expect(words("Service", "CapabilityBoundingSet").sort()).toEqual(["CAP_NET_ADMIN", "CAP_NET_RAW"]);
     expect(words("Service", "AmbientCapabilities").sort()).toEqual(["CAP_NET_ADMIN", "CAP_NET_RAW"]);
@@ -507,13 +523,15 @@ describe("Kubernetes manifest (deploy/kubernetes/twill.yaml)", () => {
     expect(flagValue("etcd-keyfile")).toBe(`${dir}/client.key`);
   });
 
-  it("mounts the subnet file dir, CNI config dir, state dir and xtables lock from the host", () => {
+  it("mounts the subnet file dir, CNI config dir, state dir, xtables lock and WireGuard socket dir from the host", () => {
     const mounts = mountsOf(container);
     const hostPaths: Record<string, string> = {
       "/run/flannel": "DirectoryOrCreate",
       "/etc/cni/net.d": "DirectoryOrCreate",
       "/var/lib/twill": "DirectoryOrCreate",
       "/run/xtables.lock": "FileOrCreate",
+      // wireguard-go's socket (the root file system is read-only), visible to `wg show` on the host.
+      "/run/wireguard": "DirectoryOrCreate",
     };
     for (const [path, type] of Object.entries(hostPaths)) {
       const vol = list(at(pod, "volumes")).find((v) => at(v, "hostPath", "path") === path);
@@ -769,6 +787,11 @@ describe("Prometheus files (deploy/prometheus)", () => {
     expect(reads("TwillEtcdDisconnected")).toContain("twill_etcd_connected");
     expect(reads("TwillNotReady")).toContain("twill_ready");
     expect(reads("TwillTargetDown")).toContain("up");
+    expect(reads("TwillWireGuardDown")).toContain("twill_wireguard_up");
+    expect(reads("TwillWireGuardPeerNoHandshake")).toEqual([
+      "twill_wireguard_peer_handshake_age_seconds",
+      "twill_wireguard_peer_bytes_total",
+    ]);
   });
 
   it("the alert expressions select what they should (promtool test rules on generated series)", () => {
@@ -779,6 +802,37 @@ describe("Prometheus files (deploy/prometheus)", () => {
     };
     const t = (instance: string, extra = ""): string =>
       `{job="twill", instance="${instance}"${extra === "" ? "" : `, ${extra}`}}`;
+    // WireGuard peers: subnet and public key, as twill_wireguard_peer_* label them.
+    const peerLabels = (subnet: string, key: string): { subnet: string; public_key: string } => ({
+      subnet,
+      public_key: key,
+    });
+    const P1_LABELS = peerLabels("10.244.1.0/24", "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=");
+    const P2_LABELS = peerLabels("10.244.2.0/24", "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=");
+    const P3_LABELS = peerLabels("10.244.3.0/24", "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=");
+    const P4_LABELS = peerLabels("10.244.4.0/24", "gN65BkIKy1eCE9pP1wdc8ROUtkHLF2PfAqYdyYBz6EA=");
+    const labelText = (l: { subnet: string; public_key: string }): string =>
+      `subnet="${l.subnet}", public_key="${l.public_key}"`;
+    const [P1, P2, P3, P4] = [P1_LABELS, P2_LABELS, P3_LABELS, P4_LABELS].map(labelText) as [
+      string,
+      string,
+      string,
+      string,
+    ];
+    const INF_X10 = Array.from({ length: 11 }, () => "Inf").join(" ");
+    const noHandshakeAnnotations = (
+      l: { subnet: string; public_key: string },
+      age: string,
+    ): { summary: string; description: string } => ({
+      summary: `twill on a: no WireGuard handshake with peer ${l.subnet} for over 5 minutes`,
+      description:
+        `This node sends packets to the peer that holds ${l.subnet} (public key ${l.public_key}), but its ` +
+        `latest handshake with it was ${age} ago (+Inf: never), so pods there are unreachable from here. ` +
+        "Check that the peer's agent runs (twill status there; twill_wireguard_up), that UDP to the peer's " +
+        "PublicIP and ListenPort (51820 by default) is not blocked by a firewall or security group, that " +
+        "both nodes use the same Backend.PSK, and that the peer's lease carries its current public key " +
+        "(twill leases; `wg show flannel-wg` on both nodes).",
+    });
     const tests = [
       {
         interval: "1m",
@@ -968,6 +1022,120 @@ describe("Prometheus files (deploy/prometheus)", () => {
       {
         interval: "1m",
         input_series: [
+          // a's wireguard-go stopped at 3m for good; b's for one minute only; c has the kernel's device.
+          {
+            series: `twill_wireguard_up${t("a", 'device="flannel-wg", implementation="userspace"')}`,
+            values: "1 1 1 0 0 0 0 0 0 0 0",
+          },
+          {
+            series: `twill_wireguard_up${t("b", 'device="flannel-wg", implementation="userspace"')}`,
+            values: "1 1 1 0 1 1 1 1 1 1 1",
+          },
+          {
+            series: `twill_wireguard_up${t("c", 'device="flannel-wg", implementation="kernel"')}`,
+            values: "1+0x10",
+          },
+        ],
+        promql_expr_test: [
+          {
+            expr: expr("TwillWireGuardDown"),
+            eval_time: "10m",
+            exp_samples: [
+              {
+                labels: `twill_wireguard_up${t("a", 'device="flannel-wg", implementation="userspace"')}`,
+                value: 0,
+              },
+            ],
+          },
+        ],
+        alert_rule_test: [
+          {
+            alertname: "TwillWireGuardDown",
+            eval_time: "10m",
+            exp_alerts: [
+              {
+                exp_labels: {
+                  severity: "critical",
+                  job: "twill",
+                  instance: "a",
+                  device: "flannel-wg",
+                  implementation: "userspace",
+                },
+                exp_annotations: {
+                  summary: "twill on a: WireGuard device flannel-wg is not served (userspace)",
+                  description:
+                    'Pods on this node cannot reach pods on other nodes: flannel-wg is not configured, or (implementation="userspace") no wireguard-go serves it. `twill status` says why on its wireguard: line; the agent restarts wireguard-go by itself. Check that wireguard-go is installed (or --wireguard-go names it), /dev/net/tun and /run/wireguard are there (in the DaemonSet: their volumes), its log <state-dir>/wireguard-go-flannel-wg.log, and for the kernel\'s device that wireguard-tools (wg) is installed.',
+                },
+              },
+            ],
+          },
+        ],
+      },
+      {
+        interval: "1m",
+        input_series: [
+          // On a: p1 never shook hands and gets traffic (fires); p2 shook hands long ago and gets
+          // traffic (fires); p3 shakes hands and gets traffic; p4 shook hands long ago but gets no
+          // traffic (only received bytes). On b: p1's key and subnet too, never a handshake, no traffic:
+          // a's traffic to p1 must not make b's series fire (matching on instance).
+          { series: `twill_wireguard_peer_handshake_age_seconds${t("a", P1)}`, values: INF_X10 },
+          {
+            series: `twill_wireguard_peer_bytes_total${t("a", `${P1}, direction="tx"`)}`,
+            values: "0+148x10",
+          },
+          { series: `twill_wireguard_peer_bytes_total${t("a", `${P1}, direction="rx"`)}`, values: "0+0x10" },
+          { series: `twill_wireguard_peer_handshake_age_seconds${t("a", P2)}`, values: "900+60x10" },
+          {
+            series: `twill_wireguard_peer_bytes_total${t("a", `${P2}, direction="tx"`)}`,
+            values: "0+5000x10",
+          },
+          { series: `twill_wireguard_peer_handshake_age_seconds${t("a", P3)}`, values: "30+0x10" },
+          {
+            series: `twill_wireguard_peer_bytes_total${t("a", `${P3}, direction="tx"`)}`,
+            values: "0+9000x10",
+          },
+          { series: `twill_wireguard_peer_handshake_age_seconds${t("a", P4)}`, values: "900+60x10" },
+          {
+            series: `twill_wireguard_peer_bytes_total${t("a", `${P4}, direction="tx"`)}`,
+            values: "700+0x10",
+          },
+          {
+            series: `twill_wireguard_peer_bytes_total${t("a", `${P4}, direction="rx"`)}`,
+            values: "0+9000x10",
+          },
+          { series: `twill_wireguard_peer_handshake_age_seconds${t("b", P1)}`, values: INF_X10 },
+          { series: `twill_wireguard_peer_bytes_total${t("b", `${P1}, direction="tx"`)}`, values: "0+0x10" },
+        ],
+        promql_expr_test: [
+          {
+            expr: expr("TwillWireGuardPeerNoHandshake"),
+            eval_time: "10m",
+            exp_samples: [
+              { labels: `twill_wireguard_peer_handshake_age_seconds${t("a", P1)}`, value: Infinity },
+              { labels: `twill_wireguard_peer_handshake_age_seconds${t("a", P2)}`, value: 1500 },
+            ],
+          },
+        ],
+        alert_rule_test: [
+          {
+            alertname: "TwillWireGuardPeerNoHandshake",
+            eval_time: "10m",
+            exp_alerts: [
+              {
+                exp_labels: { severity: "warning", job: "twill", instance: "a", ...P1_LABELS },
+                exp_annotations: noHandshakeAnnotations(P1_LABELS, "+Inf"),
+              },
+              {
+                exp_labels: { severity: "warning", job: "twill", instance: "a", ...P2_LABELS },
+                exp_annotations: noHandshakeAnnotations(P2_LABELS, "25m 0s"),
+              },
+            ],
+          },
+        ],
+      },
+      {
+        interval: "1m",
+        input_series: [
           { series: `twill_lease_renewals_total${t("a", 'result="failure"')}`, values: "0+1x60" },
           { series: `twill_lease_renewals_total${t("a", 'result="success"')}`, values: "0+1x60" },
           { series: `twill_lease_renewals_total${t("b", 'result="failure"')}`, values: "3+0x60" },
@@ -1138,11 +1306,12 @@ describe("Dockerfile (structure; docker build cannot run here)", () => {
     expect(buildRuns).toContain("npm prune --omit=dev");
   });
 
-  it("the final stage has iproute2, iptables, procps and ethtool, and no build tools", () => {
+  it("the final stage has iproute2, iptables, procps, ethtool and WireGuard's tools, and no build tools", () => {
     const finalRuns = runs(final);
     expect(finalRuns).toMatch(/apt-get install[^\n]*--no-install-recommends/);
-    // ethtool: --vxlan-tx-checksum-offload=false runs it.
-    for (const pkg of ["iproute2", "iptables", "procps", "ethtool"])
+    // ethtool: --vxlan-tx-checksum-offload=false runs it. wireguard-tools (wg): the kernel's WireGuard
+    // device is configured through it; wireguard-go: WireGuard where the kernel has no module.
+    for (const pkg of ["iproute2", "iptables", "procps", "ethtool", "wireguard-tools", "wireguard-go"])
       expect(finalRuns).toMatch(new RegExp(`\\b${pkg}\\b`));
     expect(finalRuns).toContain("rm -rf /var/lib/apt/lists");
     for (const tool of [

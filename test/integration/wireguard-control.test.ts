@@ -16,11 +16,11 @@ import { startMountNamespace, type MountNamespace } from "../helpers/wireguard.j
 import { waitFor } from "../helpers/processes.js";
 
 const DEVICE = "wgc0";
-let net: Cluster;
 let host: Host;
 let mountNs: MountNamespace;
-let wireguardGo: Started;
 let keyDir: string;
+/** What beforeAll made, undone in reverse order, also when it failed halfway. */
+const teardown: (() => Promise<void> | void)[] = [];
 
 function newKey(): { privateKey: string; publicKey: string } {
   const key = generatePrivateKey();
@@ -28,22 +28,31 @@ function newKey(): { privateKey: string; publicKey: string } {
 }
 
 beforeAll(async () => {
-  net = await createUnderlay();
+  const net: Cluster = await createUnderlay();
+  teardown.push(() => net.destroy());
   host = await net.addHost(1);
-  mountNs = await startMountNamespace();
-  wireguardGo = net.spawn(host.ns, "nsenter", [...mountNs.enter(), "--", "wireguard-go", "-f", DEVICE]);
+  const ns = await startMountNamespace();
+  mountNs = ns;
+  teardown.push(() => ns.stop());
+  const wireguardGo: Started = net.spawn(host.ns, "nsenter", [
+    ...ns.enter(),
+    "--",
+    "wireguard-go",
+    "-f",
+    DEVICE,
+  ]);
+  teardown.push(() => wireguardGo.stop());
   await waitFor(
     "wireguard-go's socket",
     async () => (await mountNs.exec(host.ns, ["wg", "show", DEVICE])).exitCode === 0,
   );
-  keyDir = mkdtempSync(join(tmpdir(), "twill-wgc-"));
+  const dir = mkdtempSync(join(tmpdir(), "twill-wgc-"));
+  keyDir = dir;
+  teardown.push(() => rmSync(dir, { recursive: true, force: true }));
 }, 60_000);
 
 afterAll(async () => {
-  await wireguardGo?.stop();
-  await mountNs?.stop();
-  await net?.destroy();
-  if (keyDir !== undefined) rmSync(keyDir, { recursive: true, force: true });
+  for (const undo of teardown.splice(0).reverse()) await undo();
 });
 
 /** `wg` inside the host's network and mount namespaces, as the agent would run it there. */

@@ -179,7 +179,7 @@ describe("chooseImplementation", () => {
       undefined,
       false,
       "userspace",
-      "the kernel has no wireguard module (/sys/module/wireguard)",
+      "the kernel has no wireguard module (neither /sys/module/wireguard nor one in /lib/modules)",
     ],
     [
       "auto without the module, wireguard-go's TUN device there",
@@ -187,7 +187,7 @@ describe("chooseImplementation", () => {
       link("tun"),
       false,
       "userspace",
-      "the kernel has no wireguard module (/sys/module/wireguard)",
+      "the kernel has no wireguard module (neither /sys/module/wireguard nor one in /lib/modules)",
     ],
   ])("%s", (_name, wanted, existing, moduleLoaded, implementation, why) => {
     expect(chooseImplementation(wanted, existing, moduleLoaded)).toEqual({ implementation, why });

@@ -206,10 +206,16 @@ describe("the wireguard backend in the registry and the network config", () => {
       ListenPort: 51820,
       ListenPortV6: 51821,
       MTU: null,
-      PSK: "(set)",
+      PSK: expect.stringMatching(/^set \(sha256 [0-9a-f]{8}\)$/) as unknown,
       PersistentKeepaliveInterval: 25,
       Mode: "separate",
     });
+    // Another PSK is another config (the agent applies it at once); the same one is the same.
+    const other = config(
+      `{"Type":"wireguard","PSK":"${PSK.replace(/^./, PSK.startsWith("A") ? "B" : "A")}"}`,
+    );
+    expect(other.options.PSK).not.toBe(backend.options.PSK);
+    expect(config(`{"Type":"wireguard","PSK":"${PSK}"}`).options.PSK).toBe(backend.options.PSK);
     const text = JSON.stringify(backend.options);
     expect(text).not.toContain(PSK);
     expect(text).not.toContain(PSK.slice(0, 20));

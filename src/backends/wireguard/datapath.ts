@@ -100,6 +100,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   /** Bumped by every peer change; the version the device was last made to match. */
   private rowsVersion = 0;
   private syncedVersion = 0;
+  private everSynced = false;
   private keyChangedListener: (() => void) | undefined;
   private readonly pollMs: number;
 
@@ -141,6 +142,12 @@ export class WireGuardDataPath implements UserspaceDataPath {
         if (how === "started")
           for (const row of this.rows.values()) if (row.publicKey) this.endpointsToSet.add(row.publicKey);
       }
+    }
+    if (!this.everSynced && !started && !deviceRemade) {
+      // The first sync of this agent, on a device that served peers before it (an adopted
+      // wireguard-go, a kernel device): the endpoints there may have been learned from the peers'
+      // packets (NAT), and a peer whose address changed meanwhile is followed by WireGuard itself.
+      this.endpointsToSet.clear();
     }
     this.active = true;
     this.lastFailure = undefined;
@@ -246,11 +253,13 @@ export class WireGuardDataPath implements UserspaceDataPath {
         // Their endpoints are on the device already: from now on they may roam.
         for (const key of endpoints) this.endpointsToSet.delete(key);
         this.syncedVersion = version;
+        this.everSynced = true;
         return;
       }
       await control.set(change);
       for (const key of endpoints) this.endpointsToSet.delete(key);
       this.syncedVersion = version;
+      this.everSynced = true;
       // Changes for rounds are expected; from the poll they mean someone changed the device.
       if (drift && !expected) {
         this.repairs++;

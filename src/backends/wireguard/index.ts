@@ -6,7 +6,9 @@
 // Unlike flannel, the device and its peers are kept across restarts (flannel deletes and re-creates
 // the device), peers are reconciled like every other kernel object, and where the kernel has no
 // WireGuard, wireguard-go serves the device (flannel needs the kernel module).
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
+import { release } from "node:os";
 import { ownedRoute, type KernelObject, type Link } from "../../dataplane/objects.js";
 import { localRunner } from "../../exec/command.js";
 import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
@@ -90,11 +92,19 @@ const identityOfKey = (publicKey: string): string => `WireGuard public key ${pub
 /** One data path per device for the process's life: a new preparation (a rotated key) reconfigures it. */
 const dataPaths = new Map<string, WireGuardDataPath>();
 
+/** The module is loaded or built in, or installed (creating the device loads it). */
+function kernelHasWireGuard(): boolean {
+  return (
+    existsSync("/sys/module/wireguard") ||
+    existsSync(`/lib/modules/${release()}/kernel/drivers/net/wireguard`)
+  );
+}
+
 /** kernel when the module is there (or the device already is a kernel one), else wireguard-go. */
 export function chooseImplementation(
   wanted: "auto" | "kernel" | "userspace",
   existing: Link | undefined,
-  moduleLoaded: boolean = existsSync("/sys/module/wireguard"),
+  moduleLoaded: boolean = kernelHasWireGuard(),
 ): { readonly implementation: "kernel" | "userspace"; readonly why: string } {
   if (wanted === "kernel") return { implementation: "kernel", why: "--wireguard-implementation=kernel" };
   if (wanted === "userspace")
@@ -102,7 +112,10 @@ export function chooseImplementation(
   if (existing?.kind === "wireguard")
     return { implementation: "kernel", why: `${WIREGUARD_DEVICE} is a kernel WireGuard device` };
   if (moduleLoaded) return { implementation: "kernel", why: "the kernel has the wireguard module" };
-  return { implementation: "userspace", why: "the kernel has no wireguard module (/sys/module/wireguard)" };
+  return {
+    implementation: "userspace",
+    why: "the kernel has no wireguard module (neither /sys/module/wireguard nor one in /lib/modules)",
+  };
 }
 
 class WireGuardNode implements NodeBackend {
@@ -203,7 +216,11 @@ class WireGuardConfig implements BackendConfig {
       ListenPortV6: wireguard.listenPortV6,
       MTU: wireguard.mtu ?? null,
       // Never the key itself: options show in status and logs.
-      PSK: wireguard.psk === undefined ? null : "(set)",
+      // A digest, never the key: a changed PSK is then a changed config, applied at once.
+      PSK:
+        wireguard.psk === undefined
+          ? null
+          : `set (sha256 ${createHash("sha256").update(wireguard.psk).digest("hex").slice(0, 8)})`,
       PersistentKeepaliveInterval: wireguard.persistentKeepalive,
       Mode: wireguard.mode,
     };
@@ -267,9 +284,7 @@ export const wireguardBackend: BackendPlugin = {
     startedStateDir = context.stateDir;
     const pid = recordedWireGuardGoPid(context.stateDir, WIREGUARD_DEVICE);
     return Promise.resolve(
-      pid === undefined
-        ? undefined
-        : `the running wireguard-go (pid ${pid}) on ${WIREGUARD_DEVICE}`,
+      pid === undefined ? undefined : `the running wireguard-go (pid ${pid}) on ${WIREGUARD_DEVICE}`,
     );
   },
   /** The node now uses another backend: a wireguard-go a previous run left has no one to serve. */
