@@ -386,7 +386,7 @@ describe("wireguard: 3 hosts x 2 pods", () => {
 });
 
 describe("wireguard: a pre-shared key", () => {
-  it("puts the PSK on every peer, and pods reach each other", async () => {
+  it("puts the PSK on every peer, follows a PSK change, and pods reach each other", async () => {
     const psk = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE=";
     const cluster = await started({
       backend: "wireguard",
@@ -403,6 +403,20 @@ describe("wireguard: a pre-shared key", () => {
       expect(peers[0]?.[0]).toBe(psk);
       expect(peers[0]?.[6]).toBe("25");
     }
+    // Another PSK in the config: the running agents apply it (flanneld needs a restart).
+    const next = "q0gVXg8fHn6JsmQ1ZpZxdOuQ3mUc9mJ3S7KQHkW0Xx0=";
+    const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${cluster.etcd.endpoint}`], {
+      netns: node(cluster, 1).host.ns,
+      input: JSON.stringify({ Network: "10.244.0.0/16", Backend: { Type: "wireguard", PSK: next } }),
+    });
+    expect(set.code, set.stderr).toBe(0);
+    for (const i of [1, 2]) {
+      await waitFor(`node ${i}: the new PSK, keepalive off`, async () => {
+        const peer = [...(await devicePeers(cluster, i)).values()][0];
+        return peer?.[0] === next && peer[6] === "off";
+      });
+    }
+    expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
   }, 120_000);
 });
 
