@@ -11,8 +11,9 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Cluster, Host } from "../test/helpers/netns.js";
-import type { Started } from "../test/helpers/processes.js";
+import { startProcess, type Started } from "../test/helpers/processes.js";
 import { parseLogLines, shebangNodeFlags } from "../test/helpers/agent.js";
+import { stopRecordedWireGuardGo } from "../test/helpers/wireguard.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -220,6 +221,11 @@ export interface AgentOptions {
   readonly args?: readonly string[];
   /** V8/node flags before the CLI path (default: the build's launcher flags), e.g. --max-semi-space-size=1. */
   readonly nodeFlags?: readonly string[];
+  /**
+   * Run inside the mount namespace of this process (test/helpers/wireguard.ts startMountNamespace: a
+   * private /run/wireguard for the wireguard backend's wireguard-go), entered before the network one.
+   */
+  readonly mountNamespaceOf?: number;
 }
 
 export class RunningAgent {
@@ -228,6 +234,7 @@ export class RunningAgent {
   readonly process: Started;
   private readonly dir: string;
   private readonly subnetFile: string;
+  readonly stateDir: string;
   private pidCache: number | undefined;
   private parsed: LogLine[] = [];
   private parsedUpTo = 0;
@@ -242,6 +249,7 @@ export class RunningAgent {
   ) {
     this.dir = mkdtempSync(join(tmpdir(), "twill-bench-"));
     this.subnetFile = join(this.dir, "subnet.env");
+    this.stateDir = join(this.dir, "state");
     const args = [
       ...(options.nodeFlags ?? build.launcherFlags),
       ...EXTRA_NODE_FLAGS,
@@ -250,14 +258,29 @@ export class RunningAgent {
       `--etcd-endpoints=${etcdEndpoint}`,
       `--etcd-prefix=${prefix}`,
       `--subnet-file=${this.subnetFile}`,
-      `--state-dir=${join(this.dir, "state")}`,
+      `--state-dir=${this.stateDir}`,
       `--cni-conf-file=${join(this.dir, "10-twill.conflist")}`,
       "--iface=eth0",
       ...(options.args ?? []),
     ];
     this.startNs = process.hrtime.bigint();
     this.startWall = Date.now();
-    this.process = cluster.spawn(host.ns, process.execPath, args);
+    // nsenter and `ip netns exec` both exec in place: the PID is the agent's (nodePid waits for it).
+    // The mount namespace first, as test/helpers/agent.ts does: `ip netns exec` then makes its own
+    // copy of it (with /sys for the host), which still holds the private /run/wireguard.
+    this.process =
+      options.mountNamespaceOf === undefined
+        ? cluster.spawn(host.ns, process.execPath, args)
+        : startProcess("nsenter", [
+            `--mount=/proc/${options.mountNamespaceOf}/ns/mnt`,
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            host.ns,
+            process.execPath,
+            ...args,
+          ]);
   }
 
   async pid(): Promise<number> {
@@ -314,9 +337,13 @@ export class RunningAgent {
     return this.process.output().slice(-chars);
   }
 
-  /** SIGTERM (SIGKILL after 5 s) by PID, then removes the temp dir. */
+  /**
+   * SIGTERM (SIGKILL after 5 s) by PID; then the wireguard-go its state dir names, if any (it outlives
+   * its agent by design), by that PID; then removes the temp dir.
+   */
   async stop(): Promise<void> {
     await this.process.stop(5000);
+    await stopRecordedWireGuardGo(this.stateDir);
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -7,14 +7,19 @@
 //   npx tsx bench/dataplane.ts compare baseline main                    # the two result files side by side
 //
 // Writes bench/results/dataplane-<label>.json (BENCH_LABEL, default: the build's checkout directory).
-// BENCH_QUICK=1 is a small smoke run; BENCH_ONLY=cold,events,drift,memory,idle runs a subset;
-// BENCH_RUNS, BENCH_WINDOW, BENCH_EVENTS override repetitions, the CPU window (s) and the single events.
+// BENCH_QUICK=1 is a small smoke run; BENCH_ONLY=cold,events,drift,memory,idle,wireguard runs a subset;
+// BENCH_RUNS, BENCH_WINDOW, BENCH_EVENTS override repetitions, the CPU window (s) and the single events;
+// BENCH_WG_PEERS, BENCH_WG_WINDOW the wireguard cold start's peers (1,000) and idle window (20 s).
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { promisify } from "node:util";
 import { cpus, loadavg, release } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createUnderlay, type Cluster, type Host } from "../test/helpers/netns.js";
 import type { EtcdServer } from "../test/helpers/etcd.js";
+import { startMountNamespace, type MountNamespace } from "../test/helpers/wireguard.js";
+import { recordedWireGuardGoPid } from "../src/backends/wireguard/wireguard-go.js";
 import {
   EXTRA_NODE_FLAGS,
   logWall,
@@ -34,7 +39,33 @@ import {
   type LogLine,
 } from "./agent-under-test.js";
 import { median, percentile, round, tearDownOnSignal, writeResult } from "./lib.js";
-import { kv, NETWORK_CONFIG, peer, peers, VXLAN_DEV, Writer, type Peer } from "./peers.js";
+import {
+  kv,
+  NETWORK_CONFIG,
+  peer,
+  peers,
+  VXLAN_DEV,
+  WIREGUARD_DEV,
+  WIREGUARD_NETWORK_CONFIG,
+  WIREGUARD_PORT,
+  wireguardPeers,
+  Writer,
+  type Peer,
+  type WireGuardPeer,
+} from "./peers.js";
+import {
+  assertIsWireGuardGo,
+  hexKey,
+  peersMatching,
+  privateFile,
+  startWireGuardGo,
+  uapiPeers,
+  uapiSocket,
+  waitForUapi,
+  wgConfig,
+  wgIn,
+  wgKeyPair,
+} from "./wireguard.js";
 import {
   added,
   batchLines,
@@ -87,6 +118,11 @@ const cfg = {
   windowS: envNumber("BENCH_WINDOW", quick ? 8 : 60),
   fastResyncS: 2,
   memoryHoldS: quick ? 3 : 10,
+  /** WireGuard cold start: peers, and the idle window after it (agent and wireguard-go CPU). */
+  wireguardPeers: envNumber("BENCH_WG_PEERS", quick ? 100 : 1000),
+  wireguardWindowS: envNumber("BENCH_WG_WINDOW", quick ? 5 : 20),
+  /** How often the device is read while waiting for the WireGuard peers (UAPI get, ms). */
+  wireguardPollMs: 10,
   /** The issue's targets. */
   target: {
     singleP99Ms: 15,
@@ -97,7 +133,7 @@ const cfg = {
     idlePercent: 0.5,
   },
 };
-const only = new Set((process.env.BENCH_ONLY ?? "cold,events,drift,memory,idle").split(","));
+const only = new Set((process.env.BENCH_ONLY ?? "cold,events,drift,memory,idle,wireguard").split(","));
 
 const load = (): number => round(loadavg()[0] ?? Number.NaN, 2);
 
@@ -303,9 +339,37 @@ interface ColdAgentRun {
   childCpuSeconds: number;
   peakRssMiB: number;
   load: number;
+  /** With `idleS`: the agent's CPU (its own and its children's) over that window after the start. */
+  idle?: IdleWindow;
 }
 
-async function coldAgent(n: number): Promise<ColdAgentRun> {
+interface IdleWindow {
+  windowS: number;
+  /** % of one core: the agent process (with its reaped children: ip, iptables…). */
+  agentPercent: number;
+  /** % of one core: its wireguard-go (wireguard only). */
+  wireguardGoPercent?: number;
+}
+
+/** The agent's CPU over `seconds` (and its wireguard-go's, given its PID), after a 3 s settle. */
+async function idleWindow(agentPid: number, seconds: number, wireguardGoPid?: number): Promise<IdleWindow> {
+  await sleep(3000);
+  const a0 = readCpu(agentPid);
+  const w0 = wireguardGoPid === undefined ? undefined : readCpu(wireguardGoPid);
+  const start = nowNs();
+  await sleep(seconds * 1000);
+  const a1 = readCpu(agentPid);
+  const w1 = wireguardGoPid === undefined ? undefined : readCpu(wireguardGoPid);
+  const windowS = msSince(start) / 1000;
+  const pct = (cpuSeconds: number): number => round((cpuSeconds / windowS) * 100, 3);
+  return {
+    windowS: round(windowS, 1),
+    agentPercent: pct(a1.self + a1.children - a0.self - a0.children),
+    ...(w0 === undefined || w1 === undefined ? {} : { wireguardGoPercent: pct(w1.self - w0.self) }),
+  };
+}
+
+async function coldAgent(n: number, idleS?: number): Promise<ColdAgentRun> {
   const { prefix, list } = await prefixFor(n);
   const host = await freshHost();
   // The route monitor rather than a dump poll: a poll of thousands of routes every few ms would compete
@@ -329,6 +393,8 @@ async function coldAgent(n: number): Promise<ColdAgentRun> {
     const rss = readRss(pid);
     const { check } = await converge(agent, 10_000);
     if (!check.equal) throw new Error(`cold start N=${n}: kernel ≠ etcd: ${JSON.stringify(check)}`);
+    await closeMonitor(mon); // not left running through an idle window
+    const idle = idleS === undefined ? undefined : await idleWindow(pid, idleS);
     // A round is logged as it ends, which can be just after the poll saw the last route: rounds that
     // started before then count (the log has had time to arrive during the check above).
     const rounds = agent
@@ -353,6 +419,7 @@ async function coldAgent(n: number): Promise<ColdAgentRun> {
       childCpuSeconds: cpu.children,
       peakRssMiB: rss.peakMiB,
       load: load(),
+      ...(idle === undefined ? {} : { idle }),
     };
   } finally {
     await closeMonitor(mon);
@@ -434,6 +501,465 @@ async function coldStart(n: number): Promise<object> {
         peakRssMiB: round(r.agent.peakRssMiB, 1),
       },
       raw: { ms: round(r.raw.ms), bridgeMs: round(r.raw.bridgeMs), ipMs: round(r.raw.ipMs) },
+    })),
+  };
+}
+
+// ---- 1b. cold start with WireGuard peers ----------------------------------------------------------------
+//
+// The wireguard backend on wireguard-go (this kernel has no WireGuard module). Each agent start gets a
+// fresh host namespace and a mount namespace of its own (a private /run/wireguard for wireguard-go's
+// socket); the device is read from here through /proc/<holder>/root, straight from wireguard-go's socket.
+
+const execFileP = promisify(execFile);
+const mountNamespaces = new Set<MountNamespace>();
+const WG_MTU = 1500 - 80;
+
+async function withMountNamespace<T>(body: (mountNs: MountNamespace) => Promise<T>): Promise<T> {
+  const mountNs = await startMountNamespace();
+  mountNamespaces.add(mountNs);
+  try {
+    return await body(mountNs);
+  } finally {
+    await mountNs.stop();
+    mountNamespaces.delete(mountNs);
+  }
+}
+
+/**
+ * Every process still in the host's network namespace after its agent stopped (a wireguard-go the
+ * agent had not yet recorded in its state dir would be one) is ended by PID, and named: there should
+ * be none.
+ */
+async function endLeftovers(host: Host): Promise<string[]> {
+  const { stdout } = await execFileP("ip", ["netns", "pids", host.ns]);
+  const left: string[] = [];
+  for (const pid of stdout
+    .split("\n")
+    .filter((l) => l.trim() !== "")
+    .map(Number)) {
+    try {
+      const what = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim();
+      process.kill(pid, "SIGKILL");
+      left.push(`${pid} ${what}`);
+    } catch {
+      continue; // gone meanwhile
+    }
+  }
+  if (left.length > 0)
+    console.warn(`  left in ${host.ns} after its agent stopped, ended: ${left.join("; ")}`);
+  return left;
+}
+
+const wireguardPrefixes = new Map<number, { prefix: string; list: WireGuardPeer[] }>();
+
+async function wireguardPrefixFor(n: number): Promise<{ prefix: string; list: WireGuardPeer[] }> {
+  const known = wireguardPrefixes.get(n);
+  if (known !== undefined) return known;
+  const prefix = `/bench-wg-${n}/network`;
+  const list = wireguardPeers(prefix, 0, n);
+  if (new Set(list.map((p) => p.publicKey)).size !== n) throw new Error("wireguard peers: keys not distinct");
+  const w = need(writer, "writer");
+  await w.put([[`${prefix}/config`, WIREGUARD_NETWORK_CONFIG]], 1);
+  await w.put(list.map(kv));
+  const entry = { prefix, list };
+  wireguardPrefixes.set(n, entry);
+  return entry;
+}
+
+/** hex public key → endpoint and allowed IP, as the device should have each peer. */
+const wantedOnDevice = (
+  list: readonly WireGuardPeer[],
+): Map<string, { endpoint: string; allowedIp: string }> =>
+  new Map(list.map((p) => [hexKey(p.publicKey), { endpoint: p.endpoint, allowedIp: p.dst }]));
+
+/** `wg show flannel-wg dump` inside the host: the peers, checked against the leases by another tool. */
+async function checkWithWg(
+  mountNs: MountNamespace,
+  host: Host,
+  list: readonly WireGuardPeer[],
+): Promise<{ listenPort: string; peers: number; matching: number; routeIntoDevice: boolean }> {
+  const lines = (await wgIn(mountNs, host.ns, ["show", WIREGUARD_DEV, "dump"])).trim().split("\n");
+  const byKey = new Map(
+    lines.slice(1).map((line) => {
+      const [key = "", , endpoint, allowed] = line.split("\t");
+      return [key, `${endpoint ?? ""} ${allowed ?? ""}`] as const;
+    }),
+  );
+  const matching = list.filter((p) => byKey.get(p.publicKey) === `${p.endpoint} ${p.dst}`).length;
+  const routes = await execFileP("ip", ["-n", host.ns, "-4", "route", "show", "dev", WIREGUARD_DEV]);
+  return {
+    listenPort: lines[0]?.split("\t")[2] ?? "",
+    peers: byKey.size,
+    matching,
+    routeIntoDevice: routes.stdout.split("\n").some((l) => l.startsWith("10.0.0.0/8 ")),
+  };
+}
+
+interface WireGuardColdRun {
+  /** Process start → the first read of the device that had every peer, exactly (key, endpoint, allowed IP). */
+  totalMs: number;
+  /** The read before that one started this long before it: the figure's resolution. */
+  resolutionMs: number;
+  /** Process start → wireguard-go first answered on its socket. */
+  wireguardGoAnsweredMs: number | undefined;
+  /** Process start → the first read that showed any peer. */
+  firstPeersMs: number | undefined;
+  /** wireguard-go answering → every peer there. */
+  peersAfterAnswerMs: number | undefined;
+  reads: number;
+  subnetFileMs: number | undefined;
+  /** The agent's own log: "started wireguard-go", "… started", its rounds. */
+  startedWireguardGoLogMs: number | undefined;
+  rounds: { trigger: string; ops: number; durationMs: number }[];
+  timeline: string[];
+  wgCheck: { listenPort: string; peers: number; matching: number; routeIntoDevice: boolean };
+  cpuSeconds: number;
+  wireguardGoCpuSeconds: number;
+  peakRssMiB: number;
+  wireguardGoPeakRssMiB: number;
+  idle?: IdleWindow;
+  leftovers: string[];
+  load: number;
+}
+
+async function coldWireGuardAgent(n: number, idleS?: number): Promise<WireGuardColdRun> {
+  const { prefix, list } = await wireguardPrefixFor(n);
+  const wanted = wantedOnDevice(list);
+  const host = await freshHost();
+  return withMountNamespace(async (mountNs) => {
+    const socket = uapiSocket(mountNs, WIREGUARD_DEV);
+    const agent = await launch(prefix, { mountNamespaceOf: mountNs.pid }, host);
+    let stopped = false;
+    try {
+      const pid = await agent.pid();
+      let answered: bigint | undefined;
+      let firstPeers: bigint | undefined;
+      let previous = agent.startNs;
+      let reads = 0;
+      let done: bigint | undefined;
+      while (done === undefined) {
+        const readStart = nowNs();
+        const have = await uapiPeers(socket, 5_000);
+        reads++;
+        if (have !== undefined) {
+          answered ??= readStart;
+          if (have.size > 0) firstPeers ??= readStart;
+          if (have.size === n && peersMatching(have, wanted) === n) {
+            done = nowNs();
+            break;
+          }
+        }
+        if (msSince(agent.startNs) > 300_000)
+          throw new Error(
+            `wireguard cold start N=${n}: peers not all on the device in 300 s\n${agent.tail()}`,
+          );
+        previous = readStart;
+        await sleep(cfg.wireguardPollMs);
+      }
+      const totalMs = msSince(agent.startNs, done);
+      const doneWall = Date.now() - msSince(done);
+      const cpu = readCpu(pid);
+      const rss = readRss(pid);
+      const wgPid = recordedWireGuardGoPid(agent.stateDir, WIREGUARD_DEV);
+      const wgCpu = wgPid === undefined ? undefined : readCpu(wgPid);
+      const wgRss = wgPid === undefined ? undefined : readRss(wgPid);
+      const wgCheck = await checkWithWg(mountNs, host, list);
+      if (wgCheck.matching !== n || wgCheck.peers !== n)
+        throw new Error(`wireguard cold start N=${n}: wg show dump disagrees: ${JSON.stringify(wgCheck)}`);
+      const idle = idleS === undefined ? undefined : await idleWindow(pid, idleS, wgPid);
+      const rounds = agent
+        .lines("data plane reconciled")
+        .filter((l) => (logWall(l) ?? 0) - (num(l, "durationMs") ?? 0) <= doneWall)
+        .map((l) => ({
+          trigger: str(l, "trigger") ?? "?",
+          ops: num(l, "ops") ?? 0,
+          durationMs: num(l, "durationMs") ?? 0,
+        }));
+      const ms = (t: bigint | undefined): number | undefined =>
+        t === undefined ? undefined : round(msSince(agent.startNs, t));
+      const result: WireGuardColdRun = {
+        totalMs,
+        resolutionMs: round(msSince(previous, done)),
+        wireguardGoAnsweredMs: ms(answered),
+        firstPeersMs: ms(firstPeers),
+        peersAfterAnswerMs: answered === undefined ? undefined : round(msSince(answered, done)),
+        reads,
+        subnetFileMs: agent.msTo("subnet file written"),
+        startedWireguardGoLogMs: agent.msTo("started wireguard-go"),
+        rounds,
+        // Without the per-peer "peer added" lines (one per lease).
+        timeline: agent
+          .logs()
+          .filter((l) => l.msg !== "peer added")
+          .slice(0, 40)
+          .map((l) => `${Math.round((logWall(l) ?? 0) - agent.startWall)} ms ${str(l, "msg") ?? "?"}`),
+        wgCheck,
+        cpuSeconds: cpu.self,
+        wireguardGoCpuSeconds: wgCpu?.self ?? Number.NaN,
+        peakRssMiB: rss.peakMiB,
+        wireguardGoPeakRssMiB: wgRss?.peakMiB ?? Number.NaN,
+        ...(idle === undefined ? {} : { idle }),
+        leftovers: [],
+        load: load(),
+      };
+      await stopAgent(agent); // ends its wireguard-go too, by the PID in its state dir
+      stopped = true;
+      result.leftovers = await endLeftovers(host);
+      return result;
+    } finally {
+      if (!stopped) {
+        await stopAgent(agent);
+        await endLeftovers(host);
+      }
+    }
+  });
+}
+
+interface HandBuiltRun {
+  /** wireguard-go started → answering on its socket. */
+  startMs: number;
+  /** flannel-wg up with MTU, address and the network's route (one `ip -batch`). */
+  ipMs: number;
+  /** One `wg setconf` of the private key, port and every peer. */
+  setconfMs: number;
+  totalMs: number;
+}
+
+/**
+ * The floor: a fresh wireguard-go started by hand in a fresh host (its own mount namespace and, as the
+ * agent starts it, its own session), the device's MTU, address and route in one `ip -batch`, then one
+ * `wg setconf` with the private key (`wg genkey`), port 51820 and every peer — what the agent has to
+ * get onto the device, done in one go.
+ */
+async function coldHandBuiltWireGuard(list: readonly WireGuardPeer[]): Promise<HandBuiltRun> {
+  const host = await freshHost();
+  const wanted = wantedOnDevice(list);
+  return withMountNamespace(async (mountNs) => {
+    const socket = uapiSocket(mountNs, WIREGUARD_DEV);
+    const keys = await wgKeyPair();
+    const conf = privateFile(
+      mountNs,
+      `${WIREGUARD_DEV}.conf`,
+      wgConfig(
+        keys.privateKey,
+        WIREGUARD_PORT,
+        list.map((p) => ({ publicKey: p.publicKey, endpoint: p.endpoint, allowedIps: p.dst })),
+      ),
+    );
+    const t0 = nowNs();
+    // In a session of its own, as the agent starts it.
+    const wg = startWireGuardGo(mountNs, host.ns, WIREGUARD_DEV, { ownSession: true });
+    stoppables.add(wg);
+    try {
+      await waitForUapi(socket, `wireguard-go in ${host.ns}`);
+      assertIsWireGuardGo(wg);
+      const t1 = nowNs();
+      await rawBatch(
+        "ip",
+        host.ns,
+        `link set ${WIREGUARD_DEV} mtu ${WG_MTU} up\naddress add 10.255.255.0/32 dev ${WIREGUARD_DEV}\n` +
+          `route add 10.0.0.0/8 dev ${WIREGUARD_DEV}\n`,
+      );
+      const t2 = nowNs();
+      await wgIn(mountNs, host.ns, ["setconf", WIREGUARD_DEV, conf]);
+      const t3 = nowNs();
+      const have = await uapiPeers(socket);
+      const matching = have === undefined ? 0 : peersMatching(have, wanted);
+      if (matching !== list.length)
+        throw new Error(`hand-built: ${matching} of ${list.length} peers on the device`);
+      return {
+        startMs: msSince(t0, t1),
+        ipMs: msSince(t1, t2),
+        setconfMs: msSince(t2, t3),
+        totalMs: msSince(t0, t3),
+      };
+    } finally {
+      await wg.stop(3000);
+      stoppables.delete(wg);
+      await endLeftovers(host);
+    }
+  });
+}
+
+async function wireguardColdStart(): Promise<object> {
+  const n = cfg.wireguardPeers;
+  const { list } = await wireguardPrefixFor(n);
+  const { list: vxlanList } = await prefixFor(n);
+  const runs: {
+    wireguard: WireGuardColdRun;
+    handBuilt: HandBuiltRun;
+    vxlan: ColdAgentRun;
+    vxlanRaw: { ms: number; bridgeMs: number; ipMs: number };
+  }[] = [];
+  for (let run = 0; run < cfg.runs; run++) {
+    // Interleaved, so a noisy moment hits all alike; the order turns each run.
+    const order = ["wireguard", "handBuilt", "vxlan", "vxlanRaw"] as const;
+    const turned = [...order.slice(run % order.length), ...order.slice(0, run % order.length)];
+    const r: Partial<(typeof runs)[number]> = {};
+    for (const what of turned) {
+      if (what === "wireguard") r.wireguard = await coldWireGuardAgent(n, cfg.wireguardWindowS);
+      else if (what === "handBuilt") r.handBuilt = await coldHandBuiltWireGuard(list);
+      else if (what === "vxlan") r.vxlan = await coldAgent(n, cfg.wireguardWindowS);
+      else r.vxlanRaw = await coldRaw(vxlanList);
+    }
+    const { wireguard, handBuilt, vxlan, vxlanRaw } = r;
+    if (wireguard === undefined || handBuilt === undefined || vxlan === undefined || vxlanRaw === undefined)
+      throw new Error("internal: a measurement is missing");
+    runs.push({ wireguard, handBuilt, vxlan, vxlanRaw });
+    console.log(
+      `  N=${n} run ${run + 1}/${cfg.runs}: wireguard agent ${round(wireguard.totalMs)} ms ` +
+        `(wireguard-go answering at ${round(wireguard.wireguardGoAnsweredMs ?? Number.NaN)} ms, every peer ` +
+        `${round(wireguard.peersAfterAnswerMs ?? Number.NaN)} ms later; ±${round(wireguard.resolutionMs)} ms), ` +
+        `hand-built ${round(handBuilt.totalMs)} ms (start ${round(handBuilt.startMs)}, ip ${round(handBuilt.ipMs)}, ` +
+        `setconf ${round(handBuilt.setconfMs)}), vxlan agent ${round(vxlan.totalMs)} ms (raw ${round(vxlanRaw.ms)} ms); ` +
+        `idle: wireguard agent ${wireguard.idle?.agentPercent ?? "—"}% + wireguard-go ` +
+        `${wireguard.idle?.wireguardGoPercent ?? "—"}%, vxlan agent ${vxlan.idle?.agentPercent ?? "—"}% of a core; load ${load()}`,
+    );
+  }
+  const med = (f: (r: (typeof runs)[number]) => number | undefined): number =>
+    median(runs.map(f).filter((v): v is number => v !== undefined && !Number.isNaN(v)));
+  const m = {
+    wireguardTotalMs: round(med((r) => r.wireguard.totalMs)),
+    wireguardGoAnsweredMs: round(med((r) => r.wireguard.wireguardGoAnsweredMs)),
+    wireguardPeersAfterAnswerMs: round(med((r) => r.wireguard.peersAfterAnswerMs)),
+    wireguardSubnetFileMs: round(med((r) => r.wireguard.subnetFileMs)),
+    wireguardResolutionMs: round(med((r) => r.wireguard.resolutionMs)),
+    wireguardCpuSeconds: round(
+      med((r) => r.wireguard.cpuSeconds),
+      3,
+    ),
+    wireguardGoCpuSeconds: round(
+      med((r) => r.wireguard.wireguardGoCpuSeconds),
+      3,
+    ),
+    wireguardPeakRssMiB: round(
+      med((r) => r.wireguard.peakRssMiB),
+      1,
+    ),
+    wireguardGoPeakRssMiB: round(
+      med((r) => r.wireguard.wireguardGoPeakRssMiB),
+      1,
+    ),
+    handBuiltTotalMs: round(med((r) => r.handBuilt.totalMs)),
+    handBuiltStartMs: round(med((r) => r.handBuilt.startMs)),
+    handBuiltIpMs: round(med((r) => r.handBuilt.ipMs)),
+    handBuiltSetconfMs: round(med((r) => r.handBuilt.setconfMs)),
+    vxlanTotalMs: round(med((r) => r.vxlan.totalMs)),
+    vxlanRawMs: round(med((r) => r.vxlanRaw.ms)),
+    vxlanCpuSeconds: round(
+      med((r) => r.vxlan.cpuSeconds),
+      3,
+    ),
+    idleWireguardAgentPercent: round(
+      med((r) => r.wireguard.idle?.agentPercent),
+      3,
+    ),
+    idleWireguardGoPercent: round(
+      med((r) => r.wireguard.idle?.wireguardGoPercent),
+      3,
+    ),
+    idleVxlanAgentPercent: round(
+      med((r) => r.vxlan.idle?.agentPercent),
+      3,
+    ),
+    load: round(med((r) => r.wireguard.load)),
+  };
+  const ratios = {
+    wireguardToHandBuilt: round(m.wireguardTotalMs / m.handBuiltTotalMs, 2),
+    wireguardToVxlan: round(m.wireguardTotalMs / m.vxlanTotalMs, 2),
+    /** Run by run (each pair measured back to back), then the median. */
+    wireguardToVxlanPaired: round(median(runs.map((r) => r.wireguard.totalMs / r.vxlan.totalMs)), 2),
+    peersAfterAnswerToSetconf: round(m.wireguardPeersAfterAnswerMs / m.handBuiltSetconfMs, 2),
+    vxlanToRaw: round(m.vxlanTotalMs / m.vxlanRawMs, 2),
+  };
+  const hand = `hand-built: wireguard-go start + ip + one wg setconf of the ${n} peers`;
+  figure(
+    `wireguard.cold.${n}.totalMs`,
+    `wireguard cold start ${n}: process start → every peer on flannel-wg`,
+    m.wireguardTotalMs,
+    "ms",
+    {
+      limit: hand,
+      limitValue: m.handBuiltTotalMs,
+      load: m.load,
+    },
+  );
+  figure(
+    `wireguard.cold.${n}.peersAfterAnswerMs`,
+    `wireguard cold start ${n}: wireguard-go answering → every peer on it`,
+    m.wireguardPeersAfterAnswerMs,
+    "ms",
+    {
+      limit: `one wg setconf of the ${n} peers into a fresh wireguard-go`,
+      limitValue: m.handBuiltSetconfMs,
+      load: m.load,
+    },
+  );
+  figure(
+    `wireguard.cold.${n}.vxlanTotalMs`,
+    `vxlan cold start ${n} in the same run: process start → all routes`,
+    m.vxlanTotalMs,
+    "ms",
+    {
+      limit: `raw bridge+ip -batch of the same ${3 * n} objects`,
+      limitValue: m.vxlanRawMs,
+      load: m.load,
+    },
+  );
+  figure(
+    `wireguard.cold.${n}.ofVxlan`,
+    `wireguard cold start ${n} ÷ vxlan's, same run (run by run, median)`,
+    ratios.wireguardToVxlanPaired,
+    "×",
+    {
+      load: m.load,
+    },
+  );
+  figure(
+    `wireguard.idle.${n}.agentPercent`,
+    `idle CPU of the wireguard agent at ${n} peers (${cfg.wireguardWindowS} s)`,
+    m.idleWireguardAgentPercent,
+    "%",
+    {
+      limit: `the vxlan agent at ${n} peers, same window`,
+      limitValue: m.idleVxlanAgentPercent,
+      load: m.load,
+    },
+  );
+  figure(
+    `wireguard.idle.${n}.wireguardGoPercent`,
+    `idle CPU of its wireguard-go at ${n} peers`,
+    m.idleWireguardGoPercent,
+    "%",
+    {
+      load: m.load,
+    },
+  );
+  return {
+    peers: n,
+    pollMs: cfg.wireguardPollMs,
+    idleWindowS: cfg.wireguardWindowS,
+    median: m,
+    ratios,
+    runs: runs.map((r) => ({
+      wireguard: {
+        ...r.wireguard,
+        totalMs: round(r.wireguard.totalMs),
+        peakRssMiB: round(r.wireguard.peakRssMiB, 1),
+      },
+      handBuilt: {
+        startMs: round(r.handBuilt.startMs),
+        ipMs: round(r.handBuilt.ipMs),
+        setconfMs: round(r.handBuilt.setconfMs),
+        totalMs: round(r.handBuilt.totalMs),
+      },
+      vxlan: { ...r.vxlan, totalMs: round(r.vxlan.totalMs), programmingMs: round(r.vxlan.programmingMs) },
+      vxlanRaw: {
+        ms: round(r.vxlanRaw.ms),
+        bridgeMs: round(r.vxlanRaw.bridgeMs),
+        ipMs: round(r.vxlanRaw.ipMs),
+      },
     })),
   };
 }
@@ -1353,6 +1879,8 @@ async function teardown(): Promise<void> {
   stoppables.clear();
   await Promise.allSettled([...agents].map((a) => a.stop()));
   agents.clear();
+  await Promise.allSettled([...mountNamespaces].map((m) => m.stop()));
+  mountNamespaces.clear();
   await writer?.stop();
   await net?.destroy();
 }
@@ -1427,6 +1955,12 @@ async function main(): Promise<void> {
     if (only.has("idle")) {
       console.log(`idle CPU and resync, ${cfg.bigPeers} peers, ${cfg.windowS} s windows:`);
       await section("idle", details, "idle", idle);
+    }
+    if (only.has("wireguard")) {
+      console.log(
+        `wireguard cold start, ${cfg.wireguardPeers} peers, against vxlan's and a hand-built wireguard-go (idle windows ${cfg.wireguardWindowS} s):`,
+      );
+      await section("wireguard cold start", details, "wireguardColdStart", wireguardColdStart);
     }
   } finally {
     await teardown();

@@ -4,10 +4,13 @@
 // PublicIP in 198.18.1.1 … (never a harness host's 198.18.0.x; vxlan does not need it on-link). A
 // "version" other than 0 gives the same peer another MAC: a node that came back with a new VTEP.
 import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { vxlanBackendData } from "../src/backends/vxlan/backend-data.js";
+import { wireGuardBackendData } from "../src/backends/wireguard/index.js";
+import { encodeKey, generatePrivateKey, publicKeyOf } from "../src/backends/wireguard/keys.js";
 import { encodeLeaseAttrs } from "../src/lease/attrs.js";
 import { formatIPv4, parseIPv4 } from "../src/ip/ipv4.js";
 import type { WriterAnswer, WriterRequest } from "./etcd-writer.js";
@@ -58,7 +61,57 @@ export function peers(prefix: string, from: number, count: number): Peer[] {
   return Array.from({ length: count }, (_, i) => peer(prefix, from + i));
 }
 
-export const kv = (p: Peer): readonly [string, string] => [p.key, p.value];
+/** The same /8 with the wireguard backend (flannel's defaults: port 51820, device flannel-wg). */
+export const WIREGUARD_NETWORK_CONFIG =
+  '{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"wireguard"}}';
+export const WIREGUARD_DEV = "flannel-wg";
+export const WIREGUARD_PORT = 51820;
+
+export interface WireGuardPeer {
+  readonly index: number;
+  readonly key: string;
+  readonly value: string;
+  /** The peer's subnet, its allowed IPs on the device ("10.0.1.0/24"). */
+  readonly dst: string;
+  readonly publicIP: string;
+  /** "198.18.1.1:51820", as the device shows it. */
+  readonly endpoint: string;
+  /** WireGuard's base64 text form. */
+  readonly publicKey: string;
+}
+
+/**
+ * A WireGuard peer: subnet and PublicIP as `peer()`'s, BackendData {"PublicKey":…,"Port":51820}. Its
+ * key is a real X25519 key (clamped like `wg genkey`), derived from the index so every run and every
+ * agent sees the same distinct keys.
+ */
+export function wireguardPeer(prefix: string, index: number): WireGuardPeer {
+  const base = peer(prefix, index);
+  const seed = createHash("sha256").update(`twill-bench-wireguard-peer-${index}`).digest();
+  const publicKey = encodeKey(publicKeyOf(generatePrivateKey(() => seed)));
+  const value = encodeLeaseAttrs({
+    publicIP: parseIPv4(base.publicIP),
+    publicIPv6: null,
+    backendType: "wireguard",
+    backendData: wireGuardBackendData(publicKey, WIREGUARD_PORT),
+    backendV6Data: undefined,
+  });
+  return {
+    index,
+    key: base.key,
+    value,
+    dst: base.dst,
+    publicIP: base.publicIP,
+    endpoint: `${base.publicIP}:${WIREGUARD_PORT}`,
+    publicKey,
+  };
+}
+
+export function wireguardPeers(prefix: string, from: number, count: number): WireGuardPeer[] {
+  return Array.from({ length: count }, (_, i) => wireguardPeer(prefix, from + i));
+}
+
+export const kv = (p: Peer | WireGuardPeer): readonly [string, string] => [p.key, p.value];
 
 const here = dirname(fileURLToPath(import.meta.url));
 

@@ -5,26 +5,63 @@
 //   manual vxlan   pod → pod, the same data path set up by hand (bridge, vxlan device, neigh, fdb, route);
 //   twill host-gw  pod → pod, two real agents with the host-gw backend;
 //   manual host-gw pod → pod, bridge and a route via the peer host, by hand;
-//   twill udp      pod → pod, two real agents with the udp backend (TUN + the agent's proxy thread).
+//   twill udp      pod → pod, two real agents with the udp backend (TUN + the agent's proxy thread);
+//   twill wireguard pod → pod, two real agents with the wireguard backend (wireguard-go: this kernel has
+//                  no WireGuard module), each host in a mount namespace of its own;
+//   manual wireguard pod → pod, the same by hand: wireguard-go started on flannel-wg in each host's own
+//                  mount namespace, in a session of its own as twill starts it, keys from `wg genkey`,
+//                  `wg set` with the peer, its endpoint and allowed IPs, the device's address and
+//                  route, a bridge and a pod;
+//   manual wireguard (bench session) the same with wireguard-go left in the benchmark's session: the
+//                  scheduler's autogroups (one per session) share the CPUs out differently.
 // Per path: TCP Gbit/s, the machine's CPU (all cores, from /proc/stat) per Gbit/s, the agents' own CPU
 // (the udp proxy runs in them; the kernel paths cost the agents nothing), and packets per second of
 // 64-byte UDP datagrams as received (iperf3 -u -b 0: the sender overruns, the receiver's count is what
-// the path carried). Prints medians and ratios vs underlay, vs manual and udp vs vxlan; writes
-// bench/results/throughput.json.
-// Needs iperf3 (Debian package iperf3). BENCH_QUICK=1: one 2 s run per path; BENCH_RUNS, BENCH_SECONDS
-// override the repetitions (default 3) and seconds per run (default 5).
+// the path carried). Prints medians and ratios vs underlay, vs manual and udp/wireguard vs vxlan; writes
+// bench/results/throughput.json (throughput-<BENCH_ONLY>.json for a subset).
+// Needs iperf3 (Debian package iperf3), and wireguard-go and wg for the wireguard paths. BENCH_QUICK=1:
+// one 2 s run per path; BENCH_RUNS, BENCH_SECONDS override the repetitions (default 3) and seconds per
+// run (default 5); BENCH_ONLY=vxlan,host-gw,udp,wireguard measures a subset (the underlay always, and
+// twill vxlan too with udp or wireguard, which are compared with it).
 import { readFileSync } from "node:fs";
+import { recordedWireGuardGoPid, processStartTicks } from "../src/backends/wireguard/wireguard-go.js";
 import { cpus, release } from "node:os";
 import { execa } from "execa";
 import { createUnderlay, type Cluster, type Host, type Pod } from "../test/helpers/netns.js";
 import { waitFor } from "../test/helpers/processes.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
+import { startMountNamespace, type MountNamespace } from "../test/helpers/wireguard.js";
+import type { Started } from "../test/helpers/processes.js";
 import { median, percentile, round, writeResult, tearDownOnSignal } from "./lib.js";
+import {
+  assertIsWireGuardGo,
+  privateFile,
+  startWireGuardGo,
+  uapiSocket,
+  waitForUapi,
+  wgIn,
+  wgKeyPair,
+} from "./wireguard.js";
 
 const quick = process.env.BENCH_QUICK === "1";
 const runs = Number(process.env.BENCH_RUNS ?? (quick ? 1 : 3));
 const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 2 : 5));
 const PORT = "5201";
+const GROUPS = ["vxlan", "host-gw", "udp", "wireguard"] as const;
+type Group = (typeof GROUPS)[number];
+const selected = new Set(
+  (process.env.BENCH_ONLY ?? GROUPS.join(","))
+    .split(",")
+    .map((g) => g.trim())
+    .filter((g) => g !== ""),
+);
+for (const g of selected) {
+  if (!(GROUPS as readonly string[]).includes(g))
+    throw new Error(`BENCH_ONLY: unknown path group "${g}"; one of ${GROUPS.join(", ")}`);
+}
+const want = (g: Group): boolean => selected.has(g);
+const WG_DEV = "flannel-wg";
+const WG_PORT = 51820;
 
 interface PathSpec {
   readonly name: string;
@@ -32,6 +69,8 @@ interface PathSpec {
   readonly agentNs?: string;
   /** The agents on this path, whose CPU time is counted (none for the underlay and manual paths). */
   readonly agentPids: () => readonly number[];
+  /** Processes outside the agents that carry the packets (wireguard-go), whose CPU is counted apart. */
+  readonly userspacePids?: () => readonly number[];
   readonly net: Cluster;
   readonly clientNs: string;
   readonly serverNs: string;
@@ -48,6 +87,8 @@ interface Sample {
   readonly coresPerGbps: number;
   /** The path's agents' CPU seconds per second of the run (0 without agents). */
   readonly agentCores: number;
+  /** The same for the path's wireguard-go processes (0 on other paths). */
+  readonly userspaceCores: number;
 }
 
 /** Busy and total jiffies of all CPUs so far (/proc/stat's first line). */
@@ -111,12 +152,15 @@ async function iperf(path: PathSpec): Promise<Sample> {
   args.push("-t", String(seconds), "-O", "1", "-J");
   const cpuBefore = cpuTimes();
   const agentsBefore = agentCpu(path.agentPids());
+  const userspacePids = path.userspacePids?.() ?? [];
+  const userspaceBefore = agentCpu(userspacePids);
   const startedRun = Date.now();
   const probe = path.agentNs === undefined ? Promise.resolve([]) : healthzTimes(path.agentNs, seconds);
   const result = await execa("ip", args, { reject: false, timeout: (seconds + 30) * 1000 });
   const cpuAfter = cpuTimes();
   const healthzMs = await probe;
   const agentSeconds = agentCpu(path.agentPids()) - agentsBefore;
+  const userspaceSeconds = agentCpu(userspacePids) - userspaceBefore;
   const elapsed = (Date.now() - startedRun) / 1000;
   let report: unknown;
   try {
@@ -137,6 +181,7 @@ async function iperf(path: PathSpec): Promise<Sample> {
     retransmits: numberAt(report, ["end", "sum_sent", "retransmits"]) ?? 0,
     coresPerGbps: cores / (bps / 1e9),
     agentCores: agentSeconds / elapsed,
+    userspaceCores: userspaceSeconds / elapsed,
   };
 }
 
@@ -265,6 +310,83 @@ async function manualPods(
   return [a, b];
 }
 
+/** Mount namespaces and wireguard-go processes of the manual wireguard path, for teardown. */
+const mountNamespaces: MountNamespace[] = [];
+const handStarted: Started[] = [];
+
+/**
+ * twill's wireguard data path, by hand: each host in a mount namespace of its own (a private
+ * /run/wireguard for wireguard-go's socket), wireguard-go in the foreground on flannel-wg, a key pair
+ * from `wg genkey`, `wg set` with listen port 51820, the private key and the other host as peer
+ * (endpoint <host>:51820, allowed IPs its /24), flannel-wg with <subnet>.0/32, MTU 1420 (1500 − 80) and
+ * the whole /16 routed into it — what the agent makes — then a bridge with the pod gateway and a pod.
+ */
+async function manualWireGuard(
+  net: Cluster,
+  [h1, h2]: readonly [Host, Host],
+  second: number,
+  ownSession: boolean,
+): Promise<{ pods: [Pod, Pod]; wireguardGo: Started[] }> {
+  const mtu = 1500 - 80;
+  const subnet = (h: Host): string => `10.${second}.${h.index}`;
+  const start = async (h: Host) => {
+    const mountNs = await startMountNamespace();
+    mountNamespaces.push(mountNs);
+    const wg = startWireGuardGo(mountNs, h.ns, WG_DEV, { ownSession });
+    handStarted.push(wg);
+    await waitForUapi(uapiSocket(mountNs, WG_DEV), `wireguard-go in ${h.ns}`).catch((error: unknown) => {
+      throw new Error(`${String(error)}: ${wg.output()}`, { cause: error });
+    });
+    assertIsWireGuardGo(wg);
+    return { host: h, mountNs, wg, keys: await wgKeyPair() };
+  };
+  const side = await Promise.all([start(h1), start(h2)]);
+  for (const [self, other] of [
+    [side[0], side[1]],
+    [side[1], side[0]],
+  ] as const) {
+    const ns = self.host.ns;
+    const ip = (args: string[]): Promise<string> => net.run(ns, ["ip", ...args]);
+    const keyFile = privateFile(self.mountNs, "private.key", `${self.keys.privateKey}\n`);
+    await wgIn(self.mountNs, ns, [
+      "set",
+      WG_DEV,
+      "listen-port",
+      String(WG_PORT),
+      "private-key",
+      keyFile,
+      "peer",
+      other.keys.publicKey,
+      "endpoint",
+      `${other.host.address}:${WG_PORT}`,
+      "allowed-ips",
+      `${subnet(other.host)}.0/24`,
+    ]);
+    await ip(["link", "set", WG_DEV, "mtu", String(mtu), "up"]);
+    await ip(["address", "add", `${subnet(self.host)}.0/32`, "dev", WG_DEV]);
+    await ip(["route", "add", `10.${second}.0.0/16`, "dev", WG_DEV]);
+    await ip(["link", "add", "cni0", "type", "bridge"]);
+    await ip(["address", "add", `${subnet(self.host)}.1/24`, "dev", "cni0"]);
+    await ip(["link", "set", "cni0", "mtu", String(mtu), "up"]);
+  }
+  const pod = (h: Host, name: string): Promise<Pod> =>
+    net.addPod(h, name, { bridge: "cni0", address: `${subnet(h)}.2/24`, gateway: `${subnet(h)}.1`, mtu });
+  const a = await pod(h1, "a");
+  const b = await pod(h2, "b");
+  await pingable(net, a, b);
+  await pingable(net, b, a);
+  return { pods: [a, b], wireguardGo: side.map((s) => s.wg) };
+}
+
+/** twill's wireguard-go processes (they outlive their agents by design): checked gone after teardown. */
+const twillWireGuardGo: { pid: number; ticks: number | undefined }[] = [];
+
+function wireGuardGoPids(cluster: TwillCluster): number[] {
+  return cluster.nodes
+    .map((n) => recordedWireGuardGoPid(n.agent.stateDir, WG_DEV))
+    .filter((pid): pid is number => pid !== undefined);
+}
+
 // ---- main ----------------------------------------------------------------------------------------
 
 const clusters: TwillCluster[] = [];
@@ -272,7 +394,16 @@ let manual: Cluster | undefined;
 
 async function teardown(): Promise<void> {
   await Promise.allSettled(clusters.map((c) => c.destroy()));
+  await Promise.allSettled(handStarted.map((p) => p.stop(3000)));
+  await Promise.allSettled(mountNamespaces.map((m) => m.stop()));
   await manual?.destroy();
+  // The cluster's teardown ends each agent's wireguard-go by the PID in its state dir; should one be
+  // left (an agent killed before it recorded it), it is ended here by the PID seen during the run.
+  for (const { pid, ticks } of twillWireGuardGo) {
+    if (ticks === undefined || processStartTicks(pid) !== ticks) continue;
+    console.warn(`twill's wireguard-go (pid ${pid}) outlived the teardown; ending it`);
+    process.kill(pid, "SIGKILL");
+  }
 }
 
 // Ctrl-C still tears down (the harness's exit hook alone would only SIGKILL and delete namespaces).
@@ -288,49 +419,67 @@ try {
     `throughput benchmark${quick ? " (quick)" : ""}: ${runs} run(s) × ${seconds} s per path, ${iperfVersion}`,
   );
 
-  const vx = await startTwillCluster({ backend: "vxlan", hosts: 2 });
-  clusters.push(vx);
-  const hg = await startTwillCluster({ backend: "host-gw", hosts: 2 });
-  clusters.push(hg);
+  console.log(`paths: underlay, ${[...selected].join(", ")}`);
+  const agentsOf = (c: TwillCluster) => (): number[] => c.nodes.map((n) => n.agent.process.pid);
+  const paths: PathSpec[] = [];
+  const vx =
+    want("vxlan") || want("udp") || want("wireguard")
+      ? await startTwillCluster({ backend: "vxlan", hosts: 2 })
+      : undefined;
+  if (vx !== undefined) clusters.push(vx);
+  const hg = want("host-gw") ? await startTwillCluster({ backend: "host-gw", hosts: 2 }) : undefined;
+  if (hg !== undefined) clusters.push(hg);
   // --ip-masq as deployed, so that pod-to-pod traffic is not masqueraded by the bridge plugin.
-  const ud = await startTwillCluster({ backend: "udp", hosts: 2, agentArgs: ["--ip-masq"] });
-  clusters.push(ud);
+  const ud = want("udp")
+    ? await startTwillCluster({ backend: "udp", hosts: 2, agentArgs: ["--ip-masq"] })
+    : undefined;
+  if (ud !== undefined) clusters.push(ud);
+  // The same for wireguard: the pods' traffic carries the agents' masquerade chain, not the plugin's NAT.
+  const wg = want("wireguard")
+    ? await startTwillCluster({ backend: "wireguard", hosts: 2, agentArgs: ["--ip-masq"] })
+    : undefined;
+  if (wg !== undefined) {
+    clusters.push(wg);
+    for (const pid of wireGuardGoPids(wg)) twillWireGuardGo.push({ pid, ticks: processStartTicks(pid) });
+  }
   manual = await createUnderlay();
   const m = manual;
   const mh = [await m.addHost(1), await m.addHost(2), await m.addHost(3), await m.addHost(4)] as const;
+  const mw = want("wireguard") ? ([await m.addHost(5), await m.addHost(6)] as const) : undefined;
+  const ms = want("wireguard") ? ([await m.addHost(7), await m.addHost(8)] as const) : undefined;
 
-  const [vxA, vxB] = await twillPods(vx);
-  const [hgA, hgB] = await twillPods(hg);
-  const [udA, udB] = await twillPods(ud);
-  const [mvA, mvB] = await manualPods(m, [mh[0], mh[1]], "vxlan", 245);
-  const [mhA, mhB] = await manualPods(m, [mh[2], mh[3]], "host-gw", 246);
-  const vxHost = (i: number): Host => {
-    const host = vx.net.hosts.get(i);
+  const underlayNet = (vx ?? hg ?? ud ?? wg)?.net;
+  if (underlayNet === undefined) throw new Error("no cluster started");
+  const underlayHost = (i: number): Host => {
+    const host = underlayNet.hosts.get(i);
     if (!host) throw new Error(`no host ${i}`);
     return host;
   };
-
-  const paths: PathSpec[] = [
-    {
-      name: "underlay",
-      net: vx.net,
-      clientNs: vxHost(1).ns,
-      serverNs: vxHost(2).ns,
-      serverIp: vxHost(2).address,
-      mtu: 1500,
-      agentPids: () => [],
-    },
-    {
+  paths.push({
+    name: "underlay",
+    net: underlayNet,
+    clientNs: underlayHost(1).ns,
+    serverNs: underlayHost(2).ns,
+    serverIp: underlayHost(2).address,
+    mtu: 1500,
+    agentPids: () => [],
+  });
+  if (vx !== undefined) {
+    const [vxA, vxB] = await twillPods(vx);
+    paths.push({
       name: "twill vxlan",
       net: vx.net,
       clientNs: vxA.ns,
       serverNs: vxB.ns,
       serverIp: vxB.address,
       mtu: 1450,
-      agentPids: () => vx.nodes.map((n) => n.agent.process.pid),
-      agentNs: vxHost(1).ns,
-    },
-    {
+      agentPids: agentsOf(vx),
+      agentNs: vxA.host.ns,
+    });
+  }
+  if (want("vxlan")) {
+    const [mvA, mvB] = await manualPods(m, [mh[0], mh[1]], "vxlan", 245);
+    paths.push({
       name: "manual vxlan",
       net: m,
       clientNs: mvA.ns,
@@ -338,36 +487,87 @@ try {
       serverIp: mvB.address,
       mtu: 1450,
       agentPids: () => [],
-    },
-    {
-      name: "twill host-gw",
-      net: hg.net,
-      clientNs: hgA.ns,
-      serverNs: hgB.ns,
-      serverIp: hgB.address,
-      mtu: 1500,
-      agentPids: () => hg.nodes.map((n) => n.agent.process.pid),
-    },
-    {
-      name: "manual host-gw",
-      net: m,
-      clientNs: mhA.ns,
-      serverNs: mhB.ns,
-      serverIp: mhB.address,
-      mtu: 1500,
-      agentPids: () => [],
-    },
-    {
+    });
+  }
+  if (hg !== undefined) {
+    const [hgA, hgB] = await twillPods(hg);
+    const [mhA, mhB] = await manualPods(m, [mh[2], mh[3]], "host-gw", 246);
+    paths.push(
+      {
+        name: "twill host-gw",
+        net: hg.net,
+        clientNs: hgA.ns,
+        serverNs: hgB.ns,
+        serverIp: hgB.address,
+        mtu: 1500,
+        agentPids: agentsOf(hg),
+      },
+      {
+        name: "manual host-gw",
+        net: m,
+        clientNs: mhA.ns,
+        serverNs: mhB.ns,
+        serverIp: mhB.address,
+        mtu: 1500,
+        agentPids: () => [],
+      },
+    );
+  }
+  if (ud !== undefined) {
+    const [udA, udB] = await twillPods(ud);
+    paths.push({
       name: "twill udp",
       net: ud.net,
       clientNs: udA.ns,
       serverNs: udB.ns,
       serverIp: udB.address,
       mtu: 1472,
-      agentPids: () => ud.nodes.map((n) => n.agent.process.pid),
-      agentNs: ud.nodes[0]?.host.ns ?? "",
-    },
-  ];
+      agentPids: agentsOf(ud),
+      agentNs: udA.host.ns,
+    });
+  }
+  if (wg !== undefined && mw !== undefined && ms !== undefined) {
+    const [wgA, wgB] = await twillPods(wg);
+    // Read again: a wireguard-go started anew meanwhile (it exited) is the one carrying the packets.
+    const wgPids = (): number[] => wireGuardGoPids(wg);
+    const hand = await manualWireGuard(m, mw, 247, true);
+    const [mwA, mwB] = hand.pods;
+    const shared = await manualWireGuard(m, ms, 248, false);
+    const [msA, msB] = shared.pods;
+    paths.push(
+      {
+        name: "twill wireguard",
+        net: wg.net,
+        clientNs: wgA.ns,
+        serverNs: wgB.ns,
+        serverIp: wgB.address,
+        mtu: 1420,
+        agentPids: agentsOf(wg),
+        userspacePids: wgPids,
+        agentNs: wgA.host.ns,
+      },
+      {
+        name: "manual wireguard",
+        net: m,
+        clientNs: mwA.ns,
+        serverNs: mwB.ns,
+        serverIp: mwB.address,
+        mtu: 1420,
+        agentPids: () => [],
+        userspacePids: () => hand.wireguardGo.map((p) => p.pid),
+      },
+      {
+        name: "manual wireguard (bench session)",
+        net: m,
+        clientNs: msA.ns,
+        serverNs: msB.ns,
+        serverIp: msB.address,
+        mtu: 1420,
+        agentPids: () => [],
+        userspacePids: () => shared.wireguardGo.map((p) => p.pid),
+      },
+    );
+  }
   for (const path of paths) await startServer(path.net, path.serverNs);
 
   const samples = new Map<string, Sample[]>(paths.map((p) => [p.name, []]));
@@ -377,7 +577,8 @@ try {
       samples.get(path.name)?.push(sample);
       console.log(
         `  run ${run + 1}/${runs} ${path.name}: ${round(sample.gbps, 2)} Gbit/s (${sample.retransmits} retransmits), ` +
-          `${round(sample.coresPerGbps, 2)} cores per Gbit/s, agents ${round(sample.agentCores, 2)} cores`,
+          `${round(sample.coresPerGbps, 2)} cores per Gbit/s, agents ${round(sample.agentCores, 2)} cores` +
+          (path.userspacePids === undefined ? "" : `, wireguard-go ${round(sample.userspaceCores, 2)} cores`),
       );
     }
   }
@@ -423,6 +624,15 @@ try {
             medOf(p.name, (s) => s.agentCores),
             3,
           ),
+          ...(p.userspacePids === undefined
+            ? {}
+            : {
+                wireguardGoCores: list.map((s) => round(s.userspaceCores, 3)),
+                medianWireguardGoCores: round(
+                  medOf(p.name, (s) => s.userspaceCores),
+                  3,
+                ),
+              }),
           packetsPerSecond64: (pps.get(p.name) ?? []).map((v) => Math.round(v)),
           medianPacketsPerSecond64: Math.round(medPps(p.name)),
           ...healthzSummary(p.name),
@@ -430,18 +640,46 @@ try {
       ];
     }),
   );
-  const ratio = (a: string, b: string): number => round(med(a) / med(b), 3);
-  const ratios = {
-    "twill vxlan / underlay": ratio("twill vxlan", "underlay"),
-    "twill vxlan / manual vxlan": ratio("twill vxlan", "manual vxlan"),
-    "manual vxlan / underlay": ratio("manual vxlan", "underlay"),
-    "twill host-gw / underlay": ratio("twill host-gw", "underlay"),
-    "twill host-gw / manual host-gw": ratio("twill host-gw", "manual host-gw"),
-    "manual host-gw / underlay": ratio("manual host-gw", "underlay"),
-    "twill udp / twill vxlan": ratio("twill udp", "twill vxlan"),
-    "twill udp / underlay": ratio("twill udp", "underlay"),
-    "twill udp / twill vxlan, packets/s": round(medPps("twill udp") / medPps("twill vxlan"), 3),
+  const measured = new Set(paths.map((p) => p.name));
+  const ratios: Record<string, number> = {};
+  /** Ratio of the medians, for the paths this run measured. */
+  const ratio = (a: string, b: string): void => {
+    if (measured.has(a) && measured.has(b)) ratios[`${a} / ${b}`] = round(med(a) / med(b), 3);
   };
+  const ppsRatio = (a: string, b: string): void => {
+    if (measured.has(a) && measured.has(b))
+      ratios[`${a} / ${b}, packets/s`] = round(medPps(a) / medPps(b), 3);
+  };
+  /** Median of the run-by-run ratios: each pair measured one right after the other. */
+  const pairedRatio = (a: string, b: string): void => {
+    const as = samples.get(a) ?? [];
+    const bs = samples.get(b) ?? [];
+    if (as.length === 0 || as.length !== bs.length) return;
+    ratios[`${a} / ${b}, median of run-by-run ratios`] = round(
+      median(as.map((s, i) => s.gbps / (bs[i]?.gbps ?? Number.NaN))),
+      3,
+    );
+  };
+  ratio("twill vxlan", "underlay");
+  ratio("twill vxlan", "manual vxlan");
+  ratio("manual vxlan", "underlay");
+  ratio("twill host-gw", "underlay");
+  ratio("twill host-gw", "manual host-gw");
+  ratio("manual host-gw", "underlay");
+  ratio("twill udp", "twill vxlan");
+  ratio("twill udp", "underlay");
+  ppsRatio("twill udp", "twill vxlan");
+  ratio("twill wireguard", "manual wireguard");
+  pairedRatio("twill wireguard", "manual wireguard");
+  ratio("twill wireguard", "manual wireguard (bench session)");
+  ratio("manual wireguard", "manual wireguard (bench session)");
+  ratio("twill wireguard", "twill vxlan");
+  ratio("twill wireguard", "underlay");
+  ratio("manual wireguard", "underlay");
+  ppsRatio("twill wireguard", "manual wireguard");
+  ppsRatio("twill wireguard", "manual wireguard (bench session)");
+  ppsRatio("manual wireguard", "manual wireguard (bench session)");
+  ppsRatio("twill wireguard", "twill vxlan");
   console.log("medians:");
   for (const p of paths) {
     console.log(
@@ -453,6 +691,12 @@ try {
           medOf(p.name, (s) => s.agentCores),
           2,
         )} cores, ` +
+        (p.userspacePids === undefined
+          ? ""
+          : `wireguard-go ${round(
+              medOf(p.name, (s) => s.userspaceCores),
+              2,
+            )} cores, `) +
         `${Math.round(medPps(p.name))} packets/s (64 B)`,
     );
   }
@@ -468,8 +712,11 @@ try {
   console.log("ratios:");
   for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(36)} ${value}`);
 
-  const path = writeResult("throughput", {
+  // A subset goes to its own file, so it does not replace a full run's.
+  const all = GROUPS.every((g) => selected.has(g));
+  const path = writeResult(all ? "throughput" : `throughput-${[...selected].join("-")}`, {
     quick,
+    only: [...selected],
     runs,
     secondsPerRun: seconds,
     iperf3: iperfVersion,
