@@ -21,17 +21,51 @@ export interface WireGuardControl {
   readonly where: string;
   get(): Promise<DeviceState>;
   set(change: DeviceChange): Promise<void>;
+  /**
+   * The device as text, cheap to compare, parsed only when asked: the poll compares the fingerprint
+   * with the last one that matched what twill wants and parses nothing while they are equal. Without
+   * this method, `get` serves.
+   */
+  read?(): Promise<DeviceReading>;
 }
+
+export interface DeviceReading {
+  /**
+   * The configuration in the reading, without what moves by itself (handshakes, counters, endpoints);
+   * undefined: none to compare.
+   */
+  readonly fingerprint: string | undefined;
+  /** Parsed on the first call. */
+  state(): DeviceState;
+}
+
+function reading(fingerprint: string, parse: () => DeviceState): DeviceReading {
+  let parsed: DeviceState | undefined;
+  return { fingerprint, state: () => (parsed ??= parse()) };
+}
+
+/** UAPI lines that change without anyone configuring anything (roaming moves the endpoint). */
+const VOLATILE_UAPI_LINES =
+  /^(?:last_handshake_time_sec|last_handshake_time_nsec|tx_bytes|rx_bytes|endpoint)=.*\n/gm;
 
 /** wireguard-go's socket directory: fixed in wireguard-go, and where `wg` looks. */
 export const UAPI_SOCKET_DIR = "/var/run/wireguard";
 const UAPI_TIMEOUT_MS = 5_000;
 
-/** One request and its reply on a fresh connection (wireguard-go serves each connection in turn). */
+/** The end of a reply kept for spotting its errno line: "errno=-2147483648\n\n" fits. */
+const TAIL_BYTES = 24;
+
+/**
+ * One request and its reply on a fresh connection (wireguard-go serves each connection in turn). Only
+ * the tail of what arrived is searched for the errno line that ends a reply: a thousand peers' reply
+ * is a third of a megabyte, arriving in many chunks.
+ */
 function uapiExchange(path: string, request: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = createConnection(path);
-    let reply = "";
+    const chunks: string[] = [];
+    let tail = "";
+    let done = false;
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new Error(`${path}: no answer in ${UAPI_TIMEOUT_MS} ms`));
@@ -39,11 +73,13 @@ function uapiExchange(path: string, request: string): Promise<string> {
     socket.setEncoding("utf8");
     socket.on("connect", () => socket.write(request));
     socket.on("data", (chunk: string) => {
-      reply += chunk;
-      if (uapiErrno(reply) !== undefined) {
+      chunks.push(chunk);
+      tail = (tail + chunk.slice(-TAIL_BYTES)).slice(-TAIL_BYTES);
+      if (uapiErrno(tail) !== undefined) {
+        done = true;
         clearTimeout(timer);
         socket.end();
-        resolve(reply);
+        resolve(chunks.join(""));
       }
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
@@ -52,7 +88,7 @@ function uapiExchange(path: string, request: string): Promise<string> {
     });
     socket.on("close", () => {
       clearTimeout(timer);
-      if (uapiErrno(reply) === undefined) reject(new Error(`${path}: closed before a complete answer`));
+      if (!done) reject(new Error(`${path}: closed before a complete answer`));
     });
   });
 }
@@ -67,7 +103,15 @@ export class UapiControl implements WireGuardControl {
   }
 
   async get(): Promise<DeviceState> {
-    return parseUapiGet(await uapiExchange(this.path, "get=1\n\n"));
+    return (await this.read()).state();
+  }
+
+  async read(): Promise<DeviceReading> {
+    const text = await uapiExchange(this.path, "get=1\n\n");
+    // wireguard-go lists its peers in Go's map order, another at every read: sorted, they compare.
+    const body = text.replace(VOLATILE_UAPI_LINES, "").replace(/\n?errno=-?\d+\n\n$/, "");
+    const [device = "", ...peers] = body.split("\npublic_key=");
+    return reading([device, ...peers.sort()].join("\npublic_key="), () => parseUapiGet(text));
   }
 
   async set(change: DeviceChange): Promise<void> {
@@ -107,9 +151,23 @@ export class WgToolControl implements WireGuardControl {
   }
 
   async get(): Promise<DeviceState> {
+    return (await this.read()).state();
+  }
+
+  async read(): Promise<DeviceReading> {
     const result = await this.runner.run("wg", ["show", this.device, "dump"]);
     if (result.exitCode !== 0) throw withHint(new CommandError(`wg show ${this.device} dump`, result));
-    return parseWgDump(result.stdout);
+    const text = result.stdout;
+    // Per peer line: key, psk, endpoint, allowed IPs, handshake, rx, tx, keepalive; the device line first.
+    const fingerprint = text
+      .split("\n")
+      .map((line, i) => {
+        if (i === 0) return line;
+        const f = line.split("\t");
+        return [f[0], f[1], f[3], f[7]].join("\t");
+      })
+      .join("\n");
+    return reading(fingerprint, () => parseWgDump(text));
   }
 
   async set(change: DeviceChange): Promise<void> {

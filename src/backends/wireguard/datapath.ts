@@ -12,14 +12,8 @@ import type {
   WireGuardStatus,
 } from "../backend.js";
 import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
-import type { WireGuardControl } from "./control.js";
-import {
-  deviceChange,
-  type DeviceChange,
-  type DeviceState,
-  type WantedDevice,
-  type WantedPeer,
-} from "./device-state.js";
+import type { DeviceReading, WireGuardControl } from "./control.js";
+import { deviceChange, type DeviceChange, type WantedDevice, type WantedPeer } from "./device-state.js";
 import { encodeKey, publicKeyOf } from "./keys.js";
 import type { WireGuardGo } from "./wireguard-go.js";
 
@@ -45,8 +39,19 @@ export interface WireGuardDeps {
   readonly pollMs?: number;
 }
 
-/** Drift is restored within this (the issue's bound is 1 s). */
+/** Drift is restored within this (the issue's bound is 1 s), while a poll is cheap. */
 export const POLL_MS = 500;
+/** A poll takes at most 1/50 (2 %) of the time, wireguard-go's answer included. */
+const POLL_BUDGET = 50;
+/** However large the device, drift is found within this. */
+const MAX_POLL_MS = 10_000;
+
+/** A reading of the device; a control without `read` is read with `get`, and always parsed. */
+async function readDevice(control: WireGuardControl): Promise<DeviceReading> {
+  if (control.read !== undefined) return control.read();
+  const state = await control.get();
+  return { fingerprint: undefined, state: () => state };
+}
 
 /** Peers as WireGuard gets them: by public key, each key once (the first lease by key order wins). */
 export function wantedPeers(
@@ -89,7 +94,9 @@ export class WireGuardDataPath implements UserspaceDataPath {
   /** Peers whose endpoint changed in their lease: set again even if WireGuard learned another. */
   private readonly endpointsToSet = new Set<string>();
   private readonly listeners: ((reason: string) => void)[] = [];
-  private last: DeviceState | undefined;
+  private last: DeviceReading | undefined;
+  /** The fingerprint of the last reading that matched what was wanted, while nothing changed since. */
+  private matched: string | undefined;
   private active = false;
   private lastFailure: string | undefined;
   private restarts = 0;
@@ -114,6 +121,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   /** New settings from a new preparation (a rotated key, another port): the next sync applies them. */
   configure(settings: WireGuardSettings, onKeyChanged: () => void): void {
     this.settings = settings;
+    this.matched = undefined;
     this.keyChangedListener = onKeyChanged;
   }
 
@@ -191,7 +199,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   }
 
   async stop(): Promise<void> {
-    if (this.timer !== undefined) clearInterval(this.timer);
+    if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.active = false;
     await this.queue;
@@ -207,7 +215,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
     const subnets = new Map<string, string>();
     for (const row of this.rows.values())
       if (row.publicKey) subnets.set(row.publicKey, formatCidr(row.subnet));
-    const peerDetails: WireGuardPeerStatus[] = [...(this.last?.peers.values() ?? [])].map((peer) => ({
+    const last = this.last?.state();
+    const peerDetails: WireGuardPeerStatus[] = [...(last?.peers.values() ?? [])].map((peer) => ({
       subnet: subnets.get(peer.publicKey) ?? "",
       publicKey: peer.publicKey,
       endpoint: peer.endpoint,
@@ -222,7 +231,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
       device: s.device,
       running: this.active,
       lastFailure: this.lastFailure,
-      peers: this.last?.peers.size ?? 0,
+      peers: last?.peers.size ?? 0,
       restarts: this.restarts,
       implementation: s.implementation,
       publicKey: s.publicKey,
@@ -245,8 +254,17 @@ export class WireGuardDataPath implements UserspaceDataPath {
       // A peer change that arrived since the last sync is the loop's, not someone else's.
       const expected = this.rowsVersion !== this.syncedVersion;
       const version = this.rowsVersion;
-      const actual = await control.get();
-      this.last = actual;
+      const read = await readDevice(control);
+      this.last = read;
+      // The device as it was when it last matched, and nothing wanted has changed: nothing to parse.
+      if (
+        !expected &&
+        this.endpointsToSet.size === 0 &&
+        read.fingerprint !== undefined &&
+        read.fingerprint === this.matched
+      )
+        return;
+      const actual = read.state();
       const endpoints = new Set(this.endpointsToSet);
       const change = deviceChange(this.wanted(), actual, endpoints);
       if (change === undefined) {
@@ -254,6 +272,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
         for (const key of endpoints) this.endpointsToSet.delete(key);
         this.syncedVersion = version;
         this.everSynced = true;
+        this.matched = read.fingerprint;
         return;
       }
       await control.set(change);
@@ -268,7 +287,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
           "WireGuard device changed by someone else; restored",
         );
       }
-      this.last = await control.get();
+      this.last = await readDevice(control);
+      this.matched = this.last.fingerprint;
     };
     const next = this.queue.then(run);
     this.queue = next.catch(() => undefined);
@@ -277,8 +297,24 @@ export class WireGuardDataPath implements UserspaceDataPath {
 
   private startPolling(): void {
     if (this.timer !== undefined) return;
-    this.timer = setInterval(() => void this.poll(), this.pollMs);
-    this.timer.unref();
+    this.schedulePoll(this.pollMs);
+  }
+
+  /**
+   * The next poll comes POLL_MS after this one, or later when reading the device got expensive (a
+   * full read of 5,000 peers is 1.7 MB): a poll may take at most 1/POLL_BUDGET of the time.
+   */
+  private schedulePoll(delayMs: number): void {
+    const timer = setTimeout(() => {
+      const started = performance.now();
+      void this.poll().finally(() => {
+        if (this.timer !== timer) return; // stopped meanwhile
+        const cost = performance.now() - started;
+        this.schedulePoll(Math.min(MAX_POLL_MS, Math.max(this.pollMs, cost * POLL_BUDGET)));
+      });
+    }, delayMs);
+    timer.unref();
+    this.timer = timer;
   }
 
   private async poll(): Promise<void> {
@@ -317,6 +353,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
     );
     const publicKey = encodeKey(publicKeyOf(Buffer.from(inFile, "base64")));
     this.settings = { ...this.settings, privateKey: inFile, publicKey };
+    this.matched = undefined;
     await this.sync(false).catch((error: unknown) => {
       this.lastFailure = `cannot set the new key on ${this.settings.device}: ${(error as Error).message}`;
     });
