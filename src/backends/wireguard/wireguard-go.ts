@@ -24,12 +24,15 @@ const STOP_TIMEOUT_MS = 2_000;
 /** The log is started afresh when it grew past this. */
 const LOG_LIMIT_BYTES = 1 << 20;
 
-/** The start time of process `pid`, or undefined when there is none. */
+/** The start time of process `pid`, or undefined when there is none (or it has exited). */
 export function processStartTicks(pid: number): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     // The command name, in parentheses, may hold spaces: fields count from after its ")".
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // A zombie (Z) or dying (X) process is gone, though its parent (init, after the agent that
+    // started it exited) has not reaped it yet.
+    if (fields[0] === "Z" || fields[0] === "X") return undefined;
     const ticks = Number(fields[19]);
     return Number.isFinite(ticks) ? ticks : undefined;
   } catch {
