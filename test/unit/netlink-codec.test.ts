@@ -400,6 +400,23 @@ describe("rtnetlink requests", () => {
     expect(out.length).toBe(128);
   });
 
+  it("wireguard create: the kernel's WireGuard device, kind wireguard and no INFO_DATA (no module here to run it against)", () => {
+    expect(
+      written((w) => encodeLinkCreate(w, { name: "flannel-wg", kind: "wireguard", mtu: 1420 }, undefined)),
+    ).toEqual(
+      nlmsg(
+        16,
+        0x600,
+        0,
+        0,
+        ifinfomsg(0, 0),
+        attr(4, u32(1420)),
+        attr(3, cstring("flannel-wg")),
+        nest(18, attr(1, cstring("wireguard"))),
+      ),
+    );
+  });
+
   it("link set up with an MTU: `ip link set flannel.1 mtu 1400 up`", () => {
     expect(written((w) => encodeLinkSet(w, 4, { up: true, mtu: 1400 }))).toEqual(
       nlmsg(16, 0, 0, 0, ifinfomsg(4, 1, 1), attr(4, u32(1400))),
