@@ -233,13 +233,12 @@ export class DataplaneLoop {
       // Its device and port may be the next one's (a Port change): they must be let go of first.
       const before = this.userspaceStopping ?? Promise.resolve();
       this.userspaceStopping = before.then(() =>
-        (old.retire?.() ?? old.stop())
-          .catch((error: unknown) =>
-            this.log.error(
-              { err: errorOf(error) },
-              "stopping the previous backend's userspace data path failed",
-            ),
+        (old.retire?.() ?? old.stop()).catch((error: unknown) =>
+          this.log.error(
+            { err: errorOf(error) },
+            "stopping the previous backend's userspace data path failed",
           ),
+        ),
       );
     }
     this.self = self;

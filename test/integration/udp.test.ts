@@ -278,7 +278,7 @@ describe("udp: 3 hosts x 2 pods", () => {
     // From the unreachable address itself: one of the node's own addresses would be dropped as a martian.
     expect(ping.stdout).toMatch(/From 10\.244\.250\.9 icmp_seq=1 Destination Net Unreachable/);
     const s = await status(cluster, 1);
-    expect((s.userspace?.kind === "udp" ? s.userspace.drops.no_route : 0)).toBeGreaterThanOrEqual(1);
+    expect(s.userspace?.kind === "udp" ? s.userspace.drops.no_route : 0).toBeGreaterThanOrEqual(1);
   });
 
   it("drops datagrams from an address that is no peer's public IP", async () => {

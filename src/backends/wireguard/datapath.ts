@@ -46,6 +46,17 @@ const POLL_BUDGET = 100;
 /** However large the device, drift is found within this. */
 const MAX_POLL_MS = 10_000;
 
+function sameRow(a: UserspaceRoute | undefined, b: UserspaceRoute | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return (
+    a.publicKey === b.publicKey &&
+    a.endpoint.address === b.endpoint.address &&
+    a.endpoint.port === b.endpoint.port &&
+    a.subnet.ip === b.subnet.ip &&
+    a.subnet.prefixLen === b.subnet.prefixLen
+  );
+}
+
 /** A reading of the device; a control without `read` is read with `get`, and always parsed. */
 async function readDevice(control: WireGuardControl): Promise<DeviceReading> {
   if (control.read !== undefined) return control.read();
@@ -108,6 +119,10 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private rowsVersion = 0;
   private syncedVersion = 0;
   private everSynced = false;
+  /** New settings or a fresh device: the next sync's changes are twill's own. */
+  private expectChange = true;
+  /** The wireguard-go whose exit was counted. */
+  private exitCounted: number | undefined;
   private keyChangedListener: (() => void) | undefined;
   private readonly pollMs: number;
 
@@ -122,6 +137,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   configure(settings: WireGuardSettings, onKeyChanged: () => void): void {
     this.settings = settings;
     this.matched = undefined;
+    this.expectChange = true;
     this.keyChangedListener = onKeyChanged;
   }
 
@@ -133,6 +149,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
     const process = this.deps.process;
     let started = false;
     if (process !== undefined) {
+      // Found dead by a round before the poll saw it: an exit all the same.
+      if (process.pid !== undefined && !process.alive()) this.countExit(process.pid);
       // A device made anew has lost the wireguard-go that served it.
       if (deviceRemade && process.alive()) await process.terminate();
       const how = await process.ensure().catch((error: unknown) => {
@@ -157,12 +175,15 @@ export class WireGuardDataPath implements UserspaceDataPath {
       // packets (NAT), and a peer whose address changed meanwhile is followed by WireGuard itself.
       this.endpointsToSet.clear();
     }
+    // A new wireguard-go or device is empty, and this agent's first sync may find leases that changed
+    // while no agent ran: twill's own changes, not drift.
+    if (started || deviceRemade || !this.everSynced) this.expectChange = true;
     this.active = true;
     this.lastFailure = undefined;
     // Polling first: a device that cannot be configured now is tried again by the poll, and by the
     // loop's retry of this round.
     this.startPolling();
-    await this.sync(false).catch((error: unknown) => {
+    await this.sync().catch((error: unknown) => {
       this.lastFailure = `cannot configure ${this.settings.device}: ${(error as Error).message}`;
       throw error;
     });
@@ -170,9 +191,10 @@ export class WireGuardDataPath implements UserspaceDataPath {
   }
 
   update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
-    if (changes.size > 0) this.rowsVersion++;
     for (const [key, row] of changes) {
       const before = this.rows.get(key);
+      // Only a real change makes the next sync's work expected (a resync hands over every row again).
+      if (!sameRow(before, row)) this.rowsVersion++;
       if (row === undefined) this.rows.delete(key);
       else {
         this.rows.set(key, row);
@@ -247,12 +269,16 @@ export class WireGuardDataPath implements UserspaceDataPath {
     return { privateKey: s.privateKey, listenPort: s.listenPort, peers: wantedPeers(this.rows, s) };
   }
 
-  /** Reads the device and makes it as wanted; one at a time. `drift`: called by the poll, not a round. */
-  private sync(drift: boolean): Promise<void> {
+  /**
+   * Reads the device and makes it as wanted; one at a time. A change needed with nothing changed on
+   * twill's side (peers, settings, a fresh device) is drift, whether the poll or a round finds it.
+   */
+  private sync(): Promise<void> {
     const run = async (): Promise<void> => {
       const control = this.deps.control;
       // A peer change that arrived since the last sync is the loop's, not someone else's.
-      const expected = this.rowsVersion !== this.syncedVersion;
+      const expected = this.rowsVersion !== this.syncedVersion || this.expectChange;
+      this.expectChange = false;
       const version = this.rowsVersion;
       const read = await readDevice(control);
       this.last = read;
@@ -279,8 +305,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
       for (const key of endpoints) this.endpointsToSet.delete(key);
       this.syncedVersion = version;
       this.everSynced = true;
-      // Changes for rounds are expected; from the poll they mean someone changed the device.
-      if (drift && !expected) {
+      if (!expected) {
         this.repairs++;
         this.deps.log?.warn(
           { device: this.settings.device, changes: describeChange(change) },
@@ -317,19 +342,26 @@ export class WireGuardDataPath implements UserspaceDataPath {
     this.timer = timer;
   }
 
+  /** Counts wireguard-go's exit once, whoever notices it first (the poll, or a round). */
+  private countExit(pid: number | undefined): void {
+    if (pid === this.exitCounted) return;
+    this.exitCounted = pid;
+    this.restarts++;
+  }
+
   private async poll(): Promise<void> {
     if (!this.active) return;
     const process = this.deps.process;
     if (process !== undefined && !process.alive()) {
       this.active = false;
-      this.restarts++;
+      this.countExit(process.pid);
       const reason = `wireguard-go (pid ${process.pid ?? "?"}) exited`;
       this.lastFailure = reason;
       for (const listener of this.listeners) listener(reason);
       return;
     }
     try {
-      await this.sync(true);
+      await this.sync();
       this.lastFailure = undefined;
     } catch (error) {
       this.lastFailure = `cannot read or set ${this.settings.device}: ${(error as Error).message}`;
@@ -354,7 +386,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
     const publicKey = encodeKey(publicKeyOf(Buffer.from(inFile, "base64")));
     this.settings = { ...this.settings, privateKey: inFile, publicKey };
     this.matched = undefined;
-    await this.sync(false).catch((error: unknown) => {
+    this.expectChange = true;
+    await this.sync().catch((error: unknown) => {
       this.lastFailure = `cannot set the new key on ${this.settings.device}: ${(error as Error).message}`;
     });
     this.keyChangedListener?.();
