@@ -333,6 +333,9 @@ export class Agent {
             this.lifecycle?.refreshAttributes();
           },
         });
+        // Only the config in use stays prepared: a config that comes back is prepared again, so a
+        // backend whose state lives on (WireGuard's device: key, PSK, port) is told it again.
+        prepared.clear();
         prepared.set(key, backend);
         this.reportIdentity(backend);
       }

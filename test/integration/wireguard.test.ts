@@ -232,7 +232,7 @@ describe("wireguard: 3 hosts x 2 pods", () => {
     const key2 = (await wireguardStatus(cluster, 2)).publicKey;
     const before = (await wireguardStatus(cluster, 1)).repairs;
     await wg(cluster, 1, ["set", WIREGUARD_DEVICE, "peer", key2, "remove"]);
-    await waitFor("the removed peer back", async () => (await devicePeers(cluster, 1)).has(key2), 5_000, 20);
+    await waitFor("the removed peer back", async () => (await devicePeers(cluster, 1)).has(key2), 15_000, 20);
     await wg(cluster, 1, ["set", WIREGUARD_DEVICE, "peer", key2, "allowed-ips", "10.244.250.0/24"]);
     await waitFor(
       "the peer's allowed IPs restored",
@@ -240,7 +240,7 @@ describe("wireguard: 3 hosts x 2 pods", () => {
         const peer = (await devicePeers(cluster, 1)).get(key2);
         return peer?.[2] === `${subnetOf(cluster, 2).network}/24`;
       },
-      5_000,
+      15_000,
       20,
     );
     expect((await wireguardStatus(cluster, 1)).repairs).toBeGreaterThanOrEqual(before + 2);
@@ -521,7 +521,11 @@ describe("wireguard: a bad key file", () => {
     expect(code).toBe(1);
     const fatal = agent.logs().find((l) => l.level === "fatal");
     const message = (fatal?.err as { message?: string } | undefined)?.message ?? "";
-    expect(message).toContain(`WireGuard private key file ${keyFile}: "not-a-key" is not a WireGuard key`);
+    expect(message).toContain(
+      `WireGuard private key file ${keyFile}: its 9 characters are not a WireGuard key`,
+    );
+    // The file's text is never echoed: it could be a private key only slightly off.
+    expect(JSON.stringify(agent.logs())).not.toContain("not-a-key");
     expect(message).toContain(`wg genkey > ${keyFile}`);
     // Nothing was published for it.
     expect(

@@ -99,9 +99,9 @@ describe("parseWireGuardBackendData", () => {
       "PublicKey not a key",
       '{"PublicKey":"abc"}',
       "BackendData.PublicKey",
-      'BackendData.PublicKey: "abc" is not a WireGuard key',
+      'BackendData.PublicKey "abc": its 3 characters are not a WireGuard key',
     ],
-    ["PublicKey empty", '{"PublicKey":""}', "BackendData.PublicKey", "BackendData.PublicKey: it is empty"],
+    ["PublicKey empty", '{"PublicKey":""}', "BackendData.PublicKey", 'BackendData.PublicKey "": it is empty'],
     [
       "Port text",
       `{"PublicKey":"${KEY}","Port":"51820"}`,
@@ -166,12 +166,12 @@ describe("chooseImplementation", () => {
     ],
     ["auto with the module loaded", "auto", undefined, true, "kernel", "the kernel has the wireguard module"],
     [
-      "auto with the module and a TUN device",
+      "auto with the module, but wireguard-go's TUN device there (switching would re-create it)",
       "auto",
       link("tun"),
       true,
-      "kernel",
-      "the kernel has the wireguard module",
+      "userspace",
+      "flannel-wg is wireguard-go's TUN device already",
     ],
     [
       "auto without the module",
@@ -187,7 +187,7 @@ describe("chooseImplementation", () => {
       link("tun"),
       false,
       "userspace",
-      "the kernel has no wireguard module (neither /sys/module/wireguard nor one in /lib/modules)",
+      "flannel-wg is wireguard-go's TUN device already",
     ],
   ])("%s", (_name, wanted, existing, moduleLoaded, implementation, why) => {
     expect(chooseImplementation(wanted, existing, moduleLoaded)).toEqual({ implementation, why });
@@ -390,7 +390,7 @@ describe("a wireguard node prepared in a temp state dir (userspace)", () => {
     [
       "a peer with a bad PublicKey",
       peerLease(2, { type: "wireguard", data: '{"PublicKey":"nope","Port":51820}' }),
-      'peer 10.244.2.0/24 has bad wireguard BackendData: BackendData.PublicKey: "nope" is not a WireGuard key',
+      'peer 10.244.2.0/24 has bad wireguard BackendData: BackendData.PublicKey "nope": its 4 characters are not a WireGuard key',
     ],
     [
       "a peer with a bad Port",

@@ -468,7 +468,7 @@ describe("WireGuardDataPath", () => {
     expect(h.device.changes.length).toBe(changes);
   });
 
-  it("keeps the old key and says why when the new key cannot be set, and still tells the agent", async () => {
+  it("keeps the old key, says why and tells the agent nothing while the new key cannot be set", async () => {
     const h = harness({ kernel: true });
     let told = 0;
     h.dataPath.configure(settings(), () => told++);
@@ -476,13 +476,16 @@ describe("WireGuardDataPath", () => {
     h.device.failSet = new Error("EPERM");
     h.keyFile.key = key(102);
     await poll();
-    expect(told).toBe(1);
+    // The lease must not carry a key the device does not have.
+    expect(told).toBe(0);
     expect(h.device.privateKey).toBe(OWN_PRIVATE);
     expect(h.dataPath.status().lastFailure).toBe("cannot set the new key on flannel-wg: EPERM");
-    // Set at the next poll once the device takes it.
+    expect(h.dataPath.status().publicKey).not.toBe(encodeKey(publicKeyOf(Buffer.from(key(102), "base64"))));
+    // Set at the next poll once the device takes it; then the agent re-publishes.
     h.device.failSet = undefined;
     await poll();
     expect(h.device.privateKey).toBe(key(102));
+    expect(told).toBe(1);
     expect(h.dataPath.status().lastFailure).toBeUndefined();
   });
 

@@ -79,7 +79,7 @@ describe("deviceChange", () => {
       wanted([want(2), want(3)]),
       actual([have(2)]),
       none,
-      { peers: [{ ...want(3), why: "missing" }] },
+      { peers: [{ ...want(3), why: "missing", setEndpoint: true }] },
     ],
     [
       "an extra peer is removed",
@@ -93,42 +93,42 @@ describe("deviceChange", () => {
       wanted([want(2)]),
       actual([have(2, { allowedIps: ["10.244.9.0/24"] })]),
       none,
-      { peers: [{ ...want(2), why: "allowed IPs 10.244.9.0/24" }] },
+      { peers: [{ ...want(2), why: "allowed IPs 10.244.9.0/24", setEndpoint: false }] },
     ],
     [
       "allowed IPs gone",
       wanted([want(2)]),
       actual([have(2, { allowedIps: [] })]),
       none,
-      { peers: [{ ...want(2), why: "allowed IPs none" }] },
+      { peers: [{ ...want(2), why: "allowed IPs none", setEndpoint: false }] },
     ],
     [
       "a PSK added",
       wanted([want(2, { presharedKey: key(7) })]),
       actual([have(2)]),
       none,
-      { peers: [{ ...want(2, { presharedKey: key(7) }), why: "pre-shared key" }] },
+      { peers: [{ ...want(2, { presharedKey: key(7) }), why: "pre-shared key", setEndpoint: false }] },
     ],
     [
       "a PSK removed",
       wanted([want(2)]),
       actual([have(2, { presharedKey: key(7) })]),
       none,
-      { peers: [{ ...want(2), why: "pre-shared key" }] },
+      { peers: [{ ...want(2), why: "pre-shared key", setEndpoint: false }] },
     ],
     [
       "another PSK",
       wanted([want(2, { presharedKey: key(8) })]),
       actual([have(2, { presharedKey: key(7) })]),
       none,
-      { peers: [{ ...want(2, { presharedKey: key(8) }), why: "pre-shared key" }] },
+      { peers: [{ ...want(2, { presharedKey: key(8) }), why: "pre-shared key", setEndpoint: false }] },
     ],
     [
       "keepalive changed",
       wanted([want(2, { keepalive: 25 })]),
       actual([have(2)]),
       none,
-      { peers: [{ ...want(2, { keepalive: 25 }), why: "keepalive 0" }] },
+      { peers: [{ ...want(2, { keepalive: 25 }), why: "keepalive 0", setEndpoint: false }] },
     ],
     [
       "a roamed endpoint is kept when twill did not set it this time",
@@ -149,21 +149,28 @@ describe("deviceChange", () => {
       wanted([want(2)]),
       actual([have(2, { endpoint: "203.0.113.9:40000" })]),
       new Set([key(2)]),
-      { peers: [{ ...want(2), why: "endpoint 203.0.113.9:40000" }] },
+      { peers: [{ ...want(2), why: "endpoint 203.0.113.9:40000", setEndpoint: true }] },
     ],
     [
       'every endpoint is set with "all"',
       wanted([want(2), want(3)]),
       actual([have(2, { endpoint: "203.0.113.9:40000" }), have(3)]),
       "all",
-      { peers: [{ ...want(2), why: "endpoint 203.0.113.9:40000" }] },
+      { peers: [{ ...want(2), why: "endpoint 203.0.113.9:40000", setEndpoint: true }] },
     ],
     [
       "an endpoint is set where the device has none",
       wanted([want(2)]),
       actual([have(2, { endpoint: undefined })]),
       none,
-      { peers: [{ ...want(2), why: "endpoint none" }] },
+      { peers: [{ ...want(2), why: "endpoint none", setEndpoint: true }] },
+    ],
+    [
+      "a roamed endpoint stays when something else about the peer changes",
+      wanted([want(2, { keepalive: 25 })]),
+      actual([have(2, { endpoint: "203.0.113.9:40000" })]),
+      none,
+      { peers: [{ ...want(2, { keepalive: 25 }), why: "keepalive 0", setEndpoint: false }] },
     ],
     [
       "a fresh wireguard-go: no private key, port 0",
@@ -194,9 +201,9 @@ describe("deviceChange", () => {
       {
         listenPort: 51999,
         peers: [
-          { ...want(2), why: "missing" },
-          { ...want(3, { keepalive: 25 }), why: "keepalive 0" },
-          { ...want(4), why: "missing" },
+          { ...want(2), why: "missing", setEndpoint: true },
+          { ...want(3, { keepalive: 25 }), why: "keepalive 0", setEndpoint: false },
+          { ...want(4), why: "missing", setEndpoint: true },
           { publicKey: key(9), remove: true },
           { publicKey: key(8), remove: true },
         ],
@@ -511,5 +518,33 @@ describe("wgSetArgs", () => {
 
   it("is just the device for a change of nothing", () => {
     expect(wgSetArgs("flannel-wg", { peers: [] }, keyFile)).toEqual(["set", "flannel-wg"]);
+  });
+});
+
+describe("a peer change that keeps the device's endpoint (setEndpoint false)", () => {
+  const change: DeviceChange = {
+    peers: [
+      {
+        publicKey: key(2),
+        endpoint: "198.18.0.2:51820",
+        allowedIps: ["10.244.2.0/24"],
+        presharedKey: undefined,
+        keepalive: 25,
+        why: "keepalive 0",
+        setEndpoint: false,
+      },
+    ],
+  };
+
+  it("has no endpoint line in the UAPI request", () => {
+    const text = encodeUapiSet(change);
+    expect(text).toContain("persistent_keepalive_interval=25\n");
+    expect(text).not.toContain("endpoint=");
+  });
+
+  it("has no endpoint argument for wg", () => {
+    const args = wgSetArgs("flannel-wg", change, () => "/k");
+    expect(args).toContain("persistent-keepalive");
+    expect(args).not.toContain("endpoint");
   });
 });

@@ -156,7 +156,9 @@ export class WgToolControl implements WireGuardControl {
 
   async read(): Promise<DeviceReading> {
     const result = await this.runner.run("wg", ["show", this.device, "dump"]);
-    if (result.exitCode !== 0) throw withHint(new CommandError(`wg show ${this.device} dump`, result));
+    // Its stderr only: what a failed dump printed on stdout may hold the private key.
+    if (result.exitCode !== 0)
+      throw withHint(new CommandError(`wg show ${this.device} dump`, { ...result, stdout: "" }));
     const text = result.stdout;
     // Per peer line: key, psk, endpoint, allowed IPs, handshake, rx, tx, keepalive; the device line first.
     const fingerprint = text

@@ -37,6 +37,8 @@ export interface WireGuardDeps {
   /** Reads the key file: the key in it now, or undefined. */
   readonly readKeyFile: (path: string) => Promise<string | undefined>;
   readonly pollMs?: number;
+  /** Called when the node leaves the backend: whoever keeps this data path lets go of it. */
+  readonly onRetired?: () => void;
 }
 
 /** Drift is restored within this (the issue's bound is 1 s), while a poll is cheap. */
@@ -44,7 +46,7 @@ export const POLL_MS = 500;
 /** A poll takes at most 1/100 (1 %) of the time, wireguard-go's answer included: 1,000 peers are read in ~8 ms. */
 const POLL_BUDGET = 100;
 /** However large the device, drift is found within this. */
-const MAX_POLL_MS = 10_000;
+const MAX_POLL_MS = 5_000;
 
 function sameRow(a: UserspaceRoute | undefined, b: UserspaceRoute | undefined): boolean {
   if (a === undefined || b === undefined) return a === b;
@@ -104,7 +106,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private readonly rows = new Map<string, UserspaceRoute>();
   /** Peers whose endpoint changed in their lease: set again even if WireGuard learned another. */
   private readonly endpointsToSet = new Set<string>();
-  private readonly listeners: ((reason: string) => void)[] = [];
+  /** The loop's; set again when it takes this data path up again (a backend switched back). */
+  private stoppedListener: ((reason: string) => void) | undefined;
   private last: DeviceReading | undefined;
   /** The fingerprint of the last reading that matched what was wanted, while nothing changed since. */
   private matched: string | undefined;
@@ -114,13 +117,15 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private repairs = 0;
   private timer: NodeJS.Timeout | undefined;
   private queue: Promise<void> = Promise.resolve();
-  private announcedKey: string | undefined;
   /** Bumped by every peer change; the version the device was last made to match. */
   private rowsVersion = 0;
   private syncedVersion = 0;
   private everSynced = false;
-  /** New settings or a fresh device: the next sync's changes are twill's own. */
-  private expectChange = true;
+  /** Bumped by new settings or a fresh device (the next sync's changes are twill's own); synced. */
+  private settingsVersion = 1;
+  private syncedSettings = 0;
+  /** The last reads' durations: the poll's interval follows the smallest (one stall is no trend). */
+  private readCosts: number[] = [];
   /** The wireguard-go whose exit was counted. */
   private exitCounted: number | undefined;
   private keyChangedListener: (() => void) | undefined;
@@ -137,7 +142,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   configure(settings: WireGuardSettings, onKeyChanged: () => void): void {
     this.settings = settings;
     this.matched = undefined;
-    this.expectChange = true;
+    this.settingsVersion++;
     this.keyChangedListener = onKeyChanged;
   }
 
@@ -177,7 +182,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
     }
     // A new wireguard-go or device is empty, and this agent's first sync may find leases that changed
     // while no agent ran: twill's own changes, not drift.
-    if (started || deviceRemade || !this.everSynced) this.expectChange = true;
+    if (started || deviceRemade || !this.everSynced) this.settingsVersion++;
     this.active = true;
     this.lastFailure = undefined;
     // Polling first: a device that cannot be configured now is tried again by the poll, and by the
@@ -217,7 +222,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   }
 
   onStopped(listener: (reason: string) => void): void {
-    this.listeners.push(listener);
+    this.stoppedListener = listener;
   }
 
   async stop(): Promise<void> {
@@ -229,6 +234,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
 
   async retire(): Promise<void> {
     await this.stop();
+    this.deps.onRetired?.();
     await this.deps.process?.terminate();
   }
 
@@ -276,12 +282,15 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private sync(): Promise<void> {
     const run = async (): Promise<void> => {
       const control = this.deps.control;
-      // A peer change that arrived since the last sync is the loop's, not someone else's.
-      const expected = this.rowsVersion !== this.syncedVersion || this.expectChange;
-      this.expectChange = false;
-      const version = this.rowsVersion;
+      const started = performance.now();
       const read = await readDevice(control);
+      this.readCosts = [...this.readCosts.slice(-2), performance.now() - started];
       this.last = read;
+      // Taken after the read, with the wanted state below: a peer or settings change that arrived
+      // while the device was read is the loop's own, not someone else's.
+      const version = this.rowsVersion;
+      const settingsVersion = this.settingsVersion;
+      const expected = version !== this.syncedVersion || settingsVersion !== this.syncedSettings;
       // The device as it was when it last matched, and nothing wanted has changed: nothing to parse.
       if (
         !expected &&
@@ -297,6 +306,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
         // Their endpoints are on the device already: from now on they may roam.
         for (const key of endpoints) this.endpointsToSet.delete(key);
         this.syncedVersion = version;
+        this.syncedSettings = settingsVersion;
         this.everSynced = true;
         this.matched = read.fingerprint;
         return;
@@ -304,6 +314,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
       await control.set(change);
       for (const key of endpoints) this.endpointsToSet.delete(key);
       this.syncedVersion = version;
+      this.syncedSettings = settingsVersion;
       this.everSynced = true;
       if (!expected) {
         this.repairs++;
@@ -327,14 +338,15 @@ export class WireGuardDataPath implements UserspaceDataPath {
 
   /**
    * The next poll comes POLL_MS after this one, or later when reading the device got expensive (a
-   * full read of 5,000 peers is 1.7 MB): a poll may take at most 1/POLL_BUDGET of the time.
+   * full read of 5,000 peers is 1.7 MB): reads may take at most 1/POLL_BUDGET of the time. The
+   * smallest of the last three reads counts, so a read that waited on a busy event loop does not
+   * stretch the interval.
    */
   private schedulePoll(delayMs: number): void {
     const timer = setTimeout(() => {
-      const started = performance.now();
       void this.poll().finally(() => {
         if (this.timer !== timer) return; // stopped meanwhile
-        const cost = performance.now() - started;
+        const cost = this.readCosts.length === 0 ? 0 : Math.min(...this.readCosts);
         this.schedulePoll(Math.min(MAX_POLL_MS, Math.max(this.pollMs, cost * POLL_BUDGET)));
       });
     }, delayMs);
@@ -357,7 +369,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
       this.countExit(process.pid);
       const reason = `wireguard-go (pid ${process.pid ?? "?"}) exited`;
       this.lastFailure = reason;
-      for (const listener of this.listeners) listener(reason);
+      this.stoppedListener?.(reason);
       return;
     }
     try {
@@ -377,19 +389,25 @@ export class WireGuardDataPath implements UserspaceDataPath {
    */
   private async checkKeyFile(): Promise<void> {
     const inFile = await this.deps.readKeyFile(this.settings.keyFile);
-    if (inFile === undefined || inFile === this.settings.privateKey || inFile === this.announcedKey) return;
-    this.announcedKey = inFile;
+    if (!this.active || inFile === undefined || inFile === this.settings.privateKey) return;
     this.deps.log?.info(
       { keyFile: this.settings.keyFile },
       "a new WireGuard private key in the key file: setting it on the device and re-publishing",
     );
+    const previous = this.settings;
     const publicKey = encodeKey(publicKeyOf(Buffer.from(inFile, "base64")));
-    this.settings = { ...this.settings, privateKey: inFile, publicKey };
+    this.settings = { ...previous, privateKey: inFile, publicKey };
     this.matched = undefined;
-    this.expectChange = true;
-    await this.sync().catch((error: unknown) => {
-      this.lastFailure = `cannot set the new key on ${this.settings.device}: ${(error as Error).message}`;
-    });
+    this.settingsVersion++;
+    try {
+      await this.sync();
+    } catch (error) {
+      // Not on the device: the lease keeps the key in use, and the next poll tries again.
+      if (this.settings.privateKey === inFile) this.settings = previous;
+      this.settingsVersion++;
+      this.lastFailure = `cannot set the new key on ${previous.device}: ${(error as Error).message}`;
+      return;
+    }
     this.keyChangedListener?.();
   }
 }

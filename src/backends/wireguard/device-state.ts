@@ -42,7 +42,12 @@ export interface WantedDevice {
 
 export type PeerChange =
   | { readonly publicKey: string; readonly remove: true }
-  | (WantedPeer & { readonly remove?: false; readonly why: string });
+  | (WantedPeer & {
+      readonly remove?: false;
+      readonly why: string;
+      /** false: leave the device's endpoint (one learned by roaming); absent: set it. */
+      readonly setEndpoint?: boolean;
+    });
 
 export interface DeviceChange {
   readonly privateKey?: string;
@@ -66,18 +71,19 @@ export function deviceChange(
   const peers: PeerChange[] = [];
   for (const want of wanted.peers.values()) {
     const have = actual.peers.get(want.publicKey);
+    // The lease's endpoint goes on a new peer, on one without any, and when the lease's changed;
+    // otherwise the one WireGuard learned from the peer's packets (NAT) stays, whatever else changes.
+    const setEndpoint =
+      have?.endpoint !== want.endpoint &&
+      (have?.endpoint === undefined || endpointsFrom === "all" || endpointsFrom.has(want.publicKey));
     let why: string | undefined;
     if (have === undefined) why = "missing";
     else if (!sameList(have.allowedIps, want.allowedIps))
       why = `allowed IPs ${have.allowedIps.join(",") || "none"}`;
     else if (have.presharedKey !== want.presharedKey) why = "pre-shared key";
     else if (have.keepalive !== want.keepalive) why = `keepalive ${have.keepalive}`;
-    else if (
-      have.endpoint !== want.endpoint &&
-      (endpointsFrom === "all" || endpointsFrom.has(want.publicKey) || have.endpoint === undefined)
-    )
-      why = `endpoint ${have.endpoint ?? "none"}`;
-    if (why !== undefined) peers.push({ ...want, why });
+    else if (setEndpoint) why = `endpoint ${have.endpoint ?? "none"}`;
+    if (why !== undefined) peers.push({ ...want, why, setEndpoint });
   }
   for (const key of actual.peers.keys()) {
     if (!wanted.peers.has(key)) peers.push({ publicKey: key, remove: true });
@@ -105,7 +111,7 @@ export function encodeUapiSet(change: DeviceChange): string {
       lines.push("remove=true");
       continue;
     }
-    lines.push(`endpoint=${peer.endpoint}`);
+    if (peer.setEndpoint !== false) lines.push(`endpoint=${peer.endpoint}`);
     lines.push(`preshared_key=${peer.presharedKey === undefined ? ZERO_KEY_HEX : keyHex(peer.presharedKey)}`);
     lines.push(`persistent_keepalive_interval=${peer.keepalive}`);
     lines.push("replace_allowed_ips=true");
@@ -211,7 +217,8 @@ export function parseWgDump(text: string): DeviceState {
   const lines = text.split("\n").filter((line) => line !== "");
   const [device, ...peerLines] = lines;
   const fields = device?.split("\t") ?? [];
-  if (fields.length < 4) throw new Error(`not a wg dump: "${device ?? ""}"`);
+  // Never quoted: a dump's first field is the private key.
+  if (fields.length < 4) throw new Error(`not a wg dump: its first line has ${fields.length} fields, not 4`);
   const none = (value: string | undefined): string | undefined =>
     value === undefined || value === "(none)" || value === "off" ? undefined : value;
   const peers = new Map<string, DevicePeer>();
@@ -245,9 +252,8 @@ export function wgSetArgs(device: string, change: DeviceChange, keyFile: (key: s
       args.push("remove");
       continue;
     }
+    if (peer.setEndpoint !== false) args.push("endpoint", peer.endpoint);
     args.push(
-      "endpoint",
-      peer.endpoint,
       "allowed-ips",
       peer.allowedIps.join(","),
       "persistent-keepalive",

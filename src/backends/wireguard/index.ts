@@ -76,7 +76,10 @@ export function parseWireGuardBackendData(text: string | undefined): WireGuardPe
   }
   const decoded = decodeKey(key);
   if (typeof decoded === "string")
-    throw new LeaseDecodeError("BackendData.PublicKey", `BackendData.PublicKey: ${decoded}`);
+    throw new LeaseDecodeError(
+      "BackendData.PublicKey",
+      `BackendData.PublicKey ${JSON.stringify(key)}: ${decoded}`,
+    );
   const port = field(parsed as Record<string, unknown>, "Port") ?? 0;
   if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
     throw new LeaseDecodeError(
@@ -109,6 +112,9 @@ export function chooseImplementation(
   if (wanted === "kernel") return { implementation: "kernel", why: "--wireguard-implementation=kernel" };
   if (wanted === "userspace")
     return { implementation: "userspace", why: "--wireguard-implementation=userspace" };
+  // A device wireguard-go serves now stays wireguard-go's: switching would re-create it (traffic lost).
+  if (existing?.kind === "tun")
+    return { implementation: "userspace", why: `${WIREGUARD_DEVICE} is wireguard-go's TUN device already` };
   if (existing?.kind === "wireguard")
     return { implementation: "kernel", why: `${WIREGUARD_DEVICE} is a kernel WireGuard device` };
   if (moduleLoaded) return { implementation: "kernel", why: "the kernel has the wireguard module" };
@@ -254,6 +260,7 @@ class WireGuardConfig implements BackendConfig {
         dataPath = new WireGuardDataPath(settings, {
           control: new WgToolControl(WIREGUARD_DEVICE, localRunner, context.stateDir),
           readKeyFile: currentKeyInFile,
+          onRetired: () => dataPaths.delete(WIREGUARD_DEVICE),
           ...(log === undefined ? {} : { log }),
         });
       } else {
@@ -262,6 +269,7 @@ class WireGuardConfig implements BackendConfig {
           control: process.control,
           process,
           readKeyFile: currentKeyInFile,
+          onRetired: () => dataPaths.delete(WIREGUARD_DEVICE),
           ...(log === undefined ? {} : { log }),
         });
       }

@@ -11,8 +11,9 @@ const PKCS8_X25519_PREFIX = Buffer.from("302e020100300506032b656e04220420", "hex
 export function decodeKey(text: string): Buffer | string {
   const trimmed = text.trim();
   if (trimmed === "") return "it is empty";
+  // Never quoted: the text may be a private key that is only slightly off (no "=", a wg-quick line).
   if (!/^[A-Za-z0-9+/]{43}=$/.test(trimmed)) {
-    return `"${trimmed.length > 60 ? `${trimmed.slice(0, 60)}…` : trimmed}" is not a WireGuard key (44 characters of base64, as wg genkey prints)`;
+    return `its ${trimmed.length} characters are not a WireGuard key (44 characters of base64, as wg genkey prints)`;
   }
   return Buffer.from(trimmed, "base64");
 }

@@ -103,12 +103,22 @@ export class WireGuardGo {
       !commandLine(recorded.pid).includes(this.device)
     )
       return false;
-    if (!(await this.control.answers())) return false;
     this.current = recorded;
-    return true;
+    if (await this.control.answers()) return true;
+    // Ours, alive, but silent (hung, or its socket removed): it holds the TUN device; end it.
+    await this.terminate();
+    return false;
   }
 
   private async start(): Promise<void> {
+    // A wireguard-go twill did not start (or whose pid file is gone) serves the device already: its
+    // answers would be taken for the new one's, which then cannot attach and exits, again and again.
+    if (await this.control.answers()) {
+      throw new Error(
+        `a wireguard-go that twill did not record already serves ${this.device} (${this.control.path}); ` +
+          `stop it (its pid: fuser ${this.control.path}), and twill starts its own`,
+      );
+    }
     try {
       if (statSync(this.logFile).size > LOG_LIMIT_BYTES) truncateSync(this.logFile);
     } catch {
@@ -122,7 +132,8 @@ export class WireGuardGo {
       child = spawn(this.binary, ["-f", this.device], {
         detached: true,
         stdio: ["ignore", log, log],
-        env: { ...process.env, LOG_LEVEL: "error" },
+        // Not the agent's environment: it may hold etcd's password, and this process outlives the agent.
+        env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LOG_LEVEL: "error" },
       });
     } finally {
       closeSync(log);
