@@ -283,3 +283,47 @@ async function destroyNode(node: NodeUnderTest): Promise<void> {
   await node.agent.destroy();
   await node.mountNs?.stop();
 }
+
+/** Node i (1-based) of a cluster. */
+export function nodeOf(cluster: TwillCluster, i: number): NodeUnderTest {
+  const n = cluster.nodes[i - 1];
+  if (!n) throw new Error(`no node ${i}`);
+  return n;
+}
+
+/** The pod named `name` on node i. */
+export function podOf(cluster: TwillCluster, i: number, name: string): Pod {
+  const p = nodeOf(cluster, i).pods.find((candidate) => candidate.name === name);
+  if (!p) throw new Error(`no pod ${name} on node ${i}`);
+  return p;
+}
+
+/** Node i's subnet, from its subnet.env. */
+export function subnetOfNode(cluster: TwillCluster, i: number): { network: string; prefixLen: number } {
+  return subnetLine(nodeOf(cluster, i).agent.subnetEnv());
+}
+
+/** `ping -i interval -c count` from one namespace; returns what was sent and received. */
+export async function continuousPing(
+  cluster: TwillCluster,
+  fromNs: string,
+  to: string,
+  count: number,
+  interval: string,
+): Promise<{ transmitted: number; received: number }> {
+  const result = await cluster.net.exec(fromNs, [
+    "ping",
+    "-n",
+    "-q",
+    "-i",
+    interval,
+    "-c",
+    String(count),
+    "-W",
+    "1",
+    to,
+  ]);
+  const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
+  if (!match) throw new Error(`no ping summary: ${result.stdout} ${result.stderr}`);
+  return { transmitted: Number(match[1]), received: Number(match[2]) };
+}

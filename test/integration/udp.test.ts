@@ -11,8 +11,16 @@ import type { StatusJson } from "../../src/metrics/status.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
 import { readLink, readRoutes } from "../helpers/ip-read.js";
 import { runTwill } from "../helpers/agent.js";
+import { ipv4Packets } from "../helpers/pcap.js";
 import { waitFor } from "../helpers/processes.js";
-import { startTwillCluster, subnetLine, type TwillCluster } from "../helpers/twill-cluster.js";
+import {
+  continuousPing,
+  nodeOf as node,
+  podOf as pod,
+  startTwillCluster,
+  subnetOfNode as subnetOf,
+  type TwillCluster,
+} from "../helpers/twill-cluster.js";
 
 const clusters: TwillCluster[] = [];
 const tempDirs: string[] = [];
@@ -34,22 +42,6 @@ function tempDir(): string {
   return dir;
 }
 
-function node(cluster: TwillCluster, i: number) {
-  const n = cluster.nodes[i - 1];
-  if (!n) throw new Error(`no node ${i}`);
-  return n;
-}
-
-function pod(cluster: TwillCluster, i: number, name: string) {
-  const p = node(cluster, i).pods.find((candidate) => candidate.name === name);
-  if (!p) throw new Error(`no pod ${name} on node ${i}`);
-  return p;
-}
-
-function subnetOf(cluster: TwillCluster, i: number): { network: string; prefixLen: number } {
-  return subnetLine(node(cluster, i).agent.subnetEnv());
-}
-
 /** The udp proxy's drops by reason, from a /status document. */
 function udpDrops(s: StatusJson): Readonly<Record<string, number>> {
   return s.userspace?.kind === "udp" ? s.userspace.drops : {};
@@ -58,31 +50,6 @@ function udpDrops(s: StatusJson): Readonly<Record<string, number>> {
 async function status(cluster: TwillCluster, i: number): Promise<StatusJson> {
   const result = await runTwill(["status", "--json"], { netns: node(cluster, i).host.ns });
   return JSON.parse(result.stdout) as StatusJson;
-}
-
-/** `ping -i interval -c count` from one namespace; returns what was sent and received. */
-async function continuousPing(
-  cluster: TwillCluster,
-  fromNs: string,
-  to: string,
-  count: number,
-  interval: string,
-): Promise<{ transmitted: number; received: number }> {
-  const result = await cluster.net.exec(fromNs, [
-    "ping",
-    "-n",
-    "-q",
-    "-i",
-    interval,
-    "-c",
-    String(count),
-    "-W",
-    "1",
-    to,
-  ]);
-  const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
-  if (!match) throw new Error(`no ping summary: ${result.stdout} ${result.stderr}`);
-  return { transmitted: Number(match[1]), received: Number(match[2]) };
 }
 
 const KOFFI = fileURLToPath(new URL("../../node_modules/koffi/index.js", import.meta.url));
@@ -128,37 +95,11 @@ socket.bind(Number(port), local, () => {
 });
 `;
 
-/**
- * tcpdump's pcap file → the UDP datagrams in it (IPv4), with the outer destination and the payload.
- * Link types: Ethernet (1), Linux cooked (113) and cooked v2 (276, what `-i any` writes).
- */
+/** The UDP datagrams in a pcap file, with their outer destination and payload. */
 function udpDatagrams(pcap: Buffer): { outerDst: string; dstPort: number; payload: Buffer }[] {
-  const ip = (b: Buffer, at: number): string => [0, 1, 2, 3].map((i) => b[at + i] ?? 0).join(".");
-  const linkType = pcap.readUInt32LE(20);
-  const layout: Record<number, { protocolAt: number; headerBytes: number }> = {
-    1: { protocolAt: 12, headerBytes: 14 },
-    113: { protocolAt: 14, headerBytes: 16 },
-    276: { protocolAt: 0, headerBytes: 20 },
-  };
-  const link = layout[linkType];
-  if (link === undefined) throw new Error(`pcap link type ${linkType} not handled`);
-  const datagrams: { outerDst: string; dstPort: number; payload: Buffer }[] = [];
-  let at = 24;
-  while (at + 16 <= pcap.length) {
-    const captured = pcap.readUInt32LE(at + 8);
-    const frame = pcap.subarray(at + 16, at + 16 + captured);
-    at += 16 + captured;
-    if (frame.readUInt16BE(link.protocolAt) !== 0x0800) continue;
-    const outer = link.headerBytes;
-    if (frame[outer + 9] !== 17) continue;
-    const udp = outer + ((frame[outer] ?? 0) & 0x0f) * 4;
-    datagrams.push({
-      outerDst: ip(frame, outer + 16),
-      dstPort: frame.readUInt16BE(udp + 2),
-      payload: frame.subarray(udp + 8),
-    });
-  }
-  return datagrams;
+  return ipv4Packets(pcap)
+    .filter((p) => p.protocol === 17)
+    .map((p) => ({ outerDst: p.dst, dstPort: p.dstPort ?? 0, payload: p.payload }));
 }
 
 describe("udp: 3 hosts x 2 pods", () => {

@@ -10,9 +10,17 @@ import type { StatusJson, WireGuardJson } from "../../src/metrics/status.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
 import { readLink, readRoutes } from "../helpers/ip-read.js";
 import { runTwill, startAgent } from "../helpers/agent.js";
+import { ipv4Packets } from "../helpers/pcap.js";
 import { waitFor } from "../helpers/processes.js";
 import { startMountNamespace, WIREGUARD_DEVICE } from "../helpers/wireguard.js";
-import { startTwillCluster, subnetLine, type TwillCluster } from "../helpers/twill-cluster.js";
+import {
+  continuousPing,
+  nodeOf as node,
+  podOf as pod,
+  startTwillCluster,
+  subnetOfNode as subnetOf,
+  type TwillCluster,
+} from "../helpers/twill-cluster.js";
 
 const clusters: TwillCluster[] = [];
 
@@ -37,31 +45,6 @@ function tempDir(): string {
   return dir;
 }
 
-/** `ping -i interval -c count` from one namespace; returns what was sent and received. */
-async function continuousPing(
-  cluster: TwillCluster,
-  fromNs: string,
-  to: string,
-  count: number,
-  interval: string,
-): Promise<{ transmitted: number; received: number }> {
-  const result = await cluster.net.exec(fromNs, [
-    "ping",
-    "-n",
-    "-q",
-    "-i",
-    interval,
-    "-c",
-    String(count),
-    "-W",
-    "1",
-    to,
-  ]);
-  const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
-  if (!match) throw new Error(`no ping summary: ${result.stdout} ${result.stderr}`);
-  return { transmitted: Number(match[1]), received: Number(match[2]) };
-}
-
 /** The device's peers as `wg show DEV dump` lists them: public key → [psk, endpoint, allowed IPs, …]. */
 async function devicePeers(cluster: TwillCluster, i: number): Promise<Map<string, string[]>> {
   const lines = (await wg(cluster, i, ["show", WIREGUARD_DEVICE, "dump"])).trim().split("\n").slice(1);
@@ -71,63 +54,6 @@ async function devicePeers(cluster: TwillCluster, i: number): Promise<Map<string
       return [key, rest];
     }),
   );
-}
-
-/**
- * A pcap file → its IPv4 packets: protocol, addresses, UDP ports. Link types: Ethernet (1), Linux
- * cooked (113) and cooked v2 (276, what `-i any` writes).
- */
-function ipv4Packets(pcap: Buffer): {
-  protocol: number;
-  src: string;
-  dst: string;
-  dstPort: number | undefined;
-  srcPort: number | undefined;
-}[] {
-  const ip = (b: Buffer, at: number): string => [0, 1, 2, 3].map((i) => b[at + i] ?? 0).join(".");
-  const layout: Record<number, { protocolAt: number; headerBytes: number }> = {
-    1: { protocolAt: 12, headerBytes: 14 },
-    113: { protocolAt: 14, headerBytes: 16 },
-    276: { protocolAt: 0, headerBytes: 20 },
-  };
-  const link = layout[pcap.readUInt32LE(20)];
-  if (link === undefined) throw new Error(`pcap link type ${pcap.readUInt32LE(20)} not handled`);
-  const packets = [];
-  let at = 24;
-  while (at + 16 <= pcap.length) {
-    const captured = pcap.readUInt32LE(at + 8);
-    const frame = pcap.subarray(at + 16, at + 16 + captured);
-    at += 16 + captured;
-    if (frame.readUInt16BE(link.protocolAt) !== 0x0800) continue;
-    const outer = link.headerBytes;
-    const protocol = frame[outer + 9] ?? 0;
-    const l4 = outer + ((frame[outer] ?? 0) & 0x0f) * 4;
-    const udp = protocol === 17;
-    packets.push({
-      protocol,
-      src: ip(frame, outer + 12),
-      dst: ip(frame, outer + 16),
-      srcPort: udp ? frame.readUInt16BE(l4) : undefined,
-      dstPort: udp ? frame.readUInt16BE(l4 + 2) : undefined,
-    });
-  }
-  return packets;
-}
-
-function node(cluster: TwillCluster, i: number) {
-  const n = cluster.nodes[i - 1];
-  if (!n) throw new Error(`no node ${i}`);
-  return n;
-}
-
-function pod(cluster: TwillCluster, i: number, name: string) {
-  const p = node(cluster, i).pods.find((candidate) => candidate.name === name);
-  if (!p) throw new Error(`no pod ${name} on node ${i}`);
-  return p;
-}
-
-function subnetOf(cluster: TwillCluster, i: number): { network: string; prefixLen: number } {
-  return subnetLine(node(cluster, i).agent.subnetEnv());
 }
 
 async function wireguardStatus(cluster: TwillCluster, i: number): Promise<WireGuardJson> {

@@ -7,7 +7,7 @@
 // Unlike flannel, the TUN device is persistent and kept across restarts (with its address and route),
 // and only datagrams from peers' public IPs are written into it.
 import { JsonFieldError, optionalInt, resolveFields, type JsonObject } from "../../config/json-fields.js";
-import { ownedRoute, type KernelObject } from "../../dataplane/objects.js";
+import type { KernelObject } from "../../dataplane/objects.js";
 import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
 import type { Lease } from "../../lease/lease.js";
 import type {
@@ -23,6 +23,7 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { writeFileAtomic } from "../../node/subnet-env.js";
+import { networkDeviceSpec, networkRoute } from "../network-device.js";
 import { UdpForwarder } from "./forwarder.js";
 import { encodeResumeState, parseResumeState, RESUME_FILE, type ResumeState } from "./resume.js";
 
@@ -75,32 +76,12 @@ class UdpNode implements NodeBackend {
 
   devices(node: NodeFacts): DeviceSpec[] {
     const mtu = this.config.mtu(node.external);
-    return [
-      {
-        link: { name: UDP_DEVICE, kind: "tun", mtu },
-        mtu,
-        mac: undefined,
-        addresses: [{ address: formatIPv4(node.subnet.ip), prefixLength: 32 }],
-        addressScope: [{ family: 4, address: formatIPv4(node.network.ip), length: node.network.prefixLen }],
-        incompatibility: (link) =>
-          link.kind === "tun"
-            ? undefined
-            : `${UDP_DEVICE} is a ${link.kind ?? "plain"} device, not a TUN device`,
-      },
-    ];
+    return [networkDeviceSpec(node, { name: UDP_DEVICE, kind: "tun", mtu, what: "a TUN device" })];
   }
 
   /** The whole cluster network goes into the TUN: the proxy decides per packet which peer gets it. */
   nodeObjects(node: NodeFacts): KernelObject[] {
-    return [
-      ownedRoute({
-        family: 4,
-        dst: formatCidr(node.network),
-        gateway: undefined,
-        dev: UDP_DEVICE,
-        onlink: false,
-      }),
-    ];
+    return [networkRoute(node, UDP_DEVICE)];
   }
 
   peer(_node: NodeFacts, lease: Lease): PeerProgram {

@@ -9,7 +9,7 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { release } from "node:os";
-import { ownedRoute, type KernelObject, type Link } from "../../dataplane/objects.js";
+import type { KernelObject, Link } from "../../dataplane/objects.js";
 import { localRunner } from "../../exec/command.js";
 import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
 import { LeaseDecodeError } from "../../lease/attrs.js";
@@ -30,6 +30,7 @@ import { WireGuardDataPath, type WireGuardSettings } from "./datapath.js";
 import { currentKeyInFile, keyFilePath, loadOrCreateKey } from "./key-file.js";
 import { decodeKey } from "./keys.js";
 import { recordedWireGuardGoPid, WireGuardGo } from "./wireguard-go.js";
+import { networkDeviceSpec, networkRoute } from "../network-device.js";
 
 /** flannel's device name (its IPv4 and single-tunnel device). */
 export const WIREGUARD_DEVICE = "flannel-wg";
@@ -141,33 +142,20 @@ class WireGuardNode implements NodeBackend {
 
   devices(node: NodeFacts): DeviceSpec[] {
     const mtu = this.config.mtu(node.external);
-    const kind = this.settings.implementation === "kernel" ? "wireguard" : "tun";
+    const kernel = this.settings.implementation === "kernel";
     return [
-      {
-        link: { name: WIREGUARD_DEVICE, kind, mtu },
+      networkDeviceSpec(node, {
+        name: WIREGUARD_DEVICE,
+        kind: kernel ? "wireguard" : "tun",
         mtu,
-        mac: undefined,
-        addresses: [{ address: formatIPv4(node.subnet.ip), prefixLength: 32 }],
-        addressScope: [{ family: 4, address: formatIPv4(node.network.ip), length: node.network.prefixLen }],
-        incompatibility: (link) =>
-          link.kind === kind
-            ? undefined
-            : `${WIREGUARD_DEVICE} is a ${link.kind ?? "plain"} device, not a ${kind === "tun" ? "TUN device for wireguard-go" : "kernel WireGuard device"}`,
-      },
+        what: kernel ? "a kernel WireGuard device" : "a TUN device for wireguard-go",
+      }),
     ];
   }
 
   /** The whole cluster network goes into flannel-wg; WireGuard picks the peer by allowed IPs. */
   nodeObjects(node: NodeFacts): KernelObject[] {
-    return [
-      ownedRoute({
-        family: 4,
-        dst: formatCidr(node.network),
-        gateway: undefined,
-        dev: WIREGUARD_DEVICE,
-        onlink: false,
-      }),
-    ];
+    return [networkRoute(node, WIREGUARD_DEVICE)];
   }
 
   peer(_node: NodeFacts, lease: Lease): PeerProgram {
