@@ -8,7 +8,7 @@ import type { Logger } from "../util/log.js";
 import { Backoff } from "../util/time.js";
 import { chooseSubnet } from "./allocate.js";
 import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
-import { parseSubnetKey, subnetKey } from "./key.js";
+import { ipv4SubnetOfKey, subnetKey } from "./key.js";
 import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 import type { RawEntry } from "./peer-view.js";
 import type { LeaseRegistry } from "./registry.js";
@@ -51,13 +51,16 @@ export function exhaustedMessage(network: Subnet, poolSize: number, inUse: numbe
   );
 }
 
-/** Leases for allocation: a key that parses occupies its subnet even when its value is garbage. */
+/**
+ * Leases for allocation: a key that parses occupies its subnet even when its value is garbage, and a
+ * dual-stack key (a flanneld node with EnableIPv6) occupies its IPv4 subnet.
+ */
 export function leasesForAllocation(entries: readonly RawEntry[]): Lease[] {
   const leases: Lease[] = [];
   for (const entry of entries) {
     let subnet: Subnet;
     try {
-      subnet = parseSubnetKey(entry.key);
+      subnet = ipv4SubnetOfKey(entry.key);
     } catch {
       continue;
     }

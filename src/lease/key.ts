@@ -1,4 +1,5 @@
 // etcd key naming for subnet leases, byte-compatible with flannel: <prefix>/subnets/10.244.3.0-24.
+import { isIPv6 } from "node:net";
 import { formatIPv4, maskOf, tryParseIPv4, type Subnet } from "../ip/ipv4.js";
 
 /** A key under <prefix>/subnets/ that does not name a usable IPv4 subnet. */
@@ -37,13 +38,33 @@ const KEY_RE = /^(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$/;
  * "10.5.52.0-24" is accepted too). Throws SubnetKeyError naming the key and the problem.
  */
 export function parseSubnetKey(key: string): Subnet {
+  const { subnet, ipv6Part } = parseKey(key);
+  if (ipv6Part !== undefined) {
+    throw new SubnetKeyError(key, "it is a dual-stack key (IPv6 not supported by twill yet)");
+  }
+  return subnet;
+}
+
+/**
+ * The IPv4 subnet a key holds, a dual-stack key's too ("10.12.13.0-24&fd00:12:13::-56", what
+ * flanneld nodes with EnableIPv6 write): its IPv4 subnet is taken, so allocation must not hand it out
+ * again, though twill cannot be that node's peer. Throws SubnetKeyError as parseSubnetKey does.
+ */
+export function ipv4SubnetOfKey(key: string): Subnet {
+  return parseKey(key).subnet;
+}
+
+function parseKey(key: string): { subnet: Subnet; ipv6Part: string | undefined } {
   const at = key.lastIndexOf(SUBNETS_SEGMENT);
   const tail = at < 0 ? key : key.slice(at + SUBNETS_SEGMENT.length);
   const match = KEY_RE.exec(tail);
   if (!match) throw new SubnetKeyError(key, `"${tail}" does not have the form A.B.C.D-LEN`);
-  const [, ipText = "", lenText = "", v6Address] = match;
+  const [, ipText = "", lenText = "", v6Address, v6Len = ""] = match;
   if (v6Address !== undefined) {
-    throw new SubnetKeyError(key, "it is a dual-stack key (IPv6 not supported by twill yet)");
+    // As flannel parses it: an IPv6 address, and a length that fits 7 bits.
+    if (!isIPv6(v6Address)) throw new SubnetKeyError(key, `"${v6Address}" is not an IPv6 address`);
+    if (Number(v6Len) > 127)
+      throw new SubnetKeyError(key, `IPv6 prefix length ${v6Len} is out of range 0–127`);
   }
   const ip = tryParseIPv4(ipText);
   if (ip === undefined) throw new SubnetKeyError(key, `"${ipText}" is not an IPv4 address`);
@@ -61,7 +82,10 @@ export function parseSubnetKey(key: string): Subnet {
       `${ipText} has host bits set for /${prefixLen} (the network address is ${formatIPv4(network)})`,
     );
   }
-  return { ip, prefixLen };
+  return {
+    subnet: { ip, prefixLen },
+    ipv6Part: v6Address === undefined ? undefined : `${v6Address}-${v6Len}`,
+  };
 }
 
 /** Like parseSubnetKey but returns undefined for keys that are not subnets. */

@@ -1,6 +1,8 @@
 import { describe, it, expect } from "vitest";
 import { formatCidr, parseCidr } from "../../src/ip/ipv4.js";
+import { leasesForAllocation } from "../../src/lease/keeper.js";
 import {
+  ipv4SubnetOfKey,
   parseSubnetKey,
   SubnetKeyError,
   subnetKey,
@@ -77,5 +79,46 @@ describe("parseSubnetKey", () => {
     expect(err.message).toContain(key);
     expect(err.message).toContain(why);
     expect(tryParseSubnetKey(key)).toBeUndefined();
+  });
+});
+
+describe("ipv4SubnetOfKey: a dual-stack key's IPv4 subnet (flannel's key test cases)", () => {
+  it.each([
+    ["10.12.13.0-24", "10.12.13.0/24"],
+    ["10.12.13.0-24&fd00:12:13::-56", "10.12.13.0/24"],
+    [`${P}/subnets/10.244.5.0-24&fd00:5::-64`, "10.244.5.0/24"],
+  ])("%s holds %s", (key, cidr) => {
+    expect(formatCidr(ipv4SubnetOfKey(key))).toBe(cidr);
+  });
+
+  it.each([
+    ["10.12.13.0-24&fd00:12:13::-128", "IPv6 prefix length 128 is out of range 0–127"],
+    ["10.12.13.0-24&fd00:12:13:::-56", '"fd00:12:13:::" is not an IPv6 address'],
+    ["10.12.13.1-24&fd00:12:13::-56", "has host bits set for /24"],
+  ])("rejects %s (%s)", (key, why) => {
+    expect(() => ipv4SubnetOfKey(key)).toThrow(why);
+  });
+});
+
+describe("leasesForAllocation", () => {
+  it("counts a dual-stack lease's IPv4 subnet as taken, so it is never handed out again", () => {
+    const leases = leasesForAllocation([
+      {
+        key: `${P}/subnets/10.244.5.0-24&fd00:5::-64`,
+        value: '{"PublicIP":"198.18.0.5","PublicIPv6":"2001:db8::5"}',
+        etcdLeaseId: "1",
+        createRevision: 2,
+        modRevision: 2,
+      },
+      {
+        key: `${P}/subnets/10.244.6.0-24`,
+        value: "garbage",
+        etcdLeaseId: "1",
+        createRevision: 3,
+        modRevision: 3,
+      },
+      { key: `${P}/subnets/not-a-subnet`, value: "{}", etcdLeaseId: "1", createRevision: 4, modRevision: 4 },
+    ]);
+    expect(leases.map((l) => formatCidr(l.subnet))).toEqual(["10.244.5.0/24", "10.244.6.0/24"]);
   });
 });
