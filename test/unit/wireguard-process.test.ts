@@ -28,17 +28,20 @@ describe("processStartTicks", () => {
         ),
       );
       await expect
-        .poll(() => {
-          try {
-            return /\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
-          } catch {
-            return false;
-          }
-        })
+        .poll(
+          () => {
+            try {
+              return /\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+            } catch {
+              return false;
+            }
+          },
+          { timeout: 8_000 },
+        )
         .toBe(true);
       expect(processStartTicks(pid)).toBeUndefined();
     } finally {
       parent.kill("SIGKILL");
     }
-  });
+  }, 15_000);
 });
