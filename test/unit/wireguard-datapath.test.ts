@@ -310,6 +310,18 @@ describe("WireGuardDataPath", () => {
     expect(h.dataPath.status()).toMatchObject({ running: true, peers: 1, repairs: 0, restarts: 0 });
   });
 
+  it("programs a round's peer change without reading the whole device again", async () => {
+    const h = harness({ kernel: true });
+    h.dataPath.update(rows(2));
+    await h.dataPath.ensureRunning(NODE, false);
+    const gets = h.device.gets;
+    h.dataPath.update(new Map<string, UserspaceRoute | undefined>([[leaseKey(3), route(3)]]));
+    await h.dataPath.ensureRunning(NODE, false);
+    expect(h.device.summary()).toEqual([line(2), line(3)]);
+    expect(h.device.gets).toBe(gets);
+    expect(h.dataPath.status().peers).toBe(2);
+  });
+
   it("makes no change when the device already is as wanted", async () => {
     const h = harness({ kernel: true });
     h.dataPath.update(rows(2));

@@ -2,6 +2,7 @@
 // and its two wire forms (wireguard-go's UAPI, `wg`'s dump and `wg set` arguments).
 import { describe, expect, it } from "vitest";
 import {
+  applyChange,
   deviceChange,
   encodeUapiSet,
   parseUapiGet,
@@ -546,5 +547,36 @@ describe("a peer change that keeps the device's endpoint (setEndpoint false)", (
     const args = wgSetArgs("flannel-wg", change, () => "/k");
     expect(args).toContain("persistent-keepalive");
     expect(args).not.toContain("endpoint");
+  });
+});
+
+describe("applyChange", () => {
+  it("gives the device as the change leaves it: peers set or removed, a kept endpoint, counters as they were", () => {
+    const before = actual([have(2, { endpoint: "203.0.113.9:40000", rxBytes: 7 }), have(9)]);
+    const after = applyChange(before, {
+      listenPort: 51999,
+      peers: [
+        { ...want(2, { keepalive: 25 }), why: "keepalive 0", setEndpoint: false },
+        { ...want(3), why: "missing", setEndpoint: true },
+        { publicKey: key(9), remove: true },
+      ],
+    });
+    expect(after.listenPort).toBe(51999);
+    expect(after.privateKey).toBe(before.privateKey);
+    expect([...after.peers.keys()].sort()).toEqual([key(2), key(3)].sort());
+    expect(after.peers.get(key(2))).toMatchObject({
+      endpoint: "203.0.113.9:40000",
+      keepalive: 25,
+      rxBytes: 7,
+    });
+    expect(after.peers.get(key(3))).toMatchObject({
+      endpoint: want(3).endpoint,
+      rxBytes: 0,
+      lastHandshakeMs: 0,
+    });
+    // And nothing is left to change against what was wanted.
+    expect(
+      deviceChange(wanted([want(2, { keepalive: 25 }), want(3)], { listenPort: 51999 }), after, new Set()),
+    ).toBeUndefined();
   });
 });

@@ -120,9 +120,9 @@ export class UapiControl implements WireGuardControl {
     if (errno !== 0) throw new Error(`${this.where} refused the change (errno ${errno})`);
   }
 
-  /** True when something answers on the socket. */
+  /** True when something answers on the socket (its answer is not parsed: a large device's is long). */
   async answers(): Promise<boolean> {
-    return this.get().then(
+    return uapiExchange(this.path, "get=1\n\n").then(
       () => true,
       () => false,
     );

@@ -13,7 +13,14 @@ import type {
 } from "../backend.js";
 import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
 import type { DeviceReading, WireGuardControl } from "./control.js";
-import { deviceChange, type DeviceChange, type WantedDevice, type WantedPeer } from "./device-state.js";
+import {
+  applyChange,
+  deviceChange,
+  type DeviceChange,
+  type DeviceState,
+  type WantedDevice,
+  type WantedPeer,
+} from "./device-state.js";
 import { encodeKey, publicKeyOf } from "./keys.js";
 import type { WireGuardGo } from "./wireguard-go.js";
 
@@ -109,6 +116,8 @@ export class WireGuardDataPath implements UserspaceDataPath {
   /** The loop's; set again when it takes this data path up again (a backend switched back). */
   private stoppedListener: ((reason: string) => void) | undefined;
   private last: DeviceReading | undefined;
+  /** The device as twill knows it: the last reading, with twill's changes since; undefined: read it. */
+  private known: DeviceState | undefined;
   /** The fingerprint of the last reading that matched what was wanted, while nothing changed since. */
   private matched: string | undefined;
   private active = false;
@@ -183,6 +192,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
     // A new wireguard-go or device is empty, and this agent's first sync may find leases that changed
     // while no agent ran: twill's own changes, not drift.
     if (started || deviceRemade || !this.everSynced) this.settingsVersion++;
+    if (started || deviceRemade) this.known = undefined;
     this.active = true;
     this.lastFailure = undefined;
     // Polling first: a device that cannot be configured now is tried again by the poll, and by the
@@ -243,15 +253,21 @@ export class WireGuardDataPath implements UserspaceDataPath {
     const subnets = new Map<string, string>();
     for (const row of this.rows.values())
       if (row.publicKey) subnets.set(row.publicKey, formatCidr(row.subnet));
-    const last = this.last?.state();
-    const peerDetails: WireGuardPeerStatus[] = [...(last?.peers.values() ?? [])].map((peer) => ({
-      subnet: subnets.get(peer.publicKey) ?? "",
-      publicKey: peer.publicKey,
-      endpoint: peer.endpoint,
-      lastHandshakeMs: peer.lastHandshakeMs,
-      rxBytes: peer.rxBytes,
-      txBytes: peer.txBytes,
-    }));
+    // The peers as twill knows them (rounds change them without reading the device back); their
+    // handshakes and counters from the last reading, parsed here, at scrape, not at every poll.
+    const read = this.last?.state();
+    const peers = this.known ?? read;
+    const peerDetails: WireGuardPeerStatus[] = [...(peers?.peers.values() ?? [])].map((peer) => {
+      const seen = read?.peers.get(peer.publicKey) ?? peer;
+      return {
+        subnet: subnets.get(peer.publicKey) ?? "",
+        publicKey: peer.publicKey,
+        endpoint: seen.endpoint ?? peer.endpoint,
+        lastHandshakeMs: seen.lastHandshakeMs,
+        rxBytes: seen.rxBytes,
+        txBytes: seen.txBytes,
+      };
+    });
     const how = s.implementation === "kernel" ? "kernel WireGuard" : "wireguard-go";
     return {
       kind: "wireguard",
@@ -259,7 +275,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
       device: s.device,
       running: this.active,
       lastFailure: this.lastFailure,
-      peers: last?.peers.size ?? 0,
+      peers: peerDetails.length,
       restarts: this.restarts,
       implementation: s.implementation,
       publicKey: s.publicKey,
@@ -275,56 +291,70 @@ export class WireGuardDataPath implements UserspaceDataPath {
     return { privateKey: s.privateKey, listenPort: s.listenPort, peers: wantedPeers(this.rows, s) };
   }
 
+  /** Peers or settings changed since the last sync: the next change is twill's own. */
+  private wantedChanged(): boolean {
+    return this.rowsVersion !== this.syncedVersion || this.settingsVersion !== this.syncedSettings;
+  }
+
   /**
-   * Reads the device and makes it as wanted; one at a time. A change needed with nothing changed on
-   * twill's side (peers, settings, a fresh device) is drift, whether the poll or a round finds it.
+   * Makes the device as wanted; one at a time. A round ("known") works from what twill knows of the
+   * device (its last reading, with twill's own changes applied since): a peer event costs one set, no
+   * read of the whole device. The poll ("read") reads it, and finds what someone else changed. A
+   * change needed with nothing changed on twill's side (peers, settings, a fresh device) is drift.
    */
-  private sync(): Promise<void> {
+  private sync(read: "read" | "known" = "known"): Promise<void> {
     const run = async (): Promise<void> => {
       const control = this.deps.control;
-      const started = performance.now();
-      const read = await readDevice(control);
-      this.readCosts = [...this.readCosts.slice(-2), performance.now() - started];
-      this.last = read;
+      let actual = read === "known" ? this.known : undefined;
+      let fingerprint: string | undefined;
+      if (actual === undefined) {
+        const started = performance.now();
+        const reading = await readDevice(control);
+        this.readCosts = [...this.readCosts.slice(-2), performance.now() - started];
+        this.last = reading;
+        fingerprint = reading.fingerprint;
+        // The device as it was when it last matched, and nothing wanted has changed: nothing to parse.
+        if (
+          !this.wantedChanged() &&
+          this.endpointsToSet.size === 0 &&
+          fingerprint !== undefined &&
+          fingerprint === this.matched
+        )
+          return;
+        actual = reading.state();
+        this.known = actual;
+      }
       // Taken after the read, with the wanted state below: a peer or settings change that arrived
       // while the device was read is the loop's own, not someone else's.
       const version = this.rowsVersion;
       const settingsVersion = this.settingsVersion;
-      const expected = version !== this.syncedVersion || settingsVersion !== this.syncedSettings;
-      // The device as it was when it last matched, and nothing wanted has changed: nothing to parse.
-      if (
-        !expected &&
-        this.endpointsToSet.size === 0 &&
-        read.fingerprint !== undefined &&
-        read.fingerprint === this.matched
-      )
-        return;
-      const actual = read.state();
+      const expected = this.wantedChanged();
       const endpoints = new Set(this.endpointsToSet);
       const change = deviceChange(this.wanted(), actual, endpoints);
-      if (change === undefined) {
-        // Their endpoints are on the device already: from now on they may roam.
-        for (const key of endpoints) this.endpointsToSet.delete(key);
-        this.syncedVersion = version;
-        this.syncedSettings = settingsVersion;
-        this.everSynced = true;
-        this.matched = read.fingerprint;
-        return;
+      if (change !== undefined) {
+        try {
+          await control.set(change);
+        } catch (error) {
+          this.known = undefined; // in part, or not at all: read it again next time
+          throw error;
+        }
+        this.known = applyChange(actual, change);
+        // The device's text changed: the next poll parses it once and takes it as matched.
+        fingerprint = undefined;
+        if (!expected) {
+          this.repairs++;
+          this.deps.log?.warn(
+            { device: this.settings.device, changes: describeChange(change) },
+            "WireGuard device changed by someone else; restored",
+          );
+        }
       }
-      await control.set(change);
+      // Their endpoints are on the device now: from now on they may roam.
       for (const key of endpoints) this.endpointsToSet.delete(key);
       this.syncedVersion = version;
       this.syncedSettings = settingsVersion;
       this.everSynced = true;
-      if (!expected) {
-        this.repairs++;
-        this.deps.log?.warn(
-          { device: this.settings.device, changes: describeChange(change) },
-          "WireGuard device changed by someone else; restored",
-        );
-      }
-      this.last = await readDevice(control);
-      this.matched = this.last.fingerprint;
+      this.matched = fingerprint;
     };
     const next = this.queue.then(run);
     this.queue = next.catch(() => undefined);
@@ -373,7 +403,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
       return;
     }
     try {
-      await this.sync();
+      await this.sync("read");
       this.lastFailure = undefined;
     } catch (error) {
       this.lastFailure = `cannot read or set ${this.settings.device}: ${(error as Error).message}`;

@@ -98,6 +98,37 @@ export function deviceChange(
     : change;
 }
 
+/**
+ * The device after `change` went through (what twill then knows of it without reading it back): the
+ * new key and port, changed peers as set (an endpoint kept where the change kept it; handshakes and
+ * counters as they were), removed peers gone.
+ */
+export function applyChange(state: DeviceState, change: DeviceChange): DeviceState {
+  const peers = new Map(state.peers);
+  for (const peer of change.peers) {
+    if (peer.remove === true) {
+      peers.delete(peer.publicKey);
+      continue;
+    }
+    const had = peers.get(peer.publicKey);
+    peers.set(peer.publicKey, {
+      publicKey: peer.publicKey,
+      endpoint: peer.setEndpoint === false ? had?.endpoint : peer.endpoint,
+      allowedIps: [...peer.allowedIps],
+      presharedKey: peer.presharedKey,
+      keepalive: peer.keepalive,
+      lastHandshakeMs: had?.lastHandshakeMs ?? 0,
+      rxBytes: had?.rxBytes ?? 0,
+      txBytes: had?.txBytes ?? 0,
+    });
+  }
+  return {
+    privateKey: change.privateKey ?? state.privateKey,
+    listenPort: change.listenPort ?? state.listenPort,
+    peers,
+  };
+}
+
 const ZERO_KEY_HEX = "0".repeat(64);
 
 /** A change as a UAPI `set` request (wireguard-go's socket), ending with the blank line. */
