@@ -1,5 +1,6 @@
 // Shared benchmark helpers: statistics, and writing results as JSON under bench/results/.
 import { mkdirSync, writeFileSync } from "node:fs";
+import { execa } from "execa";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -44,4 +45,26 @@ export function tearDownOnSignal(teardown: () => Promise<void>): void {
       void teardown().finally(() => process.exit(130));
     });
   }
+}
+
+/**
+ * Pings `toAddress` from network namespace `fromNs` every `intervalMs` (`count` in all) while `during`
+ * runs, half a second after the pings started; returns the pings lost and the slowest reply (a pause
+ * that holds packets, as WireGuard's handshake does, shows as delay rather than loss).
+ */
+export async function pingWhile(
+  fromNs: string,
+  toAddress: string,
+  options: { readonly intervalMs: number; readonly count: number },
+  during: () => Promise<void>,
+): Promise<{ lost: number; maxRttMs: number }> {
+  const args = ["-n", "-q", "-i", String(options.intervalMs / 1000), "-c", String(options.count), "-W", "1"];
+  const ping = execa("ip", ["netns", "exec", fromNs, "ping", ...args, toAddress], { reject: false });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await during();
+  const result = await ping;
+  const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
+  const rtt = /rtt min\/avg\/max\/mdev = [\d.]+\/[\d.]+\/([\d.]+)\//.exec(result.stdout);
+  if (!match) throw new Error(`no ping summary: ${result.stdout}`);
+  return { lost: Number(match[1]) - Number(match[2]), maxRttMs: rtt ? Number(rtt[1]) : Number.NaN };
 }

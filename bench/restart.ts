@@ -6,8 +6,7 @@
 // data-plane round (its log), which bounds what udp can reach without a process that outlives the
 // agent. Prints medians; writes bench/results/restart.json.
 // BENCH_QUICK=1: 2 restarts per path and signal; BENCH_RUNS overrides (default 5).
-import { execa } from "execa";
-import { median, round, tearDownOnSignal, writeResult } from "./lib.js";
+import { median, pingWhile, round, tearDownOnSignal, writeResult } from "./lib.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
 import { waitFor } from "../test/helpers/processes.js";
 import type { Pod } from "../test/helpers/netns.js";
@@ -61,32 +60,13 @@ async function restartOnce(
 ): Promise<Sample> {
   const node = cluster.nodes[1];
   if (node === undefined) throw new Error("no node 2");
-  const args = [
-    "netns",
-    "exec",
-    a.ns,
-    "ping",
-    "-n",
-    "-q",
-    "-i",
-    String(INTERVAL_MS / 1000),
-    "-c",
-    String(PINGS),
-    "-W",
-    "1",
-    b.address,
-  ];
-  const ping = execa("ip", args, { reject: false });
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  if (signal === "SIGKILL") {
-    node.agent.process.kill("SIGKILL");
-    await node.agent.process.exited();
-  }
-  await node.agent.restart();
-  const result = await ping;
-  const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
-  if (!match) throw new Error(`no ping summary: ${result.stdout}`);
-  const lost = Number(match[1]) - Number(match[2]);
+  const { lost } = await pingWhile(a.ns, b.address, { intervalMs: INTERVAL_MS, count: PINGS }, async () => {
+    if (signal === "SIGKILL") {
+      node.agent.process.kill("SIGKILL");
+      await node.agent.process.exited();
+    }
+    await node.agent.restart();
+  });
   await waitFor(
     "the agent ready again",
     async () => (await cluster.net.ping(a.ns, b.address, { count: 1 })).ok,

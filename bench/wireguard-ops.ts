@@ -5,8 +5,7 @@
 // peer removed by hand (`wg set … remove`) stays missing before the agent restores it (read with
 // `wg show` every 10 ms). Prints medians; writes bench/results/wireguard-ops.json.
 // BENCH_QUICK=1: 2 runs each; BENCH_RUNS overrides (default 5).
-import { execa } from "execa";
-import { median, round, tearDownOnSignal, writeResult } from "./lib.js";
+import { median, pingWhile, round, tearDownOnSignal, writeResult } from "./lib.js";
 import { startTwillCluster, type TwillCluster } from "../test/helpers/twill-cluster.js";
 import { runTwill } from "../test/helpers/agent.js";
 import { waitFor } from "../test/helpers/processes.js";
@@ -22,41 +21,13 @@ tearDownOnSignal(async () => {
   await Promise.allSettled(clusters.map((c) => c.destroy()));
 });
 
-/**
- * Pings from `a` to `b` while `during` runs; returns the pings lost and the slowest reply (WireGuard
- * holds packets while it shakes hands and sends them after, so a pause shows as delay, not loss).
- */
-async function lostDuring(
+/** Pings from pod `a` to pod `b` while `during` runs (see pingWhile). */
+function lostDuring(
   a: Pod,
   b: Pod,
   during: () => Promise<void>,
 ): Promise<{ lost: number; maxRttMs: number }> {
-  const ping = execa(
-    "ip",
-    [
-      "netns",
-      "exec",
-      a.ns,
-      "ping",
-      "-n",
-      "-q",
-      "-i",
-      String(INTERVAL_MS / 1000),
-      "-c",
-      String(PINGS),
-      "-W",
-      "1",
-      b.address,
-    ],
-    { reject: false },
-  );
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  await during();
-  const result = await ping;
-  const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
-  const rtt = /rtt min\/avg\/max\/mdev = [\d.]+\/[\d.]+\/([\d.]+)\//.exec(result.stdout);
-  if (!match || !rtt) throw new Error(`no ping summary: ${result.stdout}`);
-  return { lost: Number(match[1]) - Number(match[2]), maxRttMs: Number(rtt[1]) };
+  return pingWhile(a.ns, b.address, { intervalMs: INTERVAL_MS, count: PINGS }, during);
 }
 
 async function wgDump(cluster: TwillCluster, i: number): Promise<string> {

@@ -1,5 +1,7 @@
 // tcpdump's pcap files, read back: the IPv4 packets in them, with addresses, ports and payload.
 // Link types: Ethernet (1), Linux cooked (113) and cooked v2 (276, what `-i any` writes).
+import type { Cluster } from "./netns.js";
+import { waitFor, type Started } from "./processes.js";
 
 export interface CapturedPacket {
   /** IP protocol number (1 ICMP, 6 TCP, 17 UDP). */
@@ -45,4 +47,17 @@ export function ipv4Packets(pcap: Buffer): CapturedPacket[] {
     });
   }
   return packets;
+}
+
+/**
+ * Starts tcpdump on every port of the underlay switch (frames forwarded between hosts never reach
+ * the bridge device itself), writing `file`, and waits until it listens. Immediate mode, or packets
+ * wait in the capture ring; -Z root, or tcpdump cannot write in the test's dir. Stop it with stop().
+ */
+export async function captureUnderlay(net: Cluster, file: string, filter: string): Promise<Started> {
+  const capture = net.spawn(net.switchNs, "tcpdump", [
+    ...["-i", "any", "--immediate-mode", "-U", "-n", "-Z", "root", "-w", file, filter],
+  ]);
+  await waitFor("tcpdump listening", () => capture.output().includes("listening on"));
+  return capture;
 }

@@ -11,7 +11,7 @@ import type { StatusJson } from "../../src/metrics/status.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
 import { readLink, readRoutes } from "../helpers/ip-read.js";
 import { runTwill } from "../helpers/agent.js";
-import { ipv4Packets } from "../helpers/pcap.js";
+import { captureUnderlay, ipv4Packets } from "../helpers/pcap.js";
 import { waitFor } from "../helpers/processes.js";
 import {
   continuousPing,
@@ -177,12 +177,7 @@ describe("udp: 3 hosts x 2 pods", () => {
   it("puts each inner IP packet unchanged in a UDP datagram to port 8285 on the underlay", async () => {
     const dir = tempDir();
     const file = join(dir, "underlay.pcap");
-    // Every port of the underlay switch: frames forwarded between hosts never reach the bridge device.
-    // Immediate mode, or packets wait in the capture ring; -Z root, or tcpdump cannot write in our dir.
-    const capture = cluster.net.spawn(cluster.net.switchNs, "tcpdump", [
-      ...["-i", "any", "--immediate-mode", "-U", "-n", "-Z", "root", "-w", file, "udp"],
-    ]);
-    await waitFor("tcpdump listening", () => capture.output().includes("listening on"));
+    const capture = await captureUnderlay(cluster.net, file, "udp");
     const from = pod(cluster, 1, "a");
     const to = pod(cluster, 2, "b");
     const ping = await cluster.net.ping(from.ns, to.address, { count: 3 });

@@ -10,7 +10,7 @@ import type { StatusJson, WireGuardJson } from "../../src/metrics/status.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
 import { readLink, readRoutes } from "../helpers/ip-read.js";
 import { runTwill, startAgent } from "../helpers/agent.js";
-import { ipv4Packets } from "../helpers/pcap.js";
+import { captureUnderlay, ipv4Packets } from "../helpers/pcap.js";
 import { waitFor } from "../helpers/processes.js";
 import { startMountNamespace, WIREGUARD_DEVICE } from "../helpers/wireguard.js";
 import {
@@ -125,11 +125,8 @@ describe("wireguard: 3 hosts x 2 pods", () => {
 
   it("sends pod traffic across the underlay only as WireGuard: UDP to 51820, no plaintext pod packet", async () => {
     const file = join(tempDir(), "underlay.pcap");
-    // Every port of the underlay switch; etcd's TCP is left out of the capture.
-    const capture = cluster.net.spawn(cluster.net.switchNs, "tcpdump", [
-      ...["-i", "any", "--immediate-mode", "-U", "-n", "-Z", "root", "-w", file, "not tcp port 2379"],
-    ]);
-    await waitFor("tcpdump listening", () => capture.output().includes("listening on"));
+    // etcd's TCP is left out of the capture.
+    const capture = await captureUnderlay(cluster.net, file, "not tcp port 2379");
     const from = pod(cluster, 1, "a");
     const to = pod(cluster, 3, "b");
     const ping = await cluster.net.ping(from.ns, to.address, { count: 5 });
