@@ -497,7 +497,7 @@ export class Metrics {
     wireguard(
       Gauge,
       "twill_wireguard_peers",
-      "WireGuard peers on the device, as last read (every 0.5 s); wireguard nodes only",
+      "WireGuard peers on the device: what twill set there, checked by a read every 0.5 s; wireguard nodes only",
       "device",
       (s) => [[{ device: s.device }, s.peers]],
     );
