@@ -25,6 +25,7 @@ import { openNetlinkChannel } from "./dataplane/netlink-channel.js";
 import { localRunner, type CommandRunner } from "./exec/command.js";
 import { formatCidr, formatIPv4 } from "./ip/ipv4.js";
 import { ConfigWatch } from "./lease/config-watch.js";
+import { leaseName } from "./lease/key.js";
 import type { AcquireResult, OwnLease } from "./lease/keeper.js";
 import type { LeaseAttrs } from "./lease/lease.js";
 import { LeaseLifecycle } from "./lease/lifecycle.js";
@@ -339,12 +340,17 @@ export class Agent {
         prepared.set(key, backend);
         this.reportIdentity(backend);
       }
+      // As flanneld writes them: PublicIPv6 and BackendV6Data only with IPv6 on; PublicIP 0.0.0.0 and
+      // no BackendData on an IPv6-only node.
+      const ipv6 = config.ipv6 !== undefined;
+      if (ipv6 && external.publicIpv6 === undefined)
+        throw new Error("internal: IPv6 is on but the interface has no IPv6 address");
       return {
-        publicIP: external.publicIp,
-        publicIPv6: null,
+        publicIP: config.enableIPv4 ? external.publicIp : 0,
+        publicIPv6: ipv6 ? (external.publicIpv6 ?? null) : null,
         backendType: leaseBackendType(config),
-        backendData: backend.leaseData,
-        backendV6Data: undefined,
+        backendData: config.enableIPv4 ? backend.leaseData : undefined,
+        backendV6Data: ipv6 ? backend.leaseV6Data : undefined,
       };
     };
 
@@ -354,6 +360,7 @@ export class Agent {
       config,
       ownKey: own.key,
       ownSubnet: own.subnet,
+      ownIpv6Subnet: own.ipv6Subnet,
       // One function each for the view's whole life: a new one would make the view re-parse every entry.
       parsePeerData: parsePeerDataByBackend,
       identityOf: identityByBackend,
@@ -391,7 +398,12 @@ export class Agent {
         backend: { type: config.backend.type, options: config.backend.options },
         userspace: backend.userspace?.status.bind(backend.userspace),
       });
-      const target = { network: config.network, subnet: own.subnet };
+      const target = {
+        network: config.network,
+        subnet: own.subnet,
+        ipv6Network: config.ipv6?.network,
+        ipv6Subnet: own.ipv6Subnet,
+      };
       // The node's backend is prepared by now: a resumed data path it did not adopt is not wanted.
       for (const plugin of BACKENDS) {
         plugin
@@ -402,7 +414,7 @@ export class Agent {
       }
       // The data plane first: its round then starts before the rules' and files' first commands,
       // which matters for udp, whose packets wait for this round after a restart.
-      dataplane.setSelf({ config, subnet: own.subnet, external, backend });
+      dataplane.setSelf({ config, subnet: own.subnet, ipv6Subnet: own.ipv6Subnet, external, backend });
       files.set({ ...target, mtu: config.backend.mtu(external), ipMasq: options.ipMasq });
       masq.set(target);
       if (subnetWatch === undefined) {
@@ -437,11 +449,12 @@ export class Agent {
         if (external === undefined) return;
         store.update({ external, phase: "waiting for a valid network config" });
         const previous = await readPreviousSubnet(options.subnetFile);
-        if (previous) log.info({ subnet: formatCidr(previous) }, "previous subnet found in the subnet file");
+        if (previous) log.info({ subnet: leaseName(previous) }, "previous subnet found in the subnet file");
         const lifecycle = new LeaseLifecycle({
           registry,
           keeper: {
             publicIP: external.publicIp,
+            publicIPv6: external.publicIpv6 ?? null,
             ttlSeconds: options.leaseTtlSeconds,
             renewMarginSeconds: options.renewMarginSeconds,
           },

@@ -5,6 +5,7 @@ import type { LinkSpec } from "../dataplane/channel.js";
 import type { KernelObject, Link } from "../dataplane/objects.js";
 import type { Prefix } from "../ip/address.js";
 import type { Subnet } from "../ip/ipv4.js";
+import type { Subnet6 } from "../ip/ipv6.js";
 import type { JsonObject } from "../config/json-fields.js";
 import type { Lease } from "../lease/lease.js";
 import type { ExternalInterface } from "../node/external-interface.js";
@@ -17,6 +18,8 @@ export type OptionValue = string | number | boolean | null;
 export interface BackendPlugin {
   /** flannel's Backend.Type, lower case ("vxlan", "host-gw"). */
   readonly type: string;
+  /** It programs IPv6 peers too (EnableIPv6): vxlan, host-gw, wireguard; flannel's udp is IPv4 only. */
+  readonly supportsIPv6?: boolean;
   /** The BackendType its leases carry, when not `type`; null: none (flannel's udp leases). */
   readonly leaseType?: string | null;
   /**
@@ -91,12 +94,18 @@ export interface BackendConfig {
 
 /** This node as the backends see it. */
 export interface NodeFacts {
-  /** This node's own lease. */
+  /** This node's own lease (IPv4); 0.0.0.0/0 when IPv4 is off (see hasIPv4). */
   readonly subnet: Subnet;
-  /** The cluster network. */
+  /** The cluster network (IPv4); 0.0.0.0/0 when IPv4 is off. */
   readonly network: Subnet;
+  /** This node's IPv6 subnet and the IPv6Network, when IPv6 is on. */
+  readonly ipv6Subnet?: Subnet6 | undefined;
+  readonly ipv6Network?: Subnet6 | undefined;
   readonly external: ExternalInterface;
-  /** The external interface's on-link networks: a peer whose PublicIP is in one is reachable at L2. */
+  /**
+   * The external interface's on-link networks (both families): a peer whose PublicIP (PublicIPv6) is
+   * in one is reachable at L2.
+   */
   readonly connected: readonly Prefix[];
 }
 
@@ -272,6 +281,8 @@ export interface NodeBackend {
   readonly config: BackendConfig;
   /** The BackendData JSON this node publishes in its lease; undefined = none. */
   readonly leaseData: string | undefined;
+  /** The BackendV6Data JSON it publishes when IPv6 is on (vxlan: the IPv6 VTEP); undefined = none. */
+  readonly leaseV6Data?: string | undefined;
   /** What identifies this node in its BackendData (see BackendPlugin.identityOf); undefined = nothing. */
   readonly identity: string | undefined;
   /** How the identity was obtained this time (see IdentityOrigin). */

@@ -14,6 +14,19 @@ import {
   type Subnet,
 } from "../ip/ipv4.js";
 import {
+  containsIp6,
+  formatCidr6,
+  formatIPv6,
+  Ipv6ParseError,
+  maskOf6,
+  nextSubnetAddress6,
+  parseCidr6,
+  parseIPv6,
+  sizeOf6,
+  type IPv6,
+  type Subnet6,
+} from "../ip/ipv6.js";
+import {
   describeJsonValue,
   isJsonObject,
   JsonFieldError,
@@ -27,6 +40,13 @@ import type { BackendConfig } from "../backends/backend.js";
 import { BACKENDS, backendForConfig, DEFAULT_BACKEND } from "../backends/registry.js";
 
 export interface NetworkConfig {
+  /**
+   * EnableIPv4 (default true). When false (IPv6-only), network, subnetLen, subnetMin and subnetMax hold
+   * flannel's empty values (0.0.0.0/0, 0) and leases carry the empty IPv4 subnet, as flannel writes them.
+   */
+  readonly enableIPv4: boolean;
+  /** EnableIPv6: the IPv6 pool; undefined when IPv6 is off. */
+  readonly ipv6: Ipv6Pool | undefined;
   /** The cluster network (host bits dropped), e.g. 10.244.0.0/16. */
   readonly network: Subnet;
   /** Prefix length of each node's lease, e.g. 24. */
@@ -37,6 +57,20 @@ export interface NetworkConfig {
   /** The backend (src/backends/<type>) with its options parsed. */
   readonly backend: BackendConfig;
 }
+
+/** The IPv6 half of a dual-stack or IPv6-only config. */
+export interface Ipv6Pool {
+  /** IPv6Network (host bits dropped), e.g. fd00:10:244::/56. */
+  readonly network: Subnet6;
+  /** IPv6SubnetLen, e.g. 64. */
+  readonly subnetLen: number;
+  /** IPv6SubnetMin and IPv6SubnetMax: first and last subnet addresses a lease may take (inclusive). */
+  readonly subnetMin: IPv6;
+  readonly subnetMax: IPv6;
+}
+
+/** The empty IPv4 values flannel keeps when EnableIPv4 is false. */
+const NO_IPV4 = { network: { ip: 0, prefixLen: 0 }, subnetLen: 0, subnetMin: 0, subnetMax: 0 } as const;
 
 /** A config problem; `field` is the JSON field at fault (e.g. "SubnetLen", "Backend.VNI"). */
 export class ConfigError extends Error {
@@ -111,16 +145,19 @@ function parseConfig(text: string): { config: NetworkConfig; warnings: string[] 
   const subnetLen = optionalUint(values.get("SubnetLen"), "SubnetLen");
   const subnetMin = optionalIPv4(values.get("SubnetMin"), "SubnetMin");
   const subnetMax = optionalIPv4(values.get("SubnetMax"), "SubnetMax");
-  // IPv6Network, IPv6SubnetLen, IPv6SubnetMin and IPv6SubnetMax are accepted and ignored: they only
-  // matter with EnableIPv6, which is refused below.
+  const ipv6NetworkText = optionalString(
+    values.get("IPv6Network"),
+    "IPv6Network",
+    'a CIDR string such as "fd00:10:244::/56"',
+  );
+  const ipv6SubnetLen = optionalUint(values.get("IPv6SubnetLen"), "IPv6SubnetLen");
+  const ipv6SubnetMin = optionalIPv6(values.get("IPv6SubnetMin"), "IPv6SubnetMin");
+  const ipv6SubnetMax = optionalIPv6(values.get("IPv6SubnetMax"), "IPv6SubnetMax");
 
-  if (enableIPv6) {
-    throw new ConfigError("EnableIPv6", "EnableIPv6: IPv6 is not supported by twill yet; set it to false");
-  }
-  if (!enableIPv4) {
+  if (!enableIPv4 && !enableIPv6) {
     throw new ConfigError(
       "EnableIPv4",
-      "EnableIPv4 false: twill needs IPv4 (IPv6-only networks are not supported); set it to true or remove it",
+      "EnableIPv4 and EnableIPv6 are both false: no address family is left; set EnableIPv4 or EnableIPv6 to true",
     );
   }
   if (enableNFTables) {
@@ -130,9 +167,129 @@ function parseConfig(text: string): { config: NetworkConfig; warnings: string[] 
     );
   }
 
-  const ipv4 = checkIPv4(networkText, subnetLen, subnetMin, subnetMax);
+  // flannel checks only the families that are enabled: a disabled family's fields are ignored.
+  const ipv4 = enableIPv4 ? checkIPv4(networkText, subnetLen, subnetMin, subnetMax) : NO_IPV4;
+  const ipv6 = enableIPv6
+    ? checkIPv6(ipv6NetworkText, ipv6SubnetLen, ipv6SubnetMin, ipv6SubnetMax)
+    : undefined;
   const backend = parseBackend(values.has("Backend"), values.get("Backend"), warnings);
-  return { config: { ...ipv4, backend }, warnings };
+  if (ipv6 !== undefined && backendForConfig(backend.type)?.supportsIPv6 !== true) {
+    const supported = BACKENDS.filter((plugin) => plugin.supportsIPv6 === true)
+      .map((plugin) => plugin.type)
+      .join(", ");
+    throw new ConfigError(
+      "EnableIPv6",
+      `EnableIPv6: backend ${backend.type} carries IPv4 only (as in flannel); use ${supported}, or set EnableIPv6 to false`,
+    );
+  }
+  return { config: { enableIPv4, ipv6, ...ipv4, backend }, warnings };
+}
+
+/** An IPv6 address field; "::" means unset, as flannel's zero IP6 does. */
+function optionalIPv6(value: unknown, field: string): IPv6 | undefined {
+  const text = optionalString(value, field, 'an IPv6 address string such as "fd00:10:244:1::"');
+  if (text === undefined) return undefined;
+  let ip: IPv6;
+  try {
+    ip = parseIPv6(text);
+  } catch (err) {
+    if (err instanceof Ipv6ParseError)
+      throw new ConfigError(field, `${field} ${JSON.stringify(text)}: ${err.message}`);
+    throw err;
+  }
+  return ip === 0n ? undefined : ip;
+}
+
+/** flannel's CheckNetworkConfig for IPv6, messages prefixed with field and value. */
+function checkIPv6(
+  networkText: string | undefined,
+  givenSubnetLen: number | undefined,
+  givenMin: IPv6 | undefined,
+  givenMax: IPv6 | undefined,
+): Ipv6Pool {
+  if (networkText === undefined || networkText === "") {
+    throw new ConfigError(
+      "IPv6Network",
+      'IPv6Network: please define a correct IPv6Network parameter in the flannel config (e.g. "IPv6Network": "fd00:10:244::/56"), or set EnableIPv6 to false',
+    );
+  }
+  const shownNetwork = JSON.stringify(networkText);
+  let network: Subnet6;
+  try {
+    network = parseCidr6(networkText);
+  } catch (err) {
+    if (err instanceof Ipv6ParseError) {
+      throw new ConfigError(
+        "IPv6Network",
+        `IPv6Network ${shownNetwork}: invalid IPv6 CIDR format (${err.message})`,
+      );
+    }
+    throw err;
+  }
+
+  let subnetLen: number;
+  if (givenSubnetLen !== undefined && givenSubnetLen > 0) {
+    subnetLen = givenSubnetLen;
+    if (subnetLen > 126) {
+      throw new ConfigError("IPv6SubnetLen", `IPv6SubnetLen ${subnetLen}: SubnetLen must be less than /127`);
+    }
+    if (subnetLen < network.prefixLen + 2) {
+      throw new ConfigError(
+        "IPv6SubnetLen",
+        `IPv6SubnetLen ${subnetLen}: network must be able to accommodate at least four subnets ` +
+          `(IPv6Network ${formatCidr6(network)} needs IPv6SubnetLen ${network.prefixLen + 2} or more)`,
+      );
+    }
+  } else if (network.prefixLen > 124) {
+    throw new ConfigError(
+      "IPv6Network",
+      `IPv6Network ${shownNetwork}: IPv6Network is too small. Minimum useful network prefix is /124`,
+    );
+  } else {
+    subnetLen = network.prefixLen <= 62 ? 64 : network.prefixLen + 2;
+  }
+
+  const size = sizeOf6(subnetLen);
+  const networkName = formatCidr6(network);
+  // As for IPv4, the default range skips the network's first subnet and ends at its last one.
+  const subnetMin = givenMin ?? network.ip + size;
+  if (givenMin !== undefined && !containsIp6(network, givenMin)) {
+    throw new ConfigError(
+      "IPv6SubnetMin",
+      `IPv6SubnetMin ${formatIPv6(givenMin)}: IPv6SubnetMin is not in the range of the IPv6Network ${networkName}`,
+    );
+  }
+  const subnetMax = givenMax ?? nextSubnetAddress6(network) - size;
+  if (givenMax !== undefined && !containsIp6(network, givenMax)) {
+    throw new ConfigError(
+      "IPv6SubnetMax",
+      `IPv6SubnetMax ${formatIPv6(givenMax)}: IPv6SubnetMax is not in the range of the IPv6Network ${networkName}`,
+    );
+  }
+  const mask = maskOf6(subnetLen);
+  if ((subnetMin & mask) !== subnetMin) {
+    const ip = formatIPv6(subnetMin);
+    throw new ConfigError(
+      "IPv6SubnetMin",
+      `IPv6SubnetMin ${ip}: IPv6SubnetMin is not on a SubnetLen boundary: ${ip}`,
+    );
+  }
+  if ((subnetMax & mask) !== subnetMax) {
+    const ip = formatIPv6(subnetMax);
+    throw new ConfigError(
+      "IPv6SubnetMax",
+      `IPv6SubnetMax ${ip}: IPv6SubnetMax is not on a SubnetLen boundary: ${ip}`,
+    );
+  }
+  // twill's own check, as for IPv4: flannel would fail every allocation with "out of subnets".
+  if (subnetMin > subnetMax) {
+    const field = givenMax !== undefined && givenMin === undefined ? "IPv6SubnetMax" : "IPv6SubnetMin";
+    throw new ConfigError(
+      field,
+      `IPv6SubnetMin ${formatIPv6(subnetMin)} is after IPv6SubnetMax ${formatIPv6(subnetMax)}: no subnet could be allocated`,
+    );
+  }
+  return { network, subnetLen, subnetMin, subnetMax };
 }
 
 /** An IPv4 address field; "0.0.0.0" means unset, as flannel's zero IP4 value does. */
@@ -156,7 +313,7 @@ function checkIPv4(
   givenSubnetLen: number | undefined,
   givenMin: IPv4 | undefined,
   givenMax: IPv4 | undefined,
-): Omit<NetworkConfig, "backend"> {
+): Pick<NetworkConfig, "network" | "subnetLen" | "subnetMin" | "subnetMax"> {
   if (networkText === undefined || networkText === "") {
     throw new ConfigError(
       "Network",

@@ -24,6 +24,7 @@ import { localRunner, type CommandRunner } from "../exec/command.js";
 import { parsePrefix, type Prefix } from "../ip/address.js";
 import { formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
 import type { Lease } from "../lease/lease.js";
+import type { Subnet6 } from "../ip/ipv6.js";
 import type { ExternalInterface } from "../node/external-interface.js";
 import { bridgeSpec } from "../node/bridge.js";
 import { ensureForwarding, sysfsDeviceHost } from "../node/host.js";
@@ -61,7 +62,10 @@ export function isDriftRound(trigger: Trigger): boolean {
 /** This node, as the data plane needs it. */
 export interface DataplaneSelf {
   readonly config: NetworkConfig;
+  /** The own IPv4 subnet; 0.0.0.0/0 when IPv4 is off. */
   readonly subnet: Subnet;
+  /** The own IPv6 subnet, when IPv6 is on. */
+  readonly ipv6Subnet?: Subnet6 | undefined;
   readonly external: ExternalInterface;
   /** The backend prepared for this node (VTEP MAC and the like). */
   readonly backend: NodeBackend;

@@ -2,6 +2,7 @@
 // that flannel and twill nodes can share one etcd. BackendData is kept as raw JSON text here: each
 // backend reads its own (src/backends/<name>, e.g. vxlan/backend-data.ts).
 import { formatIPv4, tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
+import { formatIPv6, tryParseIPv6, unusableUnicastReason6 } from "../ip/ipv6.js";
 import type { LeaseAttrs } from "./lease.js";
 
 /** A lease value that cannot be used; `field` is the JSON field at fault ("(root)" for the whole value). */
@@ -92,9 +93,21 @@ export function decodeLeaseAttrs(text: string): LeaseAttrs {
   }
 
   // Absent and null are the same to Go (a nil *IP6).
-  const publicIPv6 = fields.get("PublicIPv6") ?? null;
-  if (publicIPv6 !== null && typeof publicIPv6 !== "string") {
-    throw new LeaseDecodeError("PublicIPv6", `PublicIPv6 is ${describe(publicIPv6)}, not null or a string`);
+  const publicIPv6Text = fields.get("PublicIPv6") ?? null;
+  if (publicIPv6Text !== null && typeof publicIPv6Text !== "string") {
+    throw new LeaseDecodeError(
+      "PublicIPv6",
+      `PublicIPv6 is ${describe(publicIPv6Text)}, not null or a string`,
+    );
+  }
+  let publicIPv6: string | null = null;
+  if (publicIPv6Text !== null) {
+    // Go's IP6 decoder rejects what net.ParseIP does not take for IPv6; kept canonical here.
+    const ip6 = tryParseIPv6(publicIPv6Text);
+    if (ip6 === undefined) {
+      throw new LeaseDecodeError("PublicIPv6", `PublicIPv6 "${publicIPv6Text}" is not an IPv6 address`);
+    }
+    publicIPv6 = formatIPv6(ip6);
   }
 
   // Go leaves a string untouched for null, so null reads as absent.
@@ -121,4 +134,13 @@ function rawField(fields: Map<string, unknown>, name: string): string | undefine
 export function publicIpProblem(ip: IPv4): string | undefined {
   const reason = unusableUnicastReason(ip);
   return reason === undefined ? undefined : `PublicIP ${formatIPv4(ip)} is ${reason}`;
+}
+
+/** Why a lease's PublicIPv6 cannot carry its IPv6 subnet (naming it), or undefined if it can. */
+export function publicIpv6Problem(ip: string | null): string | undefined {
+  if (ip === null) return "PublicIPv6 is missing, but the lease has an IPv6 subnet";
+  const parsed = tryParseIPv6(ip);
+  if (parsed === undefined) return `PublicIPv6 ${ip} is not an IPv6 address`;
+  const reason = unusableUnicastReason6(parsed);
+  return reason === undefined ? undefined : `PublicIPv6 ${ip} is ${reason}`;
 }

@@ -2,19 +2,23 @@
 // lost creation race and can stop renewing silently; twill retries the race with a fresh choice and
 // writes with guarded transactions. When to call which step is lifecycle.ts's.
 import type { NetworkConfig } from "../config/network-config.js";
-import { formatCidr, formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
+import { formatIPv4, type IPv4, type Subnet } from "../ip/ipv4.js";
+import type { Subnet6 } from "../ip/ipv6.js";
 import { systemClock, type Clock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { Backoff } from "../util/time.js";
 import { chooseSubnet } from "./allocate.js";
 import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
-import { ipv4SubnetOfKey, subnetKey } from "./key.js";
+import { leaseName, parseSubnetKey, subnetKey, type LeaseSubnets } from "./key.js";
 import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 import type { RawEntry } from "./peer-view.js";
 import type { LeaseRegistry } from "./registry.js";
 
 export interface OwnLease {
+  /** The IPv4 subnet; 0.0.0.0/0 on an IPv6-only node. */
   readonly subnet: Subnet;
+  /** The IPv6 subnet (dual-stack, IPv6-only). */
+  readonly ipv6Subnet?: Subnet6 | undefined;
   readonly key: string;
   readonly attrs: LeaseAttrs;
   /** etcd lease ID; "0" for a reservation (a key without a lease: never expires, never renewed). */
@@ -28,6 +32,8 @@ export interface OwnLease {
 
 export interface KeeperOptions {
   readonly publicIP: IPv4;
+  /** PublicIPv6, canonical; null without IPv6. */
+  readonly publicIPv6?: string | null;
   readonly ttlSeconds: number;
   readonly renewMarginSeconds: number;
 }
@@ -37,17 +43,24 @@ export type AcquireResult = "reused" | "reserved" | "created-previous" | "create
 /** Observations the keeper reports, for logs and metrics. */
 export interface KeeperObserver {
   acquired?(own: OwnLease, how: AcquireResult): void;
-  raceLost?(subnet: Subnet): void;
+  raceLost?(subnet: LeaseSubnets): void;
   exhausted?(message: string): void;
   renewed?(own: OwnLease): void;
   renewFailed?(error: string): void;
 }
 
 /** A clear message for an exhausted pool: names the network, pool size and count in use. */
-export function exhaustedMessage(network: Subnet, poolSize: number, inUse: number): string {
+export function exhaustedMessage(
+  network: string,
+  poolSize: number | bigint,
+  inUse: number,
+  family: 4 | 6 = 4,
+): string {
+  const fields =
+    family === 4 ? "Network or SubnetMin/SubnetMax" : "IPv6Network or IPv6SubnetMin/IPv6SubnetMax";
   return (
-    `no free subnet in ${formatCidr(network)}: all ${poolSize} subnets of the pool are in use ` +
-    `(${inUse} leased); widen Network or SubnetMin/SubnetMax, or delete stale leases`
+    `no free ${family === 4 ? "" : "IPv6 "}subnet in ${network}: all ${poolSize} subnets of the pool are in use ` +
+    `(${inUse} leased); widen ${fields}, or delete stale leases`
   );
 }
 
@@ -58,9 +71,9 @@ export function exhaustedMessage(network: Subnet, poolSize: number, inUse: numbe
 export function leasesForAllocation(entries: readonly RawEntry[]): Lease[] {
   const leases: Lease[] = [];
   for (const entry of entries) {
-    let subnet: Subnet;
+    let subnets: LeaseSubnets;
     try {
-      subnet = ipv4SubnetOfKey(entry.key);
+      subnets = parseSubnetKey(entry.key);
     } catch {
       continue;
     }
@@ -76,7 +89,7 @@ export function leasesForAllocation(entries: readonly RawEntry[]): Lease[] {
         backendV6Data: undefined,
       };
     }
-    leases.push(leaseFrom(entry, subnet, attrs));
+    leases.push(leaseFrom(entry, subnets, attrs));
   }
   return leases;
 }
@@ -99,7 +112,7 @@ export class LeaseKeeper {
   async acquire(
     config: NetworkConfig,
     attrs: LeaseAttrs,
-    preferred: Subnet | undefined,
+    preferred: LeaseSubnets | undefined,
     signal: AbortSignal,
   ): Promise<OwnLease> {
     const backoff = new Backoff(500, 30_000, this.random);
@@ -112,8 +125,9 @@ export class LeaseKeeper {
           this.observer.acquired?.(result.own, result.how);
           this.log.info(
             {
-              subnet: formatCidr(result.own.subnet),
+              subnet: leaseName(result.own),
               publicIP: formatIPv4(this.options.publicIP),
+              ...(this.options.publicIPv6 == null ? {} : { publicIPv6: this.options.publicIPv6 }),
               how: result.how,
               leaseId: result.own.leaseId,
             },
@@ -125,7 +139,7 @@ export class LeaseKeeper {
           racesLost += 1;
           this.observer.raceLost?.(result.subnet);
           this.log.info(
-            { subnet: formatCidr(result.subnet), racesLost },
+            { subnet: leaseName(result.subnet), racesLost },
             "another node took the subnet first; retrying with a fresh choice",
           );
           // Immediate retry for the first few races; back off if the cluster is stampeding.
@@ -133,7 +147,7 @@ export class LeaseKeeper {
           continue;
         }
         this.observer.exhausted?.(result.message);
-        this.log.error({ network: formatCidr(config.network) }, result.message);
+        this.log.error(result.message);
       } catch (error) {
         this.log.warn(
           { err: this.registry.explain(error) },
@@ -149,10 +163,10 @@ export class LeaseKeeper {
     config: NetworkConfig,
     attrs: LeaseAttrs,
     value: string,
-    preferred: Subnet | undefined,
+    preferred: LeaseSubnets | undefined,
   ): Promise<
     | { kind: "acquired"; own: OwnLease; how: AcquireResult }
-    | { kind: "race"; subnet: Subnet }
+    | { kind: "race"; subnet: LeaseSubnets }
     | { kind: "exhausted"; message: string }
   > {
     const snapshot = await this.registry.listSubnets();
@@ -160,7 +174,9 @@ export class LeaseKeeper {
       config,
       leases: leasesForAllocation(snapshot.entries),
       publicIP: this.options.publicIP,
-      previousSubnet: preferred,
+      publicIPv6: this.options.publicIPv6 ?? null,
+      previousSubnet: preferred?.subnet,
+      previousIpv6Subnet: preferred?.ipv6Subnet,
       random: this.random,
     });
     for (const stale of decision.staleOwn) {
@@ -175,12 +191,13 @@ export class LeaseKeeper {
         if (lease.etcdLeaseId === "0") {
           // A reservation (key without a lease): keep it one, unlike flannel (flannel#1329).
           const written = await this.registry.putReservationIfUnchanged(lease.key, value, lease.modRevision);
-          if (written === undefined) return { kind: "race", subnet: lease.subnet };
+          if (written === undefined) return { kind: "race", subnet: lease };
           return {
             kind: "acquired",
             how: "reserved",
             own: {
               subnet: lease.subnet,
+              ipv6Subnet: lease.ipv6Subnet,
               key: lease.key,
               attrs,
               leaseId: "0",
@@ -204,44 +221,45 @@ export class LeaseKeeper {
           );
         }
         const written = await this.registry.replaceIfUnchanged(lease.key, value, ttl, lease.modRevision);
-        if (written === undefined) return { kind: "race", subnet: lease.subnet };
+        if (written === undefined) return { kind: "race", subnet: lease };
         // The key now has a fresh etcd lease; revoke the old one, as renew() does, rather than leave it 24 h.
         await this.registry.revoke(lease.etcdLeaseId);
         return {
           kind: "acquired",
           how: "reused",
-          own: this.ownFrom(lease.subnet, lease.key, attrs, {
+          own: this.ownFrom(lease, lease.key, attrs, {
             ...written,
             createRevision: lease.createRevision,
           }),
         };
       }
       case "create": {
-        const key = subnetKey(this.registry.prefix, decision.subnet);
+        const key = subnetKey(this.registry.prefix, decision.subnet, decision.ipv6Subnet);
         const written = await this.registry.createIfAbsent(key, value, ttl);
-        if (written === undefined) return { kind: "race", subnet: decision.subnet };
+        if (written === undefined) return { kind: "race", subnet: decision };
         return {
           kind: "acquired",
           how: decision.reason === "previous-subnet" ? "created-previous" : "created-free",
-          own: this.ownFrom(decision.subnet, key, attrs, { ...written, createRevision: written.modRevision }),
+          own: this.ownFrom(decision, key, attrs, { ...written, createRevision: written.modRevision }),
         };
       }
       case "exhausted":
         return {
           kind: "exhausted",
-          message: exhaustedMessage(decision.network, decision.poolSize, decision.inUse),
+          message: exhaustedMessage(decision.network, decision.poolSize, decision.inUse, decision.family),
         };
     }
   }
 
   private ownFrom(
-    subnet: Subnet,
+    subnets: LeaseSubnets,
     key: string,
     attrs: LeaseAttrs,
     written: { leaseId: string; modRevision: number; createRevision: number },
   ): OwnLease {
     return {
-      subnet,
+      subnet: subnets.subnet,
+      ipv6Subnet: subnets.ipv6Subnet,
       key,
       attrs,
       leaseId: written.leaseId,
@@ -294,7 +312,7 @@ export class LeaseKeeper {
     if (written === undefined) return "lost";
     // The old etcd lease no longer holds the key; revoke it rather than leave it for 24 h.
     await this.registry.revoke(own.leaseId);
-    return this.ownFrom(own.subnet, own.key, attrs, { ...written, createRevision: own.createRevision });
+    return this.ownFrom(own, own.key, attrs, { ...written, createRevision: own.createRevision });
   }
 
   /** Releases the lease on request (--release-lease-on-exit): deletes the key if it is still ours. */

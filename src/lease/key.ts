@@ -1,8 +1,9 @@
-// etcd key naming for subnet leases, byte-compatible with flannel: <prefix>/subnets/10.244.3.0-24.
-import { isIPv6 } from "node:net";
+// etcd key naming for subnet leases, byte-compatible with flannel: <prefix>/subnets/10.244.3.0-24, and
+// with IPv6 <prefix>/subnets/10.244.3.0-24&fd00:10:244:3::-64 (IPv6-only: 0.0.0.0-0&fd00:…).
 import { formatIPv4, maskOf, tryParseIPv4, type Subnet } from "../ip/ipv4.js";
+import { formatCidr6, formatIPv6, keyText6, maskOf6, tryParseIPv6, type Subnet6 } from "../ip/ipv6.js";
 
-/** A key under <prefix>/subnets/ that does not name a usable IPv4 subnet. */
+/** A key under <prefix>/subnets/ that does not name a usable subnet. */
 export class SubnetKeyError extends Error {
   constructor(
     readonly key: string,
@@ -24,9 +25,19 @@ export function subnetsPrefix(prefix: string): string {
   return `${prefix.replace(/\/+$/, "")}${SUBNETS_SEGMENT}`;
 }
 
-/** The etcd key of a subnet's lease, e.g. /coreos.com/network/subnets/10.244.3.0-24. */
-export function subnetKey(prefix: string, subnet: Subnet): string {
-  return `${subnetsPrefix(prefix)}${formatIPv4(subnet.ip)}-${subnet.prefixLen}`;
+/** The subnets a lease key names: IPv4 (0.0.0.0/0 for an IPv6-only lease, as flannel writes it) and IPv6. */
+export interface LeaseSubnets {
+  readonly subnet: Subnet;
+  readonly ipv6Subnet?: Subnet6 | undefined;
+}
+
+/**
+ * The etcd key of a lease, flannel's MakeSubnetKey: /coreos.com/network/subnets/10.244.3.0-24, a
+ * dual-stack one …/10.244.3.0-24&fd00:10:244:3::-64, an IPv6-only one …/0.0.0.0-0&fd00:10:244:3::-64.
+ */
+export function subnetKey(prefix: string, subnet: Subnet, ipv6Subnet?: Subnet6): string {
+  const v4 = `${subnetsPrefix(prefix)}${formatIPv4(subnet.ip)}-${subnet.prefixLen}`;
+  return ipv6Subnet === undefined ? v4 : `${v4}&${keyText6(ipv6Subnet)}`;
 }
 
 // flannel's regex, except that twill matches the whole last path segment: flannel's is anchored only
@@ -34,38 +45,15 @@ export function subnetKey(prefix: string, subnet: Subnet): string {
 const KEY_RE = /^(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$/;
 
 /**
- * Parses the subnet named by a lease key (the part after the last "/subnets/"; a bare
+ * Parses the subnets named by a lease key (the part after the last "/subnets/"; a bare
  * "10.5.52.0-24" is accepted too). Throws SubnetKeyError naming the key and the problem.
  */
-export function parseSubnetKey(key: string): Subnet {
-  const { subnet, ipv6Part } = parseKey(key);
-  if (ipv6Part !== undefined) {
-    throw new SubnetKeyError(key, "it is a dual-stack key (IPv6 not supported by twill yet)");
-  }
-  return subnet;
-}
-
-/**
- * The IPv4 subnet a key holds, a dual-stack key's too ("10.12.13.0-24&fd00:12:13::-56", what
- * flanneld nodes with EnableIPv6 write): its IPv4 subnet is taken, so allocation must not hand it out
- * again, though twill cannot be that node's peer. Throws SubnetKeyError as parseSubnetKey does.
- */
-export function ipv4SubnetOfKey(key: string): Subnet {
-  return parseKey(key).subnet;
-}
-
-function parseKey(key: string): { subnet: Subnet; ipv6Part: string | undefined } {
+export function parseSubnetKey(key: string): LeaseSubnets {
   const at = key.lastIndexOf(SUBNETS_SEGMENT);
   const tail = at < 0 ? key : key.slice(at + SUBNETS_SEGMENT.length);
   const match = KEY_RE.exec(tail);
-  if (!match) throw new SubnetKeyError(key, `"${tail}" does not have the form A.B.C.D-LEN`);
+  if (!match) throw new SubnetKeyError(key, `"${tail}" does not have the form A.B.C.D-LEN[&IPV6-LEN]`);
   const [, ipText = "", lenText = "", v6Address, v6Len = ""] = match;
-  if (v6Address !== undefined) {
-    // As flannel parses it: an IPv6 address, and a length that fits 7 bits.
-    if (!isIPv6(v6Address)) throw new SubnetKeyError(key, `"${v6Address}" is not an IPv6 address`);
-    if (Number(v6Len) > 127)
-      throw new SubnetKeyError(key, `IPv6 prefix length ${v6Len} is out of range 0–127`);
-  }
   const ip = tryParseIPv4(ipText);
   if (ip === undefined) throw new SubnetKeyError(key, `"${ipText}" is not an IPv4 address`);
   // flannel parses the length as a 5-bit number (Go ParseUint(s, 10, 5)): leading zeros are fine,
@@ -82,17 +70,42 @@ function parseKey(key: string): { subnet: Subnet; ipv6Part: string | undefined }
       `${ipText} has host bits set for /${prefixLen} (the network address is ${formatIPv4(network)})`,
     );
   }
-  return {
-    subnet: { ip, prefixLen },
-    ipv6Part: v6Address === undefined ? undefined : `${v6Address}-${v6Len}`,
-  };
+  if (v6Address === undefined) return { subnet: { ip, prefixLen }, ipv6Subnet: undefined };
+  // As flannel parses it: an IPv6 address, and a length that fits 7 bits.
+  const ip6 = tryParseIPv6(v6Address);
+  if (ip6 === undefined) throw new SubnetKeyError(key, `"${v6Address}" is not an IPv6 address`);
+  const v6PrefixLen = Number(v6Len);
+  if (v6PrefixLen > 127 || v6PrefixLen === 0) {
+    throw new SubnetKeyError(key, `IPv6 prefix length ${v6Len} is out of range 1–127`);
+  }
+  const network6 = ip6 & maskOf6(v6PrefixLen);
+  if (network6 !== ip6) {
+    throw new SubnetKeyError(
+      key,
+      `${v6Address} has host bits set for /${v6PrefixLen} (the network address is ${formatIPv6(network6)})`,
+    );
+  }
+  return { subnet: { ip, prefixLen }, ipv6Subnet: { ip: ip6, prefixLen: v6PrefixLen } };
 }
 
 /** Like parseSubnetKey but returns undefined for keys that are not subnets. */
-export function tryParseSubnetKey(key: string): Subnet | undefined {
+export function tryParseSubnetKey(key: string): LeaseSubnets | undefined {
   try {
     return parseSubnetKey(key);
   } catch {
     return undefined;
   }
+}
+
+/** Whether a lease holds an IPv4 subnet (an IPv6-only lease holds flannel's empty 0.0.0.0/0). */
+export function hasIPv4(subnet: Subnet): boolean {
+  return subnet.prefixLen > 0;
+}
+
+/** The name a lease goes by in logs and status: its IPv4 subnet, its IPv6 one, or both. */
+export function leaseName(subnets: LeaseSubnets): string {
+  const v6 = subnets.ipv6Subnet === undefined ? undefined : formatCidr6(subnets.ipv6Subnet);
+  if (!hasIPv4(subnets.subnet)) return v6 ?? "0.0.0.0/0";
+  const v4 = `${formatIPv4(subnets.subnet.ip)}/${subnets.subnet.prefixLen}`;
+  return v6 === undefined ? v4 : `${v4}+${v6}`;
 }

@@ -4,18 +4,19 @@
 // re-acquires, the same subnet when it is still free. The etcd steps are keeper.ts's; this decides
 // which to take when, and tells an observer what happened.
 import type { NetworkConfig } from "../config/network-config.js";
-import { formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
+import { formatIPv4 } from "../ip/ipv4.js";
 import { systemClock, type Clock } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { errorMessage } from "../util/log.js";
 import { Backoff, Wakeup, stopped } from "../util/time.js";
-import { isCompatible } from "./allocate.js";
+import { leaseFits } from "./allocate.js";
 import { decodeLeaseAttrs, encodeLeaseAttrs } from "./attrs.js";
 import type { ConfigState } from "./config-watch.js";
 import { LeaseKeeper, type KeeperObserver, type KeeperOptions, type OwnLease } from "./keeper.js";
 import type { LeaseAttrs } from "./lease.js";
 import type { RawEntry } from "./peer-view.js";
 import type { LeaseRegistry } from "./registry.js";
+import { leaseName, type LeaseSubnets } from "./key.js";
 
 /** Slack for the loop's heartbeat beyond its planned wake-up: one etcd call and its retry wait. */
 export const LEASE_LOOP_SLACK_MS = 120_000;
@@ -72,8 +73,8 @@ export interface LifecycleOptions {
   readonly config: ConfigSource;
   /** The attributes to publish under a config; the wiring asks the backend for its BackendData. */
   readonly attrsFor: (config: NetworkConfig) => Promise<LeaseAttrs>;
-  /** The subnet of the node's subnet file, tried first when free. */
-  readonly previousSubnet: Subnet | undefined;
+  /** The subnets of the node's subnet file, tried first when free. */
+  readonly previousSubnet: LeaseSubnets | undefined;
   readonly observer: LifecycleObserver;
   readonly log: Logger;
   readonly clock?: Clock;
@@ -89,7 +90,7 @@ interface ConfigVersion {
 
 /** The lease has to be acquired again; `preferred` is the subnet to try first. */
 interface Reacquire {
-  readonly preferred: Subnet | undefined;
+  readonly preferred: LeaseSubnets | undefined;
 }
 
 export class LeaseLifecycle {
@@ -212,7 +213,7 @@ export class LeaseLifecycle {
   /** Acquires a lease (retrying until it succeeds) and makes it the own lease. */
   private async acquire(
     config: ConfigVersion,
-    preferred: Subnet | undefined,
+    preferred: LeaseSubnets | undefined,
     phase: string,
     signal: AbortSignal,
   ): Promise<void> {
@@ -237,10 +238,10 @@ export class LeaseLifecycle {
     if (state.kind !== "valid" || state.text === this.applied?.text) return undefined;
     // The key is not ours to write while another writer holds it: applied once that is over.
     if (this.conflict !== undefined) return undefined;
-    const subnet = formatCidr(own.subnet);
-    if (!isCompatible(own.subnet, state.config)) {
+    const subnet = leaseName(own);
+    if (!leaseFits(own, state.config)) {
       this.log.warn({ subnet }, "the own lease no longer fits the network config; re-acquiring");
-      return { preferred: own.subnet };
+      return { preferred: own };
     }
     this.log.info({ subnet }, "network config changed; applying it");
     const published = await this.publishIfChanged(
@@ -251,7 +252,7 @@ export class LeaseLifecycle {
     if (published === "retry") return undefined;
     if (published === "lost") {
       this.lost("changed in etcd before the new config was published");
-      return { preferred: own.subnet };
+      return { preferred: own };
     }
     this.applied = { config: state.config, text: state.text };
     this.attrsStale = false;
@@ -272,7 +273,7 @@ export class LeaseLifecycle {
     this.attrsStale = false;
     if (published === "lost") {
       this.lost("changed in etcd before the new attributes were published");
-      return { preferred: own.subnet };
+      return { preferred: own };
     }
     if (published !== own) {
       this.log.info(
@@ -299,7 +300,7 @@ export class LeaseLifecycle {
       return await this.keeper.republish(own, attrs);
     } catch (error) {
       this.log.warn(
-        { err: this.options.registry.explain(error), key: own.key, subnet: formatCidr(own.subnet) },
+        { err: this.options.registry.explain(error), key: own.key, subnet: leaseName(own) },
         failure,
       );
       this.retryLater();
@@ -335,7 +336,7 @@ export class LeaseLifecycle {
     if (entry === undefined) {
       this.log.warn({ key: own.key }, "own lease disappeared from etcd (deleted or expired); re-acquiring");
       this.lost("deleted or expired in etcd");
-      return { preferred: own.subnet };
+      return { preferred: own };
     }
     const conflict = this.judgeRewrite(own, entry);
     if (conflict === undefined) {
@@ -361,7 +362,7 @@ export class LeaseLifecycle {
    */
   private judgeRewrite(own: OwnLease, entry: RawEntry): OwnKeyConflict | undefined {
     const ourIP = formatIPv4(this.options.keeper.publicIP);
-    const subnet = formatCidr(own.subnet);
+    const subnet = leaseName(own);
     let attrs: LeaseAttrs | undefined;
     try {
       attrs = decodeLeaseAttrs(entry.value);
@@ -452,13 +453,13 @@ export class LeaseLifecycle {
   private async renewIfDue(): Promise<Reacquire | undefined> {
     const own = this.ownLease();
     if (this.clock.now() < this.renewDueAt()) return undefined;
-    const subnet = formatCidr(own.subnet);
+    const subnet = leaseName(own);
     try {
       const renewed = await this.keeper.renew(own);
       if (renewed === "lost") {
         this.log.warn({ key: own.key }, "own lease changed in etcd before renewal; re-acquiring");
         this.lost("changed in etcd before renewal");
-        return { preferred: own.subnet };
+        return { preferred: own };
       }
       this.log.info({ subnet, expiresAt: new Date(renewed.expiresAt).toISOString() }, "lease renewed");
       this.setOwn(renewed);
@@ -469,7 +470,7 @@ export class LeaseLifecycle {
       if (now >= own.expiresAt) {
         this.log.warn({ key: own.key }, "own lease expired while renewals failed; re-acquiring");
         this.lost("expired while renewals failed");
-        return { preferred: own.subnet };
+        return { preferred: own };
       }
       // Once more at the expiry at the latest: a renewal that succeeds then still keeps the key.
       this.renewRetryAt = Math.min(now + this.keeper.renewRetryMs(), own.expiresAt);

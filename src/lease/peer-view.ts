@@ -5,8 +5,16 @@
 // peers disappear.
 import { formatCidr, maskOf, overlaps, containsSubnet, type Subnet } from "../ip/ipv4.js";
 import type { NetworkConfig } from "../config/network-config.js";
-import { decodeLeaseAttrs, LeaseDecodeError, publicIpProblem } from "./attrs.js";
-import { parseSubnetKey, SubnetKeyError, subnetsPrefix } from "./key.js";
+import { containsSubnet6, formatCidr6, maskOf6, overlaps6, type Subnet6 } from "../ip/ipv6.js";
+import { decodeLeaseAttrs, LeaseDecodeError, publicIpProblem, publicIpv6Problem } from "./attrs.js";
+import {
+  hasIPv4,
+  leaseName,
+  parseSubnetKey,
+  SubnetKeyError,
+  subnetsPrefix,
+  type LeaseSubnets,
+} from "./key.js";
 import { leaseFrom, type Lease, type LeaseAttrs } from "./lease.js";
 
 export interface RawEntry {
@@ -38,6 +46,8 @@ export interface ViewContext {
   /** This node's own key: never a peer, never invalid. */
   ownKey: string | undefined;
   ownSubnet: Subnet | undefined;
+  /** This node's own IPv6 subnet (dual-stack or IPv6-only). */
+  ownIpv6Subnet?: Subnet6 | undefined;
   /**
    * Parses a peer's BackendData for the backend of its BackendType (undefined when twill has no such
    * backend); throws an error naming the bad field when the data is unusable, which makes the entry
@@ -78,6 +88,8 @@ type Parsed =
       lease: Lease;
       /** A problem with the attrs themselves (PublicIP, BackendData), reported after the network check. */
       attrsProblem: string | undefined;
+      /** A problem with PublicIPv6: only when the config uses the lease's IPv6 subnet. */
+      ipv6Problem: string | undefined;
     };
 
 interface Slot {
@@ -140,9 +152,9 @@ export class ParseCache {
 }
 
 function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]): Parsed {
-  let subnet: Subnet;
+  let subnets: LeaseSubnets;
   try {
-    subnet = parseSubnetKey(entry.key);
+    subnets = parseSubnetKey(entry.key);
   } catch (err) {
     return { ok: false, reason: err instanceof SubnetKeyError ? err.reason : String(err) };
   }
@@ -153,7 +165,9 @@ function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]
     const message = err instanceof LeaseDecodeError ? err.message : String(err);
     return { ok: false, reason: `bad value: ${message}` };
   }
-  let attrsProblem = publicIpProblem(attrs.publicIP);
+  // An IPv6-only lease carries PublicIP 0.0.0.0, as flannel writes it; its PublicIPv6 must be usable.
+  let attrsProblem = hasIPv4(subnets.subnet) ? publicIpProblem(attrs.publicIP) : undefined;
+  const ipv6Problem = subnets.ipv6Subnet === undefined ? undefined : publicIpv6Problem(attrs.publicIPv6);
   let peerData: object | undefined;
   if (attrsProblem === undefined && parsePeerData !== undefined) {
     try {
@@ -163,7 +177,7 @@ function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]
       attrsProblem = `bad ${attrs.backendType ?? "(no BackendType)"} BackendData: ${message}`;
     }
   }
-  return { ok: true, lease: leaseFrom(entry, subnet, attrs, peerData), attrsProblem };
+  return { ok: true, lease: leaseFrom(entry, subnets, attrs, peerData), attrsProblem, ipv6Problem };
 }
 
 /** Older first: lower createRevision, then key (one etcd txn can create several keys at one revision). */
@@ -175,36 +189,81 @@ function olderFirst(
 }
 
 /**
- * Among leases that are otherwise valid, finds those overlapping an older one. Aligned blocks overlap
- * only by containment, so with the distinct prefix lengths in play (usually just SubnetLen) each check
- * is a few hash lookups: winners by (length, network), and for every shorter length in play the
- * blocks that already contain a winner.
+ * A lease's subnet of one family as overlap detection sees it: aligned blocks overlap only by
+ * containment, so "which block of length `len` holds it" (`at`) answers every question. IPv4 blocks are
+ * numbers, IPv6 blocks strings, so one map holds both families without collisions.
+ */
+interface Block {
+  readonly family: 4 | 6;
+  readonly prefixLen: number;
+  at(len: number): number | string;
+}
+
+/** The blocks of a lease: its IPv4 subnet (unless IPv6-only) and its IPv6 subnet, if any. */
+function blocksOf(lease: Lease): Block[] {
+  const blocks: Block[] = [];
+  const { subnet, ipv6Subnet } = lease;
+  if (hasIPv4(subnet)) {
+    blocks.push({
+      family: 4,
+      prefixLen: subnet.prefixLen,
+      at: (len) => slot(len, (subnet.ip & maskOf(len)) >>> 0),
+    });
+  }
+  if (ipv6Subnet !== undefined) {
+    blocks.push({
+      family: 6,
+      prefixLen: ipv6Subnet.prefixLen,
+      at: (len) => `${len}/${(ipv6Subnet.ip & maskOf6(len)).toString(16)}`,
+    });
+  }
+  return blocks;
+}
+
+/** The prefix lengths in play per family, ascending. */
+function levelsOf(leases: Iterable<Lease>): Map<4 | 6, number[]> {
+  const sets = new Map<4 | 6, Set<number>>([
+    [4, new Set()],
+    [6, new Set()],
+  ]);
+  for (const lease of leases)
+    for (const block of blocksOf(lease)) sets.get(block.family)?.add(block.prefixLen);
+  return new Map([...sets].map(([family, set]) => [family, [...set].sort((x, y) => x - y)]));
+}
+
+/**
+ * Among leases that are otherwise valid, finds those overlapping an older one in either family. With
+ * the distinct prefix lengths in play (usually one per family) each check is a few hash lookups:
+ * winners by block, and for every shorter length in play the blocks that already contain a winner.
  */
 function findOverlapLosers(candidates: readonly Lease[]): Map<Lease, Lease> {
   const losers = new Map<Lease, Lease>(); // loser → the older lease it overlaps
-  const lengths = [...new Set(candidates.map((l) => l.subnet.prefixLen))].sort((a, b) => a - b);
-  const exact = new Map<number, Map<number, Lease>>(lengths.map((len) => [len, new Map()]));
-  const containing = new Map<number, Map<number, Lease>>(lengths.map((len) => [len, new Map()]));
+  const levels = levelsOf(candidates);
+  const exact = new Map<number | string, Lease>();
+  const containing = new Map<number | string, Lease>();
 
   for (const lease of [...candidates].sort(olderFirst)) {
-    const { ip, prefixLen } = lease.subnet;
+    const blocks = blocksOf(lease);
     let winner: Lease | undefined;
-    for (const len of lengths) {
-      if (len > prefixLen) break;
-      winner = exact.get(len)?.get((ip & maskOf(len)) >>> 0);
+    for (const block of blocks) {
+      for (const len of levels.get(block.family) ?? []) {
+        if (len > block.prefixLen || winner !== undefined) break;
+        winner = exact.get(block.at(len));
+      }
+      winner ??= containing.get(block.at(block.prefixLen));
       if (winner !== undefined) break;
     }
-    winner ??= containing.get(prefixLen)?.get(ip);
     if (winner !== undefined) {
       losers.set(lease, winner);
       continue;
     }
-    exact.get(prefixLen)?.set(ip, lease);
-    for (const len of lengths) {
-      if (len >= prefixLen) break;
-      const blocks = containing.get(len);
-      const block = (ip & maskOf(len)) >>> 0;
-      if (blocks !== undefined && !blocks.has(block)) blocks.set(block, lease);
+    for (const block of blocks) {
+      exact.set(block.at(block.prefixLen), lease);
+      for (const len of levels.get(block.family) ?? []) {
+        if (len >= block.prefixLen) break;
+        const at = block.at(len);
+        if (!containing.has(at)) containing.set(at, lease);
+      }
     }
   }
   return losers;
@@ -222,22 +281,61 @@ function standingOf(entry: RawEntry, ctx: ViewContext, subnets: string, cache: P
   if (!entry.key.startsWith(subnets)) return { kind: "invalid", reason: `key is not under ${subnets}` };
   const parsed = cache.parse(entry, ctx.parsePeerData);
   if (!parsed.ok) return { kind: "invalid", reason: parsed.reason };
-  const { subnet } = parsed.lease;
-  const network = ctx.config.network;
-  if (!containsSubnet(network, subnet)) {
+  const networkProblem = outsideNetwork(parsed.lease, ctx.config);
+  if (networkProblem !== undefined) return { kind: "invalid", reason: networkProblem };
+  const { subnet, ipv6Subnet } = parsed.lease;
+  const usesIPv4 = ctx.config.enableIPv4 && hasIPv4(subnet);
+  if (parsed.attrsProblem !== undefined && (usesIPv4 || !hasIPv4(subnet)))
+    return { kind: "invalid", reason: parsed.attrsProblem };
+  if (parsed.ipv6Problem !== undefined && ctx.config.ipv6 !== undefined)
+    return { kind: "invalid", reason: parsed.ipv6Problem };
+  if (
+    ctx.ownSubnet !== undefined &&
+    hasIPv4(subnet) &&
+    hasIPv4(ctx.ownSubnet) &&
+    overlaps(subnet, ctx.ownSubnet)
+  ) {
+    return { kind: "invalid", reason: `overlaps this node's own subnet ${formatCidr(ctx.ownSubnet)}` };
+  }
+  if (
+    ctx.ownIpv6Subnet !== undefined &&
+    ipv6Subnet !== undefined &&
+    overlaps6(ipv6Subnet, ctx.ownIpv6Subnet)
+  ) {
     return {
       kind: "invalid",
-      reason: `subnet ${formatCidr(subnet)} is outside the network ${formatCidr(network)}`,
+      reason: `overlaps this node's own IPv6 subnet ${formatCidr6(ctx.ownIpv6Subnet)}`,
     };
-  }
-  if (parsed.attrsProblem !== undefined) return { kind: "invalid", reason: parsed.attrsProblem };
-  if (ctx.ownSubnet !== undefined && overlaps(subnet, ctx.ownSubnet)) {
-    return { kind: "invalid", reason: `overlaps this node's own subnet ${formatCidr(ctx.ownSubnet)}` };
   }
   const identity = ctx.identityOf?.(parsed.lease);
   if (identity !== undefined && identity === ctx.ownIdentity)
     return ownIdentityClaim(parsed.lease, identity, ctx);
   return { kind: "candidate", lease: parsed.lease };
+}
+
+/**
+ * Why a lease does not fit the network config, or undefined. Each family the config enables must lie
+ * inside its network when the lease has it; a family the config does not enable is ignored (a
+ * dual-stack flanneld peer is an IPv4 peer to an IPv4-only node, as to flanneld), but the lease must
+ * share at least one family with the config.
+ */
+function outsideNetwork(lease: Lease, config: NetworkConfig): string | undefined {
+  const { subnet, ipv6Subnet } = lease;
+  const v4 = config.enableIPv4 && hasIPv4(subnet);
+  const pool6 = ipv6Subnet === undefined ? undefined : config.ipv6;
+  const v6 = pool6 !== undefined;
+  if (v4 && !containsSubnet(config.network, subnet)) {
+    return `subnet ${formatCidr(subnet)} is outside the network ${formatCidr(config.network)}`;
+  }
+  if (pool6 !== undefined && ipv6Subnet !== undefined && !containsSubnet6(pool6.network, ipv6Subnet)) {
+    return `IPv6 subnet ${formatCidr6(ipv6Subnet)} is outside the IPv6Network ${formatCidr6(pool6.network)}`;
+  }
+  if (!v4 && !v6) {
+    const has = hasIPv4(subnet) ? "only an IPv4 subnet" : "only an IPv6 subnet";
+    const wants = config.enableIPv4 ? "IPv4" : "IPv6";
+    return `the lease has ${has}, and this network carries ${wants} only`;
+  }
+  return undefined;
 }
 
 /** A lease claiming this node's identity: invalid either way; which side gives way goes by age. */
@@ -334,7 +432,7 @@ function identityReason(loser: Lease, holder: Lease, identity: string): string {
 
 function overlapReason(loser: Lease, winner: Lease): string {
   return (
-    `subnet ${formatCidr(loser.subnet)} overlaps ${formatCidr(winner.subnet)} of older key ${winner.key}` +
+    `subnet ${leaseName(loser)} overlaps ${leaseName(winner)} of older key ${winner.key}` +
     ` (createRevision ${winner.createRevision} < ${loser.createRevision})`
   );
 }
@@ -422,49 +520,48 @@ function slot(prefixLen: number, ip: number): number {
  * a candidate of another length needs a rebuild.
  */
 class OverlapIndex {
-  private readonly exact = new Map<number, number>();
-  private readonly inside = new Map<number, number>();
-  private readonly levels: readonly number[];
-  private readonly levelSet: ReadonlySet<number>;
+  private readonly exact = new Map<number | string, number>();
+  private readonly inside = new Map<number | string, number>();
+  private readonly levels: ReadonlyMap<4 | 6, readonly number[]>;
 
   constructor(candidates: Iterable<Lease>) {
     const all = [...candidates];
-    this.levelSet = new Set(all.map((lease) => lease.subnet.prefixLen));
-    this.levels = [...this.levelSet].sort((a, b) => a - b);
-    for (const lease of all) this.add(lease.subnet);
+    this.levels = levelsOf(all);
+    for (const lease of all) this.add(lease);
   }
 
-  /** Whether subnets of this length can be added without a rebuild. */
-  covers(subnet: Subnet): boolean {
-    return this.levelSet.has(subnet.prefixLen);
+  /** Whether the lease's subnets have lengths the index can take without a rebuild. */
+  covers(lease: Lease): boolean {
+    return blocksOf(lease).every((block) => this.levels.get(block.family)?.includes(block.prefixLen));
   }
 
-  add(subnet: Subnet): void {
-    this.count(subnet, 1);
+  add(lease: Lease): void {
+    for (const block of blocksOf(lease)) this.count(block, 1);
   }
 
-  remove(subnet: Subnet): void {
-    this.count(subnet, -1);
+  remove(lease: Lease): void {
+    for (const block of blocksOf(lease)) this.count(block, -1);
   }
 
-  /** Whether `subnet` overlaps an indexed subnet other than itself (`indexed`: it is in the index). */
-  overlapsAnother(subnet: Subnet, indexed: boolean): boolean {
-    const { ip, prefixLen } = subnet;
-    for (const len of this.levels) {
-      if (len > prefixLen) break;
-      let holders = this.exact.get(slot(len, (ip & maskOf(len)) >>> 0)) ?? 0;
-      if (indexed && len === prefixLen) holders -= 1;
-      if (holders > 0) return true;
+  /** Whether the lease's subnets overlap an indexed subnet other than its own (`indexed`: it is in the index). */
+  overlapsAnother(lease: Lease, indexed: boolean): boolean {
+    for (const block of blocksOf(lease)) {
+      for (const len of this.levels.get(block.family) ?? []) {
+        if (len > block.prefixLen) break;
+        let holders = this.exact.get(block.at(len)) ?? 0;
+        if (indexed && len === block.prefixLen) holders -= 1;
+        if (holders > 0) return true;
+      }
+      if ((this.inside.get(block.at(block.prefixLen)) ?? 0) > 0) return true;
     }
-    return (this.inside.get(slot(prefixLen, ip)) ?? 0) > 0;
+    return false;
   }
 
-  private count(subnet: Subnet, delta: number): void {
-    const { ip, prefixLen } = subnet;
-    bump(this.exact, slot(prefixLen, ip), delta);
-    for (const len of this.levels) {
-      if (len >= prefixLen) break;
-      bump(this.inside, slot(len, (ip & maskOf(len)) >>> 0), delta);
+  private count(block: Block, delta: number): void {
+    bump(this.exact, block.at(block.prefixLen), delta);
+    for (const len of this.levels.get(block.family) ?? []) {
+      if (len >= block.prefixLen) break;
+      bump(this.inside, block.at(len), delta);
     }
   }
 }
@@ -572,7 +669,7 @@ export class LivePeerView {
     for (const key of latest.keys()) {
       const old = this.candidates.get(key);
       if (old === undefined) continue;
-      if (this.index.overlapsAnother(old.subnet, true)) return undefined;
+      if (this.index.overlapsAnother(old, true)) return undefined;
       if ((this.identities.get(this.identityOf(old) ?? "") ?? 0) > 1) return undefined;
     }
     const subnets = subnetsPrefix(this.ctx.prefix);
@@ -583,16 +680,16 @@ export class LivePeerView {
     for (const key of latest.keys()) {
       const old = this.candidates.get(key);
       if (old === undefined) continue;
-      this.index.remove(old.subnet);
+      this.index.remove(old);
       const identity = this.identityOf(old);
       if (identity !== undefined) bump(this.identities, identity, -1);
     }
     for (const standing of standings.values()) {
       if (standing?.kind !== "candidate") continue;
-      const { subnet } = standing.lease;
+      const { lease } = standing;
       // The indexes are rebuilt by the full computation, so half-updated ones are never used.
-      if (!this.index.covers(subnet) || this.index.overlapsAnother(subnet, false)) return undefined;
-      this.index.add(subnet);
+      if (!this.index.covers(lease) || this.index.overlapsAnother(lease, false)) return undefined;
+      this.index.add(lease);
       const identity = this.identityOf(standing.lease);
       if (identity !== undefined) {
         if (this.identities.has(identity)) return undefined;

@@ -4,7 +4,7 @@
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
-import { tryParseSubnetKey } from "../lease/key.js";
+import { leaseName, tryParseSubnetKey } from "../lease/key.js";
 import { notReadyReasons, type AgentState, type DriftKind, type KernelKind } from "../state.js";
 import { errorMessage } from "../util/log.js";
 import type { EndpointSource } from "./server.js";
@@ -173,7 +173,7 @@ export function buildStatus(input: StatusInput): StatusJson {
       const subnet = tryParseSubnetKey(entry.key);
       peers.push({
         key: entry.key,
-        subnet: subnet ? formatCidr(subnet) : null,
+        subnet: subnet ? leaseName(subnet) : null,
         publicIP: null,
         backend: null,
         state: "invalid",

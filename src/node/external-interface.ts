@@ -27,8 +27,12 @@ export interface ExternalInterface {
   readonly mtu: number;
   /** The interface's own IPv4 address. */
   readonly ifaceIp: IPv4;
-  /** The address advertised to peers (--public-ip, else ifaceIp). */
+  /** The address advertised to peers (--public-ip, else ifaceIp); 0 (0.0.0.0) on an IPv6-only node. */
   readonly publicIp: IPv4;
+  /** The interface's own IPv6 address (canonical), when IPv6 is on. */
+  readonly ifaceIpv6?: string | undefined;
+  /** The IPv6 address advertised to peers (--public-ipv6, else ifaceIpv6), when IPv6 is on. */
+  readonly publicIpv6?: string | undefined;
 }
 
 export interface SelectionRequest {

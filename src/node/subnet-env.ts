@@ -1,14 +1,20 @@
 // subnet.env: the file flannel writes for the CNI plugin and mk-docker-opts.sh, and reads back at startup
-// to ask for the same subnet again. Byte-compatible with flannel's IPv4 output.
+// to ask for the same subnet again. Byte-compatible with flannel's output, IPv4, dual-stack and IPv6-only.
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { firstHost, formatCidr, formatIPv4, parseCidr, type Subnet } from "../ip/ipv4.js";
+import { firstHost6, formatCidr6, formatIPv6, parseCidr6, type Subnet6 } from "../ip/ipv6.js";
+import type { LeaseSubnets } from "../lease/key.js";
 
 export interface SubnetEnv {
+  /** The IPv4 network; 0.0.0.0/0 on an IPv6-only node, whose file has no IPv4 lines (as flannel's). */
   readonly network: Subnet;
   /** The node's lease (network address); the file holds its first host, e.g. 10.244.5.1/24. */
   readonly subnet: Subnet;
+  /** IPv6Network and the node's IPv6 subnet (first host in the file), when IPv6 is on. */
+  readonly ipv6Network?: Subnet6 | undefined;
+  readonly ipv6Subnet?: Subnet6 | undefined;
   readonly mtu: number;
   readonly ipMasq: boolean;
 }
@@ -16,12 +22,16 @@ export interface SubnetEnv {
 /** flannel's exact layout: fixed key order, no quotes, one trailing newline. */
 export function formatSubnetEnv(v: SubnetEnv): string {
   if (!Number.isInteger(v.mtu) || v.mtu <= 0) throw new RangeError(`invalid MTU ${v.mtu} for subnet.env`);
-  return (
-    `FLANNEL_NETWORK=${formatCidr(v.network)}\n` +
-    `FLANNEL_SUBNET=${formatIPv4(firstHost(v.subnet))}/${v.subnet.prefixLen}\n` +
-    `FLANNEL_MTU=${v.mtu}\n` +
-    `FLANNEL_IPMASQ=${v.ipMasq}\n`
-  );
+  let text = "";
+  if (v.subnet.prefixLen > 0) {
+    text += `FLANNEL_NETWORK=${formatCidr(v.network)}\nFLANNEL_SUBNET=${formatIPv4(firstHost(v.subnet))}/${v.subnet.prefixLen}\n`;
+  }
+  if (v.ipv6Network !== undefined && v.ipv6Subnet !== undefined) {
+    text +=
+      `FLANNEL_IPV6_NETWORK=${formatCidr6(v.ipv6Network)}\n` +
+      `FLANNEL_IPV6_SUBNET=${formatIPv6(firstHost6(v.ipv6Subnet))}/${v.ipv6Subnet.prefixLen}\n`;
+  }
+  return text + `FLANNEL_MTU=${v.mtu}\nFLANNEL_IPMASQ=${v.ipMasq}\n`;
 }
 
 /**
@@ -31,12 +41,23 @@ export function formatSubnetEnv(v: SubnetEnv): string {
  */
 export function parseSubnetEnv(text: string): Partial<SubnetEnv> {
   const vars = parseDotenv(text);
-  const result: { network?: Subnet; subnet?: Subnet; mtu?: number; ipMasq?: boolean } = {};
+  const result: {
+    network?: Subnet;
+    subnet?: Subnet;
+    ipv6Network?: Subnet6;
+    ipv6Subnet?: Subnet6;
+    mtu?: number;
+    ipMasq?: boolean;
+  } = {};
   const network = singleCidr(vars.get("FLANNEL_NETWORK"));
   if (network !== undefined) result.network = network;
   // parseCidr drops host bits, so 10.244.5.1/24 comes back as the lease 10.244.5.0/24.
   const subnet = singleCidr(vars.get("FLANNEL_SUBNET"));
   if (subnet !== undefined) result.subnet = subnet;
+  const ipv6Network = singleCidr6(vars.get("FLANNEL_IPV6_NETWORK"));
+  if (ipv6Network !== undefined) result.ipv6Network = ipv6Network;
+  const ipv6Subnet = singleCidr6(vars.get("FLANNEL_IPV6_SUBNET"));
+  if (ipv6Subnet !== undefined) result.ipv6Subnet = ipv6Subnet;
   const mtuText = vars.get("FLANNEL_MTU");
   if (mtuText !== undefined && /^\d{1,5}$/.test(mtuText) && Number(mtuText) > 0) result.mtu = Number(mtuText);
   const masq = vars.get("FLANNEL_IPMASQ");
@@ -52,6 +73,19 @@ function singleCidr(value: string | undefined): Subnet | undefined {
       valid.push(parseCidr(entry));
     } catch {
       // flannel logs and skips entries that are not CIDRs
+    }
+  }
+  return valid.length === 1 ? valid[0] : undefined;
+}
+
+function singleCidr6(value: string | undefined): Subnet6 | undefined {
+  if (value === undefined) return undefined;
+  const valid: Subnet6[] = [];
+  for (const entry of value.split(",")) {
+    try {
+      valid.push(parseCidr6(entry));
+    } catch {
+      // as for IPv4: entries that are not CIDRs are skipped
     }
   }
   return valid.length === 1 ? valid[0] : undefined;
@@ -134,12 +168,14 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 /** The lease recorded by a previous run (FLANNEL_SUBNET as a network), or undefined if none is readable. */
-export async function readPreviousSubnet(path: string): Promise<Subnet | undefined> {
+export async function readPreviousSubnet(path: string): Promise<LeaseSubnets | undefined> {
   let text: string;
   try {
     text = await readFile(path, "utf8");
   } catch {
     return undefined;
   }
-  return parseSubnetEnv(text).subnet;
+  const env = parseSubnetEnv(text);
+  if (env.subnet === undefined && env.ipv6Subnet === undefined) return undefined;
+  return { subnet: env.subnet ?? { ip: 0, prefixLen: 0 }, ipv6Subnet: env.ipv6Subnet };
 }

@@ -118,7 +118,7 @@ describe("acquiring a lease", () => {
 
   it("gets the subnet from its subnet file back when its key is gone and the subnet is free", async () => {
     const prefix = newPrefix();
-    const previous = parseCidr("10.244.77.0/24");
+    const previous = { subnet: parseCidr("10.244.77.0/24") };
     const own = await keeper(prefix, "198.18.0.3").acquire(
       config(),
       attrsFor("198.18.0.3"),
@@ -136,12 +136,7 @@ describe("acquiring a lease", () => {
       undefined,
       signal(),
     );
-    const own = await keeper(prefix, "198.18.0.5").acquire(
-      config(),
-      attrsFor("198.18.0.5"),
-      other.subnet,
-      signal(),
-    );
+    const own = await keeper(prefix, "198.18.0.5").acquire(config(), attrsFor("198.18.0.5"), other, signal());
     expect(formatCidr(own.subnet)).not.toBe(formatCidr(other.subnet));
   });
 

@@ -19,6 +19,8 @@ function config(network: string, subnetLen = 24, min?: string, max?: string): Ne
   const net = parseCidr(network);
   const size = sizeOf(subnetLen);
   return {
+    enableIPv4: true,
+    ipv6: undefined,
     network: net,
     subnetLen,
     subnetMin: min === undefined ? net.ip + size : parseIPv4(min),
@@ -69,7 +71,7 @@ function summary(decision: AllocationDecision): Record<string, unknown> {
     case "exhausted":
       return {
         kind: "exhausted",
-        network: formatCidr(decision.network),
+        network: decision.network,
         poolSize: decision.poolSize,
         inUse: decision.inUse,
         stale,

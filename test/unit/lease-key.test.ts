@@ -1,8 +1,9 @@
+import { formatCidr6, parseCidr6 } from "../../src/ip/ipv6.js";
 import { describe, it, expect } from "vitest";
 import { formatCidr, parseCidr } from "../../src/ip/ipv4.js";
 import { leasesForAllocation } from "../../src/lease/keeper.js";
 import {
-  ipv4SubnetOfKey,
+  leaseName,
   parseSubnetKey,
   SubnetKeyError,
   subnetKey,
@@ -28,7 +29,7 @@ describe("subnetsPrefix / subnetKey", () => {
     ["192.168.0.64/26", "/coreos.com/network/subnets/192.168.0.64-26"],
   ])("subnetKey(%s)", (cidr, key) => {
     expect(subnetKey(P, parseCidr(cidr))).toBe(key);
-    expect(formatCidr(parseSubnetKey(key))).toBe(cidr);
+    expect(formatCidr(parseSubnetKey(key).subnet)).toBe(cidr);
   });
 });
 
@@ -44,7 +45,7 @@ describe("parseSubnetKey", () => {
     // Go's ParseUint accepts leading zeros.
     ["/coreos.com/network/subnets/10.5.52.0-024", "10.5.52.0/24"],
   ])("%s → %s", (key, cidr) => {
-    expect(formatCidr(parseSubnetKey(key))).toBe(cidr);
+    expect(formatCidr(parseSubnetKey(key).subnet)).toBe(cidr);
   });
 
   it.each([
@@ -65,7 +66,12 @@ describe("parseSubnetKey", () => {
       "10.244.3.1 has host bits set for /24 (the network address is 10.244.3.0)",
     ],
     ["/coreos.com/network/subnets/10.244.3.0-16", "has host bits set for /16"],
-    ["/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-56", "IPv6 not supported by twill yet"],
+    ["/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::1-56", "fd00:12:13::1 has host bits set for /56"],
+    ["/coreos.com/network/subnets/10.0.0.0-0&fd00::-64", "10.0.0.0 has host bits set for /0"],
+    [
+      "/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-0",
+      "IPv6 prefix length 0 is out of range 1–127",
+    ],
   ])("rejects %s (%s)", (key, why) => {
     let caught: unknown;
     try {
@@ -82,21 +88,38 @@ describe("parseSubnetKey", () => {
   });
 });
 
-describe("ipv4SubnetOfKey: a dual-stack key's IPv4 subnet (flannel's key test cases)", () => {
+describe("dual-stack and IPv6-only keys (flannel's TestParseSubnetKey / TestMakeSubnetKey cases)", () => {
   it.each([
-    ["10.12.13.0-24", "10.12.13.0/24"],
-    ["10.12.13.0-24&fd00:12:13::-56", "10.12.13.0/24"],
-    [`${P}/subnets/10.244.5.0-24&fd00:5::-64`, "10.244.5.0/24"],
-  ])("%s holds %s", (key, cidr) => {
-    expect(formatCidr(ipv4SubnetOfKey(key))).toBe(cidr);
+    ["10.12.13.0-24", "10.12.13.0/24", undefined],
+    ["10.12.13.0-24&fd00:12:13::-56", "10.12.13.0/24", "fd00:12:13::/56"],
+    [`${P}/subnets/10.244.5.0-24&fd00:5::-64`, "10.244.5.0/24", "fd00:5::/64"],
+    [`${P}/subnets/0.0.0.0-0&fd00:10:244:3::-64`, "0.0.0.0/0", "fd00:10:244:3::/64"],
+  ])("%s holds %s and %s", (key, cidr, cidr6) => {
+    const { subnet, ipv6Subnet } = parseSubnetKey(key);
+    expect(formatCidr(subnet)).toBe(cidr);
+    expect(ipv6Subnet === undefined ? undefined : formatCidr6(ipv6Subnet)).toBe(cidr6);
   });
 
   it.each([
-    ["10.12.13.0-24&fd00:12:13::-128", "IPv6 prefix length 128 is out of range 0–127"],
+    ["10.12.13.0/24", "fd00:12:13::/56", `${P}/subnets/10.12.13.0-24&fd00:12:13::-56`],
+    ["0.0.0.0/0", "fd00:10:244:3::/64", `${P}/subnets/0.0.0.0-0&fd00:10:244:3::-64`],
+    ["10.244.0.0/24", "2001:db8:0:1::/64", `${P}/subnets/10.244.0.0-24&2001:db8:0:1::-64`],
+  ])("subnetKey(%s, %s) is %s, as flannel's MakeSubnetKey writes it", (cidr, cidr6, key) => {
+    expect(subnetKey(P, parseCidr(cidr), parseCidr6(cidr6))).toBe(key);
+  });
+
+  it("names a lease by both subnets", () => {
+    expect(leaseName(parseSubnetKey("10.12.13.0-24&fd00:12:13::-56"))).toBe("10.12.13.0/24+fd00:12:13::/56");
+    expect(leaseName(parseSubnetKey("0.0.0.0-0&fd00:12:13::-56"))).toBe("fd00:12:13::/56");
+    expect(leaseName(parseSubnetKey("10.12.13.0-24"))).toBe("10.12.13.0/24");
+  });
+
+  it.each([
+    ["10.12.13.0-24&fd00:12:13::-128", "IPv6 prefix length 128 is out of range 1–127"],
     ["10.12.13.0-24&fd00:12:13:::-56", '"fd00:12:13:::" is not an IPv6 address'],
     ["10.12.13.1-24&fd00:12:13::-56", "has host bits set for /24"],
   ])("rejects %s (%s)", (key, why) => {
-    expect(() => ipv4SubnetOfKey(key)).toThrow(why);
+    expect(() => parseSubnetKey(key)).toThrow(why);
   });
 });
 
@@ -120,5 +143,6 @@ describe("leasesForAllocation", () => {
       { key: `${P}/subnets/not-a-subnet`, value: "{}", etcdLeaseId: "1", createRevision: 4, modRevision: 4 },
     ]);
     expect(leases.map((l) => formatCidr(l.subnet))).toEqual(["10.244.5.0/24", "10.244.6.0/24"]);
+    expect(leases.map((l) => l.ipv6Subnet && formatCidr6(l.ipv6Subnet))).toEqual(["fd00:5::/64", undefined]);
   });
 });

@@ -1,3 +1,4 @@
+import { formatCidr6, formatIPv6 } from "../../src/ip/ipv6.js";
 import { describe, it, expect } from "vitest";
 import {
   BACKEND_NOT_SET_WARNING,
@@ -116,6 +117,53 @@ describe("parseNetworkConfig: defaults (flannel's CheckNetworkConfig)", () => {
       });
     },
   );
+
+  it("IPv6 defaults as flannel's TestIPv6ConfigDefaults: /64 subnets, the first and last skipped", () => {
+    const { config } = parseNetworkConfig(
+      '{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false, "Backend": {"Type": "vxlan"} }',
+    );
+    expect(config.enableIPv4).toBe(false);
+    expect(config.ipv6 && formatCidr6(config.ipv6.network)).toBe("fc00::/48");
+    expect(config.ipv6 && formatIPv6(config.ipv6.subnetMin)).toBe("fc00:0:0:1::");
+    expect(config.ipv6 && formatIPv6(config.ipv6.subnetMax)).toBe("fc00:0:0:ffff::");
+    expect(config.ipv6?.subnetLen).toBe(64);
+    // IPv6-only: flannel's empty IPv4 values
+    expect(formatCidr(config.network)).toBe("0.0.0.0/0");
+    expect(config.subnetLen).toBe(0);
+  });
+
+  it("IPv6 overrides as flannel's TestIPv6ConfigOverrides", () => {
+    const { config } = parseNetworkConfig(
+      '{ "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::", "IPv6SubnetMax": "fc00:0:0:f::", "IPv6SubnetLen": 124, "enableIPv4": false, "Backend": {"Type": "host-gw"} }',
+    );
+    expect(config.ipv6 && formatIPv6(config.ipv6.subnetMin)).toBe("fc00:0:0:1::");
+    expect(config.ipv6 && formatIPv6(config.ipv6.subnetMax)).toBe("fc00:0:0:f::");
+    expect(config.ipv6?.subnetLen).toBe(124);
+  });
+
+  it.each([
+    ["fd00:10:244::/56", 64, "fd00:10:244:1::", "fd00:10:244:ff::"],
+    ["fd00::/62", 64, "fd00:0:0:1::", "fd00:0:0:3::"],
+    ["fd00::/100", 102, "fd00::400:0", "fd00::c00:0"],
+    ["fd00::/124", 126, "fd00::4", "fd00::c"],
+  ])("dual-stack %s: IPv6SubnetLen %d, pool %s … %s, beside the IPv4 pool", (network, len, min, max) => {
+    const { config } = parseNetworkConfig(
+      cfg({ EnableIPv6: true, IPv6Network: network, Backend: { Type: "vxlan" } }),
+    );
+    expect(config.enableIPv4).toBe(true);
+    expect(config.subnetLen).toBe(24);
+    expect(config.ipv6?.subnetLen).toBe(len);
+    expect(config.ipv6 && formatIPv6(config.ipv6.subnetMin)).toBe(min);
+    expect(config.ipv6 && formatIPv6(config.ipv6.subnetMax)).toBe(max);
+  });
+
+  it("an IPv6-only config ignores the IPv4 fields, as flannel does", () => {
+    const { config } = parseNetworkConfig(
+      '{"EnableIPv4": false, "EnableIPv6": true, "Network": "nonsense", "IPv6Network": "fd00::/48", "Backend": {"Type": "vxlan"}}',
+    );
+    expect(config.enableIPv4).toBe(false);
+    expect(config.ipv6?.subnetLen).toBe(64);
+  });
 
   it("IPv6 fields are accepted and ignored while EnableIPv6 is false", () => {
     const { config, warnings } = parseNetworkConfig(
@@ -277,13 +325,78 @@ describe("parseNetworkConfig: errors name the field and the bad value", () => {
     [cfg({ SubnetMin: "" }), "SubnetMin", 'SubnetMin ""'],
     [cfg({ SubnetMax: "10.0.300.0" }), "SubnetMax", 'SubnetMax "10.0.300.0"'],
     // twill limits
+    [cfg({ EnableIPv4: false }), "EnableIPv4", "EnableIPv4 and EnableIPv6 are both false"],
+    // IPv6 (flannel's CheckNetworkConfig, each error naming the field)
     [
       cfg({ EnableIPv6: true }),
-      "EnableIPv6",
-      "EnableIPv6: IPv6 is not supported by twill yet; set it to false",
+      "IPv6Network",
+      "IPv6Network: please define a correct IPv6Network parameter in the flannel config",
     ],
-    [cfg({ EnableIPv4: false }), "EnableIPv4", "EnableIPv4 false: twill needs IPv4"],
-    [cfg({ EnableIPv4: false, EnableIPv6: true }), "EnableIPv6", "IPv6 is not supported by twill yet"],
+    [cfg({ EnableIPv6: true, IPv6Network: "" }), "IPv6Network", "please define a correct IPv6Network"],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "10.1.0.0/16" }),
+      "IPv6Network",
+      'IPv6Network "10.1.0.0/16": invalid IPv6 CIDR format',
+    ],
+    [cfg({ EnableIPv6: true, IPv6Network: "fc00::" }), "IPv6Network", "not in CIDR notation"],
+    [cfg({ EnableIPv6: true, IPv6Network: "fc00::/129" }), "IPv6Network", "invalid prefix length"],
+    [cfg({ EnableIPv6: true, IPv6Network: 7 }), "IPv6Network", "IPv6Network: expected a CIDR string"],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/125" }),
+      "IPv6Network",
+      "IPv6Network is too small. Minimum useful network prefix is /124",
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetLen: 127 }),
+      "IPv6SubnetLen",
+      "IPv6SubnetLen 127: SubnetLen must be less than /127",
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetLen: 49 }),
+      "IPv6SubnetLen",
+      "IPv6SubnetLen 49: network must be able to accommodate at least four subnets (IPv6Network fc00::/48 needs IPv6SubnetLen 50 or more)",
+    ],
+    [cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetLen: "64" }), "IPv6SubnetLen", 'got "64"'],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc01::" }),
+      "IPv6SubnetMin",
+      "IPv6SubnetMin fc01::: IPv6SubnetMin is not in the range of the IPv6Network fc00::/48",
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetMax: "fd00::" }),
+      "IPv6SubnetMax",
+      "IPv6SubnetMax fd00::: IPv6SubnetMax is not in the range of the IPv6Network fc00::/48",
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00:0:0:1::1" }),
+      "IPv6SubnetMin",
+      "IPv6SubnetMin fc00:0:0:1::1: IPv6SubnetMin is not on a SubnetLen boundary",
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetMax: "fc00:0:0:2:1::" }),
+      "IPv6SubnetMax",
+      "IPv6SubnetMax fc00:0:0:2:1::: IPv6SubnetMax is not on a SubnetLen boundary",
+    ],
+    [
+      cfg({
+        EnableIPv6: true,
+        IPv6Network: "fc00::/48",
+        IPv6SubnetMin: "fc00:0:0:9::",
+        IPv6SubnetMax: "fc00:0:0:2::",
+      }),
+      "IPv6SubnetMin",
+      "IPv6SubnetMin fc00:0:0:9:: is after IPv6SubnetMax fc00:0:0:2::: no subnet could be allocated",
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00::x" }),
+      "IPv6SubnetMin",
+      'IPv6SubnetMin "fc00::x"',
+    ],
+    [
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/48", Backend: { Type: "udp" } }),
+      "EnableIPv6",
+      "EnableIPv6: backend udp carries IPv4 only (as in flannel)",
+    ],
     [
       cfg({ EnableNFTables: true }),
       "EnableNFTables",

@@ -110,9 +110,9 @@ describe("computeView", () => {
       "10.244.5.1 has host bits set for /24",
     ],
     [
-      "dual-stack key",
-      entry(K("10.244.5.0-24&fd00:5::-64"), vxlanValue("192.168.0.5")),
-      "IPv6 not supported by twill yet",
+      "IPv6-only key in an IPv4-only network",
+      entry(K("0.0.0.0-0&fd00:5::-64"), vxlanValue("192.168.0.5")),
+      "the lease has only an IPv6 subnet, and this network carries IPv4 only",
     ],
     ["bad JSON", entry(K("10.244.5.0-24"), "{nope"), "bad value: lease value is not valid JSON"],
     [

@@ -205,7 +205,7 @@ describe("writeFileAtomic and readPreviousSubnet", () => {
     const path = join(dir, "subnet.env");
     await writeFileAtomic(path, GOLDEN);
     const previous = await readPreviousSubnet(path);
-    expect(previous && formatCidr(previous)).toBe("10.244.5.0/24");
+    expect(previous && formatCidr(previous.subnet)).toBe("10.244.5.0/24");
   });
 
   it.each([

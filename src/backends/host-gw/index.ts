@@ -70,6 +70,7 @@ const hostGwConfig: BackendConfig = {
 
 export const hostGwBackend: BackendPlugin = {
   type: "host-gw",
+  supportsIPv6: true,
   parseConfig(raw, warnings) {
     warnings.push(...resolveFields(raw, ["Type"], "Backend.").warnings);
     return hostGwConfig;

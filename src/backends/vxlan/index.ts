@@ -204,6 +204,7 @@ class VxlanConfig implements BackendConfig {
 
 export const vxlanBackend: BackendPlugin = {
   type: "vxlan",
+  supportsIPv6: true,
   parseConfig: (raw, warnings) => new VxlanConfig(parseVxlanOptions(raw, warnings)),
   parsePeerData: (data) => parseVxlanBackendData(data),
   describePeerData: (data) => (data instanceof VxlanPeerData ? data.vtepMac : undefined),
