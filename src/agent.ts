@@ -304,7 +304,12 @@ export class Agent {
     /** Backends prepared per config (a VNI change prepares anew), ready by the time the lease is. */
     const prepared = new Map<string, NodeBackend>();
     const backendKey = (config: NetworkConfig): string =>
-      JSON.stringify([config.backend.type, config.backend.options]);
+      JSON.stringify([
+        config.backend.type,
+        config.backend.options,
+        config.enableIPv4,
+        config.ipv6 !== undefined,
+      ]);
     let external: ExternalInterface | undefined;
     let binding: string | undefined;
     /** The identity an older lease was found holding: the next preparation makes a new one. */
@@ -315,8 +320,14 @@ export class Agent {
       let backend = prepared.get(key);
       const renew = renewFrom !== undefined && backend?.identity === renewFrom;
       if (backend === undefined || renew) {
-        binding ??= await thisNodeBinding(formatIPv4(external.publicIp));
+        // An IPv6-only node (no IPv4 address) is bound by its IPv6 address.
+        binding ??= await thisNodeBinding(
+          external.publicIp === 0 && external.publicIpv6 !== undefined
+            ? external.publicIpv6
+            : formatIPv4(external.publicIp),
+        );
         backend = await config.backend.prepare({
+          families: { ipv4: config.enableIPv4, ipv6: config.ipv6 !== undefined },
           stateDir: options.stateDir,
           existingLink: async (name) => (await channel.dumpLinks()).find((link) => link.name === name),
           txChecksumOffload: options.vxlanTxChecksumOffload,
@@ -415,7 +426,11 @@ export class Agent {
       // The data plane first: its round then starts before the rules' and files' first commands,
       // which matters for udp, whose packets wait for this round after a restart.
       dataplane.setSelf({ config, subnet: own.subnet, ipv6Subnet: own.ipv6Subnet, external, backend });
-      files.set({ ...target, mtu: config.backend.mtu(external), ipMasq: options.ipMasq });
+      files.set({
+        ...target,
+        mtu: config.backend.mtu(external, config.ipv6 !== undefined),
+        ipMasq: options.ipMasq,
+      });
       masq.set(target);
       if (subnetWatch === undefined) {
         subnetWatch = new SubnetWatch(

@@ -29,11 +29,12 @@ export interface BackendPlugin {
    */
   parseConfig(backend: JsonObject, warnings: string[]): BackendConfig;
   /**
-   * A peer's BackendData (its lease has this BackendType) → an instance of this backend's own class,
+   * A peer's BackendData and BackendV6Data (its lease has this BackendType; an IPv6-only lease has
+   * only BackendV6Data) → an instance of this backend's own class,
    * parsed once in the peer view. Throws an Error naming the field when the data is unusable; the
    * entry is then set aside as invalid.
    */
-  parsePeerData(backendData: string | undefined): object;
+  parsePeerData(backendData: string | undefined, backendV6Data?: string | undefined): object;
   /**
    * What `twill leases` shows of a peer's parsed BackendData (vxlan: its VTEP MAC); undefined, or no
    * such method, when there is nothing to show.
@@ -57,6 +58,8 @@ export interface BackendPlugin {
 
 /** What preparing a backend may use. */
 export interface PrepareContext {
+  /** The address families the network config enables (EnableIPv4, EnableIPv6). */
+  readonly families?: { readonly ipv4: boolean; readonly ipv6: boolean };
   /** --state-dir: state kept across restarts and reboots. */
   readonly stateDir: string;
   /** A device of that name as the kernel has it now, if any (e.g. a flanneld VXLAN device to adopt). */
@@ -86,8 +89,11 @@ export interface BackendConfig {
   readonly type: string;
   /** The parsed options as plain values (defaults filled in), for status and logs. */
   readonly options: Readonly<Record<string, OptionValue>>;
-  /** The MTU pods get, given the external interface: the interface's (or the configured) MTU less the encapsulation. */
-  mtu(external: ExternalInterface): number;
+  /**
+   * The MTU pods get, given the external interface: the interface's (or the configured) MTU less the
+   * encapsulation; `ipv6`: IPv6 is on, so the larger IPv6 outer header counts too.
+   */
+  mtu(external: ExternalInterface, ipv6?: boolean): number;
   /** Loads or creates what this node publishes and programs with (e.g. the VTEP MAC). */
   prepare(context: PrepareContext): Promise<NodeBackend>;
 }

@@ -36,8 +36,9 @@ export const DEFAULT_BACKEND = udpBackend;
 export function parsePeerDataByBackend(attrs: {
   readonly backendType: string | undefined;
   readonly backendData: string | undefined;
+  readonly backendV6Data?: string | undefined;
 }): object | undefined {
-  return backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData);
+  return backendForLease(attrs.backendType)?.parsePeerData(attrs.backendData, attrs.backendV6Data);
 }
 
 /** The peer view's identityOf hook: what a lease's parsed data claims that no two nodes may share. */

@@ -21,6 +21,8 @@ import {
 } from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
+import { hasIPv4 } from "../lease/key.js";
+import { formatCidr6 } from "../ip/ipv6.js";
 import type { Lease } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { EtcdRegistry, EtcdSettingsError } from "../lease/etcd-registry.js";
@@ -196,6 +198,14 @@ async function timesToLive(
   return results;
 }
 
+/** The networks of a config, for one line: "10.244.0.0/16", "10.244.0.0/16 and fd00::/56", "fd00::/56". */
+function networksText(config: NetworkConfig): string {
+  const networks: string[] = [];
+  if (config.enableIPv4) networks.push(formatCidr(config.network));
+  if (config.ipv6 !== undefined) networks.push(formatCidr6(config.ipv6.network));
+  return networks.join(" and ");
+}
+
 /** `twill leases --json`: one object, stable field names, for scripts. */
 function leasesJson(
   config: NetworkConfig | undefined,
@@ -203,22 +213,28 @@ function leasesJson(
   ttls: readonly (number | undefined)[],
   invalid: ReadonlyMap<string, InvalidEntry> | undefined,
 ): object {
+  const rawJson = (text: string | undefined): unknown => {
+    try {
+      return text === undefined ? null : JSON.parse(text);
+    } catch {
+      return text;
+    }
+  };
   return {
-    network: config === undefined ? null : formatCidr(config.network),
+    network: config === undefined || !config.enableIPv4 ? null : formatCidr(config.network),
+    ipv6Network: config?.ipv6 === undefined ? null : formatCidr6(config.ipv6.network),
     leases: leases.map((lease, i) => {
-      let backendData: unknown;
-      try {
-        backendData = lease.attrs.backendData === undefined ? null : JSON.parse(lease.attrs.backendData);
-      } catch {
-        backendData = lease.attrs.backendData;
-      }
       const ttl = ttls[i];
+      const v4 = hasIPv4(lease.subnet);
       return {
         key: lease.key,
-        subnet: formatCidr(lease.subnet),
-        publicIP: formatIPv4(lease.attrs.publicIP),
+        subnet: v4 ? formatCidr(lease.subnet) : null,
+        publicIP: v4 ? formatIPv4(lease.attrs.publicIP) : null,
+        ipv6Subnet: lease.ipv6Subnet === undefined ? null : formatCidr6(lease.ipv6Subnet),
+        publicIPv6: lease.attrs.publicIPv6,
         backend: lease.attrs.backendType ?? null,
-        backendData,
+        backendData: rawJson(lease.attrs.backendData),
+        backendV6Data: rawJson(lease.attrs.backendV6Data),
         reservation: lease.etcdLeaseId === "0",
         expiresInSeconds: lease.etcdLeaseId === "0" ? null : (ttl ?? null),
       };
@@ -237,7 +253,7 @@ function peerDataColumn(lease: Lease): string {
   let data = lease.peerData;
   if (data === undefined) {
     try {
-      data = backend.parsePeerData(lease.attrs.backendData);
+      data = backend.parsePeerData(lease.attrs.backendData, lease.attrs.backendV6Data);
     } catch {
       return "?";
     }
@@ -276,19 +292,32 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
             parsePeerData: parsePeerDataByBackend,
             identityOf: identityByBackend,
           });
+    const v6Of = (lease: Lease): bigint => lease.ipv6Subnet?.ip ?? 0n;
     const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
-      (a, b) => a.subnet.ip - b.subnet.ip,
+      (a, b) => a.subnet.ip - b.subnet.ip || (v6Of(a) < v6Of(b) ? -1 : v6Of(a) > v6Of(b) ? 1 : 0),
     );
     const ttls = await timesToLive(registry, leases);
     if (json) {
       out(JSON.stringify(leasesJson(config, leases, ttls, view?.invalid), null, 2));
       return 0;
     }
-    const rows: string[][] = [["SUBNET", "PUBLIC IP", "BACKEND", "BACKEND DATA", "EXPIRES IN"]];
+    // IPv6 columns only where there is IPv6: an IPv4-only cluster's listing stays as it was.
+    const ipv6 = config?.ipv6 !== undefined || leases.some((lease) => lease.ipv6Subnet !== undefined);
+    const header = ipv6
+      ? ["SUBNET", "PUBLIC IP", "IPV6 SUBNET", "PUBLIC IPV6", "BACKEND", "BACKEND DATA", "EXPIRES IN"]
+      : ["SUBNET", "PUBLIC IP", "BACKEND", "BACKEND DATA", "EXPIRES IN"];
+    const rows: string[][] = [header];
     for (const [i, lease] of leases.entries()) {
+      const v4 = hasIPv4(lease.subnet);
       rows.push([
-        formatCidr(lease.subnet),
-        formatIPv4(lease.attrs.publicIP),
+        v4 ? formatCidr(lease.subnet) : "-",
+        v4 ? formatIPv4(lease.attrs.publicIP) : "-",
+        ...(ipv6
+          ? [
+              lease.ipv6Subnet === undefined ? "-" : formatCidr6(lease.ipv6Subnet),
+              lease.attrs.publicIPv6 ?? "-",
+            ]
+          : []),
         // flannel's udp (and alloc) leases carry no BackendType.
         lease.attrs.backendType ?? "(none: udp)",
         peerDataColumn(lease),
@@ -297,7 +326,7 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
     }
     out(table(rows));
     out(
-      `${leases.length} lease(s)${config ? ` in ${formatCidr(config.network)}` : " (not checked against a network config)"}`,
+      `${leases.length} lease(s)${config ? ` in ${networksText(config)}` : " (not checked against a network config)"}`,
     );
     if (view && view.invalid.size > 0) {
       out(`\n${view.invalid.size} invalid entr${view.invalid.size === 1 ? "y" : "ies"} (skipped by agents):`);

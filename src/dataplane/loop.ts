@@ -21,13 +21,14 @@ import type {
 } from "../backends/backend.js";
 import type { NetworkConfig } from "../config/network-config.js";
 import { localRunner, type CommandRunner } from "../exec/command.js";
-import { parsePrefix, type Prefix } from "../ip/address.js";
+import { parsePrefix, type Family, type Prefix } from "../ip/address.js";
 import { formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
 import type { Lease } from "../lease/lease.js";
-import type { Subnet6 } from "../ip/ipv6.js";
+import { formatCidr6, type Subnet6 } from "../ip/ipv6.js";
+import { hasIPv4, leaseName } from "../lease/key.js";
 import type { ExternalInterface } from "../node/external-interface.js";
 import { bridgeSpec } from "../node/bridge.js";
-import { ensureForwarding, sysfsDeviceHost } from "../node/host.js";
+import { ensureForwarding, IP_FORWARD_SYSCTL, IPV6_FORWARD_SYSCTL, sysfsDeviceHost } from "../node/host.js";
 import { systemClock, type Clock, type Timer } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import { Backoff, stopped } from "../util/time.js";
@@ -112,15 +113,15 @@ export interface DataplaneOptions {
 
 /** What the loop touches besides the channel; replaceable in unit tests. */
 export interface DataplaneHost extends DeviceHost {
-  /** Turns IPv4 forwarding on; true when it changed something. */
-  ensureForwarding(): Promise<boolean>;
+  /** Turns forwarding of a family on; true when it changed something. */
+  ensureForwarding(family: Family): Promise<boolean>;
   /** Runs the few commands a device check may need (ethtool). */
   readonly runner: CommandRunner;
 }
 
 export const systemDataplaneHost: DataplaneHost = {
   ...sysfsDeviceHost,
-  ensureForwarding: () => ensureForwarding(),
+  ensureForwarding: (family) => ensureForwarding(family === 4 ? IP_FORWARD_SYSCTL : IPV6_FORWARD_SYSCTL),
   runner: localRunner,
 };
 
@@ -187,7 +188,7 @@ export class DataplaneLoop {
   private deferred: KernelEvent[] | undefined;
   private facts: NodeFacts | undefined;
   private programmedOnce = false;
-  private forwardingWarned = false;
+  private readonly forwardingWarned = new Set<Family>();
   private readonly extraCheckWarnings = new Map<string, string>();
   /** The userspace data path's table (udp), by peer lease key, and this round's changes to it. */
   private readonly userspaceRoutes = new Map<string, UserspaceRoute>();
@@ -447,9 +448,18 @@ export class DataplaneLoop {
   }
 
   private deviceSpecs(self: DataplaneSelf, facts: NodeFacts): DeviceSpec[] {
-    const mtu = self.config.backend.mtu(self.external);
+    const mtu = self.config.backend.mtu(self.external, self.config.ipv6 !== undefined);
     return [
-      bridgeSpec(this.options.bridge, self.subnet, self.config.network, mtu),
+      bridgeSpec(
+        this.options.bridge,
+        {
+          subnet: self.subnet,
+          network: self.config.network,
+          ipv6Subnet: self.ipv6Subnet,
+          ipv6Network: self.config.ipv6?.network,
+        },
+        mtu,
+      ),
       ...self.backend.devices(facts),
     ];
   }
@@ -578,19 +588,25 @@ export class DataplaneLoop {
 
   private async ensureDevices(self: DataplaneSelf): Promise<DeviceRepair[]> {
     const repairs: DeviceRepair[] = [];
-    try {
-      if (await this.host.ensureForwarding()) {
-        repairs.push({ device: "-", what: "forwarding", detail: "net.ipv4.ip_forward=1" });
-      }
-    } catch (error) {
-      // In a container /proc/sys is often read-only, and the host may have forwarding on already
-      // (kubelet and kube-proxy usually do): say it once, clearly, and program the rest anyway.
-      if (!this.forwardingWarned) {
-        this.forwardingWarned = true;
-        this.log.error(
-          { err: errorOf(error) },
-          "cannot enable IPv4 forwarding: pods cannot reach other nodes until net.ipv4.ip_forward=1 on this host",
-        );
+    const families: Family[] = [];
+    if (self.config.enableIPv4) families.push(4);
+    if (self.config.ipv6 !== undefined) families.push(6);
+    for (const family of families) {
+      const sysctl = family === 4 ? "net.ipv4.ip_forward=1" : "net.ipv6.conf.all.forwarding=1";
+      try {
+        if (await this.host.ensureForwarding(family)) {
+          repairs.push({ device: "-", what: "forwarding", detail: sysctl });
+        }
+      } catch (error) {
+        // In a container /proc/sys is often read-only, and the host may have forwarding on already
+        // (kubelet and kube-proxy usually do): say it once, clearly, and program the rest anyway.
+        if (!this.forwardingWarned.has(family)) {
+          this.forwardingWarned.add(family);
+          this.log.error(
+            { err: errorOf(error) },
+            `cannot enable IPv${family} forwarding: pods cannot reach other nodes until ${sysctl} on this host`,
+          );
+        }
       }
     }
     for (const spec of this.deviceSpecs(self, this.nodeFacts(self))) {
@@ -619,23 +635,42 @@ export class DataplaneLoop {
 
   /** The on-link networks of the external interface come from the kernel view. */
   private nodeFacts(self: DataplaneSelf): NodeFacts {
+    // IPv6 link-local networks (scope link) are on every interface and say nothing about peers.
     const connected: Prefix[] = this.view
       .addressesOf(self.external.name)
-      .filter((a) => a.family === 4 && a.scope !== 254)
+      .filter((a) => (a.family === 4 ? a.scope !== 254 : a.scope === 0))
       .map((a) => parsePrefix(`${a.address}/${a.prefixLength}`));
-    return { subnet: self.subnet, network: self.config.network, external: self.external, connected };
+    return {
+      subnet: self.subnet,
+      network: self.config.network,
+      ipv6Subnet: self.ipv6Subnet,
+      ipv6Network: self.config.ipv6?.network,
+      external: self.external,
+      connected,
+    };
   }
 
-  /** One peer's objects and verdict; a peer advertising our own public IP is never programmed. */
+  /** One peer's objects and verdict; a peer advertising our own public address is never programmed. */
   private program(facts: NodeFacts, lease: Lease): PeerProgram {
-    if (lease.attrs.publicIP === facts.external.publicIp) {
+    const config = this.self?.config;
+    const sameV4 =
+      config?.enableIPv4 === true &&
+      hasIPv4(lease.subnet) &&
+      lease.attrs.publicIP === facts.external.publicIp;
+    const sameV6 =
+      config?.ipv6 !== undefined &&
+      lease.ipv6Subnet !== undefined &&
+      lease.attrs.publicIPv6 !== null &&
+      lease.attrs.publicIPv6 === facts.external.publicIpv6;
+    if (sameV4 || sameV6) {
+      const address = sameV4 ? formatIPv4(lease.attrs.publicIP) : (lease.attrs.publicIPv6 ?? "");
       return {
         objects: [],
         status: {
           state: "unreachable",
           reason:
-            `peer ${formatCidr(lease.subnet)} advertises this node's own public IP ` +
-            `${formatIPv4(lease.attrs.publicIP)} (a stale lease of this node?); not programmed`,
+            `peer ${leaseName(lease)} advertises this node's own public IP ` +
+            `${address} (a stale lease of this node?); not programmed`,
         },
       };
     }
@@ -708,7 +743,10 @@ export class DataplaneLoop {
     this.userspaceRoutes.clear();
     const metric = this.options.blackholeMetric;
     const own = [...(this.self?.backend.nodeObjects?.(facts) ?? [])];
-    if (metric !== undefined) own.push(blackholeRoute(formatCidr(facts.subnet), metric));
+    if (metric !== undefined) {
+      if (hasIPv4(facts.subnet)) own.push(blackholeRoute(4, formatCidr(facts.subnet), metric));
+      if (facts.ipv6Subnet !== undefined) own.push(blackholeRoute(6, formatCidr6(facts.ipv6Subnet), metric));
+    }
     // Rank "" sorts before every peer's: the node's own objects win any contest.
     if (own.length > 0) this.desired.set("self", "", own);
     for (const [key, lease] of this.peers) this.setPeer(facts, key, lease);

@@ -170,14 +170,14 @@ export function permanentFdb(spec: {
 }
 
 /**
- * --ip-blackhole-route: the node's own subnet dropped at `metric`, far behind the bridge's connected
+ * --ip-blackhole-route: the node's own subnet (of each family) dropped at `metric`, far behind the bridge's connected
  * route, so its traffic never leaves by the default route while the bridge is down or unaddressed.
  * (flannel adds it at metric 0, where it and the connected route contend.)
  */
-export function blackholeRoute(subnetCidr: string, metric: number): Route {
+export function blackholeRoute(family: Family, subnetCidr: string, metric: number): Route {
   return {
     kind: "route",
-    family: 4,
+    family,
     dst: subnetCidr,
     table: MAIN_TABLE,
     protocol: TWILL_ROUTE_PROTOCOL,

@@ -14,7 +14,17 @@ import {
 } from "../backends/backend.js";
 import { BACKENDS } from "../backends/registry.js";
 import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
-import { poolSizeOf } from "../lease/allocate.js";
+import { poolSizeOf, poolSizeOf6 } from "../lease/allocate.js";
+import { hasIPv4 } from "../lease/key.js";
+import type { NetworkConfig } from "../config/network-config.js";
+
+/** The subnets a lease can still be made from: the smaller pool of the enabled families. */
+function leasablePoolSize(config: NetworkConfig): number {
+  const pools: number[] = [];
+  if (config.enableIPv4) pools.push(poolSizeOf(config));
+  if (config.ipv6 !== undefined) pools.push(Number(poolSizeOf6(config)));
+  return Math.min(...pools);
+}
 import type { AcquireResult } from "../lease/keeper.js";
 import {
   DRIFT_KINDS,
@@ -194,11 +204,29 @@ export class Metrics {
     for (const reason of ["state_copied", "conflict"]) this.identityRenewals.inc({ reason }, 0);
     new Gauge({
       name: "twill_subnet_pool_size",
-      help: "Subnets the network config's pool holds (SubnetMin to SubnetMax at SubnetLen); 0 without a valid config",
+      help:
+        "Subnets the network config's pool holds (SubnetMin to SubnetMax at SubnetLen); with IPv6 on, the " +
+        "smaller of the IPv4 and IPv6 pools (a lease takes one of each); 0 without a valid config",
       registers,
       collect() {
         const config = state().config;
-        this.set(config.kind === "valid" ? poolSizeOf(config.config) : 0);
+        this.set(config.kind === "valid" ? leasablePoolSize(config.config) : 0);
+      },
+    });
+    new Gauge({
+      name: "twill_peer_subnets",
+      help: "Valid peers' subnets by address family (ipv4, ipv6): a dual-stack peer counts in both",
+      labelNames: ["family"],
+      registers,
+      collect() {
+        let ipv4 = 0;
+        let ipv6 = 0;
+        for (const lease of state().view?.peers.values() ?? []) {
+          if (hasIPv4(lease.subnet)) ipv4 += 1;
+          if (lease.ipv6Subnet !== undefined) ipv6 += 1;
+        }
+        this.set({ family: "ipv4" }, ipv4);
+        this.set({ family: "ipv6" }, ipv6);
       },
     });
     new Gauge({

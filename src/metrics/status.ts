@@ -4,7 +4,8 @@
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
-import { leaseName, tryParseSubnetKey } from "../lease/key.js";
+import { formatCidr6 } from "../ip/ipv6.js";
+import { hasIPv4, leaseName, tryParseSubnetKey } from "../lease/key.js";
 import { notReadyReasons, type AgentState, type DriftKind, type KernelKind } from "../state.js";
 import { errorMessage } from "../util/log.js";
 import type { EndpointSource } from "./server.js";
@@ -15,9 +16,12 @@ export type PeerStateJson = "programmed" | "unreachable" | "backend-mismatch" | 
 
 export interface PeerJson {
   readonly key: string;
-  /** null for an invalid entry whose key is not a subnet. */
+  /** null for an invalid entry whose key is not a subnet; "fd00:…/64" alone for an IPv6-only lease. */
   readonly subnet: string | null;
   readonly publicIP: string | null;
+  /** The lease's IPv6 subnet and PublicIPv6 (dual-stack, IPv6-only); null without. */
+  readonly ipv6Subnet?: string | null;
+  readonly publicIPv6?: string | null;
   readonly backend: string | null;
   /** pending = known from etcd, not yet through a reconcile round. */
   readonly state: PeerStateJson;
@@ -36,16 +40,24 @@ export interface StatusJson {
   readonly config: {
     readonly state: "unknown" | "missing" | "invalid" | "valid";
     readonly network: string | null;
+    /** IPv6Network when IPv6 is on; null without. */
+    readonly ipv6Network?: string | null;
     readonly backend: string | null;
     /** The backend's options as parsed, defaults filled in (e.g. {"VNI":1,"Port":8472,…}). */
     readonly backendOptions?: Readonly<Record<string, string | number | boolean | null>> | null;
     readonly message: string | null;
   };
-  readonly node: { readonly interface: string | null; readonly publicIP: string | null };
+  readonly node: {
+    readonly interface: string | null;
+    readonly publicIP: string | null;
+    readonly publicIPv6?: string | null;
+  };
   readonly lease: {
     readonly subnet: string;
+    readonly ipv6Subnet?: string | null;
     readonly key: string;
     readonly publicIP: string;
+    readonly publicIPv6?: string | null;
     readonly backend: string | null;
     readonly reserved: boolean;
     /** null for a reservation (never expires). */
@@ -159,10 +171,13 @@ export function buildStatus(input: StatusInput): StatusJson {
     );
     for (const lease of leases) {
       const status = dataplane.peerStates.get(lease.key);
+      const v4 = hasIPv4(lease.subnet);
       peers.push({
         key: lease.key,
-        subnet: formatCidr(lease.subnet),
-        publicIP: formatIPv4(lease.attrs.publicIP),
+        subnet: leaseName(lease),
+        publicIP: v4 ? formatIPv4(lease.attrs.publicIP) : null,
+        ipv6Subnet: lease.ipv6Subnet === undefined ? null : formatCidr6(lease.ipv6Subnet),
+        publicIPv6: lease.attrs.publicIPv6,
         backend: lease.attrs.backendType ?? null,
         state: status?.state ?? "pending",
         reason: status?.reason ?? null,
@@ -192,7 +207,11 @@ export function buildStatus(input: StatusInput): StatusJson {
     unhealthy: [...input.unhealthy],
     config: {
       state: config.kind,
-      network: config.kind === "valid" ? formatCidr(config.config.network) : null,
+      network: config.kind === "valid" && config.config.enableIPv4 ? formatCidr(config.config.network) : null,
+      ipv6Network:
+        config.kind === "valid" && config.config.ipv6 !== undefined
+          ? formatCidr6(config.config.ipv6.network)
+          : null,
       backend: config.kind === "valid" ? config.config.backend.type : null,
       backendOptions: config.kind === "valid" ? { ...config.config.backend.options } : null,
       message:
@@ -204,13 +223,16 @@ export function buildStatus(input: StatusInput): StatusJson {
     },
     node: {
       interface: agent.external?.name ?? null,
-      publicIP: agent.external ? formatIPv4(agent.external.publicIp) : null,
+      publicIP: agent.external && agent.external.publicIp !== 0 ? formatIPv4(agent.external.publicIp) : null,
+      publicIPv6: agent.external?.publicIpv6 ?? null,
     },
     lease: own
       ? {
-          subnet: formatCidr(own.subnet),
+          subnet: leaseName(own),
+          ipv6Subnet: own.ipv6Subnet === undefined ? null : formatCidr6(own.ipv6Subnet),
           key: own.key,
           publicIP: formatIPv4(own.attrs.publicIP),
+          publicIPv6: own.attrs.publicIPv6,
           backend: own.attrs.backendType ?? null,
           reserved: own.expiresAt === Infinity,
           expiresAt: own.expiresAt === Infinity ? null : iso(own.expiresAt),
@@ -371,7 +393,7 @@ export function renderStatus(status: StatusJson): string {
   field(
     "config",
     config.state === "valid"
-      ? `network ${config.network ?? "?"}, backend ${config.backend ?? "?"}`
+      ? `network ${[config.network, config.ipv6Network].filter((n) => n != null).join(" and ") || "?"}, backend ${config.backend ?? "?"}`
       : `${config.state}${config.message === null ? "" : `: ${config.message}`}`,
   );
   const lease = status.lease;
@@ -381,13 +403,16 @@ export function renderStatus(status: StatusJson): string {
         ? "reservation, never expires"
         : `expires ${lease.expiresAt} (in ${formatAge(Date.parse(lease.expiresAt) - now)})`;
     const lost = lease.lost > 0 ? `, lost and re-acquired ${plural(lease.lost, "time")}` : "";
-    field("lease", `${lease.subnet} public IP ${lease.publicIP}, ${expiry}${lost}`);
+    const publicV6 = lease.publicIPv6 == null ? "" : ` and ${lease.publicIPv6}`;
+    field("lease", `${lease.subnet} public IP ${lease.publicIP}${publicV6}, ${expiry}${lost}`);
     if (lease.conflict !== null) field("lease conflict", `${lease.conflict.kind}: ${lease.conflict.message}`);
   } else field("lease", "none yet");
   const iface = status.node.interface;
   field(
     "interface",
-    iface === null ? "not selected yet" : `${iface} (public IP ${status.node.publicIP ?? "?"})`,
+    iface === null
+      ? "not selected yet"
+      : `${iface} (public IP ${[status.node.publicIP, status.node.publicIPv6].filter((ip) => ip != null).join(" and ") || "?"})`,
   );
   field("subnet file", status.subnetFileWritten ? "written" : "not written");
 
@@ -478,7 +503,7 @@ export function renderStatus(status: StatusJson): string {
     for (const peer of status.peers) {
       rows.push([
         peer.subnet ?? peer.key,
-        peer.publicIP ?? "-",
+        [peer.publicIP, peer.publicIPv6].filter((ip) => ip != null).join(",") || "-",
         peer.backend ?? "-",
         peer.state,
         peer.reason ?? "",

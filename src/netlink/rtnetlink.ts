@@ -520,6 +520,9 @@ export function encodeLinkDump(writer: MessageWriter): void {
  * RTM_NEWADDR with NLM_F_CREATE|NLM_F_EXCL (`ip addr add`, so an existing address is EEXIST) or
  * RTM_DELADDR; both carry IFA_LOCAL and IFA_ADDRESS, as iproute2 does for an address without a peer.
  */
+/** ifa_flags: skip duplicate address detection. */
+const IFA_F_NODAD = 0x02;
+
 export function encodeAddress(
   writer: MessageWriter,
   action: "add" | "delete",
@@ -535,6 +538,9 @@ export function encodeAddress(
   const header = writer.bytes;
   header[at] = familyNumber(address.family);
   header[at + 1] = address.prefixLength;
+  // IPv6: no duplicate address detection. The addresses are the node's own by its lease, and a
+  // tentative gateway would leave pods without one for the ~1 s DAD takes after every (re)creation.
+  if (address.family === 6 && action === "add") header[at + 2] = IFA_F_NODAD;
   header[at + 3] = address.scope;
   header.writeUInt32LE(index, at + 4);
   writer.attr(IFA_LOCAL, bytes);

@@ -4,8 +4,10 @@ import { readFile, writeFile } from "node:fs/promises";
 import type { DeviceHost } from "../dataplane/devices.js";
 
 export const IP_FORWARD_SYSCTL = "/proc/sys/net/ipv4/ip_forward";
+/** IPv6 forwarding for every interface (a host that takes its default route from RAs needs accept_ra=2). */
+export const IPV6_FORWARD_SYSCTL = "/proc/sys/net/ipv6/conf/all/forwarding";
 
-/** Turns IPv4 forwarding on when it is off; true when it changed something. Throws when it cannot. */
+/** Turns forwarding on when it is off (IPv4 by default); true when it changed something. Throws when it cannot. */
 export async function ensureForwarding(path = IP_FORWARD_SYSCTL): Promise<boolean> {
   const current = (await readFile(path, "utf8")).trim();
   if (current === "1") return false;

@@ -41,6 +41,7 @@ const GAUGES_AND_COUNTERS = [
   "twill_config_valid",
   "twill_lease_expiry_timestamp_seconds",
   "twill_lease_reserved",
+  "twill_peer_subnets",
   "twill_lease_acquisitions_total",
   "twill_lease_renewals_total",
   "twill_lease_lost_total",

@@ -1,8 +1,10 @@
 // The host-gw backend, as flannel's: no device of its own; per peer one route to its subnet via its
 // public IP on the external interface. Peers must share the node's L2 segment: one that does not is
 // reported unreachable and gets no route (flannel would hand it to the kernel and only log the error).
-import { formatPrefix, prefixContains } from "../../ip/address.js";
-import { formatCidr, formatIPv4 } from "../../ip/ipv4.js";
+// With IPv6 on, each family gets its route: the IPv6 subnet via the peer's PublicIPv6.
+import { formatPrefix, prefixContains, type Family } from "../../ip/address.js";
+import { leaseName } from "../../lease/key.js";
+import { combineFamilies, sharedFamilies, type PeerFamily } from "../families.js";
 import { ownedRoute } from "../../dataplane/objects.js";
 import { resolveFields } from "../../config/json-fields.js";
 import type { BackendConfig, BackendPlugin, NodeBackend, NodeFacts, PeerProgram } from "../backend.js";
@@ -11,8 +13,9 @@ import type { Lease } from "../../lease/lease.js";
 /** flannel's host-gw peers publish no BackendData; whatever they publish is ignored, as flannel does. */
 const NO_PEER_DATA: object = Object.freeze({});
 
-function connectedText(node: NodeFacts): string {
-  return node.connected.length === 0 ? "no IPv4 networks" : node.connected.map(formatPrefix).join(", ");
+function connectedText(node: NodeFacts, family: Family): string {
+  const networks = node.connected.filter((prefix) => prefix.family === family);
+  return networks.length === 0 ? `no IPv${family} networks` : networks.map(formatPrefix).join(", ");
 }
 
 function typeText(type: string | undefined): string {
@@ -31,32 +34,41 @@ class HostGwNode implements NodeBackend {
   }
 
   peer(node: NodeFacts, lease: Lease): PeerProgram {
-    const subnet = formatCidr(lease.subnet);
+    const name = leaseName(lease);
     if (lease.attrs.backendType !== "host-gw") {
       return {
         objects: [],
         status: {
           state: "backend-mismatch",
-          reason: `peer ${subnet} uses backend ${typeText(lease.attrs.backendType)}, this node uses "host-gw"; not programmed`,
+          reason: `peer ${name} uses backend ${typeText(lease.attrs.backendType)}, this node uses "host-gw"; not programmed`,
         },
       };
     }
-    const publicIp = formatIPv4(lease.attrs.publicIP);
+    const parts = sharedFamilies(node, lease).map((family) => ({
+      family: family.family,
+      program: this.route(node, family),
+    }));
+    return combineFamilies(parts, name);
+  }
+
+  /** One family's route: the peer's subnet via its public address of that family. */
+  private route(node: NodeFacts, peer: PeerFamily): PeerProgram {
+    const { family, publicAddress, subnet } = peer;
     const iface = node.external.name;
-    if (!node.connected.some((prefix) => prefixContains(prefix, publicIp))) {
+    if (!node.connected.some((prefix) => prefixContains(prefix, publicAddress))) {
       return {
         objects: [],
         status: {
           state: "unreachable",
           reason:
-            `peer ${publicIp} is not on-link on ${iface} (${connectedText(node)}); host-gw needs peers ` +
+            `peer ${publicAddress} is not on-link on ${iface} (${connectedText(node, family)}); host-gw needs peers ` +
             `on the same L2 segment — use vxlan (or vxlan DirectRouting)`,
         },
       };
     }
     return {
-      objects: [ownedRoute({ family: 4, dst: subnet, gateway: publicIp, dev: iface, onlink: false })],
-      status: { state: "programmed", reason: `route via ${publicIp} dev ${iface}` },
+      objects: [ownedRoute({ family, dst: subnet, gateway: publicAddress, dev: iface, onlink: false })],
+      status: { state: "programmed", reason: `route via ${publicAddress} dev ${iface}` },
     };
   }
 }

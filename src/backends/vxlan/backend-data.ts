@@ -4,14 +4,32 @@ import { LeaseDecodeError } from "../../lease/attrs.js";
 import { parseMac, unicastMacProblem } from "../../ip/mac.js";
 import { VXLAN_MAX_VNI } from "./config.js";
 
-/** A peer's vxlan BackendData, parsed once in the peer view (Lease.peerData). */
-export class VxlanPeerData {
+/** One VTEP a peer publishes: BackendData (IPv4) or BackendV6Data (IPv6). */
+export interface VxlanVtepData {
+  /** 0 when the peer did not publish one (older flannel). */
+  readonly vni: number;
+  /** Lower-case colon form. */
+  readonly vtepMac: string;
+}
+
+/**
+ * A peer's vxlan BackendData and BackendV6Data, parsed once in the peer view (Lease.peerData).
+ * vni/vtepMac are its first VTEP's (IPv4, or IPv6 on an IPv6-only peer): what identifies it.
+ */
+export class VxlanPeerData implements VxlanVtepData {
   constructor(
-    /** 0 when the peer did not publish one (older flannel). */
     readonly vni: number,
-    /** Lower-case colon form. */
     readonly vtepMac: string,
+    /** BackendV6Data, when published. */
+    readonly v6?: VxlanVtepData,
+    /** Whether BackendData was published (not on an IPv6-only peer). */
+    private readonly v4Published = true,
   ) {}
+
+  /** BackendData, when published. */
+  get v4(): VxlanVtepData | undefined {
+    return this.v4Published ? { vni: this.vni, vtepMac: this.vtepMac } : undefined;
+  }
 }
 
 /** The BackendData a vxlan node publishes. Throws on a bad VNI or MAC (a bug in the caller). */
@@ -56,45 +74,61 @@ function field(obj: Record<string, unknown>, name: string): { found: boolean; va
  * the field.
  */
 export function parseVxlanBackendData(text: string | undefined): VxlanPeerData {
+  const vtep = parseVtep(text, "BackendData");
+  return new VxlanPeerData(vtep.vni, vtep.vtepMac);
+}
+
+/**
+ * A peer's BackendData and BackendV6Data (an IPv6-only peer publishes only the latter, a dual-stack one
+ * both). Throws LeaseDecodeError naming the field.
+ */
+export function parseVxlanPeerData(text: string | undefined, v6Text: string | undefined): VxlanPeerData {
+  // Go leaves a nil RawMessage out (omitempty); JSON null reads as absent too.
+  const v6 = v6Text === undefined || v6Text === "null" ? undefined : parseVtep(v6Text, "BackendV6Data");
+  if ((text === undefined || text === "null") && v6 !== undefined) {
+    return new VxlanPeerData(v6.vni, v6.vtepMac, v6, false);
+  }
+  const v4 = parseVtep(text, "BackendData");
+  return new VxlanPeerData(v4.vni, v4.vtepMac, v6);
+}
+
+function parseVtep(text: string | undefined, name: "BackendData" | "BackendV6Data"): VxlanVtepData {
   if (text === undefined) {
-    throw new LeaseDecodeError("BackendData", "BackendData is missing (vxlan needs VtepMAC)");
+    throw new LeaseDecodeError(name, `${name} is missing (vxlan needs VtepMAC)`);
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new LeaseDecodeError("BackendData", `BackendData is not valid JSON: ${(err as Error).message}`);
+    throw new LeaseDecodeError(name, `${name} is not valid JSON: ${(err as Error).message}`);
   }
   if (!isPlainObject(parsed)) {
-    throw new LeaseDecodeError("BackendData", `BackendData is ${describe(parsed)}, not a JSON object`);
+    throw new LeaseDecodeError(name, `${name} is ${describe(parsed)}, not a JSON object`);
   }
   const vniField = field(parsed, "VNI");
   const vni = vniField.found && vniField.value !== null ? vniField.value : 0;
   if (typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 || vni > VXLAN_MAX_VNI) {
     throw new LeaseDecodeError(
-      "BackendData.VNI",
-      `BackendData.VNI is ${describe(vni)}, not an integer 0–${VXLAN_MAX_VNI}`,
+      `${name}.VNI`,
+      `${name}.VNI is ${describe(vni)}, not an integer 0–${VXLAN_MAX_VNI}`,
     );
   }
   const macField = field(parsed, "VtepMAC");
-  if (!macField.found) throw new LeaseDecodeError("BackendData.VtepMAC", "BackendData.VtepMAC is missing");
+  if (!macField.found) throw new LeaseDecodeError(`${name}.VtepMAC`, `${name}.VtepMAC is missing`);
   const macText = macField.value;
   if (typeof macText !== "string") {
-    throw new LeaseDecodeError(
-      "BackendData.VtepMAC",
-      `BackendData.VtepMAC is ${describe(macText)}, not a string`,
-    );
+    throw new LeaseDecodeError(`${name}.VtepMAC`, `${name}.VtepMAC is ${describe(macText)}, not a string`);
   }
   const vtepMac = parseMac(macText);
   if (vtepMac === undefined || macText !== macText.trim()) {
     throw new LeaseDecodeError(
-      "BackendData.VtepMAC",
-      `BackendData.VtepMAC "${macText}" is not a 6-octet MAC address`,
+      `${name}.VtepMAC`,
+      `${name}.VtepMAC "${macText}" is not a 6-octet MAC address`,
     );
   }
   const problem = unicastMacProblem(vtepMac);
   if (problem !== undefined) {
-    throw new LeaseDecodeError("BackendData.VtepMAC", `BackendData.VtepMAC "${macText}" is ${problem}`);
+    throw new LeaseDecodeError(`${name}.VtepMAC`, `${name}.VtepMAC "${macText}" is ${problem}`);
   }
-  return new VxlanPeerData(vni, vtepMac);
+  return { vni, vtepMac };
 }

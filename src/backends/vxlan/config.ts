@@ -27,6 +27,8 @@ export const VXLAN_DEFAULT_VNI = 1;
 export const VXLAN_MAX_VNI = 0xffffff;
 /** Bytes of VXLAN encapsulation (outer IPv4 + UDP + VXLAN + inner Ethernet); device MTU = MTU - 50. */
 export const VXLAN_OVERHEAD = 50;
+/** Over an IPv6 underlay: a 40-byte outer IPv6 header instead of 20. */
+export const VXLAN_OVERHEAD_IPV6 = 70;
 /**
  * Smallest accepted Backend.MTU: the VXLAN device gets MTU - 50, and the kernel refuses a device MTU
  * below 68 (the IPv4 minimum), so a smaller value could only fail later with an opaque netlink error.

@@ -8,8 +8,9 @@ import { isUnicastMac, parseMac, randomVtepMac } from "../../ip/mac.js";
 import { writeFileAtomic } from "../../node/subnet-env.js";
 import type { IdentityOrigin } from "../backend.js";
 
-export function vtepMacPath(stateDir: string, vni: number): string {
-  return join(stateDir, `vtep-mac.flannel.${vni}`);
+/** The file of a VXLAN device's MAC: vtep-mac.flannel.<VNI>, vtep-mac.flannel-v6.<VNI>. */
+export function vtepMacPath(stateDir: string, vni: number, device = `flannel.${vni}`): string {
+  return join(stateDir, `vtep-mac.${device}`);
 }
 
 /** What the file holds: the MAC on the first line, then `bound-to <binding>` (absent in older files). */
@@ -56,13 +57,19 @@ export function chooseVtepMac(
   return { mac: random(), origin: "first-start" };
 }
 
-/** Reads, decides (chooseVtepMac) and persists the VTEP MAC for this VNI, bound to this node. */
+/** Reads, decides (chooseVtepMac) and persists the VTEP MAC of a VXLAN device, bound to this node. */
 export async function loadOrCreateVtepMac(
   stateDir: string,
   vni: number,
-  options: { readonly binding: string; readonly existingMac?: string | undefined; readonly renew: boolean },
+  options: {
+    readonly binding: string;
+    readonly existingMac?: string | undefined;
+    readonly renew: boolean;
+    /** The device whose MAC this is (default flannel.<VNI>). */
+    readonly device?: string;
+  },
 ): Promise<VtepMacChoice> {
-  const path = vtepMacPath(stateDir, vni);
+  const path = vtepMacPath(stateDir, vni, options.device);
   let file: VtepMacFile | undefined;
   let text: string | undefined;
   try {
