@@ -149,8 +149,8 @@ function isOurs(lease: Lease, input: AllocationInput): boolean {
  *    (flannel takes the first of those in key order: a hand-written or stale lease would move the
  *    node and strand its pods);
  * 2. else the first compatible lease of ours is reused;
- * 3. else per family one of the first `maxCandidates` free pool subnets from SubnetMin upwards,
- *    uniformly at random.
+ * 3. else per family the previous subnet while free, or else one of the first `maxCandidates`
+ *    free pool subnets from SubnetMin upwards, uniformly at random.
  * "Ours" is a lease carrying our PublicIP (with IPv4 off, our PublicIPv6). Leases of ours that the
  * config no longer allows are `staleOwn` (the caller deletes them first). They count as taken, as in
  * flannel, except for the previous subnets: a node turning IPv6 on keeps its IPv4 subnet.
@@ -198,38 +198,45 @@ export function chooseSubnet(input: AllocationInput): AllocationDecision {
 
   const stale = new Set(staleOwn);
   const others = leases.filter((lease) => !stale.has(lease));
-  if (hasPrevious) {
-    const free4 =
-      previous === undefined ||
-      !intersects(takenRanges(others), previous.ip, previous.ip + sizeOf(previous.prefixLen));
-    const free6 =
-      previous6 === undefined ||
-      !intersects6(takenRanges6(others), previous6.ip, previous6.ip + sizeOf6(previous6.prefixLen));
-    if (free4 && free6) {
-      return {
-        kind: "create",
-        subnet: previous ?? NO_IPV4_SUBNET,
-        ipv6Subnet: previous6,
-        reason: "previous-subnet",
-        staleOwn,
-      };
-    }
+  const free4 =
+    previous !== undefined &&
+    !intersects(takenRanges(others), previous.ip, previous.ip + sizeOf(previous.prefixLen));
+  const free6 =
+    previous6 !== undefined &&
+    !intersects6(takenRanges6(others), previous6.ip, previous6.ip + sizeOf6(previous6.prefixLen));
+  if (hasPrevious && (previous === undefined || free4) && (previous6 === undefined || free6)) {
+    return {
+      kind: "create",
+      subnet: previous ?? NO_IPV4_SUBNET,
+      ipv6Subnet: previous6,
+      reason: "previous-subnet",
+      staleOwn,
+    };
   }
   if (reuse !== undefined) return { kind: "reuse", lease: reuse, staleOwn };
 
+  // Per family: the previous subnet while it is free (a node turning IPv6 on keeps its IPv4 subnet,
+  // and its pods their addresses), else a free one.
   let subnet: Subnet = NO_IPV4_SUBNET;
   if (config.enableIPv4) {
-    const picked = pickFree4(config, takenRanges(leases), maxCandidates, input.random);
-    if (typeof picked !== "number") return { ...picked, staleOwn };
-    subnet = { ip: picked, prefixLen: config.subnetLen };
+    if (free4 && previous !== undefined) subnet = previous;
+    else {
+      const picked = pickFree4(config, takenRanges(leases), maxCandidates, input.random);
+      if (typeof picked !== "number") return { ...picked, staleOwn };
+      subnet = { ip: picked, prefixLen: config.subnetLen };
+    }
   }
   let ipv6Subnet: Subnet6 | undefined;
   if (config.ipv6 !== undefined) {
-    const picked = pickFree6(config, takenRanges6(leases), maxCandidates, input.random);
-    if (typeof picked !== "bigint") return { ...picked, staleOwn };
-    ipv6Subnet = { ip: picked, prefixLen: config.ipv6.subnetLen };
+    if (free6 && previous6 !== undefined) ipv6Subnet = previous6;
+    else {
+      const picked = pickFree6(config, takenRanges6(leases), maxCandidates, input.random);
+      if (typeof picked !== "bigint") return { ...picked, staleOwn };
+      ipv6Subnet = { ip: picked, prefixLen: config.ipv6.subnetLen };
+    }
   }
-  return { kind: "create", subnet, ipv6Subnet, reason: "free", staleOwn };
+  const kept = (free4 && config.enableIPv4) || (free6 && config.ipv6 !== undefined);
+  return { kind: "create", subnet, ipv6Subnet, reason: kept ? "previous-subnet" : "free", staleOwn };
 }
 
 /** flannel's empty IPv4 subnet: what an IPv6-only lease holds. */
