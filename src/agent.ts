@@ -38,6 +38,7 @@ import { MasqLoop, type RuleWatchFactory } from "./masq/loop.js";
 import { checkBrNetfilter } from "./node/br-netfilter.js";
 import {
   detectExternalInterface,
+  familyProblem,
   InterfaceSelectionError,
   type ExternalInterface,
 } from "./node/external-interface.js";
@@ -354,8 +355,10 @@ export class Agent {
       // As flanneld writes them: PublicIPv6 and BackendV6Data only with IPv6 on; PublicIP 0.0.0.0 and
       // no BackendData on an IPv6-only node.
       const ipv6 = config.ipv6 !== undefined;
-      if (ipv6 && external.publicIpv6 === undefined)
-        throw new Error("internal: IPv6 is on but the interface has no IPv6 address");
+      // A config that turned on a family this node has no address of: the agent ends with the message,
+      // and its next start waits for the address (--startup-timeout) before it gives up.
+      const problem = familyProblem(external, { ipv4: config.enableIPv4, ipv6 });
+      if (problem !== undefined) throw new StartupError(problem);
       return {
         publicIP: config.enableIPv4 ? external.publicIp : 0,
         publicIPv6: ipv6 ? (external.publicIpv6 ?? null) : null,
@@ -460,7 +463,10 @@ export class Agent {
     supervise(
       "lease",
       (async () => {
-        external = await this.detectInterface(signal);
+        // The config first: it says which address families the interface must have.
+        const families = await this.familiesOfFirstConfig(configWatch, signal);
+        if (families === undefined) return;
+        external = await this.detectInterface(signal, families);
         if (external === undefined) return;
         store.update({ external, phase: "waiting for a valid network config" });
         const previous = await readPreviousSubnet(options.subnetFile);
@@ -548,7 +554,34 @@ export class Agent {
     } else this.log.info(fields, message);
   }
 
-  private async detectInterface(signal: AbortSignal): Promise<ExternalInterface | undefined> {
+  /** The address families of the first valid network config; undefined when stopped first. */
+  private async familiesOfFirstConfig(
+    config: ConfigWatch,
+    signal: AbortSignal,
+  ): Promise<{ ipv4: boolean; ipv6: boolean } | undefined> {
+    while (!stopped(signal)) {
+      const state = config.current;
+      if (state.kind === "valid")
+        return { ipv4: state.config.enableIPv4, ipv6: state.config.ipv6 !== undefined };
+      this.store.update({ phase: "waiting for a valid network config" });
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          unsubscribe();
+          signal.removeEventListener("abort", done);
+          resolve();
+        };
+        const unsubscribe = config.onChange(done);
+        signal.addEventListener("abort", done, { once: true });
+      });
+    }
+    return undefined;
+  }
+
+  /** The external interface, with an address of each family the config enables (retried until it has). */
+  private async detectInterface(
+    signal: AbortSignal,
+    families: { readonly ipv4: boolean; readonly ipv6: boolean },
+  ): Promise<ExternalInterface | undefined> {
     const backoff = new Backoff(1000, 10_000);
     const giveUpAt = this.clock.now() + this.options.startupTimeoutSeconds * 1000;
     while (!stopped(signal)) {
@@ -558,15 +591,21 @@ export class Agent {
             iface: this.options.iface,
             ifaceRegex: this.options.ifaceRegex,
             publicIp: this.options.publicIp,
+            publicIpv6: this.options.publicIpv6,
             ifaceCanReach: this.options.ifaceCanReach,
           },
           this.runner,
         );
+        // A new IPv6 address is tentative for a moment at boot: retried like a missing interface.
+        const problem = familyProblem(external, families);
+        if (problem !== undefined) throw new InterfaceSelectionError(problem);
         this.log.info(
           {
             iface: external.name,
-            ifaceIp: formatIPv4(external.ifaceIp),
-            publicIP: formatIPv4(external.publicIp),
+            ifaceIp: external.ifaceIp === 0 ? undefined : formatIPv4(external.ifaceIp),
+            publicIP: external.publicIp === 0 ? undefined : formatIPv4(external.publicIp),
+            ifaceIpv6: external.ifaceIpv6,
+            publicIPv6: external.publicIpv6,
             mtu: external.mtu,
           },
           "external interface selected",

@@ -3,6 +3,8 @@
 import { parseListenAddress, type ListenAddress } from "./listen-address.js";
 import { errorMessage, LOG_FORMATS, type LogFormat } from "../util/log.js";
 import { tryParseIPv4, unusableUnicastReason, type IPv4 } from "../ip/ipv4.js";
+import { formatIPv6, tryParseIPv6, unusableUnicastReason6 } from "../ip/ipv6.js";
+import { canonicalAddress } from "../ip/address.js";
 import { etcdEndpointProblem } from "./etcd-endpoint.js";
 import { flannelCompat } from "./flannel-compat.js";
 import { IPTABLES_MODES, iptablesMode, type IptablesMode } from "./iptables-mode.js";
@@ -90,7 +92,7 @@ export const agentFlags: readonly FlagSpec[] = [
     name: "iface",
     kind: "string",
     default: "",
-    help: "external interface, by name or IP address; tried in order",
+    help: "external interface, by name or by IPv4 or IPv6 address; tried in order",
     flannel: true,
     repeatable: true,
     metavar: "NAME|IP",
@@ -99,7 +101,7 @@ export const agentFlags: readonly FlagSpec[] = [
     name: "iface-regex",
     kind: "string",
     default: "",
-    help: "regex matched against interface addresses, then names; after --iface",
+    help: "regex matched against interface addresses (IPv4 dotted, IPv6 in canonical form such as 2001:db8::5), then names; after --iface",
     flannel: true,
     repeatable: true,
     metavar: "REGEX",
@@ -108,7 +110,7 @@ export const agentFlags: readonly FlagSpec[] = [
     name: "iface-can-reach",
     kind: "string",
     default: "",
-    help: "use the interface the kernel routes this IPv4 address through (as `ip route get`); after --iface and --iface-regex",
+    help: "use the interface the kernel routes this IPv4 or IPv6 address through (as `ip route get`); after --iface and --iface-regex",
     flannel: true,
     metavar: "IP",
   },
@@ -119,6 +121,14 @@ export const agentFlags: readonly FlagSpec[] = [
     help: "IPv4 address advertised to peers (default: the external interface's)",
     flannel: true,
     metavar: "IP",
+  },
+  {
+    name: "public-ipv6",
+    kind: "string",
+    default: "",
+    help: "IPv6 accessible by other nodes for inter-host communication: advertised to peers (PublicIPv6) when the network config has EnableIPv6 (default: the external interface's global IPv6 address)",
+    flannel: true,
+    metavar: "IPV6",
   },
   // lease
   {
@@ -388,8 +398,10 @@ export interface AgentOptions {
   readonly iface: readonly string[];
   readonly ifaceRegex: readonly RegExp[];
   readonly publicIp: IPv4 | undefined;
-  /** --iface-can-reach: pick the interface the kernel routes this address through. */
-  readonly ifaceCanReach: IPv4 | undefined;
+  /** --public-ipv6, canonical text, checked to be a usable unicast IPv6 address. */
+  readonly publicIpv6: string | undefined;
+  /** --iface-can-reach, canonical IPv4 or IPv6 text: pick the interface the kernel routes it through. */
+  readonly ifaceCanReach: string | undefined;
   readonly subnetFile: string;
   readonly renewMarginSeconds: number;
   readonly leaseTtlSeconds: number;
@@ -519,6 +531,19 @@ export function parseAgentOptions(
       );
     }
   }
+  const publicIpv6Text = g.opt("public-ipv6");
+  let publicIpv6: string | undefined;
+  if (publicIpv6Text !== undefined) {
+    const ip = tryParseIPv6(publicIpv6Text);
+    if (ip === undefined) {
+      throw new FlagError(`${where("public-ipv6")}: "${publicIpv6Text}" is not an IPv6 address`);
+    }
+    const problem = unusableUnicastReason6(ip);
+    if (problem !== undefined) {
+      throw new FlagError(`${where("public-ipv6")}: "${publicIpv6Text}" is ${problem}`);
+    }
+    publicIpv6 = formatIPv6(ip);
+  }
   const ifaceRegex = g.list("iface-regex").map((pattern) => {
     try {
       return new RegExp(pattern);
@@ -533,9 +558,15 @@ export function parseAgentOptions(
     if (problem !== undefined) throw new FlagError(`${where("etcd-endpoints")}: ${problem}`);
   }
   const canReachText = g.opt("iface-can-reach");
-  const ifaceCanReach = canReachText === undefined ? undefined : tryParseIPv4(canReachText);
-  if (canReachText !== undefined && ifaceCanReach === undefined) {
-    throw new FlagError(`${where("iface-can-reach")}: "${canReachText}" is not an IPv4 address`);
+  let ifaceCanReach: string | undefined;
+  if (canReachText !== undefined) {
+    try {
+      ifaceCanReach = canonicalAddress(canReachText);
+    } catch {
+      throw new FlagError(
+        `${where("iface-can-reach")}: "${canReachText}" is not an IP address (IPv4 or IPv6)`,
+      );
+    }
   }
   const warnings = [...compat.warnings];
   for (const ignored of ["vmodule", "log_backtrace_at"]) {
@@ -565,6 +596,7 @@ export function parseAgentOptions(
     iface: g.list("iface"),
     ifaceRegex,
     publicIp,
+    publicIpv6,
     ifaceCanReach,
     subnetFile: g.str("subnet-file"),
     renewMarginSeconds,

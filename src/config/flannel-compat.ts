@@ -35,12 +35,6 @@ const UNSUPPORTED: readonly Unsupported[] = [
     instead:
       "twill reads the network config from etcd (<prefix>/config); store it with `twill config set FILE`",
   },
-  {
-    name: "public-ipv6",
-    bool: false,
-    flannelDefault: "",
-    instead: "twill has no IPv6 support yet; remove it (IPv4 is used)",
-  },
 ];
 
 function isDefault(spec: Unsupported, value: string): boolean {

@@ -487,7 +487,7 @@ describe("flanneld's unit files", () => {
     const fatal = agent.logs().filter((l) => l.level === "fatal");
     expect(fatal.map((l) => l.msg)).toEqual([
       expect.stringMatching(
-        /^no interface with an IPv4 address matches --iface nosuch0 .*; still failing after --startup-timeout=3s, giving up/,
+        /^no interface with an IPv4 or global IPv6 address matches --iface nosuch0 .*; still failing after --startup-timeout=3s, giving up/,
       ),
     ]);
     expect(etcd.ctl(["get", `${prefix}/subnets/`, "--prefix", "--keys-only"]).trim()).toBe("");

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { parseAgentOptions } from "../../src/config/agent-options.js";
 import { FlagError, parseDurationSeconds } from "../../src/config/flags.js";
-import { parseIPv4 } from "../../src/ip/ipv4.js";
 
 const noEnv = {};
 
@@ -200,7 +199,6 @@ describe("flanneld's command lines and environments", () => {
       { FLANNELD_NET_CONFIG_PATH: "/etc/x.json" },
       /^FLANNELD_NET_CONFIG_PATH=\/etc\/x\.json: .*twill config set/,
     ],
-    [["--public-ipv6=2001:db8::1"], {}, /^--public-ipv6=2001:db8::1: twill has no IPv6 support yet/],
   ])("refuses a flanneld mode twill lacks, flag or variable alike: %j %j", (argv, env, message) => {
     expect(() => parseAgentOptions(argv, env)).toThrow(FlagError);
     expect(() => parseAgentOptions(argv, env)).toThrow(message);
@@ -225,10 +223,70 @@ describe("flanneld's command lines and environments", () => {
       FLANNELD_IFACE_CAN_REACH: "198.18.0.9",
       FLANNELD_IP_BLACKHOLE_ROUTE: "true",
     });
-    expect(o.ifaceCanReach).toBe(parseIPv4("198.18.0.9"));
+    expect(o.ifaceCanReach).toBe("198.18.0.9");
     expect(o.ipBlackholeRoute).toBe(true);
     expect(() => parseAgentOptions(["--iface-can-reach=eth0"], noEnv)).toThrow(
-      '--iface-can-reach: "eth0" is not an IPv4 address',
+      '--iface-can-reach: "eth0" is not an IP address (IPv4 or IPv6)',
     );
+  });
+
+  it("takes an IPv6 --iface-can-reach, in canonical form", () => {
+    expect(parseAgentOptions(["--iface-can-reach=2001:DB8:0::9"], noEnv).ifaceCanReach).toBe("2001:db8::9");
+    expect(parseAgentOptions([], { FLANNELD_IFACE_CAN_REACH: "fd00::1" }).ifaceCanReach).toBe("fd00::1");
+  });
+
+  it("takes IPv6 addresses for --iface as they are (selection compares them canonically)", () => {
+    expect(parseAgentOptions(["--iface=2001:db8::5", "--iface=eth0"], noEnv).iface).toEqual([
+      "2001:db8::5",
+      "eth0",
+    ]);
+  });
+});
+
+describe("--public-ipv6", () => {
+  it.each<[string[], Record<string, string>, string | undefined, string]>([
+    [[], {}, undefined, "default"],
+    [["--public-ipv6", "2001:db8::5"], {}, "2001:db8::5", "flag"],
+    [["-public-ipv6=2001:DB8:0:0::5"], {}, "2001:db8::5", "flag"],
+    [["--public-ipv6=fd00:1::9"], {}, "fd00:1::9", "flag"],
+    [[], { FLANNELD_PUBLIC_IPV6: "2001:db8::7" }, "2001:db8::7", "FLANNELD_PUBLIC_IPV6"],
+    [
+      [],
+      { TWILL_PUBLIC_IPV6: "2001:db8::8", FLANNELD_PUBLIC_IPV6: "2001:db8::7" },
+      "2001:db8::8",
+      "TWILL_PUBLIC_IPV6",
+    ],
+    [[], { FLANNELD_PUBLIC_IPV6: "" }, undefined, "FLANNELD_PUBLIC_IPV6"],
+  ])("accepts %j %j as %s", (argv, env, expected, source) => {
+    const o = parseAgentOptions(argv, env);
+    expect(o.publicIpv6).toBe(expected);
+    expect(o.sources.get("public-ipv6")).toBe(source);
+    expect(o.warnings).toEqual([]);
+  });
+
+  it.each<[string[], Record<string, string>, string]>([
+    [["--public-ipv6", "198.18.0.5"], {}, '--public-ipv6: "198.18.0.5" is not an IPv6 address'],
+    [["--public-ipv6", "2001:db8::g"], {}, '--public-ipv6: "2001:db8::g" is not an IPv6 address'],
+    [["--public-ipv6", "fe80::1%eth0"], {}, '--public-ipv6: "fe80::1%eth0" is not an IPv6 address'],
+    [["--public-ipv6", "2001:db8::/64"], {}, '--public-ipv6: "2001:db8::/64" is not an IPv6 address'],
+    [["--public-ipv6", "fe80::1"], {}, '--public-ipv6: "fe80::1" is a link-local address (fe80::/10)'],
+    [["--public-ipv6", "::1"], {}, '--public-ipv6: "::1" is the loopback address'],
+    [["--public-ipv6", "::"], {}, '--public-ipv6: "::" is the unspecified address'],
+    [["--public-ipv6", "ff02::1"], {}, '--public-ipv6: "ff02::1" is a multicast address'],
+    [
+      ["--public-ipv6", "::ffff:198.18.0.5"],
+      {},
+      '--public-ipv6: "::ffff:198.18.0.5" is an IPv4-mapped address',
+    ],
+    [["--public-ipv6=2001:db8::1", "--public-ipv6=2001:db8::2"], {}, "--public-ipv6: given more than once"],
+    [
+      [],
+      { FLANNELD_PUBLIC_IPV6: "fe80::1" },
+      'FLANNELD_PUBLIC_IPV6 (--public-ipv6): "fe80::1" is a link-local',
+    ],
+    [[], { TWILL_PUBLIC_IPV6: "nope" }, 'TWILL_PUBLIC_IPV6 (--public-ipv6): "nope" is not an IPv6 address'],
+  ])("rejects %j %j naming the flag and the value", (argv, env, message) => {
+    expect(() => parseAgentOptions(argv, env)).toThrow(FlagError);
+    expect(() => parseAgentOptions(argv, env)).toThrow(message);
   });
 });
