@@ -98,7 +98,9 @@ export const netnsFlags: readonly FlagSpec[] = [
     name: "cni-args",
     kind: "string",
     default: "",
-    help: 'CNI_ARGS, e.g. "IP=10.244.5.7" (host-local: ask for that address); IgnoreUnknown=1 is added',
+    help:
+      'CNI_ARGS, e.g. "IP=10.244.5.7" (host-local: ask for that address; one address only, so on a ' +
+      "dual-stack network the other family's comes from the pool); IgnoreUnknown=1 is added",
     metavar: "K=V;K=V",
   },
   { name: "json", kind: "bool", default: "false", help: "print the CNI result as JSON (attach, check)" },
@@ -121,7 +123,8 @@ export const netnsUsage = `Usage:
 Runs the CNI plugin chain of the node's network config list against a network namespace: ADD in order
 (each plugin gets the previous result), DEL in reverse, CHECK with the cached ADD result, as libcni
 and cnitool do. <netns> is a name under ${NETNS_DIR} (ip netns add NAME) or a path. A failed attach
-undoes the plugins already run.
+undoes the plugins already run. With a dual-stack conflist (the agent writes one when IPv6 is on) the
+pod gets an address of each family; detach gives both back.
 
 Flags (each also settable from the environment as TWILL_<FLAG>):
 ${formatFlagHelp(netnsFlags)}

@@ -1,6 +1,7 @@
 // The CNI network configuration list: the one twill writes for its node (bridge + host-local + portmap,
 // the standard plugins), and the parser `twill netns` uses to run any conflist the way libcni does.
 import { firstHost, formatCidr, formatIPv4, type Subnet } from "../ip/ipv4.js";
+import { firstHost6, formatCidr6, formatIPv6, type Subnet6 } from "../ip/ipv6.js";
 import { parseSubnetEnv } from "../node/subnet-env.js";
 import { isJsonObject, parseJsonObject, type JsonObject, type JsonValue } from "./json.js";
 import { errorMessage } from "../util/log.js";
@@ -15,10 +16,17 @@ export const TWILL_NETWORK_NAME = "twill";
 export const DEFAULT_CNI_CONF_FILE = "/etc/cni/net.d/10-twill.conflist";
 
 export interface TwillConflistInput {
-  /** The cluster network (FLANNEL_NETWORK). */
+  /** The IPv4 cluster network (FLANNEL_NETWORK); 0.0.0.0/0 on an IPv6-only node. */
   readonly network: Subnet;
-  /** The node's lease, as a network (10.244.5.0/24). */
+  /**
+   * The node's IPv4 lease, as a network (10.244.5.0/24). On an IPv6-only node 0.0.0.0/0 (prefix
+   * length 0, as in SubnetEnv): then the conflist has no IPv4 range and no IPv4 routes.
+   */
   readonly subnet: Subnet;
+  /** The IPv6 cluster network (FLANNEL_IPV6_NETWORK), when IPv6 is on; given with ipv6Subnet. */
+  readonly ipv6Network?: Subnet6 | undefined;
+  /** The node's IPv6 subnet, as a network (fd00:10:244:5::/64); given with ipv6Network. */
+  readonly ipv6Subnet?: Subnet6 | undefined;
   /** The backend MTU (FLANNEL_MTU): pods get exactly this. */
   readonly mtu: number;
   /** The bridge the agent manages (--bridge). */
@@ -38,6 +46,10 @@ export interface TwillConflistInput {
  * mtu = FLANNEL_MTU, isGateway, host-local over the node subnet with a route to the cluster network),
  * plus hairpin, a default route and portmap. Routes carry the gateway explicitly: the bridge plugin's
  * CHECK compares the result's routes with the kernel's, and the kernel route always has one.
+ *
+ * Dual-stack, as flannel's plugin: one host-local range set per family (IPv4 first, then IPv6), so a
+ * pod gets one address of each, and the routes of each family (cluster network, then default) via that
+ * family's gateway, the subnet's first host. An IPv6-only node (subnet 0.0.0.0/0) has only the IPv6 set.
  */
 export function twillConflist(input: TwillConflistInput): JsonObject {
   if (!Number.isInteger(input.mtu) || input.mtu < 68 || input.mtu > 65535) {
@@ -46,15 +58,33 @@ export function twillConflist(input: TwillConflistInput): JsonObject {
   if (input.cniVersion !== undefined && !/^\d+\.\d+\.\d+$/.test(input.cniVersion)) {
     throw new RangeError(`invalid cniVersion "${input.cniVersion}" for the CNI config`);
   }
-  const gateway = formatIPv4(firstHost(input.subnet));
+  if ((input.ipv6Network === undefined) !== (input.ipv6Subnet === undefined)) {
+    throw new RangeError(
+      `the CNI config needs both the IPv6 network and the node's IPv6 subnet (got only the ${
+        input.ipv6Network === undefined ? "subnet" : "network"
+      })`,
+    );
+  }
+  const ranges: JsonValue[] = [];
+  const routes: JsonValue[] = [];
+  if (input.subnet.prefixLen > 0) {
+    const gateway = formatIPv4(firstHost(input.subnet));
+    ranges.push([{ subnet: formatCidr(input.subnet), gateway }]);
+    routes.push({ dst: formatCidr(input.network), gw: gateway }, { dst: "0.0.0.0/0", gw: gateway });
+  }
+  if (input.ipv6Network !== undefined && input.ipv6Subnet !== undefined) {
+    const gateway = formatIPv6(firstHost6(input.ipv6Subnet));
+    ranges.push([{ subnet: formatCidr6(input.ipv6Subnet), gateway }]);
+    routes.push({ dst: formatCidr6(input.ipv6Network), gw: gateway }, { dst: "::/0", gw: gateway });
+  }
+  if (ranges.length === 0) {
+    throw new RangeError("the CNI config needs an IPv4 or an IPv6 subnet; the lease has neither");
+  }
   const ipam: JsonObject = {
     type: "host-local",
     ...(input.ipamDataDir === undefined ? {} : { dataDir: input.ipamDataDir }),
-    ranges: [[{ subnet: formatCidr(input.subnet), gateway }]],
-    routes: [
-      { dst: formatCidr(input.network), gw: gateway },
-      { dst: "0.0.0.0/0", gw: gateway },
-    ],
+    ranges,
+    routes,
   };
   return {
     cniVersion: input.cniVersion ?? TWILL_CNI_VERSION,
@@ -79,34 +109,48 @@ export function formatConflist(conf: JsonObject): string {
   return `${JSON.stringify(conf, null, 2)}\n`;
 }
 
-/** The node's conflist from its subnet.env text (flannel's or twill's), as flannel's CNI plugin reads it. */
+/**
+ * The node's conflist from its subnet.env text (flannel's or twill's), as flannel's CNI plugin reads it.
+ * Either family may be absent (an IPv6-only node's file has no FLANNEL_NETWORK/FLANNEL_SUBNET), but not
+ * both, and a family that is there must be whole: the error names every variable that is missing.
+ */
 export function conflistFromSubnetEnv(
   text: string,
   options: { bridge: string; name?: string; ipamDataDir?: string; cniVersion?: string },
 ): JsonObject {
   const env = parseSubnetEnv(text);
-  const missing = [
-    env.network === undefined ? "FLANNEL_NETWORK" : undefined,
-    env.subnet === undefined ? "FLANNEL_SUBNET" : undefined,
-    env.mtu === undefined ? "FLANNEL_MTU" : undefined,
-    env.ipMasq === undefined ? "FLANNEL_IPMASQ" : undefined,
-  ].filter((name): name is string => name !== undefined);
-  if (
-    env.network === undefined ||
-    env.subnet === undefined ||
-    env.mtu === undefined ||
-    env.ipMasq === undefined
-  ) {
+  const hasV4 = env.network !== undefined || env.subnet !== undefined;
+  const hasV6 = env.ipv6Network !== undefined || env.ipv6Subnet !== undefined;
+  const missing: string[] = [];
+  if (!hasV4 && !hasV6) {
+    missing.push("FLANNEL_NETWORK and FLANNEL_SUBNET (or FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET)");
+  }
+  if (hasV4) {
+    if (env.network === undefined) missing.push("FLANNEL_NETWORK");
+    if (env.subnet === undefined) missing.push("FLANNEL_SUBNET");
+  }
+  if (hasV6) {
+    if (env.ipv6Network === undefined) missing.push("FLANNEL_IPV6_NETWORK");
+    if (env.ipv6Subnet === undefined) missing.push("FLANNEL_IPV6_SUBNET");
+  }
+  if (env.mtu === undefined) missing.push("FLANNEL_MTU");
+  if (env.ipMasq === undefined) missing.push("FLANNEL_IPMASQ");
+  if (missing.length > 0 || env.mtu === undefined || env.ipMasq === undefined) {
     throw new Error(`subnet.env lacks ${missing.join(", ")}`);
   }
   return twillConflist({
-    network: env.network,
-    subnet: env.subnet,
+    // No IPv4 lines: an IPv6-only node, whose IPv4 subnet is 0.0.0.0/0 as in SubnetEnv.
+    network: env.network ?? NO_IPV4,
+    subnet: env.subnet ?? NO_IPV4,
+    ipv6Network: env.ipv6Network,
+    ipv6Subnet: env.ipv6Subnet,
     mtu: env.mtu,
     ipMasq: env.ipMasq,
     ...options,
   });
 }
+
+const NO_IPV4: Subnet = { ip: 0, prefixLen: 0 };
 
 /** A conflist problem: says which file and which field. */
 export class CniConfigError extends Error {

@@ -1,6 +1,8 @@
 // Docker hosts: the options file flannel's mk-docker-opts.sh writes (sourced by a docker.service drop-in)
 // and a daemon.json fragment for engines configured by file. Both say: docker0 gets the node subnet's
 // first host (--bip), the backend MTU, and masquerades only when twill does not (--ip-masq inverted).
+// IPv4 only, as flannel: mk-docker-opts.sh reads no FLANNEL_IPV6_* variable, so a dual-stack node's
+// options are its IPv4 ones and an IPv6-only node's have no --bip (Docker keeps its own bridge address).
 import { firstHost, formatIPv4 } from "../ip/ipv4.js";
 import type { SubnetEnv } from "./subnet-env.js";
 import { formatSubnetEnv, parseDotenv } from "./subnet-env.js";
@@ -25,6 +27,7 @@ export class DockerOptsError extends Error {
  * mk-docker-opts.sh on subnet.env text, byte for byte: variables sorted by name (BIP, IPMASQ, MTU),
  * each `NAME="value"`, then the combined var with every value after a space (so it starts with one).
  * A missing FLANNEL_* var leaves its option out; FLANNEL_IPMASQ other than true/false is an error.
+ * FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET are ignored, as by the script (it has no IPv6 option).
  */
 export function dockerOptsFromSubnetEnv(text: string, options: DockerOptsOptions = {}): string {
   const vars = parseDotenv(text);
@@ -61,13 +64,18 @@ export function formatDockerOpts(env: SubnetEnv, options: DockerOptsOptions = {}
   return dockerOptsFromSubnetEnv(formatSubnetEnv(env), options);
 }
 
-/** The daemon.json keys twill owns: bip, mtu and ip-masq (inverted from twill's masquerade). */
+/**
+ * The daemon.json keys twill owns: bip, mtu and ip-masq (inverted from twill's masquerade). Like the
+ * options file, IPv4 only: an IPv6-only node (no IPv4 subnet) sets no bip, and leaves one in the file as is.
+ */
 export function daemonJsonFragment(
   env: SubnetEnv,
   options: { omitIpMasq?: boolean } = {},
-): { bip: string; mtu: number; "ip-masq"?: boolean } {
+): { bip?: string; mtu: number; "ip-masq"?: boolean } {
   return {
-    bip: `${formatIPv4(firstHost(env.subnet))}/${env.subnet.prefixLen}`,
+    ...(env.subnet.prefixLen > 0
+      ? { bip: `${formatIPv4(firstHost(env.subnet))}/${env.subnet.prefixLen}` }
+      : {}),
     mtu: env.mtu,
     ...(options.omitIpMasq === true ? {} : { "ip-masq": !env.ipMasq }),
   };

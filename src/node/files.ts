@@ -2,12 +2,15 @@
 // twill itself at the next start), the CNI conflist (kubelet/containerd, `twill netns`) and, on Docker
 // hosts, the docker options file and daemon.json. Each is written atomically and only when its content
 // changes, so watchers (containerd watches /etc/cni/net.d) see an event only for a real change and never a
-// half-written file, and a restart with the same lease touches nothing.
+// half-written file, and a restart with the same lease touches nothing. With IPv6 on, subnet.env and
+// the conflist carry both families (or only IPv6 on an IPv6-only node); the Docker files stay IPv4, as
+// flannel's mk-docker-opts.sh.
 import { readFile } from "node:fs/promises";
 import { formatSubnetEnv, writeFileAtomic, type SubnetEnv } from "./subnet-env.js";
 import { daemonJsonFragment, formatDockerOpts, mergeDaemonJson } from "./docker-opts.js";
 import { formatConflist, twillConflist } from "../cni/conflist.js";
 import { formatCidr } from "../ip/ipv4.js";
+import { formatCidr6 } from "../ip/ipv6.js";
 import { systemClock, type Clock } from "../util/clock.js";
 import { raceAbort, stopped } from "../util/time.js";
 import { errorMessage, type Logger } from "../util/log.js";
@@ -61,7 +64,10 @@ export interface NodeFileReport {
 }
 
 /** Brings every configured file in line with the lease; never throws, reports per file. */
-export async function updateNodeFiles(env: SubnetEnv, options: NodeFilesOptions): Promise<NodeFileReport[]> {
+export async function updateNodeFiles(
+  env: NodeFilesTarget,
+  options: NodeFilesOptions,
+): Promise<NodeFileReport[]> {
   const jobs: {
     kind: NodeFileReport["kind"];
     path: string;
@@ -134,11 +140,32 @@ export interface NodeFilesEvents {
 }
 
 /**
+ * What the node files describe: the lease (IPv4 and, when IPv6 is on, IPv6), MTU and masquerade.
+ * network/subnet are 0.0.0.0/0 on an IPv6-only node; ipv6Network/ipv6Subnet are given together or not at all.
+ */
+export type NodeFilesTarget = SubnetEnv;
+
+/** A stable text of a target, to tell a change (subnets hold bigints, which JSON cannot write). */
+function targetKey(target: NodeFilesTarget): string {
+  return JSON.stringify(target, (_key, value: unknown) =>
+    typeof value === "bigint" ? value.toString() : value,
+  );
+}
+
+/** The lease's subnets for log lines: each family that is there. */
+function leaseFields(target: NodeFilesTarget): { subnet?: string; ipv6Subnet?: string } {
+  return {
+    ...(target.subnet.prefixLen > 0 ? { subnet: formatCidr(target.subnet) } : {}),
+    ...(target.ipv6Subnet === undefined ? {} : { ipv6Subnet: formatCidr6(target.ipv6Subnet) }),
+  };
+}
+
+/**
  * The node-files writer: whenever the lease, config or MTU changes, brings every file in line, and
  * retries what could not be written every few seconds until it is.
  */
 export class NodeFilesWriter {
-  private target: SubnetEnv | undefined;
+  private target: NodeFilesTarget | undefined;
   private written: string | undefined;
   /** The plugins' answer, once asked (options.cniVersion as a function). */
   private askedCniVersion: Promise<string> | undefined;
@@ -152,8 +179,8 @@ export class NodeFilesWriter {
     private readonly retryMs = 5000,
   ) {}
 
-  /** The lease the files must describe. */
-  set(target: SubnetEnv): void {
+  /** The lease the files must describe (both families on a dual-stack node). */
+  set(target: NodeFilesTarget): void {
     this.target = target;
     this.wake?.();
   }
@@ -161,7 +188,7 @@ export class NodeFilesWriter {
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       const target = this.target;
-      const want = target === undefined ? undefined : JSON.stringify(target);
+      const want = target === undefined ? undefined : targetKey(target);
       let retry = false;
       if (target !== undefined && want !== this.written) {
         const cniVersion = await this.cniVersion(signal);
@@ -186,7 +213,6 @@ export class NodeFilesWriter {
     }
   }
 
-  /** Writes every file; true when all of them are right. */
   /** The conflist's cniVersion: as given, or asked of the plugins once (the first call asks). */
   private async cniVersion(signal: AbortSignal): Promise<string | undefined> {
     const version = this.options.cniVersion;
@@ -195,7 +221,8 @@ export class NodeFilesWriter {
     return raceAbort(this.askedCniVersion, signal, undefined);
   }
 
-  private async writeAll(target: SubnetEnv, cniVersion: string | undefined): Promise<boolean> {
+  /** Writes every file; true when all of them are right. */
+  private async writeAll(target: NodeFilesTarget, cniVersion: string | undefined): Promise<boolean> {
     const { subnetFile, cniConfFile, bridge, dockerOptsFile, dockerDaemonJson } = this.options;
     const reports = await updateNodeFiles(target, {
       subnetFile,
@@ -217,12 +244,12 @@ export class NodeFilesWriter {
         );
       } else if (report.kind === "subnet-env") {
         this.log.info(
-          { path: report.path, subnet: formatCidr(target.subnet), outcome: report.outcome },
+          { path: report.path, ...leaseFields(target), outcome: report.outcome },
           "subnet file written",
         );
       } else {
         this.log.info(
-          { path: report.path, file: report.kind, subnet: formatCidr(target.subnet) },
+          { path: report.path, file: report.kind, ...leaseFields(target) },
           `node file ${report.outcome ?? ""}`,
         );
       }

@@ -2,6 +2,7 @@
 // expected files), the typed path the agent uses, and the daemon.json fragment and merge.
 import { describe, expect, it } from "vitest";
 import { parseCidr } from "../../src/ip/ipv4.js";
+import { parseCidr6 } from "../../src/ip/ipv6.js";
 import {
   daemonJsonFragment,
   dockerOptsFromSubnetEnv,
@@ -177,5 +178,59 @@ describe("daemon.json", () => {
   it("refuses to touch a daemon.json that is not a JSON object", () => {
     expect(() => mergeDaemonJson("{not json", daemonJsonFragment(lease(false)))).toThrow(/not valid JSON/);
     expect(() => mergeDaemonJson("[1]", daemonJsonFragment(lease(false)))).toThrow(/not a JSON object/);
+  });
+});
+
+// flannel's mk-docker-opts.sh has no IPv6 option and reads no FLANNEL_IPV6_* variable: twill does the same.
+describe("Docker options with IPv6: IPv4 only, as mk-docker-opts.sh", () => {
+  const dualStack = (ipMasq: boolean): SubnetEnv => ({
+    ...lease(ipMasq),
+    ipv6Network: parseCidr6("fd00:10:244::/56"),
+    ipv6Subnet: parseCidr6("fd00:10:244:5::/64"),
+  });
+  const ipv6Only = (ipMasq: boolean): SubnetEnv => ({
+    network: { ip: 0, prefixLen: 0 },
+    subnet: { ip: 0, prefixLen: 0 },
+    ipv6Network: parseCidr6("fd00:10:244::/56"),
+    ipv6Subnet: parseCidr6("fd00:10:244:5::/64"),
+    mtu: 1450,
+    ipMasq,
+  });
+
+  it("a dual-stack subnet.env gives the IPv4 options, byte for byte as an IPv4-only one", () => {
+    const text =
+      "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n" +
+      "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64\n" +
+      "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    expect(dockerOptsFromSubnetEnv(text)).toBe(
+      'DOCKER_OPT_BIP="--bip=10.244.5.1/24"\n' +
+        'DOCKER_OPT_IPMASQ="--ip-masq=false"\n' +
+        'DOCKER_OPT_MTU="--mtu=1450"\n' +
+        'DOCKER_OPTS=" --bip=10.244.5.1/24 --ip-masq=false --mtu=1450"\n',
+    );
+    expect(formatDockerOpts(dualStack(true))).toBe(dockerOptsFromSubnetEnv(text));
+    expect(formatDockerOpts(dualStack(false))).toBe(formatDockerOpts(lease(false)));
+  });
+
+  it("an IPv6-only subnet.env (no FLANNEL_SUBNET) gives no --bip: Docker keeps its own bridge address", () => {
+    const text =
+      "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64\n" +
+      "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    const want =
+      'DOCKER_OPT_IPMASQ="--ip-masq=true"\n' +
+      'DOCKER_OPT_MTU="--mtu=1450"\n' +
+      'DOCKER_OPTS=" --ip-masq=true --mtu=1450"\n';
+    expect(dockerOptsFromSubnetEnv(text)).toBe(want);
+    expect(formatDockerOpts(ipv6Only(false))).toBe(want);
+  });
+
+  it("daemon.json: bip from the IPv4 subnet on a dual-stack node; none on an IPv6-only node, whose file keeps its own", () => {
+    expect(daemonJsonFragment(dualStack(false))).toEqual(daemonJsonFragment(lease(false)));
+    expect(daemonJsonFragment(ipv6Only(true))).toEqual({ mtu: 1450, "ip-masq": false });
+    expect(formatDaemonJson(ipv6Only(false))).toBe('{\n  "mtu": 1450,\n  "ip-masq": true\n}\n');
+    const existing = '{\n  "bip": "172.17.0.1/16",\n  "ipv6": true\n}\n';
+    expect(mergeDaemonJson(existing, daemonJsonFragment(ipv6Only(false)))).toBe(
+      '{\n  "bip": "172.17.0.1/16",\n  "ipv6": true,\n  "mtu": 1450,\n  "ip-masq": true\n}\n',
+    );
   });
 });

@@ -1,10 +1,12 @@
 // The node-files writer's loop: it ends when stopped, also when the stop lands while it is writing.
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { formatConflist, twillConflist } from "../../src/cni/conflist.js";
 import { parseCidr } from "../../src/ip/ipv4.js";
-import { NodeFilesWriter } from "../../src/node/files.js";
+import { parseCidr6 } from "../../src/ip/ipv6.js";
+import { NodeFilesWriter, type NodeFilesTarget } from "../../src/node/files.js";
 import { FakeClock } from "../helpers/fake-clock.js";
 import { captureLogs } from "../helpers/logs.js";
 
@@ -113,6 +115,116 @@ describe("NodeFilesWriter", () => {
     controller.abort();
     expect(await endsSoon(run)).toBe("ended");
     expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe("NodeFilesWriter with IPv6", () => {
+  const DUAL_STACK: NodeFilesTarget = {
+    network: parseCidr("10.244.0.0/16"),
+    subnet: parseCidr("10.244.5.0/24"),
+    ipv6Network: parseCidr6("fd00:10:244::/56"),
+    ipv6Subnet: parseCidr6("fd00:10:244:5::/64"),
+    mtu: 1450,
+    ipMasq: true,
+  };
+  const IPV6_ONLY: NodeFilesTarget = {
+    network: { ip: 0, prefixLen: 0 },
+    subnet: { ip: 0, prefixLen: 0 },
+    ipv6Network: parseCidr6("2001:db8:42::/56"),
+    ipv6Subnet: parseCidr6("2001:db8:42:7::/64"),
+    mtu: 1500,
+    ipMasq: false,
+  };
+
+  /** A writer of all four files in a fresh temp dir, running until `stop` aborts. */
+  function allFiles() {
+    const dir = mkdtempSync(join(tmpdir(), "twill-files6-"));
+    dirs.push(dir);
+    const logs = captureLogs();
+    const writer = new NodeFilesWriter(
+      {
+        subnetFile: join(dir, "subnet.env"),
+        cniConfFile: join(dir, "10-twill.conflist"),
+        bridge: "cni0",
+        dockerOptsFile: join(dir, "docker_opts.env"),
+        dockerDaemonJson: join(dir, "daemon.json"),
+        cniVersion: "1.0.0",
+      },
+      logs.log,
+      { subnetFileWritten: () => undefined },
+      new FakeClock(),
+    );
+    const stop = new AbortController();
+    return { dir, writer, stop, run: writer.run(stop.signal), logs };
+  }
+  const read = (dir: string, name: string) => readFileSync(join(dir, name), "utf8");
+
+  it("dual-stack: subnet.env and the conflist carry both families, the Docker files IPv4", async () => {
+    const { dir, writer, stop, run, logs } = allFiles();
+    writer.set(DUAL_STACK);
+    // The writer logs once every file is written.
+    await waitFor(() => logs.withMsg("subnet file written").length > 0);
+    expect(read(dir, "subnet.env")).toBe(
+      "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n" +
+        "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64\n" +
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    );
+    expect(read(dir, "10-twill.conflist")).toBe(
+      formatConflist(twillConflist({ ...DUAL_STACK, bridge: "cni0" })),
+    );
+    expect(read(dir, "10-twill.conflist")).toContain(
+      '"subnet": "fd00:10:244:5::/64",\n              "gateway": "fd00:10:244:5::1"',
+    );
+    expect(read(dir, "docker_opts.env")).toBe(
+      'DOCKER_OPT_BIP="--bip=10.244.5.1/24"\n' +
+        'DOCKER_OPT_IPMASQ="--ip-masq=false"\n' +
+        'DOCKER_OPT_MTU="--mtu=1450"\n' +
+        'DOCKER_OPTS=" --bip=10.244.5.1/24 --ip-masq=false --mtu=1450"\n',
+    );
+    expect(JSON.parse(read(dir, "daemon.json"))).toEqual({
+      bip: "10.244.5.1/24",
+      mtu: 1450,
+      "ip-masq": false,
+    });
+    // The log names both subnets.
+    expect(logs.withMsg("subnet file written")[0]).toMatchObject({
+      subnet: "10.244.5.0/24",
+      ipv6Subnet: "fd00:10:244:5::/64",
+    });
+
+    // A change of the IPv6 subnet alone is a change: both files that carry it are rewritten.
+    writer.set({ ...DUAL_STACK, ipv6Subnet: parseCidr6("fd00:10:244:9::/64") });
+    await waitFor(() => read(dir, "subnet.env").includes("FLANNEL_IPV6_SUBNET=fd00:10:244:9::1/64"));
+    await waitFor(() => read(dir, "10-twill.conflist").includes('"gateway": "fd00:10:244:9::1"'));
+    stop.abort();
+    expect(await endsSoon(run)).toBe("ended");
+  });
+
+  it("IPv6-only: no IPv4 anywhere, no --bip, and a daemon.json bip of the operator's left alone", async () => {
+    const { dir, writer, stop, run, logs } = allFiles();
+    writeFileSync(join(dir, "daemon.json"), '{\n  "bip": "172.17.0.1/16"\n}\n');
+    writer.set(IPV6_ONLY);
+    await waitFor(() => logs.withMsg("subnet file written").length > 0);
+    expect(read(dir, "subnet.env")).toBe(
+      "FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:7::1/64\n" +
+        "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n",
+    );
+    const conflist = read(dir, "10-twill.conflist");
+    expect(conflist).toBe(formatConflist(twillConflist({ ...IPV6_ONLY, bridge: "cni0" })));
+    expect(conflist).not.toMatch(/\d+\.\d+\.\d+\.\d+/);
+    expect(read(dir, "docker_opts.env")).toBe(
+      'DOCKER_OPT_IPMASQ="--ip-masq=true"\nDOCKER_OPT_MTU="--mtu=1500"\nDOCKER_OPTS=" --ip-masq=true --mtu=1500"\n',
+    );
+    expect(JSON.parse(read(dir, "daemon.json"))).toEqual({
+      bip: "172.17.0.1/16",
+      mtu: 1500,
+      "ip-masq": true,
+    });
+    const written = logs.withMsg("subnet file written")[0];
+    expect(written).toMatchObject({ ipv6Subnet: "2001:db8:42:7::/64" });
+    expect(written).not.toHaveProperty("subnet");
+    stop.abort();
+    expect(await endsSoon(run)).toBe("ended");
   });
 });
 

@@ -9,6 +9,7 @@ import {
   writeFileAtomic,
 } from "../../src/node/subnet-env.js";
 import { formatCidr, parseCidr } from "../../src/ip/ipv4.js";
+import { formatCidr6, parseCidr6 } from "../../src/ip/ipv6.js";
 
 const GOLDEN =
   "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
@@ -19,6 +20,8 @@ function parsed(text: string): Record<string, unknown> {
   return {
     network: env.network && formatCidr(env.network),
     subnet: env.subnet && formatCidr(env.subnet),
+    ipv6Network: env.ipv6Network && formatCidr6(env.ipv6Network),
+    ipv6Subnet: env.ipv6Subnet && formatCidr6(env.ipv6Subnet),
     mtu: env.mtu,
     ipMasq: env.ipMasq,
   };
@@ -55,6 +58,71 @@ describe("formatSubnetEnv", () => {
         ipMasq: false,
       }),
     ).toThrow(RangeError);
+  });
+});
+
+// flannel's WriteSubnetFile with EnableIPv6: the IPv6 pair after the IPv4 one, each subnet as its first host.
+const DUAL_STACK_GOLDEN =
+  "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n" +
+  "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64\n" +
+  "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+const DUAL_STACK = {
+  network: parseCidr("10.244.0.0/16"),
+  subnet: parseCidr("10.244.5.0/24"),
+  ipv6Network: parseCidr6("fd00:10:244::/56"),
+  ipv6Subnet: parseCidr6("fd00:10:244:5::/64"),
+  mtu: 1450,
+  ipMasq: true,
+};
+// EnableIPv4 false: no IPv4 lines at all; the node's IPv4 subnet is the empty 0.0.0.0/0.
+const IPV6_ONLY_GOLDEN =
+  "FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:7::1/64\n" +
+  "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n";
+const IPV6_ONLY = {
+  network: { ip: 0, prefixLen: 0 },
+  subnet: { ip: 0, prefixLen: 0 },
+  ipv6Network: parseCidr6("2001:db8:42::/56"),
+  ipv6Subnet: parseCidr6("2001:db8:42:7::/64"),
+  mtu: 1500,
+  ipMasq: false,
+};
+
+describe("subnet.env with IPv6", () => {
+  it("dual-stack: flannel's bytes", () => {
+    expect(formatSubnetEnv(DUAL_STACK)).toBe(DUAL_STACK_GOLDEN);
+  });
+
+  it("IPv6-only: flannel's bytes, without FLANNEL_NETWORK and FLANNEL_SUBNET", () => {
+    expect(formatSubnetEnv(IPV6_ONLY)).toBe(IPV6_ONLY_GOLDEN);
+  });
+
+  it("flannel's documented example, byte for byte", () => {
+    const text = formatSubnetEnv({
+      network: parseCidr("10.42.0.0/16"),
+      subnet: parseCidr("10.42.0.0/24"),
+      ipv6Network: parseCidr6("2001:cafe:42::/56"),
+      ipv6Subnet: parseCidr6("2001:cafe:42::/64"),
+      mtu: 1450,
+      ipMasq: true,
+    });
+    expect(text).toBe(
+      "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\n" +
+        "FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    );
+  });
+
+  it("round trips: dual-stack gives both families back, IPv6-only no IPv4 at all", () => {
+    expect(parseSubnetEnv(DUAL_STACK_GOLDEN)).toEqual(DUAL_STACK);
+    expect(formatSubnetEnv({ ...DUAL_STACK, ...parseSubnetEnv(DUAL_STACK_GOLDEN) })).toBe(DUAL_STACK_GOLDEN);
+    const { network: _network, subnet: _subnet, ...v6 } = IPV6_ONLY;
+    expect(parseSubnetEnv(IPV6_ONLY_GOLDEN)).toEqual(v6);
+    expect(formatSubnetEnv({ ...IPV6_ONLY, ...parseSubnetEnv(IPV6_ONLY_GOLDEN) })).toBe(IPV6_ONLY_GOLDEN);
+  });
+
+  it("an IPv6 pair with only one half is left out, as a file flannel would never write", () => {
+    expect(formatSubnetEnv({ ...DUAL_STACK, ipv6Network: undefined })).toBe(
+      "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    );
   });
 });
 
@@ -125,11 +193,45 @@ describe("parseSubnetEnv", () => {
     ["fractional MTU", "FLANNEL_MTU=1450.5", {}],
     ["IPMASQ not a bool", "FLANNEL_IPMASQ=yes", {}],
     ["IPMASQ false", "FLANNEL_IPMASQ=false", { ipMasq: false }],
-    ["IPv6 keys ignored", "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64", {}],
+    [
+      "IPv6 keys, host bits dropped",
+      "FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64",
+      { ipv6Network: "fd00::/48", ipv6Subnet: "fd00:0:0:1::/64" },
+    ],
+    [
+      "flannel's documented dual-stack file",
+      "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\n" +
+        "FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+      {
+        network: "10.42.0.0/16",
+        subnet: "10.42.0.0/24",
+        ipv6Network: "2001:cafe:42::/56",
+        ipv6Subnet: "2001:cafe:42::/64",
+        mtu: 1450,
+        ipMasq: true,
+      },
+    ],
+    [
+      "IPv6 spelled long: read as the same subnet",
+      "FLANNEL_IPV6_SUBNET=FD00:0010:0244:0005:0000:0000:0000:0001/64",
+      { ipv6Subnet: "fd00:10:244:5::/64" },
+    ],
+    // flannel's main_test.go: invalid entries skipped; two valid ones are no single subnet
+    ["IPv6 comma list of two", "FLANNEL_IPV6_SUBNET=fd00::/64,not-a-cidr,fd01::/64", {}],
+    [
+      "IPv6 comma list, one valid",
+      "FLANNEL_IPV6_SUBNET=not-a-cidr,fd00:5::1/64",
+      { ipv6Subnet: "fd00:5::/64" },
+    ],
+    ["IPv6 not a CIDR", "FLANNEL_IPV6_SUBNET=not-a-cidr", {}],
+    ["IPv6 bad prefix", "FLANNEL_IPV6_SUBNET=fd00::1/129", {}],
+    ["IPv4 in the v6 key", "FLANNEL_IPV6_SUBNET=10.1.2.1/24\nFLANNEL_IPV6_NETWORK=10.1.0.0/16", {}],
   ])("%s", (_name, text, expected) => {
     expect(parsed(text)).toEqual({
       network: undefined,
       subnet: undefined,
+      ipv6Network: undefined,
+      ipv6Subnet: undefined,
       mtu: undefined,
       ipMasq: undefined,
       ...expected,
@@ -213,6 +315,22 @@ describe("writeFileAtomic and readPreviousSubnet", () => {
     ["a directory", "."],
   ])("readPreviousSubnet on %s → undefined", async (_name, name) => {
     expect(await readPreviousSubnet(join(dir, name))).toBeUndefined();
+  });
+
+  it("readPreviousSubnet gives both leases back from a dual-stack file, and the IPv6 one alone from an IPv6-only file", async () => {
+    const path = join(dir, "subnet.env");
+    await writeFileAtomic(path, DUAL_STACK_GOLDEN);
+    const dual = await readPreviousSubnet(path);
+    expect(dual && [formatCidr(dual.subnet), dual.ipv6Subnet && formatCidr6(dual.ipv6Subnet)]).toEqual([
+      "10.244.5.0/24",
+      "fd00:10:244:5::/64",
+    ]);
+    await writeFileAtomic(path, IPV6_ONLY_GOLDEN);
+    const v6 = await readPreviousSubnet(path);
+    expect(v6 && [v6.subnet.prefixLen, v6.ipv6Subnet && formatCidr6(v6.ipv6Subnet)]).toEqual([
+      0,
+      "2001:db8:42:7::/64",
+    ]);
   });
 
   it("readPreviousSubnet without FLANNEL_SUBNET → undefined", async () => {
