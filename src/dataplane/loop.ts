@@ -223,13 +223,18 @@ export class DataplaneLoop {
 
   /** A new or changed node state (lease, config, interface, backend): everything is checked again. */
   setSelf(self: DataplaneSelf): void {
+    // IPv6 subnets as text: their bigints have no JSON form.
     const key = JSON.stringify([
       self.subnet,
       self.config.network,
+      self.config.enableIPv4,
+      self.ipv6Subnet === undefined ? null : formatCidr6(self.ipv6Subnet),
+      self.config.ipv6 === undefined ? null : formatCidr6(self.config.ipv6.network),
       self.config.backend.type,
       self.config.backend.options,
       self.external,
       self.backend.leaseData,
+      self.backend.leaseV6Data ?? null,
     ]);
     if (key === this.selfKey) return;
     if (this.userspace !== undefined && this.userspace !== self.backend.userspace) {
