@@ -64,3 +64,14 @@ export function chooseIptablesBackend(mode: IptablesMode, evidence: BackendEvide
   }
   return { command: "iptables", reason: `no hint and ${nft} rules in either backend: the system's iptables` };
 }
+
+/**
+ * The IPv6 twin of an iptables command, of the same backend: "iptables-nft" → "ip6tables-nft",
+ * "iptables-legacy" → "ip6tables-legacy", "iptables" → "ip6tables" (also with a directory in front).
+ * Undefined when the command's name does not start with "iptables".
+ */
+export function ip6tablesCommand(command: string): string | undefined {
+  const match = /^(.*\/)?iptables([^/]*)$/.exec(command);
+  if (match === null) return undefined;
+  return `${match[1] ?? ""}ip6tables${match[2] ?? ""}`;
+}

@@ -2,13 +2,24 @@
 // when something is off — one `iptables-restore --noflush` that touches nothing but our chains and jumps.
 // A resync where all is well costs one iptables-save per table and no write. Rules are never removed: an
 // exiting agent leaves the data plane as it is (as flanneld does).
+//
+// IPv6 rule sets go through ip6tables of the same backend as the IPv4 ones (ip6tables-nft beside
+// iptables-nft, ip6tables-legacy beside iptables-legacy, plain ip6tables beside plain iptables): detected
+// only once an IPv6 rule set is asked for, so an IPv4-only node never runs ip6tables.
+import type { Family } from "../ip/address.js";
 import { CommandError, type CommandResult, type CommandRunner } from "../exec/command.js";
-import { chooseIptablesBackend, type BackendEvidence, type IptablesMode } from "./backend-choice.js";
+import {
+  chooseIptablesBackend,
+  ip6tablesCommand,
+  type BackendEvidence,
+  type IptablesMode,
+} from "./backend-choice.js";
 import {
   atLeast162,
   parseIptablesVersion,
   parseSave,
   planRestore,
+  ruleSetFamily,
   type RuleSet,
   type Table,
 } from "./rules.js";
@@ -20,7 +31,10 @@ export interface MasqLogger {
 }
 
 export interface IptablesInfo {
-  /** The iptables command used, e.g. "iptables"; `-save` / `-restore` are appended for the others. */
+  /**
+   * The iptables (or ip6tables) command used, e.g. "iptables"; `-save` / `-restore` are appended for
+   * the others.
+   */
   readonly command: string;
   /** Why this command (see backend-choice.ts). */
   readonly reason: string;
@@ -48,6 +62,27 @@ export interface MasqManagerOptions {
   readonly mode?: IptablesMode;
   /** A command to use as is, e.g. "iptables-legacy" (tests); overrides `mode`. */
   readonly command?: string;
+  /**
+   * The ip6tables command to use as is for IPv6 rule sets; default the IPv6 twin of the iptables command
+   * in use (see ip6tablesCommand).
+   */
+  readonly command6?: string;
+}
+
+/** The ip6tables command cannot be run although IPv6 rules are wanted; the message says what to install. */
+export class Ip6tablesUnavailableError extends CommandError {
+  constructor(
+    command: string,
+    result: CommandResult,
+    readonly ip6tables: string,
+    iptables: string,
+  ) {
+    super(command, result);
+    this.name = "Ip6tablesUnavailableError";
+    this.message +=
+      `. The IPv6 masquerade/forward rules need ${ip6tables} (the IPv6 counterpart of ${iptables}): ` +
+      "install it (Debian and Ubuntu: the iptables package), or give the node no IPv6 network";
+  }
 }
 
 /** iptables-restore failed; `line` is the payload line it named, when it named one. */
@@ -67,7 +102,9 @@ export class IptablesRestoreError extends CommandError {
 export class MasqManager {
   private readonly mode: IptablesMode;
   private readonly fixedCommand: string | undefined;
+  private readonly fixedCommand6: string | undefined;
   private detected: Promise<IptablesInfo> | undefined;
+  private detected6: Promise<IptablesInfo> | undefined;
   /** ensure() rounds run one at a time, so two rounds never race on the same chains. */
   private queue: Promise<unknown> = Promise.resolve();
   private readonly warnedOnce = new Set<string>();
@@ -79,6 +116,7 @@ export class MasqManager {
   ) {
     this.mode = options.mode ?? "system";
     this.fixedCommand = options.command;
+    this.fixedCommand6 = options.command6;
   }
 
   /** Version, backend and features of the iptables in use; detected once. */
@@ -94,7 +132,30 @@ export class MasqManager {
     return this.detected;
   }
 
-  /** Brings our chains and jumps to `desired`; see planRestore for what is touched. */
+  /**
+   * Version, backend and features of the ip6tables for IPv6 rule sets: the IPv6 twin of info()'s command;
+   * detected once, when first asked. Rejects with Ip6tablesUnavailableError when it cannot be run.
+   */
+  info6(): Promise<IptablesInfo> {
+    if (this.detected6 === undefined) {
+      const detecting = this.detect6();
+      this.detected6 = detecting;
+      detecting.catch(() => {
+        if (this.detected6 === detecting) this.detected6 = undefined;
+      });
+    }
+    return this.detected6;
+  }
+
+  /** The detected info for a family's rule sets. */
+  infoFor(family: Family): Promise<IptablesInfo> {
+    return family === 6 ? this.info6() : this.info();
+  }
+
+  /**
+   * Brings our chains and jumps to `desired`; see planRestore for what is touched. IPv4 and IPv6 sets are
+   * planned and restored apart, IPv4 first, each with its own command.
+   */
   ensure(desired: readonly RuleSet[]): Promise<EnsureResult> {
     const round = this.queue.then(() => this.ensureNow(desired));
     this.queue = round.catch(() => undefined);
@@ -129,21 +190,45 @@ export class MasqManager {
     const result = await this.runner.run(choice.command, ["--version"]);
     const command = `${choice.command} --version`;
     if (result.exitCode !== 0) throw new CommandError(`${command} (${this.runner.where})`, result);
-    const version = parseIptablesVersion(result.stdout);
-    if (version === undefined) throw new Error(`${command}: no version in ${JSON.stringify(result.stdout)}`);
-    const recent = atLeast162(version);
-    return {
-      command: choice.command,
-      reason: choice.reason,
-      version: `${version.major}.${version.minor}.${version.patch}`,
-      backend: version.backend ?? "unknown",
-      randomFully: recent,
-      wait: recent,
-    };
+    return versionInfo(choice.command, choice.reason, command, result.stdout);
   }
 
-  private async save(tables: readonly Table[]): Promise<string> {
-    const { command } = await this.info();
+  private async detect6(): Promise<IptablesInfo> {
+    const ipv4 = await this.info();
+    const derived = ip6tablesCommand(ipv4.command);
+    const command6 = this.fixedCommand6 ?? derived;
+    if (command6 === undefined) {
+      throw new Error(
+        `no ip6tables command for ${ipv4.command}: its name does not start with "iptables", so the ` +
+          "IPv6 counterpart cannot be derived; give it (MasqManager option command6)",
+      );
+    }
+    const reason =
+      this.fixedCommand6 !== undefined ? "given" : `the IPv6 counterpart of ${ipv4.command} (${ipv4.reason})`;
+    const result = await this.runner.run(command6, ["--version"]);
+    const command = `${command6} --version`;
+    if (result.exitCode !== 0) {
+      throw new Ip6tablesUnavailableError(
+        `${command} (${this.runner.where})`,
+        result,
+        command6,
+        ipv4.command,
+      );
+    }
+    const info = versionInfo(command6, reason, command, result.stdout);
+    if (info.backend !== ipv4.backend) {
+      // e.g. Debian's separate alternatives for iptables and ip6tables pointing at different backends.
+      this.warnOnce(
+        `backend6 ${info.backend}`,
+        { iptables: ipv4.command, backend: ipv4.backend, ip6tables: command6, backend6: info.backend },
+        "ip6tables uses another backend than iptables",
+      );
+    }
+    return info;
+  }
+
+  private async save(tables: readonly Table[], family: Family): Promise<string> {
+    const { command } = await this.infoFor(family);
     const texts = await Promise.all(
       tables.map(async (table) => {
         const result = await this.runner.run(`${command}-save`, ["-t", table]);
@@ -162,29 +247,42 @@ export class MasqManager {
   }
 
   private async ensureNow(desired: readonly RuleSet[]): Promise<EnsureResult> {
-    if (desired.length === 0) return { changed: false, missing: [] };
+    let changed = false;
+    const missing: string[] = [];
+    for (const family of [4, 6] as const) {
+      const sets = desired.filter((set) => ruleSetFamily(set) === family);
+      if (sets.length === 0) continue;
+      const result = await this.ensureFamily(sets, family);
+      changed ||= result.changed;
+      missing.push(...result.missing);
+    }
+    return { changed, missing };
+  }
+
+  private async ensureFamily(desired: readonly RuleSet[], family: Family): Promise<EnsureResult> {
     const tables = [...new Set(desired.map((set) => set.table))];
-    const plan = planRestore(await this.save(tables), desired);
+    const plan = planRestore(await this.save(tables, family), desired);
     if (plan.payload === undefined) return { changed: false, missing: plan.missing };
 
-    await this.restore(plan.payload);
-    this.log?.info({ missing: plan.missing, where: this.runner.where }, "iptables rules restored");
+    await this.restore(plan.payload, family);
+    const what = family === 6 ? "ip6tables" : "iptables";
+    this.log?.info({ missing: plan.missing, where: this.runner.where }, `${what} rules restored`);
 
     // Read back once: if iptables prints a rule differently from how we render it, every resync would
     // rewrite the chain; say so instead of doing that silently.
-    const after = planRestore(await this.save(tables), desired);
+    const after = planRestore(await this.save(tables, family), desired);
     if (after.payload !== undefined) {
       this.warnOnce(
         after.missing.join("\n"),
         { missing: after.missing, where: this.runner.where },
-        "iptables rules read back differently from what was written",
+        `${what} rules read back differently from what was written`,
       );
     }
     return { changed: true, missing: plan.missing };
   }
 
-  private async restore(payload: string): Promise<void> {
-    const { wait, command } = await this.info();
+  private async restore(payload: string, family: Family): Promise<void> {
+    const { wait, command } = await this.infoFor(family);
     const args = ["--noflush", ...(wait ? ["--wait"] : [])];
     const result = await this.runner.run(`${command}-restore`, args, payload);
     if (result.exitCode === 0) return;
@@ -204,4 +302,19 @@ export class MasqManager {
     this.warnedOnce.add(key);
     this.log?.warn(obj, msg);
   }
+}
+
+/** IptablesInfo from `<command> --version` output. */
+function versionInfo(command: string, reason: string, ran: string, stdout: string): IptablesInfo {
+  const version = parseIptablesVersion(stdout);
+  if (version === undefined) throw new Error(`${ran}: no version in ${JSON.stringify(stdout)}`);
+  const recent = atLeast162(version);
+  return {
+    command,
+    reason,
+    version: `${version.major}.${version.minor}.${version.patch}`,
+    backend: version.backend ?? "unknown",
+    randomFully: recent,
+    wait: recent,
+  };
 }

@@ -4,16 +4,90 @@
 // entry counters otherwise (a cheap kernel read, no process), and each notice costs one check. A full
 // check still runs on a timer as the safety net; without any notice source it is the only way, every
 // --iptables-resync seconds as in flannel. Rules are never removed: an exiting agent leaves them.
+//
+// Dual-stack and IPv6-only leases get flannel's IPv6 rules too, in ip6tables of the same backend; the IPv6
+// chains are watched and repaired exactly like the IPv4 ones (the notice sources cover both families).
 import { formatCidr, type Subnet } from "../ip/ipv4.js";
+import { formatCidr6, type Subnet6 } from "../ip/ipv6.js";
+import { hasIPv4 } from "../lease/key.js";
 import { systemClock, type Clock, type Timer } from "../util/clock.js";
 import type { Logger } from "../util/log.js";
 import type { IptablesInfo, MasqManager } from "./iptables.js";
-import { FORWARD_CHAIN, forwardRules, MASQ_CHAIN, masqRules, type RuleSet } from "./rules.js";
+import {
+  FORWARD_CHAIN,
+  forwardRules,
+  forwardRules6,
+  MASQ_CHAIN,
+  masqRules,
+  masqRules6,
+  type RuleSet,
+} from "./rules.js";
 
-/** The lease the rules are for. */
+/**
+ * The lease the rules are for. An IPv6-only lease has flannel's empty 0.0.0.0/0 for `network` and
+ * `subnet` (no IPv4 rules then); a lease with `ipv6Subnet` gets the IPv6 rules for it and `ipv6Network`.
+ */
 export interface MasqTarget {
   readonly network: Subnet;
   readonly subnet: Subnet;
+  readonly ipv6Network?: Subnet6 | undefined;
+  readonly ipv6Subnet?: Subnet6 | undefined;
+}
+
+/** Which rules are wanted (the agent's --ip-masq, --iptables-forward-rules and --random-fully choice). */
+export interface RuleChoice {
+  readonly ipMasq: boolean;
+  readonly forwardRules: boolean;
+  readonly fullyRandomDisable: boolean;
+}
+
+/** Whether the target has IPv6 rules; throws when it has an IPv6 subnet but no IPv6 network. */
+export function wantsIPv6(target: MasqTarget): boolean {
+  if (target.ipv6Subnet === undefined) return false;
+  if (target.ipv6Network === undefined) {
+    throw new Error(`IPv6 subnet ${formatCidr6(target.ipv6Subnet)} without an IPv6 network: no IPv6 rules`);
+  }
+  return true;
+}
+
+/**
+ * The rule sets for a target, IPv4 ones first (only when the lease has an IPv4 subnet), then IPv6 ones
+ * (only when it has an IPv6 subnet), each in flannel's order: masquerade, then forward. `randomFully` is
+ * per family: whether that family's iptables has MASQUERADE --random-fully.
+ */
+export function desiredRuleSets(
+  target: MasqTarget,
+  choice: RuleChoice,
+  randomFully: { readonly ipv4: boolean; readonly ipv6: boolean },
+): RuleSet[] {
+  const sets: RuleSet[] = [];
+  if (hasIPv4(target.subnet)) {
+    if (choice.ipMasq) {
+      sets.push(
+        masqRules(target.network, target.subnet, {
+          randomFully: randomFully.ipv4 && !choice.fullyRandomDisable,
+        }),
+      );
+    }
+    if (choice.forwardRules) sets.push(forwardRules(target.network));
+  }
+  if (wantsIPv6(target) && target.ipv6Network !== undefined && target.ipv6Subnet !== undefined) {
+    if (choice.ipMasq) {
+      sets.push(
+        masqRules6(target.ipv6Network, target.ipv6Subnet, {
+          randomFully: randomFully.ipv6 && !choice.fullyRandomDisable,
+        }),
+      );
+    }
+    if (choice.forwardRules) sets.push(forwardRules6(target.ipv6Network));
+  }
+  return sets;
+}
+
+/** One string per target: equal strings, the same rules. */
+function targetKey(target: MasqTarget): string {
+  const v6 = [target.ipv6Network, target.ipv6Subnet].map((s) => (s === undefined ? "-" : formatCidr6(s)));
+  return [formatCidr(target.network), formatCidr(target.subnet), ...v6].join(" ");
 }
 
 export interface MasqOptions {
@@ -65,6 +139,7 @@ export class MasqLoop {
   private wake: (() => void) | undefined;
   private noticed = false;
   private installedFor: string | undefined;
+  private loggedInfo6 = false;
 
   constructor(
     private readonly manager: MasqManager,
@@ -84,17 +159,23 @@ export class MasqLoop {
     this.wake?.();
   }
 
-  private ruleSets(info: IptablesInfo, target: MasqTarget): RuleSet[] {
-    const sets: RuleSet[] = [];
-    if (this.options.ipMasq) {
-      sets.push(
-        masqRules(target.network, target.subnet, {
-          randomFully: info.randomFully && !this.options.fullyRandomDisable,
-        }),
-      );
+  /** The rule sets for `target`; asks for ip6tables (detected once) only when IPv6 rules are wanted. */
+  private async ruleSets(info: IptablesInfo, target: MasqTarget): Promise<RuleSet[]> {
+    let info6: IptablesInfo | undefined;
+    if (wantsIPv6(target)) {
+      info6 = await this.manager.info6();
+      if (!this.loggedInfo6) {
+        this.loggedInfo6 = true;
+        this.log.info(
+          { command: info6.command, reason: info6.reason, version: info6.version, backend: info6.backend },
+          "ip6tables chosen for the IPv6 rules",
+        );
+      }
     }
-    if (this.options.forwardRules) sets.push(forwardRules(target.network));
-    return sets;
+    return desiredRuleSets(target, this.options, {
+      ipv4: info.randomFully,
+      ipv6: info6?.randomFully ?? false,
+    });
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -165,9 +246,9 @@ export class MasqLoop {
   }
 
   private async check(info: IptablesInfo, target: MasqTarget): Promise<void> {
-    const key = `${formatCidr(target.network)} ${formatCidr(target.subnet)}`;
+    const key = targetKey(target);
     const first = this.installedFor !== key;
-    const result = await this.manager.ensure(this.ruleSets(info, target));
+    const result = await this.manager.ensure(await this.ruleSets(info, target));
     // A check that finds all in place leaves no other trace: debug shows how often notices cost one.
     this.log.debug({ restored: result.changed }, "masquerade/forward rules checked");
     if (result.changed && !first) {

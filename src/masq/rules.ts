@@ -10,7 +10,13 @@
 // in any way — a rule missing, a stale rule from a previous pod subnet or cluster network, a foreign rule,
 // the wrong order — is rewritten whole in one atomic commit. That also covers flannel's "recycling" (§8.1)
 // without needing the previous subnet.env values.
+//
+// IPv6: the same chains, jumps and comments in ip6tables' nat and filter tables (flannel's masqIP6Rules and
+// forwardRules with the IPv6 network), multicast being ff00::/8. A rule set says its family; one plan, and
+// one iptables-save text, is for one family.
+import type { Family } from "../ip/address.js";
 import { formatCidr, type Subnet } from "../ip/ipv4.js";
+import { formatIPv6, ipv6Bytes, type Subnet6 } from "../ip/ipv6.js";
 
 export type Table = "nat" | "filter";
 
@@ -22,6 +28,8 @@ export interface Rule {
 
 /** Our own chain, its rules in order, and the jump into it from a built-in chain. */
 export interface RuleSet {
+  /** 4: iptables; 6: ip6tables. Absent means 4. */
+  readonly family?: Family;
   readonly table: Table;
   readonly chain: string;
   readonly rules: readonly Rule[];
@@ -36,6 +44,7 @@ export const FORWARD_COMMENT = "flanneld forward";
 /** kube-proxy's masquerade mark: such packets are kube-proxy's to NAT, not ours (avoids double NAT). */
 export const KUBE_PROXY_MARK = "0x4000/0x4000";
 const MULTICAST = "224.0.0.0/4";
+const MULTICAST6 = "ff00::/8";
 
 function cidrArg(subnet: Subnet, what: string): string {
   // iptables-save omits a /0 match entirely, so its rule would never read back equal to ours.
@@ -43,14 +52,40 @@ function cidrArg(subnet: Subnet, what: string): string {
   return formatCidr(subnet);
 }
 
-/** flannel's masquerade rules (nat, `--ip-masq`) in flannel's order. */
-export function masqRules(cluster: Subnet, pod: Subnet, opts: { randomFully: boolean }): RuleSet {
-  const c = cidrArg(cluster, "cluster network");
-  const p = cidrArg(pod, "pod subnet");
+/**
+ * An IPv6 address as ip6tables-save prints it: glibc's inet_ntop, which is RFC 5952 (what formatIPv6
+ * writes) except that an IPv4-compatible address (::/96 with a non-zero high half of its last 32 bits)
+ * keeps a dotted tail, `::10.0.0.0`. IPv4-mapped ones (`::ffff:10.0.0.0`) are dotted by both.
+ */
+export function ip6tablesAddress(ip: bigint): string {
+  const bytes = ipv6Bytes(ip);
+  const zeroHead = bytes.slice(0, 12).every((b) => b === 0);
+  if (zeroHead && ((bytes[12] ?? 0) !== 0 || (bytes[13] ?? 0) !== 0)) {
+    return `::${bytes[12] ?? 0}.${bytes[13] ?? 0}.${bytes[14] ?? 0}.${bytes[15] ?? 0}`;
+  }
+  return formatIPv6(ip);
+}
+
+function cidrArg6(subnet: Subnet6, what: string): string {
+  const text = `${ip6tablesAddress(subnet.ip)}/${subnet.prefixLen}`;
+  // ip6tables-save, too, omits a ::/0 match.
+  if (subnet.prefixLen === 0) throw new RangeError(`${what} ${text}: a /0 cannot be matched`);
+  return text;
+}
+
+/** flannel's masquerade rules for one family, from the CIDR texts, in flannel's order. */
+function masqRuleSet(
+  family: Family,
+  c: string,
+  p: string,
+  multicast: string,
+  opts: { randomFully: boolean },
+): RuleSet {
   const comment = ["-m", "comment", "--comment", MASQ_COMMENT];
   const masquerade = opts.randomFully ? ["-j", "MASQUERADE", "--random-fully"] : ["-j", "MASQUERADE"];
   const rule = (...spec: string[]): Rule => ({ chain: MASQ_CHAIN, spec });
   return {
+    ...(family === 6 ? { family } : {}),
     table: "nat",
     chain: MASQ_CHAIN,
     jump: { chain: "POSTROUTING", spec: [...comment, "-j", MASQ_CHAIN] },
@@ -62,18 +97,18 @@ export function masqRules(cluster: Subnet, pod: Subnet, opts: { randomFully: boo
       // outside → a local pod (e.g. a NodePort) keeps the client's address
       rule("!", "-s", c, "-d", p, ...comment, "-j", "RETURN"),
       // cluster → outside, except multicast
-      rule("-s", c, "!", "-d", MULTICAST, ...comment, ...masquerade),
+      rule("-s", c, "!", "-d", multicast, ...comment, ...masquerade),
       // host (or anything outside) → a remote pod
       rule("!", "-s", c, "-d", c, ...comment, ...masquerade),
     ],
   };
 }
 
-/** flannel's forward rules (filter, `--iptables-forward-rules`). */
-export function forwardRules(cluster: Subnet): RuleSet {
-  const c = cidrArg(cluster, "cluster network");
+/** flannel's forward rules for one family, from the cluster network's CIDR text. */
+function forwardRuleSet(family: Family, c: string): RuleSet {
   const comment = ["-m", "comment", "--comment", FORWARD_COMMENT];
   return {
+    ...(family === 6 ? { family } : {}),
     table: "filter",
     chain: FORWARD_CHAIN,
     jump: { chain: "FORWARD", spec: [...comment, "-j", FORWARD_CHAIN] },
@@ -82,6 +117,40 @@ export function forwardRules(cluster: Subnet): RuleSet {
       { chain: FORWARD_CHAIN, spec: ["-d", c, ...comment, "-j", "ACCEPT"] },
     ],
   };
+}
+
+/** flannel's masquerade rules (nat, `--ip-masq`) in flannel's order. */
+export function masqRules(cluster: Subnet, pod: Subnet, opts: { randomFully: boolean }): RuleSet {
+  const c = cidrArg(cluster, "cluster network");
+  const p = cidrArg(pod, "pod subnet");
+  return masqRuleSet(4, c, p, MULTICAST, opts);
+}
+
+/** flannel's forward rules (filter, `--iptables-forward-rules`). */
+export function forwardRules(cluster: Subnet): RuleSet {
+  return forwardRuleSet(4, cidrArg(cluster, "cluster network"));
+}
+
+/** flannel's IPv6 masquerade rules (ip6tables nat; flannel's masqIP6Rules): multicast is ff00::/8. */
+export function masqRules6(cluster: Subnet6, pod: Subnet6, opts: { randomFully: boolean }): RuleSet {
+  const c = cidrArg6(cluster, "IPv6 cluster network");
+  const p = cidrArg6(pod, "IPv6 pod subnet");
+  return masqRuleSet(6, c, p, MULTICAST6, opts);
+}
+
+/** flannel's IPv6 forward rules (ip6tables filter): its forwardRules with the IPv6 network. */
+export function forwardRules6(cluster: Subnet6): RuleSet {
+  return forwardRuleSet(6, cidrArg6(cluster, "IPv6 cluster network"));
+}
+
+/** The family of a rule set (absent means IPv4). */
+export function ruleSetFamily(set: RuleSet): Family {
+  return set.family ?? 4;
+}
+
+/** How plans name a table in `missing`: `nat`, `filter` for IPv4; `ip6 nat`, `ip6 filter` for IPv6. */
+export function tableLabel(family: Family, table: Table): string {
+  return family === 6 ? `ip6 ${table}` : table;
 }
 
 /** Quotes a value the way iptables-save does (xtables_save_string), which iptables-restore reads back. */
@@ -168,13 +237,20 @@ function checkSet(set: RuleSet): void {
  * sets and builds the smallest safe `iptables-restore --noflush` payload: a chain that differs in any way is
  * declared (flushed) and refilled; a missing jump is appended; extra copies of our jump are deleted. `-D` is
  * only ever emitted for a rule seen in `current`, because a `-D` that matches nothing fails the whole restore.
+ * All sets are of one family (`current` is that family's save: iptables-save or ip6tables-save); IPv6
+ * tables are named `ip6 nat`, `ip6 filter` in `missing`.
  */
 export function planRestore(current: string, desired: readonly RuleSet[]): RestorePlan {
   const saved = parseSave(current);
   const missing: string[] = [];
   const byTable = new Map<Table, RuleSet[]>();
+  const family = desired[0] === undefined ? 4 : ruleSetFamily(desired[0]);
   for (const set of desired) {
     checkSet(set);
+    if (ruleSetFamily(set) !== family)
+      throw new Error(
+        `rule sets of IPv${family} and IPv${ruleSetFamily(set)} in one plan: plan each family apart`,
+      );
     const sets = byTable.get(set.table) ?? [];
     if (sets.some((s) => s.chain === set.chain))
       throw new Error(`chain ${set.table}/${set.chain} given twice`);
@@ -185,6 +261,7 @@ export function planRestore(current: string, desired: readonly RuleSet[]): Resto
   let payload = "";
   for (const [table, sets] of byTable) {
     const have = saved.tables.get(table);
+    const label = tableLabel(family, table);
     const declare: string[] = [];
     const fill: string[] = [];
     const jumps: string[] = [];
@@ -194,14 +271,14 @@ export function planRestore(current: string, desired: readonly RuleSet[]): Resto
       const exists = have?.chains.has(set.chain) === true;
       const same = exists && got.length === want.length && got.every((line, i) => line === want[i]);
       if (!exists) {
-        missing.push(`${table}: chain ${set.chain}`);
+        missing.push(`${label}: chain ${set.chain}`);
       } else if (!same) {
         const before = missing.length;
-        for (const line of want) if (!got.includes(line)) missing.push(`${table}: rule ${line}`);
-        for (const line of got) if (!want.includes(line)) missing.push(`${table}: unexpected rule ${line}`);
+        for (const line of want) if (!got.includes(line)) missing.push(`${label}: rule ${line}`);
+        for (const line of got) if (!want.includes(line)) missing.push(`${label}: unexpected rule ${line}`);
         // Same rules, but repeated or reordered.
         if (missing.length === before)
-          missing.push(`${table}: rules of ${set.chain} out of order or repeated`);
+          missing.push(`${label}: rules of ${set.chain} out of order or repeated`);
       }
       if (!same) {
         declare.push(`:${set.chain} - [0:0]`);
@@ -211,11 +288,11 @@ export function planRestore(current: string, desired: readonly RuleSet[]): Resto
       const jump = ruleLine(set.jump);
       const copies = (have?.rules.get(set.jump.chain) ?? []).filter((line) => line === jump).length;
       if (copies === 0) {
-        missing.push(`${table}: rule ${jump}`);
+        missing.push(`${label}: rule ${jump}`);
         jumps.push(jump);
       } else if (copies > 1) {
         // Ours by its comment and target; keep the last copy so the jump stays where it was last appended.
-        missing.push(`${table}: ${copies} copies of ${jump}`);
+        missing.push(`${label}: ${copies} copies of ${jump}`);
         for (let i = 1; i < copies; i++) jumps.push(`-D ${jump.slice(3)}`);
       }
     }

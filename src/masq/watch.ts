@@ -7,15 +7,17 @@
 //   or its own nftables table, costs a few µs of decoding per message and no check.
 // - legacy backend: the legacy tables send nothing, but getsockopt(IPT_SO_GET_INFO) on a raw socket
 //   returns a table's entry count and blob size in a few µs; they are read every 500 ms for nat and
-//   filter and any change calls onChange. That cannot tell our chains from kube-proxy's, so each
-//   kube-proxy rewrite of a legacy table costs one check. A rule replaced in place by one of exactly the
-//   same size goes unnoticed until the safety check.
+//   filter, IPv4's (ip_tables) and IPv6's (ip6_tables, IP6T_SO_GET_INFO on a raw IPv6 socket), and any
+//   change calls onChange. That cannot tell our chains from kube-proxy's, so each kube-proxy rewrite of
+//   a legacy table costs one check. A rule replaced in place by one of exactly the same size goes
+//   unnoticed until the safety check.
 // - anything else: no watch; the loop checks every --iptables-resync seconds, as flannel does.
 //
 // A missed notice only delays a repair until the next safety check; a spurious one costs one check
 // (iptables-save of two tables). So whatever cannot be read with certainty (an overflowed receive
 // buffer, a malformed message, a failed read) counts as a change.
 import { closeSync, openSync, readSync } from "node:fs";
+import type { Family } from "../ip/address.js";
 import { NLM_F_CREATE, NLM_F_EXCL, NetlinkFormatError, type MessageView } from "../netlink/codec.js";
 import {
   AF_INET,
@@ -195,13 +197,36 @@ export function openNftablesWatch(onChange: () => void, options: WatchOptions = 
 
 /** IPT_SO_GET_INFO = IPT_BASE_CTL (64): struct ipt_getinfo for the table named in it. */
 const IPT_SO_GET_INFO = 64;
+/** IP6T_SO_GET_INFO = IP6T_BASE_CTL (64), at level SOL_IPV6: struct ip6t_getinfo, laid out as ipt_getinfo. */
+const IP6T_SO_GET_INFO = 64;
+const AF_INET6 = 10;
+const SOL_IPV6 = 41;
 /** struct ipt_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size (u32s). */
 const IPT_GETINFO_BYTES = 84;
 const XT_TABLE_MAXNAMELEN = 32;
 const NUM_ENTRIES_OFFSET = 76;
-/** The calling thread's namespace's legacy tables (see netns.ts: /proc/net follows the process's). */
-const LEGACY_TABLE_NAMES = "/proc/thread-self/net/ip_tables_names";
 const SIZE_OFFSET = 80;
+
+/**
+ * Per family: the raw socket, the getsockopt, and the namespace's table list (see netns.ts: /proc/net
+ * follows the calling thread's namespace).
+ */
+const LEGACY_FAMILIES = {
+  4: {
+    domain: AF_INET,
+    level: SOL_IP,
+    option: IPT_SO_GET_INFO,
+    optionName: "IPT_SO_GET_INFO",
+    names: "/proc/thread-self/net/ip_tables_names",
+  },
+  6: {
+    domain: AF_INET6,
+    level: SOL_IPV6,
+    option: IP6T_SO_GET_INFO,
+    optionName: "IP6T_SO_GET_INFO",
+    names: "/proc/thread-self/net/ip6_tables_names",
+  },
+} as const;
 
 export interface LegacyTableInfo {
   /** Rules, counting each chain's policy/return entry and each user chain's head. */
@@ -210,12 +235,18 @@ export interface LegacyTableInfo {
   readonly size: number;
 }
 
+export interface LegacyReaderOptions extends WatchOptions {
+  /** 4 (default): iptables-legacy's tables; 6: ip6tables-legacy's. */
+  readonly family?: Family;
+}
+
 /**
- * Reads legacy iptables tables' entry counts through a raw IPv4 socket (CAP_NET_RAW and CAP_NET_ADMIN),
- * in the namespace it was opened in. A table that does not exist is reported absent, never created:
- * asking the kernel for a missing legacy table instantiates it (verified on kernel 6.18: a fresh
- * namespace lists `filter` in /proc/net/ip_tables_names after one IPT_SO_GET_INFO for it), so the
- * namespace's table list is read first, from a descriptor opened in that namespace.
+ * Reads legacy iptables (or ip6tables) tables' entry counts through a raw IPv4 (IPv6) socket
+ * (CAP_NET_RAW and CAP_NET_ADMIN), in the namespace it was opened in. A table that does not exist is
+ * reported absent, never created: asking the kernel for a missing legacy table instantiates it (verified
+ * on kernel 6.18: a fresh namespace lists `filter` in /proc/net/ip_tables_names after one
+ * IPT_SO_GET_INFO for it), so the namespace's table list (ip_tables_names, ip6_tables_names) is read
+ * first, from a descriptor opened in that namespace.
  */
 export class LegacyTableReader {
   private readonly request = Buffer.alloc(IPT_GETINFO_BYTES);
@@ -224,13 +255,15 @@ export class LegacyTableReader {
   private constructor(
     private socketFd: number,
     private namesFd: number,
+    readonly family: Family,
   ) {}
 
-  static open(options: WatchOptions = {}): LegacyTableReader {
+  static open(options: LegacyReaderOptions = {}): LegacyTableReader {
+    const family = options.family ?? 4;
     const open = (): LegacyTableReader => {
-      const fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+      const fd = socket(LEGACY_FAMILIES[family].domain, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
       try {
-        return new LegacyTableReader(fd, openSync(LEGACY_TABLE_NAMES, "r"));
+        return new LegacyTableReader(fd, openSync(LEGACY_FAMILIES[family].names, "r"), family);
       } catch (error) {
         closeDescriptor(fd);
         throw error;
@@ -258,13 +291,8 @@ export class LegacyTableReader {
     if (this.socketFd < 0) throw new Error("legacy table reader is closed");
     this.request.fill(0);
     this.request.write(table, 0, "latin1");
-    getsockoptBytes(
-      this.socketFd,
-      SOL_IP,
-      IPT_SO_GET_INFO,
-      this.request,
-      `getsockopt(IPT_SO_GET_INFO, ${table})`,
-    );
+    const { level, option, optionName } = LEGACY_FAMILIES[this.family];
+    getsockoptBytes(this.socketFd, level, option, this.request, `getsockopt(${optionName}, ${table})`);
     return {
       entries: this.request.readUInt32LE(NUM_ENTRIES_OFFSET),
       size: this.request.readUInt32LE(SIZE_OFFSET),
@@ -357,24 +385,53 @@ export interface LegacyWatchOptions extends WatchOptions {
   readonly clock?: Clock;
 }
 
-/** Polls the legacy nat and filter tables' counters; throws when they cannot be read at all. */
+/**
+ * Polls the legacy nat and filter tables' counters, IPv4's and IPv6's; throws when the IPv4 ones cannot be
+ * read at all. The IPv6 ones are left out only where they cannot be read because the kernel has no IPv6
+ * (no raw IPv6 socket, no ip6_tables_names), which leaves no ip6tables rules to watch either.
+ */
 export function openLegacyCounterWatch(
   onChange: () => void,
   options: LegacyWatchOptions = {},
 ): PollingRuleWatch {
-  const reader = LegacyTableReader.open(options);
+  const readers: LegacyTableReader[] = [];
+  const closeAll = (): void => {
+    for (const reader of readers) reader.close();
+  };
   try {
-    reader.fingerprint(LEGACY_TABLES); // fails now (e.g. EPERM) rather than on every poll
+    readers.push(LegacyTableReader.open({ ...options, family: 4 }));
+    const ipv6 = openIPv6Reader(options);
+    if (ipv6 !== undefined) readers.push(ipv6);
+    const read = (): string =>
+      readers
+        .map((reader) => {
+          const text = reader.fingerprint(LEGACY_TABLES);
+          return reader.family === 6 ? `ip6 ${text}` : text;
+        })
+        .join(" | ");
+    read(); // fails now (e.g. EPERM) rather than on every poll
     return new PollingRuleWatch(
       "legacy table counters",
-      () => reader.fingerprint(LEGACY_TABLES),
+      read,
       onChange,
       options.intervalMs ?? LEGACY_POLL_MS,
       options.clock,
-      () => reader.close(),
+      closeAll,
     );
   } catch (error) {
-    reader.close();
+    closeAll();
+    throw error;
+  }
+}
+
+/** The IPv6 reader; undefined only when the kernel has no IPv6 (EAFNOSUPPORT, no ip6_tables_names). */
+function openIPv6Reader(options: WatchOptions): LegacyTableReader | undefined {
+  try {
+    return LegacyTableReader.open({ ...options, family: 6 });
+  } catch (error) {
+    // SystemCallError (socket) and Node's fs errors (the table list) both carry the errno's name.
+    const code = error instanceof Error && "code" in error ? error.code : undefined;
+    if (code === "EAFNOSUPPORT" || code === "ENOENT") return undefined;
     throw error;
   }
 }

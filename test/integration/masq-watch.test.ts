@@ -75,6 +75,8 @@ describe("the watches on their own", () => {
 
   const legacyTables = async (host: Host): Promise<string> =>
     (await the().run(host.ns, ["cat", "/proc/net/ip_tables_names"])).trim();
+  const legacyTables6 = async (host: Host): Promise<string> =>
+    (await the().run(host.ns, ["cat", "/proc/net/ip6_tables_names"])).trim();
 
   describe("nftables notifications", () => {
     let host: Host;
@@ -232,12 +234,33 @@ describe("the watches on their own", () => {
       await waitFor("a second notice", () => notices === 2);
     });
 
-    it("the watch creates no legacy table on a host that has none", async () => {
+    it("the watch creates no legacy table on a host that has none, IPv4 or IPv6", async () => {
       const host = await the().addHost(4);
       const watch = openLegacyCounterWatch(() => undefined, { netns: host.ns, intervalMs: 20 });
       closers.push(() => watch.close());
       await waitFor("ten polls", () => watch.polls >= 10);
       expect(await legacyTables(host)).toBe("");
+      expect(await legacyTables6(host)).toBe("");
+    });
+
+    it("follow ip6tables-legacy too (IPv6 reader), and the watch reports an IPv6 rule deleted", async () => {
+      const host = await the().addHost(6);
+      const reader = LegacyTableReader.open({ netns: host.ns, family: 6 });
+      closers.push(() => reader.close());
+      expect(reader.family).toBe(6);
+      expect(reader.fingerprint(["nat", "filter"])).toBe("nat:absent filter:absent");
+      const ip6t = (...args: string[]): Promise<string> =>
+        the().run(host.ns, ["ip6tables-legacy", "-w", ...args]);
+      await ip6t("-t", "nat", "-A", "POSTROUTING", "-s", "fd00:10:244::/56", "-j", "RETURN");
+      expect(reader.info("nat")?.entries).toBe(6); // four policies, the table's end, and the rule
+      expect(await legacyTables(host)).toBe(""); // IPv6 only: no IPv4 legacy table made
+
+      let notices = 0;
+      const watch = openLegacyCounterWatch(() => notices++, { netns: host.ns, intervalMs: 50 });
+      closers.push(() => watch.close());
+      await ip6t("-t", "nat", "-D", "POSTROUTING", "-s", "fd00:10:244::/56", "-j", "RETURN");
+      await waitFor("a notice", () => notices === 1);
+      expect(reader.info("nat")?.entries).toBe(5);
     });
   });
 
