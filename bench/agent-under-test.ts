@@ -14,6 +14,9 @@ import type { Cluster, Host } from "../test/helpers/netns.js";
 import { startProcess, type Started } from "../test/helpers/processes.js";
 import { parseLogLines, shebangNodeFlags } from "../test/helpers/agent.js";
 import { stopRecordedWireGuardGo } from "../test/helpers/wireguard.js";
+import { parseIPv4 } from "../src/ip/ipv4.js";
+import { parseCidr6 } from "../src/ip/ipv6.js";
+import { subnetKey } from "../src/lease/key.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -315,22 +318,36 @@ export class RunningAgent {
     return t === undefined ? undefined : t - this.startWall;
   }
 
-  /** The subnet file's FLANNEL_SUBNET (e.g. "10.0.255.1/24"), once written. */
-  subnet(): string | undefined {
+  private subnetVar(name: string): string | undefined {
     try {
-      return /^FLANNEL_SUBNET=(\S+)$/m.exec(readFileSync(this.subnetFile, "utf8"))?.[1];
+      return new RegExp(`^${name}=(\\S+)$`, "m").exec(readFileSync(this.subnetFile, "utf8"))?.[1];
     } catch {
       return undefined;
     }
   }
 
-  /** The etcd key of the agent's own lease, once it has one. */
+  /** The subnet file's FLANNEL_SUBNET (e.g. "10.0.255.1/24"), once written. */
+  subnet(): string | undefined {
+    return this.subnetVar("FLANNEL_SUBNET");
+  }
+
+  /** The subnet file's FLANNEL_IPV6_SUBNET (e.g. "fd00:10:0:ffff::1/64") on a dual-stack agent. */
+  ipv6Subnet(): string | undefined {
+    return this.subnetVar("FLANNEL_IPV6_SUBNET");
+  }
+
+  /**
+   * The etcd key of the agent's own lease, once it has one: …/10.0.255.0-24, or on a dual-stack agent
+   * …/10.0.255.0-24&fd00:10:0:ffff::-64 (flannel's key, built by the agent's own subnetKey).
+   */
   leaseKey(): string | undefined {
     const subnet = this.subnet();
     if (subnet === undefined) return undefined;
     const [ip, len] = subnet.split("/");
     const network = (ip ?? "").replace(/\.\d+$/, ".0");
-    return `${this.prefix}/subnets/${network}-${len ?? "24"}`;
+    const v6 = this.ipv6Subnet();
+    if (v6 === undefined) return `${this.prefix}/subnets/${network}-${len ?? "24"}`;
+    return subnetKey(this.prefix, { ip: parseIPv4(network), prefixLen: Number(len ?? "24") }, parseCidr6(v6));
   }
 
   tail(chars = 3000): string {

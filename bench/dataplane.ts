@@ -7,9 +7,10 @@
 //   npx tsx bench/dataplane.ts compare baseline main                    # the two result files side by side
 //
 // Writes bench/results/dataplane-<label>.json (BENCH_LABEL, default: the build's checkout directory).
-// BENCH_QUICK=1 is a small smoke run; BENCH_ONLY=cold,events,drift,memory,idle,wireguard runs a subset;
-// BENCH_RUNS, BENCH_WINDOW, BENCH_EVENTS override repetitions, the CPU window (s) and the single events;
-// BENCH_WG_PEERS, BENCH_WG_WINDOW the wireguard cold start's peers (1,000) and idle window (20 s).
+// BENCH_QUICK=1 is a small smoke run; BENCH_ONLY=cold,events,drift,memory,idle,wireguard,dualstack runs a
+// subset; BENCH_RUNS, BENCH_WINDOW, BENCH_EVENTS override repetitions, the CPU window (s) and the single
+// events; BENCH_WG_PEERS, BENCH_WG_WINDOW the wireguard cold start's peers (1,000) and idle window (20 s);
+// BENCH_DS_PEERS the dual-stack cold start's peers (1,000).
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { promisify } from "node:util";
@@ -20,6 +21,7 @@ import { createUnderlay, type Cluster, type Host } from "../test/helpers/netns.j
 import type { EtcdServer } from "../test/helpers/etcd.js";
 import { startMountNamespace, type MountNamespace } from "../test/helpers/wireguard.js";
 import { recordedWireGuardGoPid } from "../src/backends/wireguard/wireguard-go.js";
+import { decodeLeaseAttrs } from "../src/lease/attrs.js";
 import {
   EXTRA_NODE_FLAGS,
   logWall,
@@ -40,6 +42,8 @@ import {
 } from "./agent-under-test.js";
 import { median, percentile, round, tearDownOnSignal, writeResult } from "./lib.js";
 import {
+  DUALSTACK_NETWORK_CONFIG,
+  dualStackPeers,
   kv,
   NETWORK_CONFIG,
   peer,
@@ -50,6 +54,7 @@ import {
   WIREGUARD_PORT,
   wireguardPeers,
   Writer,
+  type DualStackPeer,
   type Peer,
   type WireGuardPeer,
 } from "./peers.js";
@@ -70,6 +75,8 @@ import {
   added,
   batchLines,
   countRoutes,
+  dualStackBatchLines,
+  makeVxlanV6Device,
   routesPresent,
   KernelMonitor,
   type MonitorPriority,
@@ -86,6 +93,7 @@ import {
   RulePoller,
   sleep,
   waitRouteCount,
+  type KindDiff,
   type StateCheck,
 } from "./witness.js";
 
@@ -123,6 +131,8 @@ const cfg = {
   wireguardWindowS: envNumber("BENCH_WG_WINDOW", quick ? 5 : 20),
   /** How often the device is read while waiting for the WireGuard peers (UAPI get, ms). */
   wireguardPollMs: 10,
+  /** Dual-stack cold start: peers (each with an IPv4 and an IPv6 subnet: 6 kernel objects). */
+  dualStackPeers: envNumber("BENCH_DS_PEERS", quick ? 100 : 1000),
   /** The issue's targets. */
   target: {
     singleP99Ms: 15,
@@ -133,7 +143,9 @@ const cfg = {
     idlePercent: 0.5,
   },
 };
-const only = new Set((process.env.BENCH_ONLY ?? "cold,events,drift,memory,idle,wireguard").split(","));
+const only = new Set(
+  (process.env.BENCH_ONLY ?? "cold,events,drift,memory,idle,wireguard,dualstack").split(","),
+);
 
 const load = (): number => round(loadavg()[0] ?? Number.NaN, 2);
 
@@ -299,16 +311,20 @@ function roundStats(
   return out;
 }
 
-/** Lists the prefix and compares the kernel with it until they are equal or `timeoutMs` passes. */
+/**
+ * Lists the prefix and compares the kernel with it until they are equal or `timeoutMs` passes (with
+ * `ipv6`, flannel-v6.1's objects too).
+ */
 async function converge(
   agent: RunningAgent,
   timeoutMs: number,
+  options: { readonly ipv6?: boolean } = {},
 ): Promise<{ check: StateCheck; afterMs: number }> {
   const start = nowNs();
   const w = need(writer, "writer");
   for (;;) {
     const leases = await w.list(`${agent.prefix}/subnets/`);
-    const check = await kernelVsEtcd(agent.host, leases, agent.leaseKey());
+    const check = await kernelVsEtcd(agent.host, leases, agent.leaseKey(), options);
     if (check.equal || msSince(start) > timeoutMs) return { check, afterMs: round(msSince(start)) };
     await sleep(250);
   }
@@ -329,6 +345,13 @@ interface ColdAgentRun {
   totalMs: number;
   /** How the last route was seen: "ip monitor", or a dump poll if the monitor dropped events. */
   method: string;
+  /** Dual-stack: process start → the last IPv4 route, and → the last IPv6 route (totalMs is the later). */
+  ipv4RoutesMs?: number;
+  ipv6RoutesMs?: number;
+  /** Dual-stack: the agent's FLANNEL_IPV6_SUBNET. */
+  ipv6Subnet?: string | undefined;
+  /** What the check against etcd compared (and found equal), e.g. "100 leases; IPv4: 100 routes, …". */
+  checked: string;
   /** Sum of the agent's own "data plane reconciled" durations until then: the programming phase. */
   programmingMs: number;
   rounds: { trigger: string; ops: number; durationMs: number }[];
@@ -372,27 +395,85 @@ async function idleWindow(agentPid: number, seconds: number, wireguardGoPid?: nu
 async function coldAgent(n: number, idleS?: number): Promise<ColdAgentRun> {
   const { prefix, list } = await prefixFor(n);
   const host = await freshHost();
+  return coldAgentOn(host, prefix, `cold start N=${n}`, { v4: list.map((p) => p.dst) }, idleS);
+}
+
+/** What a passed check compared: the leases, and per family the routes, neighbours and FDB entries. */
+function checkedObjects(check: StateCheck): string {
+  const family = (routes: KindDiff, neighbours: KindDiff, fdb: KindDiff): string =>
+    `${routes.actual} routes, ${neighbours.actual} neighbours, ${fdb.actual} FDB entries`;
+  const v6 =
+    check.routes6 === undefined || check.neighbours6 === undefined || check.fdb6 === undefined
+      ? ""
+      : `; IPv6: ${family(check.routes6, check.neighbours6, check.fdb6)}`;
+  return `${check.leases} leases; IPv4: ${family(check.routes, check.neighbours, check.fdb)}${v6}`;
+}
+
+/** The agent's warnings and errors (pino level ≥ 40) so far, for a failure's message. */
+function complaints(agent: RunningAgent): string {
+  return agent
+    .logs()
+    .filter((l) => (num(l, "level") ?? 0) >= 40)
+    .slice(0, 10)
+    .map((l) => JSON.stringify(l))
+    .join("\n");
+}
+
+/**
+ * One agent started in `host` on `prefix`; process start → every route of `dsts` (IPv4, and IPv6 with
+ * `v6`: a dual-stack agent) in the kernel, then routes, neighbours and FDB entries of those families
+ * checked against etcd. Figure 1's measurement, and the dual-stack one's.
+ */
+async function coldAgentOn(
+  host: Host,
+  prefix: string,
+  what: string,
+  dsts: { readonly v4: readonly string[]; readonly v6?: readonly string[] },
+  idleS?: number,
+  /** Runs after the check against etcd, before the agent stops (a throw fails the run). */
+  beforeStop?: (agent: RunningAgent) => Promise<void>,
+): Promise<ColdAgentRun> {
+  const v6 = dsts.v6;
+  const timeoutMs = v6 === undefined ? 300_000 : 120_000;
   // The route monitor rather than a dump poll: a poll of thousands of routes every few ms would compete
   // with the agent for the CPUs, and the raw batch it is compared with has no such company.
-  const mon = await openMonitor(host, ["route"], "normal");
+  const mon = await openMonitor(host, v6 === undefined ? ["route"] : ["route", "route6"], "normal");
   const agent = await launch(prefix, {}, host);
   try {
     const pid = await agent.pid();
-    const present = await routesPresent(
-      mon,
-      host.ns,
-      list.map((p) => p.dst),
-      agent.startNs,
-      300_000,
-    );
-    if (present === undefined) throw new Error(`cold start N=${n}: routes not all present in 300 s`);
-    const done = present.at;
+    const exited = agent.process.exited().then((code) => ({ exited: code }));
+    const families = await Promise.race([
+      Promise.all([
+        routesPresent(mon, host.ns, dsts.v4, agent.startNs, timeoutMs, 4),
+        v6 === undefined ? undefined : routesPresent(mon, host.ns, v6, agent.startNs, timeoutMs, 6),
+      ]),
+      exited,
+    ]);
+    if (!Array.isArray(families))
+      throw new Error(
+        `${what}: the agent exited (${families.exited}) before every route was there\n${agent.tail()}`,
+      );
+    const [present4, present6] = families;
+    if (present4 === undefined || (v6 !== undefined && present6 === undefined)) {
+      const missing = [
+        present4 === undefined ? "IPv4" : "",
+        v6 !== undefined && present6 === undefined ? "IPv6" : "",
+      ]
+        .filter((f) => f !== "")
+        .join(" and ");
+      throw new Error(
+        `${what}: ${missing} routes not all present in ${timeoutMs / 1000} s; the agent's warnings:\n` +
+          `${complaints(agent) || "(none)"}\nagent output (tail):\n${agent.tail()}`,
+      );
+    }
+    const done = present6 !== undefined && present6.at > present4.at ? present6.at : present4.at;
     const doneWall = Date.now() - msSince(done);
     const totalMs = msSince(agent.startNs, done);
     const cpu = readCpu(pid);
     const rss = readRss(pid);
-    const { check } = await converge(agent, 10_000);
-    if (!check.equal) throw new Error(`cold start N=${n}: kernel ≠ etcd: ${JSON.stringify(check)}`);
+    const { check } = await converge(agent, 10_000, { ipv6: v6 !== undefined });
+    if (!check.equal) throw new Error(`${what}: kernel ≠ etcd: ${JSON.stringify(check)}`);
+    await beforeStop?.(agent);
     await closeMonitor(mon); // not left running through an idle window
     const idle = idleS === undefined ? undefined : await idleWindow(pid, idleS);
     // A round is logged as it ends, which can be just after the poll saw the last route: rounds that
@@ -407,12 +488,22 @@ async function coldAgent(n: number, idleS?: number): Promise<ColdAgentRun> {
       }));
     return {
       totalMs,
-      method: present.method,
+      method: present6 === undefined ? present4.method : `IPv4: ${present4.method}; IPv6: ${present6.method}`,
+      ...(present6 === undefined
+        ? {}
+        : {
+            ipv4RoutesMs: msSince(agent.startNs, present4.at),
+            ipv6RoutesMs: msSince(agent.startNs, present6.at),
+            ipv6Subnet: agent.ipv6Subnet(),
+          }),
       programmingMs: rounds.reduce((s, r) => s + r.durationMs, 0),
       rounds,
+      checked: checkedObjects(check),
       subnetFileMs: agent.msTo("subnet file written"),
+      // Without the per-peer "peer added" lines (one per lease).
       timeline: agent
         .logs()
+        .filter((l) => l.msg !== "peer added")
         .slice(0, 40)
         .map((l) => `${Math.round((logWall(l) ?? 0) - agent.startWall)} ms ${str(l, "msg") ?? "?"}`),
       cpuSeconds: cpu.self,
@@ -960,6 +1051,226 @@ async function wireguardColdStart(): Promise<object> {
         bridgeMs: round(r.vxlanRaw.bridgeMs),
         ipMs: round(r.vxlanRaw.ipMs),
       },
+    })),
+  };
+}
+
+// ---- 1c. dual-stack cold start -------------------------------------------------------------------------
+//
+// The vxlan backend with EnableIPv6: per peer an FDB entry, a neighbour and an onlink route on flannel.1
+// and the same on flannel-v6.1. The agent's host gets an IPv6 address on eth0 (the agent takes it as
+// its PublicIPv6); so does the raw limit's host, for flannel-v6.1's local address.
+
+const dualStackPrefixes = new Map<number, { prefix: string; list: DualStackPeer[] }>();
+
+async function dualStackPrefixFor(n: number): Promise<{ prefix: string; list: DualStackPeer[] }> {
+  const known = dualStackPrefixes.get(n);
+  if (known !== undefined) return known;
+  const prefix = `/bench-ds-${n}/network`;
+  const list = dualStackPeers(prefix, 0, n);
+  const w = need(writer, "writer");
+  await w.put([[`${prefix}/config`, DUALSTACK_NETWORK_CONFIG]], 1);
+  await w.put(list.map(kv));
+  const entry = { prefix, list };
+  dualStackPrefixes.set(n, entry);
+  return entry;
+}
+
+/**
+ * A fresh host with an IPv6 address on eth0 as well: 2001:db8:18::<i in hex>/64 (host i; the
+ * documentation prefix the dual-stack test underlay uses), `nodad` so it is usable at once. Only in the
+ * host's own namespace; nothing on the switch (the fake peers are never reached).
+ */
+async function freshDualStackHost(): Promise<{ host: Host; address6: string }> {
+  const host = await freshHost();
+  const address6 = `2001:db8:18::${host.index.toString(16)}`;
+  await execFileP("ip", ["-n", host.ns, "-6", "address", "add", `${address6}/64`, "dev", "eth0", "nodad"]);
+  return { host, address6 };
+}
+
+interface RawRun {
+  ms: number;
+  bridgeMs: number;
+  ipMs: number;
+}
+
+/**
+ * The limit: the same 6·N objects as `bridge -batch` (both devices' FDB entries) then one `ip -batch`
+ * (both families' neighbours, then routes) in a fresh host with flannel.1 and flannel-v6.1 made by hand.
+ */
+async function coldRawDualStack(list: readonly DualStackPeer[]): Promise<RawRun> {
+  const { host, address6 } = await freshDualStackHost();
+  await makeVxlanDevice(host, "10.255.255.0");
+  await makeVxlanV6Device(host, address6, "fd00:10:0:ffff::");
+  const lines = dualStackBatchLines(list);
+  const bridgeMs = await rawBatch("bridge", host.ns, lines.bridge);
+  const ipMs = await rawBatch("ip", host.ns, lines.ip);
+  const [routes4, routes6] = [await countRoutes(host.ns, 4), await countRoutes(host.ns, 6)];
+  if (routes4 !== list.length || routes6 !== list.length)
+    throw new Error(
+      `raw dual-stack batch: ${routes4} IPv4 and ${routes6} IPv6 routes, want ${list.length} each`,
+    );
+  return { ms: bridgeMs + ipMs, bridgeMs, ipMs };
+}
+
+interface DualStackAgentRun extends ColdAgentRun {
+  /** The agent's own lease value in etcd (its PublicIPv6 must be the host's eth0 IPv6 address). */
+  ownLease: string;
+}
+
+async function coldDualStackAgent(n: number): Promise<DualStackAgentRun> {
+  const { prefix, list } = await dualStackPrefixFor(n);
+  const { host, address6 } = await freshDualStackHost();
+  let ownLease = "";
+  const run = await coldAgentOn(
+    host,
+    prefix,
+    `dual-stack cold start N=${n}`,
+    { v4: list.map((p) => p.dst), v6: list.map((p) => p.dst6) },
+    undefined,
+    async (agent) => {
+      // Before the agent stops (its lease is deleted then): did it publish the host's address?
+      const key = agent.leaseKey();
+      const own = (await need(writer, "writer").list(`${prefix}/subnets/`)).find(([k]) => k === key);
+      if (own === undefined)
+        throw new Error(`dual-stack cold start: the agent's lease ${key} is not in etcd`);
+      ownLease = own[1];
+      const publicIPv6 = decodeLeaseAttrs(own[1]).publicIPv6;
+      if (publicIPv6 !== address6)
+        throw new Error(
+          `dual-stack cold start: the agent published PublicIPv6 ${publicIPv6}, want ${address6}`,
+        );
+    },
+  );
+  return { ...run, ownLease };
+}
+
+async function dualStackColdStart(): Promise<object> {
+  const n = cfg.dualStackPeers;
+  const { list } = await dualStackPrefixFor(n);
+  const { list: ipv4List } = await prefixFor(n);
+  const runs: { dualStack: DualStackAgentRun; raw: RawRun; ipv4: ColdAgentRun; ipv4Raw: RawRun }[] = [];
+  for (let run = 0; run < cfg.runs; run++) {
+    // Interleaved, so a noisy moment hits all alike; the order turns each run.
+    const order = ["dualStack", "raw", "ipv4", "ipv4Raw"] as const;
+    const turned = [...order.slice(run % order.length), ...order.slice(0, run % order.length)];
+    const r: Partial<(typeof runs)[number]> = {};
+    for (const what of turned) {
+      if (what === "dualStack") r.dualStack = await coldDualStackAgent(n);
+      else if (what === "raw") r.raw = await coldRawDualStack(list);
+      else if (what === "ipv4") r.ipv4 = await coldAgent(n);
+      else r.ipv4Raw = await coldRaw(ipv4List);
+    }
+    const { dualStack, raw, ipv4, ipv4Raw } = r;
+    if (dualStack === undefined || raw === undefined || ipv4 === undefined || ipv4Raw === undefined)
+      throw new Error("internal: a measurement is missing");
+    runs.push({ dualStack, raw, ipv4, ipv4Raw });
+    console.log(
+      `  N=${n} run ${run + 1}/${cfg.runs}: dual-stack agent ${round(dualStack.totalMs)} ms (last IPv4 route ` +
+        `${round(dualStack.ipv4RoutesMs ?? Number.NaN)} ms, last IPv6 route ${round(dualStack.ipv6RoutesMs ?? Number.NaN)} ms; ` +
+        `programming ${round(dualStack.programmingMs)} ms in ${dualStack.rounds.length} round(s)), raw ${round(raw.ms)} ms ` +
+        `(bridge ${round(raw.bridgeMs)}, ip ${round(raw.ipMs)}); IPv4-only agent ${round(ipv4.totalMs)} ms ` +
+        `(programming ${round(ipv4.programmingMs)} ms), raw ${round(ipv4Raw.ms)} ms; ` +
+        `RSS ${round(dualStack.peakRssMiB, 1)} / ${round(ipv4.peakRssMiB, 1)} MiB, load ${dualStack.load}`,
+    );
+  }
+  const med = (f: (r: (typeof runs)[number]) => number | undefined): number =>
+    median(runs.map(f).filter((v): v is number => v !== undefined && !Number.isNaN(v)));
+  const m = {
+    totalMs: round(med((r) => r.dualStack.totalMs)),
+    ipv4RoutesMs: round(med((r) => r.dualStack.ipv4RoutesMs)),
+    ipv6RoutesMs: round(med((r) => r.dualStack.ipv6RoutesMs)),
+    programmingMs: round(med((r) => r.dualStack.programmingMs)),
+    subnetFileMs: round(med((r) => r.dualStack.subnetFileMs)),
+    rawMs: round(med((r) => r.raw.ms)),
+    rawBridgeMs: round(med((r) => r.raw.bridgeMs)),
+    rawIpMs: round(med((r) => r.raw.ipMs)),
+    cpuSeconds: round(
+      med((r) => r.dualStack.cpuSeconds),
+      3,
+    ),
+    childCpuSeconds: round(
+      med((r) => r.dualStack.childCpuSeconds),
+      3,
+    ),
+    peakRssMiB: round(
+      med((r) => r.dualStack.peakRssMiB),
+      1,
+    ),
+    ipv4TotalMs: round(med((r) => r.ipv4.totalMs)),
+    ipv4ProgrammingMs: round(med((r) => r.ipv4.programmingMs)),
+    ipv4SubnetFileMs: round(med((r) => r.ipv4.subnetFileMs)),
+    ipv4RawMs: round(med((r) => r.ipv4Raw.ms)),
+    ipv4CpuSeconds: round(
+      med((r) => r.ipv4.cpuSeconds),
+      3,
+    ),
+    ipv4PeakRssMiB: round(
+      med((r) => r.ipv4.peakRssMiB),
+      1,
+    ),
+    load: round(med((r) => r.dualStack.load)),
+  };
+  const ratios = {
+    programmingToRaw: round(m.programmingMs / m.rawMs, 2),
+    totalToRaw: round(m.totalMs / m.rawMs, 2),
+    /** Run by run (each pair measured back to back), then the median. */
+    totalToIpv4Paired: round(median(runs.map((r) => r.dualStack.totalMs / r.ipv4.totalMs)), 2),
+    programmingToIpv4Paired: round(
+      median(runs.map((r) => r.dualStack.programmingMs / r.ipv4.programmingMs)),
+      2,
+    ),
+    rawToIpv4Raw: round(m.rawMs / m.ipv4RawMs, 2),
+    ipv4TotalToIpv4Raw: round(m.ipv4TotalMs / m.ipv4RawMs, 2),
+  };
+  const limit = `raw bridge+ip -batch of the same ${6 * n} objects (both families)`;
+  figure(
+    `dualstack.cold.${n}.programmingMs`,
+    `dual-stack cold start ${n}: programming phase`,
+    m.programmingMs,
+    "ms",
+    { target: cfg.target.programmingToRaw * m.rawMs, limit, limitValue: m.rawMs, load: m.load },
+  );
+  figure(
+    `dualstack.cold.${n}.totalMs`,
+    `dual-stack cold start ${n}: process start → all IPv4 and IPv6 routes`,
+    m.totalMs,
+    "ms",
+    { target: cfg.target.totalToRaw * m.rawMs, limit, limitValue: m.rawMs, load: m.load },
+  );
+  figure(
+    `dualstack.cold.${n}.ipv4TotalMs`,
+    `IPv4-only cold start ${n} in the same run: process start → all routes`,
+    m.ipv4TotalMs,
+    "ms",
+    { limit: `raw bridge+ip -batch of the same ${3 * n} objects`, limitValue: m.ipv4RawMs, load: m.load },
+  );
+  figure(
+    `dualstack.cold.${n}.ofIpv4`,
+    `dual-stack cold start ${n} ÷ IPv4-only's, same run (run by run, median)`,
+    ratios.totalToIpv4Paired,
+    "×",
+    { load: m.load },
+  );
+  const rawRun = (x: RawRun) => ({ ms: round(x.ms), bridgeMs: round(x.bridgeMs), ipMs: round(x.ipMs) });
+  const agentRun = <T extends ColdAgentRun>(x: T) => ({
+    ...x,
+    totalMs: round(x.totalMs),
+    programmingMs: round(x.programmingMs),
+    peakRssMiB: round(x.peakRssMiB, 1),
+    ...(x.ipv4RoutesMs === undefined ? {} : { ipv4RoutesMs: round(x.ipv4RoutesMs) }),
+    ...(x.ipv6RoutesMs === undefined ? {} : { ipv6RoutesMs: round(x.ipv6RoutesMs) }),
+  });
+  return {
+    peers: n,
+    networkConfig: DUALSTACK_NETWORK_CONFIG,
+    median: m,
+    ratios,
+    runs: runs.map((r) => ({
+      dualStack: agentRun(r.dualStack),
+      raw: rawRun(r.raw),
+      ipv4: agentRun(r.ipv4),
+      ipv4Raw: rawRun(r.ipv4Raw),
     })),
   };
 }
@@ -1961,6 +2272,12 @@ async function main(): Promise<void> {
         `wireguard cold start, ${cfg.wireguardPeers} peers, against vxlan's and a hand-built wireguard-go (idle windows ${cfg.wireguardWindowS} s):`,
       );
       await section("wireguard cold start", details, "wireguardColdStart", wireguardColdStart);
+    }
+    if (only.has("dualstack")) {
+      console.log(
+        `dual-stack cold start, ${cfg.dualStackPeers} peers, against a raw batch of the same objects and the IPv4-only cold start:`,
+      );
+      await section("dual-stack cold start", details, "dualStackColdStart", dualStackColdStart);
     }
   } finally {
     await teardown();

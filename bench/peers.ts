@@ -3,6 +3,7 @@
 // Peer number i (0 … 63,749) has subnet 10.0.0.0 + (i+1)·256 (/24, a /8 network), a MAC of its own and a
 // PublicIP in 198.18.1.1 … (never a harness host's 198.18.0.x; vxlan does not need it on-link). A
 // "version" other than 0 gives the same peer another MAC: a node that came back with a new VTEP.
+// Dual-stack peers (dualStackPeer) add an IPv6 subnet, PublicIPv6 and IPv6 VTEP MAC.
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
@@ -12,7 +13,9 @@ import { vxlanBackendData } from "../src/backends/vxlan/backend-data.js";
 import { wireGuardBackendData } from "../src/backends/wireguard/index.js";
 import { encodeKey, generatePrivateKey, publicKeyOf } from "../src/backends/wireguard/keys.js";
 import { encodeLeaseAttrs } from "../src/lease/attrs.js";
+import { subnetKey } from "../src/lease/key.js";
 import { formatIPv4, parseIPv4 } from "../src/ip/ipv4.js";
+import { formatIPv6, parseIPv6 } from "../src/ip/ipv6.js";
 import type { WriterAnswer, WriterRequest } from "./etcd-writer.js";
 
 /** 65,536 /24s: room for every peer the benchmark makes. The VNI is flannel's default, 1. */
@@ -59,6 +62,63 @@ export function peer(prefix: string, index: number, version = 0): Peer {
 
 export function peers(prefix: string, from: number, count: number): Peer[] {
   return Array.from({ length: count }, (_, i) => peer(prefix, from + i));
+}
+
+/**
+ * The same /8, dual-stack: IPv6 subnets /64 out of fd00:10::/48, whose 16 bits of subnet number hold
+ * 65,535 subnets (room for the 63,750 peers plus the agents' own leases).
+ */
+export const DUALSTACK_NETWORK_CONFIG =
+  '{"Network":"10.0.0.0/8","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10::/48",' +
+  '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}';
+/** flannel's IPv6 VXLAN device for VNI 1. */
+export const VXLAN_V6_DEV = "flannel-v6.1";
+
+const IPV6_NETWORK = parseIPv6("fd00:10::");
+/** PublicIPv6 of the fake peers: 2001:db8:1::/64 (documentation range; never a harness host's 2001:db8:18::). */
+const PUBLIC_IPV6_BASE = parseIPv6("2001:db8:1::");
+
+export interface DualStackPeer extends Peer {
+  /** The IPv6 route's dst as `ip -6 route` prints it, e.g. "fd00:10:0:1::/64". */
+  readonly dst6: string;
+  /** The IPv6 route's gateway and the IPv6 neighbour's dst: the subnet's network address. */
+  readonly gateway6: string;
+  /** The VTEP MAC of its IPv6 device (BackendV6Data). */
+  readonly mac6: string;
+  readonly publicIPv6: string;
+}
+
+/**
+ * A dual-stack vxlan peer: `peer()`'s IPv4 subnet, MAC and PublicIP, and the IPv6 subnet
+ * fd00:10:0:<i+1>::/64, PublicIPv6 2001:db8:1::<i+1> and a MAC of its own for BackendV6Data (last octet
+ * 02 where the IPv4 one has 01). Key and value as flannel writes them (subnetKey, encodeLeaseAttrs).
+ */
+export function dualStackPeer(prefix: string, index: number, version = 0): DualStackPeer {
+  const base = peer(prefix, index, version);
+  const subnet6 = IPV6_NETWORK + (BigInt(index + 1) << 64n);
+  const gateway6 = formatIPv6(subnet6);
+  const publicIPv6 = formatIPv6(PUBLIC_IPV6_BASE + BigInt(index + 1));
+  const mac6 = `${base.mac.slice(0, -2)}02`;
+  const value = encodeLeaseAttrs({
+    publicIP: parseIPv4(base.publicIP),
+    publicIPv6,
+    backendType: "vxlan",
+    backendData: vxlanBackendData(1, base.mac),
+    backendV6Data: vxlanBackendData(1, mac6),
+  });
+  return {
+    ...base,
+    key: subnetKey(prefix, { ip: parseIPv4(base.gateway), prefixLen: 24 }, { ip: subnet6, prefixLen: 64 }),
+    value,
+    dst6: `${gateway6}/64`,
+    gateway6,
+    mac6,
+    publicIPv6,
+  };
+}
+
+export function dualStackPeers(prefix: string, from: number, count: number): DualStackPeer[] {
+  return Array.from({ length: count }, (_, i) => dualStackPeer(prefix, from + i));
 }
 
 /** The same /8 with the wireguard backend (flannel's defaults: port 51820, device flannel-wg). */

@@ -4,14 +4,16 @@
 import { execFile } from "node:child_process";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
-import { parseVxlanBackendData } from "../src/backends/vxlan/backend-data.js";
+import { parseVxlanPeerData } from "../src/backends/vxlan/backend-data.js";
 import { TWILL_ROUTE_PROTOCOL } from "../src/dataplane/objects.js";
 import { decodeLeaseAttrs } from "../src/lease/attrs.js";
 import { formatIPv4 } from "../src/ip/ipv4.js";
+import { formatIPv6 } from "../src/ip/ipv6.js";
+import { hasIPv4, tryParseSubnetKey } from "../src/lease/key.js";
 import { readFdb, readNeighbours, readRoutes } from "../test/helpers/ip-read.js";
 import type { Cluster, Host } from "../test/helpers/netns.js";
 import type { Started } from "../test/helpers/processes.js";
-import { VXLAN_DEV, type Peer } from "./peers.js";
+import { VXLAN_DEV, VXLAN_V6_DEV, type DualStackPeer, type Peer } from "./peers.js";
 
 const run = promisify(execFile);
 export const nowNs = (): bigint => process.hrtime.bigint();
@@ -20,7 +22,8 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 
 // ---- notifications ----------------------------------------------------------------------------------
 
-export type WatchKind = "route" | "neigh" | "fdb" | "link" | "addr";
+/** "route" is IPv4 routes (`ip -4 monitor route`), "route6" IPv6 ones (`ip -6 monitor route`). */
+export type WatchKind = "route" | "route6" | "neigh" | "fdb" | "link" | "addr";
 
 export interface SeenEvent {
   /**
@@ -32,7 +35,7 @@ export interface SeenEvent {
   /** hrtime when the line arrived here. */
   readonly readAt: bigint;
   readonly kind: WatchKind;
-  /** route: dst as printed ("10.0.1.0/24"); neigh: dst; fdb: MAC; link: name; addr: "dev cidr". */
+  /** route, route6: dst as printed ("10.0.1.0/24", "fd00:10:0:1::/64"); neigh: dst; fdb: MAC; link: name; addr: "dev cidr". */
   readonly key: string;
   readonly deleted: boolean;
   /** neigh: lladdr (absent on FAILED); fdb: dst. */
@@ -51,6 +54,7 @@ interface Waiter {
 // event; -rc: an 8 MiB receive buffer (capped by rmem_max), so a burst of thousands is not dropped.
 const MONITOR_COMMANDS: Record<WatchKind, readonly string[]> = {
   route: ["ip", "-t", "-4", "-rc", "8388608", "monitor", "route"],
+  route6: ["ip", "-t", "-6", "-rc", "8388608", "monitor", "route"],
   neigh: ["ip", "-t", "-4", "-rc", "8388608", "monitor", "neigh"],
   fdb: ["bridge", "-t", "monitor", "fdb"],
   link: ["ip", "-t", "monitor", "link", "address"],
@@ -107,6 +111,7 @@ function parseLine(kind: WatchKind, raw: string, at: bigint, readAt: bigint): Se
   const first = tokens[0] ?? "";
   switch (kind) {
     case "route":
+    case "route6":
       return { at, readAt, kind, key: first, deleted, detail: undefined, state: undefined };
     case "neigh":
       return {
@@ -301,13 +306,13 @@ export const neighIs =
 // ---- polls -----------------------------------------------------------------------------------------
 
 /**
- * twill's routes in `ns`: plain text with `ip -n` (a setns, no mount namespace like `ip netns exec`), the
- * cheapest dump there is, since it runs in a loop next to the agent.
+ * twill's routes in `ns` (IPv4, or IPv6 with family 6): plain text with `ip -n` (a setns, no mount
+ * namespace like `ip netns exec`), the cheapest dump there is, since it runs in a loop next to the agent.
  */
-export async function countRoutes(ns: string): Promise<number> {
+export async function countRoutes(ns: string, family: 4 | 6 = 4): Promise<number> {
   const { stdout } = await run(
     "ip",
-    ["-n", ns, "-4", "route", "show", "proto", String(TWILL_ROUTE_PROTOCOL)],
+    ["-n", ns, `-${family}`, "route", "show", "proto", String(TWILL_ROUTE_PROTOCOL)],
     {
       maxBuffer: 64 * 1024 * 1024,
     },
@@ -336,6 +341,7 @@ export async function waitRouteCount(
  * When every one of `dsts` has been added as a route in `ns` since `after`: from the route monitor, or,
  * should it have dropped events, from a dump poll every 500 ms running alongside (its time then counts,
  * with a period's error, 1 s after the poll saw them all and the monitor had not). Undefined on timeout.
+ * `family` 6: IPv6 routes, from the monitor's "route6" kind and `ip -6` dumps.
  */
 export async function routesPresent(
   mon: KernelMonitor,
@@ -343,15 +349,16 @@ export async function routesPresent(
   dsts: readonly string[],
   after: bigint,
   timeoutMs: number,
+  family: 4 | 6 = 4,
 ): Promise<{ at: bigint; method: string } | undefined> {
   const state = { finished: false };
   const viaMonitor = mon
-    .all("route", dsts, after, added, timeoutMs)
+    .all(family === 4 ? "route" : "route6", dsts, after, added, timeoutMs)
     .then((r) => (r.last === undefined ? undefined : { at: r.last, method: "ip monitor" }));
   const viaPoll = (async () => {
     const deadline = Date.now() + timeoutMs;
     while (!state.finished && Date.now() < deadline) {
-      if ((await countRoutes(ns)) === dsts.length) {
+      if ((await countRoutes(ns, family)) === dsts.length) {
         const at = nowNs();
         await sleep(1000);
         return { at, method: `dump poll (the monitor missed some; ${mon.overflows()} overflows)` };
@@ -464,6 +471,10 @@ export interface StateCheck {
   readonly routes: KindDiff;
   readonly neighbours: KindDiff;
   readonly fdb: KindDiff;
+  /** With `ipv6`: the same on flannel-v6.1, for the leases' IPv6 subnets. */
+  readonly routes6?: KindDiff;
+  readonly neighbours6?: KindDiff;
+  readonly fdb6?: KindDiff;
 }
 
 function diff(expected: ReadonlySet<string>, actual: ReadonlySet<string>): KindDiff {
@@ -481,54 +492,96 @@ function diff(expected: ReadonlySet<string>, actual: ReadonlySet<string>): KindD
   };
 }
 
+/** What the kernel holds of one VXLAN device's peers: routes (one family, proto 151), neighbours, FDB. */
+async function readDevice(
+  host: Host,
+  family: 4 | 6,
+  dev: string,
+): Promise<{ routes: Set<string>; neighbours: Set<string>; fdb: Set<string> }> {
+  const [kRoutes, kNeigh, kFdb] = await Promise.all([
+    readRoutes(host.runner, { protocol: TWILL_ROUTE_PROTOCOL, family }),
+    readNeighbours(host.runner, dev),
+    readFdb(host.runner, dev),
+  ]);
+  return {
+    routes: new Set(
+      kRoutes.map((r) => `${r.dst} via ${r.gateway ?? "-"} dev ${r.dev ?? "-"}${r.onlink ? " onlink" : ""}`),
+    ),
+    neighbours: new Set(
+      kNeigh.filter((n) => n.state.includes("PERMANENT")).map((n) => `${n.dst} lladdr ${n.lladdr ?? "-"}`),
+    ),
+    fdb: new Set(
+      kFdb
+        .filter((e) => e.dst !== undefined && e.state === "permanent")
+        .map((e) => `${e.mac} dst ${e.dst ?? ""}`),
+    ),
+  };
+}
+
 /**
  * Routes, neighbours and FDB entries on flannel.1 against the leases in etcd (all but `ownKey`): every
  * lease must have exactly its onlink route (proto 151), its permanent neighbour with the VtepMAC and its
- * permanent FDB entry to the PublicIP, and nothing else of ours may be there.
+ * permanent FDB entry to the PublicIP, and nothing else of ours may be there. With `ipv6` the same on
+ * flannel-v6.1 for every lease with an IPv6 subnet: its IPv6 onlink route via the subnet's network
+ * address, that address's permanent neighbour with the BackendV6Data VtepMAC, and the FDB entry of that
+ * MAC to the PublicIPv6; and no other IPv6 route of ours.
  */
 export async function kernelVsEtcd(
   host: Host,
   leases: readonly (readonly [string, string])[],
   ownKey: string | undefined,
+  options: { readonly ipv6?: boolean } = {},
 ): Promise<StateCheck> {
-  const routes = new Set<string>();
-  const neighbours = new Set<string>();
-  const fdb = new Set<string>();
+  const want = { routes: new Set<string>(), neighbours: new Set<string>(), fdb: new Set<string>() };
+  const want6 = { routes: new Set<string>(), neighbours: new Set<string>(), fdb: new Set<string>() };
   let count = 0;
   for (const [key, value] of leases) {
     if (key === ownKey) continue;
-    const match = /\/subnets\/(\d+\.\d+\.\d+\.\d+)-(\d+)$/.exec(key);
-    if (match?.[1] === undefined || match[2] === undefined) continue;
+    const subnets = tryParseSubnetKey(key);
+    if (subnets === undefined) continue;
     count++;
     const attrs = decodeLeaseAttrs(value);
-    const mac = parseVxlanBackendData(attrs.backendData).vtepMac;
-    routes.add(`${match[1]}/${match[2]} via ${match[1]} dev ${VXLAN_DEV} onlink`);
-    neighbours.add(`${match[1]} lladdr ${mac}`);
-    fdb.add(`${mac} dst ${formatIPv4(attrs.publicIP)}`);
+    const data = parseVxlanPeerData(attrs.backendData, attrs.backendV6Data);
+    if (hasIPv4(subnets.subnet) && data.v4 !== undefined) {
+      const gateway = formatIPv4(subnets.subnet.ip);
+      want.routes.add(`${gateway}/${subnets.subnet.prefixLen} via ${gateway} dev ${VXLAN_DEV} onlink`);
+      want.neighbours.add(`${gateway} lladdr ${data.v4.vtepMac}`);
+      want.fdb.add(`${data.v4.vtepMac} dst ${formatIPv4(attrs.publicIP)}`);
+    }
+    const v6 = subnets.ipv6Subnet;
+    if (options.ipv6 === true && v6 !== undefined && data.v6 !== undefined && attrs.publicIPv6 !== null) {
+      const gateway = formatIPv6(v6.ip);
+      want6.routes.add(`${gateway}/${v6.prefixLen} via ${gateway} dev ${VXLAN_V6_DEV} onlink`);
+      want6.neighbours.add(`${gateway} lladdr ${data.v6.vtepMac}`);
+      want6.fdb.add(`${data.v6.vtepMac} dst ${attrs.publicIPv6}`);
+    }
   }
-  const [kRoutes, kNeigh, kFdb] = await Promise.all([
-    readRoutes(host.runner, { protocol: TWILL_ROUTE_PROTOCOL }),
-    readNeighbours(host.runner, VXLAN_DEV),
-    readFdb(host.runner, VXLAN_DEV),
+  const [have, have6] = await Promise.all([
+    readDevice(host, 4, VXLAN_DEV),
+    options.ipv6 === true ? readDevice(host, 6, VXLAN_V6_DEV) : undefined,
   ]);
-  const actualRoutes = new Set(
-    kRoutes.map((r) => `${r.dst} via ${r.gateway ?? "-"} dev ${r.dev ?? "-"}${r.onlink ? " onlink" : ""}`),
-  );
-  const actualNeigh = new Set(
-    kNeigh.filter((n) => n.state.includes("PERMANENT")).map((n) => `${n.dst} lladdr ${n.lladdr ?? "-"}`),
-  );
-  const actualFdb = new Set(
-    kFdb
-      .filter((e) => e.dst !== undefined && e.state === "permanent")
-      .map((e) => `${e.mac} dst ${e.dst ?? ""}`),
-  );
   const result = {
     leases: count,
-    routes: diff(routes, actualRoutes),
-    neighbours: diff(neighbours, actualNeigh),
-    fdb: diff(fdb, actualFdb),
+    routes: diff(want.routes, have.routes),
+    neighbours: diff(want.neighbours, have.neighbours),
+    fdb: diff(want.fdb, have.fdb),
+    ...(have6 === undefined
+      ? {}
+      : {
+          routes6: diff(want6.routes, have6.routes),
+          neighbours6: diff(want6.neighbours, have6.neighbours),
+          fdb6: diff(want6.fdb, have6.fdb),
+        }),
   };
-  const equal = [result.routes, result.neighbours, result.fdb].every((d) => d.missing === 0 && d.extra === 0);
+  const kinds = [
+    result.routes,
+    result.neighbours,
+    result.fdb,
+    result.routes6,
+    result.neighbours6,
+    result.fdb6,
+  ].filter((d): d is KindDiff => d !== undefined);
+  const equal = kinds.every((d) => d.missing === 0 && d.extra === 0);
   return { equal, ...result };
 }
 
@@ -542,6 +595,60 @@ export function batchLines(list: readonly Peer[]): { bridge: string; ip: string 
     (p) => `route replace ${p.dst} via ${p.gateway} dev ${VXLAN_DEV} onlink proto ${TWILL_ROUTE_PROTOCOL}`,
   );
   return { bridge: `${bridge.join("\n")}\n`, ip: `${[...neigh, ...route].join("\n")}\n` };
+}
+
+/**
+ * A dual-stack peer list's objects as batch lines: every FDB entry (flannel.1's to the PublicIPs, then
+ * flannel-v6.1's to the PublicIPv6s) for `bridge`, and for `ip` the neighbours and then the routes of
+ * each family, IPv4 first (one `ip -batch`: iproute2 takes each line's family from its addresses).
+ */
+export function dualStackBatchLines(list: readonly DualStackPeer[]): { bridge: string; ip: string } {
+  const v4 = batchLines(list);
+  const bridge6 = list.map(
+    (p) => `fdb replace ${p.mac6} dev ${VXLAN_V6_DEV} self dst ${p.publicIPv6} permanent`,
+  );
+  const neigh6 = list.map(
+    (p) => `neigh replace ${p.gateway6} lladdr ${p.mac6} dev ${VXLAN_V6_DEV} nud permanent`,
+  );
+  const route6 = list.map(
+    (p) =>
+      `route replace ${p.dst6} via ${p.gateway6} dev ${VXLAN_V6_DEV} onlink proto ${TWILL_ROUTE_PROTOCOL}`,
+  );
+  const ip4 = v4.ip.trimEnd().split("\n");
+  const neigh4 = ip4.filter((l) => l.startsWith("neigh "));
+  const route4 = ip4.filter((l) => l.startsWith("route "));
+  return {
+    bridge: `${v4.bridge}${bridge6.join("\n")}\n`,
+    ip: `${[...neigh4, ...neigh6, ...route4, ...route6].join("\n")}\n`,
+  };
+}
+
+/**
+ * Makes flannel-v6.1 in `host` as the agent would: VNI 1, port 8472, nolearning, the host's IPv6
+ * address as local, MTU 1430 (1500 − 70), up, `<address>/128`.
+ */
+export async function makeVxlanV6Device(host: Host, local6: string, address: string): Promise<void> {
+  const ip = (args: string[]) => run("ip", ["-n", host.ns, ...args]);
+  await ip([
+    "link",
+    "add",
+    VXLAN_V6_DEV,
+    "address",
+    "02:ff:ff:ff:ff:02",
+    "type",
+    "vxlan",
+    "id",
+    "1",
+    "local",
+    local6,
+    "dev",
+    "eth0",
+    "dstport",
+    "8472",
+    "nolearning",
+  ]);
+  await ip(["link", "set", VXLAN_V6_DEV, "mtu", "1430", "up"]);
+  await ip(["-6", "address", "add", `${address}/128`, "dev", VXLAN_V6_DEV, "nodad"]);
 }
 
 /** Makes flannel.1 in `host` as the agent would (VNI 1, port 8472, nolearning, MTU 1450, up, /32). */
