@@ -7,6 +7,7 @@
 //     with -N, protocol, scope, table and type are all numbers printed as strings. We read routes with -N
 //     and give type back its kernel name (RTN_* numbers are kernel ABI).
 //   - Host routes print dst without a prefix length ("10.244.1.1"); default routes print "default".
+//   - A vxlan device's IPv6 source prints as "local6" (an IPv4 one as "local").
 //   - `ip neigh show dev X` and `bridge fdb show dev X` omit the device; fdb `state` is absent for dynamic
 //     entries.
 //   - A filter naming a missing device fails ("Cannot find device …", "Device … does not exist."); a missing
@@ -15,7 +16,7 @@ import { CommandError, type CommandRunner } from "../../src/exec/command.js";
 
 export interface VxlanInfo {
   readonly id: number;
-  /** Source address of the tunnel, when set. */
+  /** Source address of the tunnel (IPv4 or IPv6), when set. */
   readonly local?: string;
   /** UDP destination port (the kernel default is 8472). */
   readonly port?: number;
@@ -229,7 +230,8 @@ function parseLink(o: JsonObject): Link {
     const w = `${what} ${name} vxlan`;
     vxlan = compact({
       id: reqNumber(data, "id", w),
-      local: optString(data, "local", w),
+      // iproute2 prints an IPv6 source as "local6".
+      local: optString(data, "local", w) ?? optString(data, "local6", w),
       port: optNumber(data, "port", w),
       learning: optBoolean(data, "learning", w) ?? false,
       gbp: optBoolean(data, "gbp", w) ?? false,
@@ -261,9 +263,15 @@ export async function readLink(runner: CommandRunner, name: string): Promise<Lin
   return objects(out, "ip link").map(parseLink)[0];
 }
 
-/** Addresses, flattened to one record per address; optionally of one device only. */
-export async function readAddresses(runner: CommandRunner, dev?: string): Promise<Address[]> {
-  const args = ["-j", "address", "show", ...(dev === undefined ? [] : ["dev", dev])];
+/** Addresses, flattened to one record per address; optionally of one device and of one family only. */
+export async function readAddresses(runner: CommandRunner, dev?: string, family?: 4 | 6): Promise<Address[]> {
+  const args = [
+    "-j",
+    ...(family === undefined ? [] : [`-${family}`]),
+    "address",
+    "show",
+    ...(dev === undefined ? [] : ["dev", dev]),
+  ];
   const addresses: Address[] = [];
   for (const link of objects(await readJson(runner, "ip", args), "ip address")) {
     const name = reqString(link, "ifname", "ip address");
@@ -322,9 +330,14 @@ export async function readRoutes(runner: CommandRunner, filter: RouteFilter = {}
   return objects(await readJson(runner, "ip", args), "ip route").map((o) => parseRoute(o, filter, family));
 }
 
-/** Neighbour (ARP/NDP) entries of one device. */
-export async function readNeighbours(runner: CommandRunner, dev: string): Promise<Neighbour[]> {
-  const out = await readJson(runner, "ip", ["-j", "neigh", "show", "dev", dev]);
+/** Neighbour (ARP/NDP) entries of one device: both families, or only IPv4 (4) or IPv6 (6) ones. */
+export async function readNeighbours(
+  runner: CommandRunner,
+  dev: string,
+  family?: 4 | 6,
+): Promise<Neighbour[]> {
+  const args = ["-j", ...(family === undefined ? [] : [`-${family}`]), "neigh", "show", "dev", dev];
+  const out = await readJson(runner, "ip", args);
   return objects(out, "ip neigh").map((o) => {
     const dst = reqString(o, "dst", "ip neigh");
     return compact({

@@ -5,12 +5,14 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { execa } from "execa";
 import { conflistFromSubnetEnv, formatConflist } from "../../src/cni/conflist.js";
+import { isJsonObject, type JsonObject } from "../../src/cni/json.js";
 import { parseCniResult } from "../../src/cni/result.js";
+import { firstHost6, formatCidr6, formatIPv6, parseCidr6 } from "../../src/ip/ipv6.js";
 import { readRoutes } from "./ip-read.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
 import { startAgent, runTwill, type AgentProcess } from "./agent.js";
 import type { EtcdServer } from "./etcd.js";
-import { createUnderlay, type Cluster, type Host, type Pod } from "./netns.js";
+import { createUnderlay, familyOf, type Cluster, type Host, type Pod } from "./netns.js";
 import { waitFor } from "./processes.js";
 import { startMountNamespace, stopRecordedWireGuardGo, type MountNamespace } from "./wireguard.js";
 
@@ -30,13 +32,20 @@ export interface TwillCluster {
   readonly etcd: EtcdServer;
   readonly nodes: NodeUnderTest[];
   readonly prefix: string;
-  /** Adds a pod to node i at the given host number of its subnet (2 → 10.244.x.2). */
+  /**
+   * Adds a pod to node i at the given host number of its subnet (2 → 10.244.x.2); with IPv6 on, also at
+   * that host number of its IPv6 subnet (2 → fd00:10:244:y::2; the number is written in hex).
+   */
   addPod(i: number, name: string, hostNumber: number): Promise<Pod>;
-  /** Every pod pings every other pod once; returns the failures as "a -> b". */
+  /**
+   * Every pod pings every other pod's every address (IPv4 and IPv6) with a few tries; returns the
+   * failures as "<from ns> -> <address>".
+   */
   pingMatrix(): Promise<string[]>;
   /**
    * Waits until every node has programmed a twill route (proto TWILL_ROUTE_PROTOCOL, main table) to the
-   * subnet of every other node; on timeout the error lists the routes still missing.
+   * subnet of every other node, of each family the cluster has; on timeout the error lists the routes
+   * still missing.
    */
   waitForMesh(timeoutMs?: number): Promise<void>;
   /**
@@ -59,7 +68,17 @@ export interface TwillClusterOptions {
   readonly tag?: string;
   /** Stops the start between steps: what was made so far is removed and the abort reason thrown. */
   readonly signal?: AbortSignal;
+  /**
+   * IPv6: "dual-stack" puts the hosts on a dual-stack underlay and adds EnableIPv6 and IPv6Network
+   * fd00:10:244::/56 to the network config; "ipv6-only" puts them on an IPv6-only underlay (etcd over
+   * IPv6 too) with EnableIPv4 false and no Network. The agent arguments stay the same (--iface=eth0).
+   * Without it the cluster is IPv4-only, as it always was.
+   */
+  readonly ipv6?: "dual-stack" | "ipv6-only";
 }
+
+/** The IPv6 pod network of IPv6 clusters. */
+export const IPV6_POD_NETWORK = "fd00:10:244::/56";
 
 export function subnetLine(env: string | undefined): {
   network: string;
@@ -72,6 +91,39 @@ export function subnetLine(env: string | undefined): {
   if (!subnet || !mtu) throw new Error(`no FLANNEL_SUBNET/FLANNEL_MTU in subnet.env: ${env ?? "(missing)"}`);
   const [, base = "", len = "24"] = subnet;
   return { network: `${base}.0`, gateway: `${base}.1`, prefixLen: Number(len), mtu: Number(mtu[1]) };
+}
+
+/**
+ * The node's IPv6 subnet from FLANNEL_IPV6_SUBNET/FLANNEL_IPV6_NETWORK, canonical: network
+ * "fd00:10:244:3::/64", gateway "fd00:10:244:3::1"; throws when the file has no IPv6 lines.
+ */
+export function subnetLine6(env: string | undefined): {
+  /** The subnet, e.g. "fd00:10:244:3::/64" (what a route's dst reads). */
+  subnet: string;
+  /** The subnet's network address, e.g. "fd00:10:244:3::". */
+  network: string;
+  gateway: string;
+  prefixLen: number;
+  /** FLANNEL_IPV6_NETWORK, canonical. */
+  clusterNetwork: string;
+} {
+  const subnet = /^FLANNEL_IPV6_SUBNET=(\S+)$/m.exec(env ?? "");
+  const network = /^FLANNEL_IPV6_NETWORK=(\S+)$/m.exec(env ?? "");
+  if (!subnet?.[1] || !network?.[1])
+    throw new Error(`no FLANNEL_IPV6_SUBNET/FLANNEL_IPV6_NETWORK in subnet.env: ${env ?? "(missing)"}`);
+  const parsed = parseCidr6(subnet[1]);
+  return {
+    subnet: formatCidr6(parsed),
+    network: formatIPv6(parsed.ip),
+    gateway: formatIPv6(firstHost6(parsed)),
+    prefixLen: parsed.prefixLen,
+    clusterNetwork: formatCidr6(parseCidr6(network[1])),
+  };
+}
+
+/** The families a cluster's network config turns on. */
+function familiesOf(options: Pick<TwillClusterOptions, "ipv6">): { v4: boolean; v6: boolean } {
+  return { v4: options.ipv6 !== "ipv6-only", v6: options.ipv6 !== undefined };
 }
 
 /**
@@ -94,6 +146,56 @@ export async function untilNoFailures(
 
 /** Routes each node still lacks: "<host ns> -> <peer subnet>" for every peer subnet without a twill route. */
 async function missingMeshRoutes(
+  nodes: readonly NodeUnderTest[],
+  backend: TwillClusterOptions["backend"],
+  families: { v4: boolean; v6: boolean } = { v4: true, v6: false },
+): Promise<string[]> {
+  const v4 = families.v4 ? await missingMeshRoutes4(nodes, backend) : [];
+  const v6 = families.v6 ? await missingMeshRoutes6(nodes, backend) : [];
+  return [...v4, ...v6];
+}
+
+/**
+ * The IPv6 routes each node still lacks: one per peer IPv6 subnet (vxlan and host-gw alike); for
+ * wireguard the one route of the whole IPv6 network into its device (flannel-wg-v6, or flannel-wg in
+ * the single-tunnel modes).
+ */
+async function missingMeshRoutes6(
+  nodes: readonly NodeUnderTest[],
+  backend: TwillClusterOptions["backend"],
+): Promise<string[]> {
+  if (backend === "wireguard") {
+    const missing = await Promise.all(
+      nodes.map(async (n) => {
+        const routes = await readRoutes(n.host.runner, {
+          table: 254,
+          family: 6,
+          protocol: TWILL_ROUTE_PROTOCOL,
+        });
+        return routes.some((r) => r.dst === IPV6_POD_NETWORK && r.dev?.startsWith("flannel-wg") === true)
+          ? []
+          : [`${n.host.ns} -> ${IPV6_POD_NETWORK} dev flannel-wg(-v6)`];
+      }),
+    );
+    return missing.flat();
+  }
+  const subnets = nodes.map((n) => subnetLine6(n.agent.subnetEnv()).subnet);
+  const missing = await Promise.all(
+    nodes.map(async (n, i) => {
+      const routes = await readRoutes(n.host.runner, {
+        table: 254,
+        family: 6,
+        protocol: TWILL_ROUTE_PROTOCOL,
+      });
+      return subnets
+        .filter((subnet, j) => j !== i && !routes.some((r) => r.dst === subnet))
+        .map((subnet) => `${n.host.ns} -> ${subnet}`);
+    }),
+  );
+  return missing.flat();
+}
+
+async function missingMeshRoutes4(
   nodes: readonly NodeUnderTest[],
   backend: TwillClusterOptions["backend"],
 ): Promise<string[]> {
@@ -135,7 +237,11 @@ async function missingMeshRoutes(
 }
 
 export async function startTwillCluster(options: TwillClusterOptions): Promise<TwillCluster> {
-  const net = await createUnderlay(options.tag === undefined ? {} : { tag: options.tag });
+  const net = await createUnderlay({
+    ...(options.tag === undefined ? {} : { tag: options.tag }),
+    ...(options.ipv6 === undefined ? {} : { ipv6: options.ipv6 }),
+  });
+  const families = familiesOf(options);
   const nodes: NodeUnderTest[] = [];
   const signal = options.signal;
   try {
@@ -153,7 +259,8 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
     const first = hosts[0];
     if (!first) throw new Error("a cluster needs at least one host");
     const config = JSON.stringify({
-      Network: "10.244.0.0/16",
+      ...(families.v4 ? { Network: "10.244.0.0/16" } : { EnableIPv4: false }),
+      ...(families.v6 ? { EnableIPv6: true, IPv6Network: IPV6_POD_NETWORK } : {}),
       ...(options.backend === "none"
         ? {}
         : { Backend: { Type: options.backend, ...options.backendOptions } }),
@@ -192,13 +299,22 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
       addPod: async (i, name, hostNumber) => {
         const n = node(i);
         const env = n.agent.subnetEnv() ?? "";
-        const { network, prefixLen } = subnetLine(env);
-        const address = `${network.replace(/\.0$/, "")}.${hostNumber}`;
+        const v4 = families.v4 ? subnetLine(env) : undefined;
+        const v6 = families.v6 ? subnetLine6(env) : undefined;
+        const address4 = v4 === undefined ? undefined : `${v4.network.replace(/\.0$/, "")}.${hostNumber}`;
+        const address6 =
+          v6 === undefined ? undefined : formatIPv6(parseCidr6(v6.subnet).ip + BigInt(hostNumber));
+        const wanted = [address4, address6].filter((a): a is string => a !== undefined);
         // The node's conflist as the agent writes it, but with a host-local store per node in the
         // agent's temp dir: the filesystem is shared by every namespace, /var/lib/cni is not ours.
-        const conf = join(n.agent.dir, "pods.conflist");
         const ipamDataDir = join(n.agent.dir, "ipam");
-        writeFileSync(conf, formatConflist(conflistFromSubnetEnv(env, { bridge: "cni0", ipamDataDir })));
+        const conflist = conflistFromSubnetEnv(env, { bridge: "cni0", ipamDataDir });
+        // One address: CNI_ARGS IP=…, as always. Two (dual-stack): host-local's CNI_ARGS IP takes one
+        // address only, so they go where a runtime puts them, the network config's args.cni.ips (one per
+        // range), in a conflist of this pod's own.
+        const conf = join(n.agent.dir, wanted.length > 1 ? `pod-${name}.conflist` : "pods.conflist");
+        if (wanted.length > 1) withRequestedIps(conflist, wanted);
+        writeFileSync(conf, formatConflist(conflist));
         await waitFor(
           `cni0 in ${n.host.ns}`,
           async () => (await net.exec(n.host.ns, ["ip", "link", "show", "cni0"])).exitCode === 0,
@@ -217,7 +333,7 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
             `--conf=${conf}`,
             `--cni-bin-dir=${CNI_PLUGIN_DIR}`,
             `--cni-cache-dir=${join(n.agent.dir, "cni-cache")}`,
-            `--cni-args=IP=${address}`,
+            ...(wanted.length === 1 ? [`--cni-args=IP=${wanted.join("")}`] : []),
             "--json",
           ],
           { netns: n.host.ns },
@@ -226,20 +342,45 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
         const result = parseCniResult(JSON.parse(attached.stdout));
         const hostVeth =
           result.interfaces.find((iface) => iface.sandbox === undefined && iface.name !== "cni0")?.name ?? "";
-        const pod: Pod = { ns, name, host: n.host, address, cidr: `${address}/${prefixLen}`, hostVeth };
+        // The addresses the pod got, as the plugins report them: each must be the one asked for.
+        const got = result.ips.map((ip) => ip.address);
+        const cidrOf = (address: string | undefined): string | undefined =>
+          address === undefined ? undefined : got.find((c) => c.split("/")[0] === address);
+        const cidr4 = cidrOf(address4);
+        const cidr6 = cidrOf(address6);
+        if (
+          (address4 !== undefined && cidr4 === undefined) ||
+          (address6 !== undefined && cidr6 === undefined)
+        )
+          throw new Error(`${ns} asked for ${wanted.join(", ")} but got ${got.join(", ") || "nothing"}`);
+        const primary = cidr4 ?? cidr6 ?? "";
+        const pod: Pod = {
+          ns,
+          name,
+          host: n.host,
+          address: primary.split("/")[0] ?? primary,
+          cidr: primary,
+          ...(address6 === undefined || cidr6 === undefined ? {} : { address6, cidr6 }),
+          hostVeth,
+        };
         n.pods.push(pod);
         return pod;
       },
       pingMatrix: async () => {
         const pods = nodes.flatMap((n) => n.pods);
         const pairs = pods.flatMap((from) =>
-          pods.filter((to) => to !== from).map((to) => [from, to] as const),
+          pods
+            .filter((to) => to !== from)
+            .flatMap((to) =>
+              [...new Set([to.address, to.address6])].map((target) => [from, target] as const),
+            ),
         );
         const results = await Promise.all(
-          pairs.map(async ([from, to]) => {
-            // A few tries: the very first packet may wait for ARP on the pod side.
-            const result = await net.ping(from.ns, to.address, { count: 3, waitSeconds: 1 });
-            return result.received > 0 ? undefined : `${from.ns} -> ${to.address}`;
+          pairs.map(async ([from, target]) => {
+            if (target === undefined) return undefined;
+            // A few tries: the very first packet may wait for ARP (or neighbour discovery) on the pod side.
+            const result = await net.ping(from.ns, target, { count: 3, waitSeconds: 1 });
+            return result.received > 0 ? undefined : `${from.ns} -> ${target}`;
           }),
         );
         return results.filter((r): r is string => r !== undefined);
@@ -250,7 +391,7 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
           await waitFor(
             "every node's routes to all its peers",
             async () => {
-              missing = await missingMeshRoutes(nodes, options.backend);
+              missing = await missingMeshRoutes(nodes, options.backend, families);
               return missing.length === 0;
             },
             timeoutMs,
@@ -274,6 +415,16 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
     await net.destroy();
     throw error;
   }
+}
+
+/** Asks host-local for these addresses: `"args": {"cni": {"ips": […]}}` on the list's bridge plugin. */
+function withRequestedIps(conflist: JsonObject, ips: readonly string[]): void {
+  const plugins = conflist.plugins;
+  const bridge = Array.isArray(plugins)
+    ? plugins.find((p): p is JsonObject => isJsonObject(p) && p.type === "bridge")
+    : undefined;
+  if (bridge === undefined) throw new Error("the node's conflist has no bridge plugin");
+  bridge.args = { cni: { ips: [...ips] } };
 }
 
 /** The agent, the wireguard-go it left (which outlives agents by design) and the mount namespace. */
@@ -303,7 +454,12 @@ export function subnetOfNode(cluster: TwillCluster, i: number): { network: strin
   return subnetLine(nodeOf(cluster, i).agent.subnetEnv());
 }
 
-/** `ping -i interval -c count` from one namespace; returns what was sent and received. */
+/** Node i's IPv6 subnet, from its subnet.env. */
+export function subnet6OfNode(cluster: TwillCluster, i: number): ReturnType<typeof subnetLine6> {
+  return subnetLine6(nodeOf(cluster, i).agent.subnetEnv());
+}
+
+/** `ping -i interval -c count` (-6 for an IPv6 address) from one namespace; returns what was sent and received. */
 export async function continuousPing(
   cluster: TwillCluster,
   fromNs: string,
@@ -313,6 +469,7 @@ export async function continuousPing(
 ): Promise<{ transmitted: number; received: number }> {
   const result = await cluster.net.exec(fromNs, [
     "ping",
+    `-${familyOf(to)}`,
     "-n",
     "-q",
     "-i",
