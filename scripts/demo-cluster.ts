@@ -10,6 +10,8 @@ import { startTwillCluster, type NodeUnderTest, type TwillCluster } from "../tes
 
 export interface DemoOptions {
   readonly backend: "vxlan" | "host-gw" | "udp" | "wireguard";
+  /** --dual-stack, --ipv6-only: pods get IPv6 addresses too, or only those. */
+  readonly ipv6?: "dual-stack" | "ipv6-only";
   readonly hosts?: number;
   readonly print?: (line: string) => void;
   /**
@@ -51,10 +53,16 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
   // Every namespace the demo makes is named tw-<tag>-…: said first, so a look (or a test) can find them.
   const tag = randomTag();
   print(
-    `starting: etcd and ${hostCount} hosts in network namespaces tw-${tag}-*, backend ${options.backend} …`,
+    `starting: etcd and ${hostCount} hosts in network namespaces tw-${tag}-*, backend ${options.backend}` +
+      `${options.ipv6 === undefined ? "" : `, ${options.ipv6}`} …`,
   );
+  const families: (4 | 6)[] = [
+    ...(options.ipv6 === "ipv6-only" ? [] : [4 as const]),
+    ...(options.ipv6 === undefined ? [] : [6 as const]),
+  ];
   const cluster = await startTwillCluster({
     backend: options.backend,
+    ...(options.ipv6 === undefined ? {} : { ipv6: options.ipv6 }),
     hosts: hostCount,
     tag,
     // As deployed: the bridge plugin then leaves pod-to-pod traffic unmasqueraded.
@@ -79,10 +87,12 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
       "every host to route to every peer",
       async () => {
         const counts = await Promise.all(
-          cluster.nodes.map(
-            async (n) =>
-              (await readRoutes(n.host.runner, { table: 254, family: 4, protocol: TWILL_ROUTE_PROTOCOL }))
-                .length,
+          cluster.nodes.flatMap((n) =>
+            families.map(
+              async (family) =>
+                (await readRoutes(n.host.runner, { table: 254, family, protocol: TWILL_ROUTE_PROTOCOL }))
+                  .length,
+            ),
           ),
         );
         return counts.every((c) => c === routesPerHost);
@@ -109,25 +119,31 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
     print((await runTwill(["leases", ...flags], { netns: firstHost.ns })).stdout.trimEnd());
 
     for (const [i, node] of cluster.nodes.entries()) {
-      print(`\n== host ${i + 1}: namespace ${node.host.ns}, underlay ${node.host.address}`);
+      const underlay = [node.host.address, node.host.address6].filter((a) => a !== undefined).join(", ");
+      print(`\n== host ${i + 1}: namespace ${node.host.ns}, underlay ${underlay}`);
       print(`subnet.env: ${(node.agent.subnetEnv() ?? "").trim().replace(/\n/g, "  ")}`);
-      const routes = await readRoutes(node.host.runner, {
-        table: 254,
-        family: 4,
-        protocol: TWILL_ROUTE_PROTOCOL,
-      });
-      for (const r of routes)
-        print(
-          `  route ${r.dst} via ${r.gateway ?? "-"} dev ${r.dev ?? "-"}${r.onlink ? " onlink" : ""} proto 151`,
-        );
+      for (const family of families) {
+        const routes = await readRoutes(node.host.runner, {
+          table: 254,
+          family,
+          protocol: TWILL_ROUTE_PROTOCOL,
+        });
+        for (const r of routes)
+          print(
+            `  route ${r.dst} via ${r.gateway ?? "-"} dev ${r.dev ?? "-"}${r.onlink ? " onlink" : ""} proto 151`,
+          );
+      }
       if (options.backend === "vxlan") {
-        const neighbours = (await readNeighbours(node.host.runner, "flannel.1")).filter((n) =>
-          n.state.includes("PERMANENT"),
-        );
-        for (const n of neighbours)
-          print(`  neigh ${n.dst} lladdr ${n.lladdr ?? "?"} dev flannel.1 permanent`);
-        const fdb = (await readFdb(node.host.runner, "flannel.1")).filter((f) => f.dst !== undefined);
-        for (const f of fdb) print(`  fdb   ${f.mac} dst ${f.dst ?? "?"} dev flannel.1 ${f.state}`);
+        for (const family of families) {
+          const dev = family === 4 ? "flannel.1" : "flannel-v6.1";
+          const neighbours = (await readNeighbours(node.host.runner, dev, family)).filter((n) =>
+            n.state.includes("PERMANENT"),
+          );
+          for (const n of neighbours)
+            print(`  neigh ${n.dst} lladdr ${n.lladdr ?? "?"} dev ${dev} permanent`);
+          const fdb = (await readFdb(node.host.runner, dev)).filter((f) => f.dst !== undefined);
+          for (const f of fdb) print(`  fdb   ${f.mac} dst ${f.dst ?? "?"} dev ${dev} ${f.state}`);
+        }
       }
       if (options.backend === "wireguard") {
         for (const peer of await wireGuardPeers(node))
@@ -135,20 +151,33 @@ export async function startDemo(options: DemoOptions): Promise<Demo> {
             `  wg    peer ${peer.publicKey} endpoint ${peer.endpoint} allowed-ips ${peer.allowedIps} dev flannel-wg`,
           );
       }
-      print(`  pods: ${node.pods.map((p) => `${p.name}=${p.address}`).join(", ")}`);
+      const podText = (p: (typeof node.pods)[number]): string =>
+        `${p.name}=${[...new Set([p.address, p.address6].filter((a) => a !== undefined))].join("+")}`;
+      print(`  pods: ${node.pods.map(podText).join(", ")}`);
     }
 
     signal?.throwIfAborted();
     const pods = cluster.nodes.flatMap((n) => n.pods);
+    // A pair is ok when every address of the target (IPv4, IPv6) answers.
+    const addressesOf = (pod: (typeof pods)[number]): string[] =>
+      [pod.address, pod.address6].filter((a): a is string => a !== undefined);
     const matrix = await Promise.all(
       pods.flatMap((from) =>
         pods
           .filter((to) => to !== from)
-          .map(async (to) => ({
-            from: `${from.host.index}/${from.name}`,
-            to: `${to.host.index}/${to.name}`,
-            ok: (await cluster.net.ping(from.ns, to.address, { count: 3, waitSeconds: 1 })).received > 0,
-          })),
+          .map(async (to) => {
+            const answers = await Promise.all(
+              [...new Set(addressesOf(to))].map(
+                async (address) =>
+                  (await cluster.net.ping(from.ns, address, { count: 3, waitSeconds: 1 })).received > 0,
+              ),
+            );
+            return {
+              from: `${from.host.index}/${from.name}`,
+              to: `${to.host.index}/${to.name}`,
+              ok: answers.every(Boolean),
+            };
+          }),
       ),
     );
     print(`\n== ping matrix (rows: from host/pod, columns: to)`);

@@ -19,6 +19,11 @@ const backend = process.argv.includes("--host-gw")
     : process.argv.includes("--wireguard")
       ? "wireguard"
       : "vxlan";
+const ipv6 = process.argv.includes("--ipv6-only")
+  ? ("ipv6-only" as const)
+  : process.argv.includes("--dual-stack")
+    ? ("dual-stack" as const)
+    : undefined;
 const stop = new AbortController();
 /** What stopped the demo: a signal's name, or SIGPIPE for output that went away. */
 let stoppedBy: string | undefined;
@@ -66,7 +71,12 @@ process.on("unhandledRejection", crashed);
 
 let demo: Demo | undefined;
 try {
-  demo = await startDemo({ backend, print: say, signal: stop.signal });
+  demo = await startDemo({
+    backend,
+    ...(ipv6 === undefined ? {} : { ipv6 }),
+    print: say,
+    signal: stop.signal,
+  });
   const first = demo.cluster.nodes[0];
   say(`\nThe agents keep running. Look around in another terminal, e.g.:`);
   if (first) {
