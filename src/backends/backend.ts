@@ -34,7 +34,7 @@ export interface BackendPlugin {
    * parsed once in the peer view. Throws an Error naming the field when the data is unusable; the
    * entry is then set aside as invalid.
    */
-  parsePeerData(backendData: string | undefined, backendV6Data?: string | undefined): object;
+  parsePeerData(backendData: string | undefined, backendV6Data?: string): object;
   /**
    * What `twill leases` shows of a peer's parsed BackendData (vxlan: its VTEP MAC); undefined, or no
    * such method, when there is nothing to show.

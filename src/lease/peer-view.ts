@@ -108,6 +108,7 @@ export class ParseCache {
   private readonly slots = new Map<string, Slot>();
   private generation = 0;
   private parsePeerData: ViewContext["parsePeerData"];
+  private families = "";
 
   get size(): number {
     return this.slots.size;
@@ -119,10 +120,13 @@ export class ParseCache {
   }
 
   /** @internal The parse of this entry, reusing the previous one when the entry is unchanged. */
-  parse(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]): Parsed {
-    if (parsePeerData !== this.parsePeerData) {
+  parse(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"], families: Families): Parsed {
+    // Peer data is parsed for the config's families only: other families make it anew.
+    const familiesKey = `${families.ipv4}/${families.ipv6}`;
+    if (parsePeerData !== this.parsePeerData || familiesKey !== this.families) {
       this.slots.clear();
       this.parsePeerData = parsePeerData;
+      this.families = familiesKey;
     }
     const slot = this.slots.get(entry.key);
     if (
@@ -135,7 +139,7 @@ export class ParseCache {
       slot.generation = this.generation;
       return slot.parsed;
     }
-    const parsed = parseEntry(entry, parsePeerData);
+    const parsed = parseEntry(entry, parsePeerData, families);
     this.slots.set(entry.key, { entry: { ...entry }, parsed, generation: this.generation });
     return parsed;
   }
@@ -151,7 +155,21 @@ export class ParseCache {
   }
 }
 
-function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]): Parsed {
+/** The address families a config enables. */
+interface Families {
+  readonly ipv4: boolean;
+  readonly ipv6: boolean;
+}
+
+function familiesOf(config: NetworkConfig): Families {
+  return { ipv4: config.enableIPv4, ipv6: config.ipv6 !== undefined };
+}
+
+function parseEntry(
+  entry: RawEntry,
+  parsePeerData: ViewContext["parsePeerData"],
+  families: Families,
+): Parsed {
   let subnets: LeaseSubnets;
   try {
     subnets = parseSubnetKey(entry.key);
@@ -171,7 +189,13 @@ function parseEntry(entry: RawEntry, parsePeerData: ViewContext["parsePeerData"]
   let peerData: object | undefined;
   if (attrsProblem === undefined && parsePeerData !== undefined) {
     try {
-      peerData = parsePeerData(attrs);
+      // Only the data of the families in use: flanneld never reads the rest, so bad data there
+      // must not set a peer aside (a dual-stack peer is an IPv4 peer to an IPv4-only node).
+      peerData = parsePeerData({
+        ...attrs,
+        backendData: families.ipv4 || !hasIPv4(subnets.subnet) ? attrs.backendData : undefined,
+        backendV6Data: families.ipv6 ? attrs.backendV6Data : undefined,
+      });
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       attrsProblem = `bad ${attrs.backendType ?? "(no BackendType)"} BackendData: ${message}`;
@@ -279,7 +303,7 @@ type Standing =
 function standingOf(entry: RawEntry, ctx: ViewContext, subnets: string, cache: ParseCache): Standing {
   if (entry.key === ctx.ownKey) return { kind: "own" };
   if (!entry.key.startsWith(subnets)) return { kind: "invalid", reason: `key is not under ${subnets}` };
-  const parsed = cache.parse(entry, ctx.parsePeerData);
+  const parsed = cache.parse(entry, ctx.parsePeerData, familiesOf(ctx.config));
   if (!parsed.ok) return { kind: "invalid", reason: parsed.reason };
   const networkProblem = outsideNetwork(parsed.lease, ctx.config);
   if (networkProblem !== undefined) return { kind: "invalid", reason: networkProblem };

@@ -17,14 +17,6 @@ import { isDriftRound, TRIGGERS, type RoundReport } from "../dataplane/loop.js";
 import { poolSizeOf, poolSizeOf6 } from "../lease/allocate.js";
 import { hasIPv4 } from "../lease/key.js";
 import type { NetworkConfig } from "../config/network-config.js";
-
-/** The subnets a lease can still be made from: the smaller pool of the enabled families. */
-function leasablePoolSize(config: NetworkConfig): number {
-  const pools: number[] = [];
-  if (config.enableIPv4) pools.push(poolSizeOf(config));
-  if (config.ipv6 !== undefined) pools.push(Number(poolSizeOf6(config)));
-  return Math.min(...pools);
-}
 import type { AcquireResult } from "../lease/keeper.js";
 import {
   DRIFT_KINDS,
@@ -34,6 +26,14 @@ import {
   type AgentState,
   type DriftKind,
 } from "../state.js";
+
+/** The subnets a lease can still be made from: the smaller pool of the enabled families. */
+function leasablePoolSize(config: NetworkConfig): number {
+  const pools: number[] = [];
+  if (config.enableIPv4) pools.push(poolSizeOf(config));
+  if (config.ipv6 !== undefined) pools.push(Number(poolSizeOf6(config)));
+  return Math.min(...pools);
+}
 
 const PEER_STATES: readonly PeerState[] = ["programmed", "unreachable", "backend-mismatch"];
 const ACQUIRE_RESULTS = ["reused", "created", "reserved", "race_lost", "exhausted"] as const;
@@ -215,15 +215,18 @@ export class Metrics {
     });
     new Gauge({
       name: "twill_peer_subnets",
-      help: "Valid peers' subnets by address family (ipv4, ipv6): a dual-stack peer counts in both",
+      help: "Valid peers' subnets by address family (ipv4, ipv6) of the families the network config carries",
       labelNames: ["family"],
       registers,
       collect() {
         let ipv4 = 0;
         let ipv6 = 0;
-        for (const lease of state().view?.peers.values() ?? []) {
-          if (hasIPv4(lease.subnet)) ipv4 += 1;
-          if (lease.ipv6Subnet !== undefined) ipv6 += 1;
+        const s = state();
+        // Only the families the config carries: a dual-stack peer is an IPv4 peer to an IPv4-only node.
+        const config = s.config.kind === "valid" ? s.config.config : undefined;
+        for (const lease of s.view?.peers.values() ?? []) {
+          if (config?.enableIPv4 === true && hasIPv4(lease.subnet)) ipv4 += 1;
+          if (config?.ipv6 !== undefined && lease.ipv6Subnet !== undefined) ipv6 += 1;
         }
         this.set({ family: "ipv4" }, ipv4);
         this.set({ family: "ipv6" }, ipv6);

@@ -56,7 +56,8 @@ export interface StatusJson {
     readonly subnet: string;
     readonly ipv6Subnet?: string | null;
     readonly key: string;
-    readonly publicIP: string;
+    /** null on an IPv6-only node (its lease carries flannel's 0.0.0.0). */
+    readonly publicIP: string | null;
     readonly publicIPv6?: string | null;
     readonly backend: string | null;
     readonly reserved: boolean;
@@ -166,8 +167,12 @@ export function buildStatus(input: StatusInput): StatusJson {
   const notReady = notReadyReasons(agent);
   const peers: PeerJson[] = [];
   if (agent.view) {
+    const v6Of = (lease: { ipv6Subnet?: { ip: bigint } | undefined }): bigint => lease.ipv6Subnet?.ip ?? 0n;
     const leases = [...agent.view.peers.values()].sort(
-      (a, b) => a.subnet.ip - b.subnet.ip || a.subnet.prefixLen - b.subnet.prefixLen,
+      (a, b) =>
+        a.subnet.ip - b.subnet.ip ||
+        a.subnet.prefixLen - b.subnet.prefixLen ||
+        (v6Of(a) < v6Of(b) ? -1 : v6Of(a) > v6Of(b) ? 1 : 0),
     );
     for (const lease of leases) {
       const status = dataplane.peerStates.get(lease.key);
@@ -231,7 +236,7 @@ export function buildStatus(input: StatusInput): StatusJson {
           subnet: leaseName(own),
           ipv6Subnet: own.ipv6Subnet === undefined ? null : formatCidr6(own.ipv6Subnet),
           key: own.key,
-          publicIP: formatIPv4(own.attrs.publicIP),
+          publicIP: hasIPv4(own.subnet) ? formatIPv4(own.attrs.publicIP) : null,
           publicIPv6: own.attrs.publicIPv6,
           backend: own.attrs.backendType ?? null,
           reserved: own.expiresAt === Infinity,
@@ -403,8 +408,8 @@ export function renderStatus(status: StatusJson): string {
         ? "reservation, never expires"
         : `expires ${lease.expiresAt} (in ${formatAge(Date.parse(lease.expiresAt) - now)})`;
     const lost = lease.lost > 0 ? `, lost and re-acquired ${plural(lease.lost, "time")}` : "";
-    const publicV6 = lease.publicIPv6 == null ? "" : ` and ${lease.publicIPv6}`;
-    field("lease", `${lease.subnet} public IP ${lease.publicIP}${publicV6}, ${expiry}${lost}`);
+    const publicIPs = [lease.publicIP, lease.publicIPv6].filter((ip) => ip != null).join(" and ");
+    field("lease", `${lease.subnet} public IP ${publicIPs}, ${expiry}${lost}`);
     if (lease.conflict !== null) field("lease conflict", `${lease.conflict.kind}: ${lease.conflict.message}`);
   } else field("lease", "none yet");
   const iface = status.node.interface;

@@ -8,10 +8,11 @@ import { firstHost6, formatIPv6, type Subnet6 } from "../ip/ipv6.js";
  * locally administered, unique per node subnet, and the same when the bridge is re-created.
  */
 export function bridgeMac(subnet: Subnet, ipv6Subnet?: Subnet6): string {
-  // An IPv6-only node (subnet 0.0.0.0/0) takes the low 32 bits of its IPv6 gateway instead.
+  // An IPv6-only node (subnet 0.0.0.0/0) takes the low 32 bits of its subnet's number in the IPv6
+  // network instead (the gateway's low bits are ::1 on every node).
   const gw =
     subnet.prefixLen === 0 && ipv6Subnet !== undefined
-      ? Number(firstHost6(ipv6Subnet) & 0xffffffffn)
+      ? Number((ipv6Subnet.ip >> BigInt(128 - ipv6Subnet.prefixLen)) & 0xffffffffn)
       : firstHost(subnet);
   const bytes = [0x0a, 0x58, gw >>> 24, (gw >>> 16) & 255, (gw >>> 8) & 255, gw & 255];
   return bytes.map((b) => b.toString(16).padStart(2, "0")).join(":");

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { parseNetworkConfig } from "../../src/config/network-config.js";
+import { parseNetworkConfig, type NetworkConfig } from "../../src/config/network-config.js";
 import type {
   NodeBackend,
   NodeFacts,
@@ -13,7 +13,10 @@ import type {
 } from "../../src/backends/backend.js";
 import { DataplaneLoop, type DataplaneHost, type RoundReport } from "../../src/dataplane/loop.js";
 import { permanentFdb, permanentNeighbour, ownedRoute, type Route } from "../../src/dataplane/objects.js";
+import type { Family } from "../../src/ip/address.js";
 import { formatCidr, formatIPv4, parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import { parseCidr6 } from "../../src/ip/ipv6.js";
+import { subnetKey } from "../../src/lease/key.js";
 import type { Lease } from "../../src/lease/lease.js";
 import type { ExternalInterface } from "../../src/node/external-interface.js";
 import { FakeClock, settle } from "../helpers/fake-clock.js";
@@ -735,5 +738,320 @@ describe("data-plane loop: a backend with a userspace data path (udp)", () => {
     expect(userspace.stopped).toBe(1);
     expect(h.kernel.links.has("flannel0")).toBe(true);
     expect(h.kernel.routes()).toHaveLength(1);
+  });
+});
+
+// ---- IPv6: dual-stack and IPv6-only nodes -----------------------------------------------------------
+
+const EXTERNAL_DUAL: ExternalInterface = {
+  ...EXTERNAL,
+  ifaceIpv6: "2001:db8:18::1",
+  publicIpv6: "2001:db8:18::1",
+};
+const EXTERNAL_V6: ExternalInterface = { ...EXTERNAL_DUAL, ifaceIp: 0, publicIp: 0 };
+const OWN6 = parseCidr6("fd00:10:244:1::/64");
+const NO_IPV4 = parseCidr("0.0.0.0/0");
+
+/** Peer n of any family mix (`v4`/`v6` false to leave one out), vxlan with both VTEPs unless host-gw. */
+function peer46(
+  n: number,
+  options: { v4?: boolean; v6?: boolean; type?: string; publicIP?: string; publicIPv6?: string } = {},
+): Lease {
+  const h = n.toString(16);
+  const v4 = options.v4 ?? true;
+  const v6 = options.v6 ?? true;
+  const type = options.type ?? "vxlan";
+  const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
+  const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
+  return {
+    subnet,
+    ipv6Subnet,
+    attrs: {
+      publicIP: v4 ? parseIPv4(options.publicIP ?? `198.18.0.${n}`) : 0,
+      publicIPv6: v6 ? (options.publicIPv6 ?? `2001:db8:18::${h}`) : null,
+      backendType: type,
+      backendData: type === "vxlan" && v4 ? `{"VNI":1,"VtepMAC":"${vtepMac(n)}"}` : undefined,
+      backendV6Data: type === "vxlan" && v6 ? `{"VNI":1,"VtepMAC":"${vtepMac(0x80 + n)}"}` : undefined,
+    },
+    key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
+    etcdLeaseId: "7",
+    createRevision: n,
+    modRevision: n,
+  };
+}
+
+interface DualHarness extends Harness {
+  readonly forwarding: Family[];
+  readonly config: NetworkConfig;
+}
+
+async function startDual(
+  options: {
+    families?: { ipv4: boolean; ipv6: boolean };
+    backend?: "vxlan" | "host-gw";
+    peers?: readonly Lease[];
+    forwardingFails?: Family;
+    blackholeMetric?: number;
+  } = {},
+): Promise<DualHarness> {
+  const families = options.families ?? { ipv4: true, ipv6: true };
+  const kernel = new FakeKernel();
+  // The interface's global IPv6 network, and a link-local one that says nothing about peers.
+  kernel.addresses.push(
+    { family: 6, dev: "eth0", address: "2001:db8:18::1", prefixLength: 64, scope: 0 },
+    { family: 6, dev: "eth0", address: "fe80::1", prefixLength: 64, scope: 253 },
+  );
+  if (!families.ipv4) kernel.addresses.splice(0, 1);
+  const clock = new FakeClock();
+  const logs = captureLogs();
+  const rounds: RoundReport[] = [];
+  const forwarding: Family[] = [];
+  const type = options.backend ?? "vxlan";
+  const v4 = families.ipv4 ? '"Network":"10.244.0.0/16",' : '"EnableIPv4":false,';
+  const v6 = families.ipv6 ? '"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",' : "";
+  const config = parseNetworkConfig(`{${v4}${v6}"Backend":{"Type":"${type}"}}`).config;
+  const dir = mkdtempSync(join(tmpdir(), "twill-loop6-"));
+  const backend = await config.backend.prepare({
+    families,
+    stateDir: dir,
+    existingLink: () => Promise.resolve(undefined),
+    txChecksumOffload: true,
+    nodeBinding: "test-node",
+  });
+  const dualHost: DataplaneHost = {
+    ...host,
+    ensureForwarding: (family) => {
+      forwarding.push(family);
+      return family === options.forwardingFails
+        ? Promise.reject(new Error("EROFS: read-only file system"))
+        : Promise.resolve(true);
+    },
+  };
+  const loop = new DataplaneLoop(
+    kernel,
+    {
+      bridge: "cni0",
+      resyncIntervalMs: RESYNC_MS,
+      watchKernel: true,
+      blackholeMetric: options.blackholeMetric,
+    },
+    logs.log,
+    { round: (report) => rounds.push(report) },
+    { clock, host: dualHost },
+  );
+  const controller = new AbortController();
+  const running = loop.run(controller.signal);
+  const peers = new Map((options.peers ?? [peer46(2), peer46(3)]).map((l) => [l.key, l]));
+  loop.setSelf({
+    config,
+    subnet: families.ipv4 ? OWN : NO_IPV4,
+    ipv6Subnet: families.ipv6 ? OWN6 : undefined,
+    external: families.ipv4 ? EXTERNAL_DUAL : EXTERNAL_V6,
+    backend,
+  });
+  loop.setPeers(peers);
+  await settle();
+  const harness: DualHarness = {
+    kernel,
+    clock,
+    logs,
+    rounds,
+    loop,
+    peers,
+    backend,
+    forwarding,
+    config,
+    put: async (lease) => {
+      peers.set(lease.key, lease);
+      loop.setPeers(peers, [{ key: lease.key, lease }]);
+      await settle();
+    },
+    remove: () => Promise.reject(new Error("use peers by key")),
+    callsSince: (mark) => kernel.calls.slice(mark),
+    stop: async () => {
+      controller.abort();
+      await running;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  harnesses.push(harness);
+  return harness;
+}
+
+const ownAddresses = (h: Harness): string[] =>
+  h.kernel.addresses
+    .filter((a) => a.dev !== "eth0")
+    .map((a) => `${a.dev} ${a.address}/${a.prefixLength}`)
+    .sort();
+
+const tunnel6Route = (n: number): Route =>
+  ownedRoute({
+    family: 6,
+    dst: `fd00:10:244:${n.toString(16)}::/64`,
+    gateway: `fd00:10:244:${n.toString(16)}::`,
+    dev: "flannel-v6.1",
+    onlink: true,
+  });
+
+describe("data-plane loop: dual-stack and IPv6-only", () => {
+  it("dual-stack vxlan: the bridge with both gateways, flannel.1 and flannel-v6.1, every peer in both families", async () => {
+    const h = await startDual();
+    expect(h.loop.programmed).toBe(true);
+    // Pods' MTU is small enough for the IPv6 underlay.
+    expect(h.kernel.links.get("cni0")).toMatchObject({ kind: "bridge", mtu: 1430, mac: "0a:58:0a:f4:01:01" });
+    expect(h.kernel.links.get("flannel.1")).toMatchObject({ kind: "vxlan", mtu: 1450, up: true });
+    expect(h.kernel.links.get("flannel-v6.1")).toMatchObject({ kind: "vxlan", mtu: 1430, up: true });
+    expect(h.kernel.links.get("flannel-v6.1")?.vxlan).toMatchObject({ vni: 1, local: "2001:db8:18::1" });
+    expect(ownAddresses(h)).toEqual([
+      "cni0 10.244.1.1/24",
+      "cni0 fd00:10:244:1::1/64",
+      "flannel-v6.1 fd00:10:244:1::/128",
+      "flannel.1 10.244.1.0/32",
+    ]);
+    expect(h.kernel.routes()).toEqual(
+      expect.arrayContaining([tunnelRoute(2), tunnelRoute(3), tunnel6Route(2), tunnel6Route(3)]),
+    );
+    expect(h.kernel.routes()).toHaveLength(4);
+    expect(
+      h.kernel
+        .fdb()
+        .map((f) => `${f.dev} ${f.mac} ${f.dst ?? ""}`)
+        .sort(),
+    ).toEqual([
+      `flannel-v6.1 ${vtepMac(0x82)} 2001:db8:18::2`,
+      `flannel-v6.1 ${vtepMac(0x83)} 2001:db8:18::3`,
+      `flannel.1 ${vtepMac(2)} 198.18.0.2`,
+      `flannel.1 ${vtepMac(3)} 198.18.0.3`,
+    ]);
+    expect(h.kernel.neighbours().filter((n) => n.family === 6)).toEqual([
+      permanentNeighbour({ family: 6, dev: "flannel-v6.1", dst: "fd00:10:244:2::", lladdr: vtepMac(0x82) }),
+      permanentNeighbour({ family: 6, dev: "flannel-v6.1", dst: "fd00:10:244:3::", lladdr: vtepMac(0x83) }),
+    ]);
+    expect(h.loop.peerStates.get(peer46(2).key)).toEqual({
+      state: "programmed",
+      reason: "IPv4: vxlan via flannel.1 to 198.18.0.2; IPv6: vxlan via flannel-v6.1 to 2001:db8:18::2",
+    });
+    // Forwarding is turned on for each family, and a change is a repair.
+    expect(h.forwarding.slice(0, 2)).toEqual([4, 6]);
+    expect(h.rounds[0]?.repairs).toEqual(
+      expect.arrayContaining([
+        { device: "-", what: "forwarding", detail: "net.ipv4.ip_forward=1" },
+        { device: "-", what: "forwarding", detail: "net.ipv6.conf.all.forwarding=1" },
+      ]),
+    );
+  });
+
+  it("IPv6-only vxlan: flannel-v6.1 alone, the bridge's IPv6 gateway, IPv6 forwarding only", async () => {
+    const h = await startDual({
+      families: { ipv4: false, ipv6: true },
+      peers: [peer46(2, { v4: false }), peer46(3, { v4: false })],
+    });
+    expect(h.loop.programmed).toBe(true);
+    expect(h.kernel.links.has("flannel.1")).toBe(false);
+    expect(h.kernel.links.get("cni0")).toMatchObject({ mac: "0a:58:02:44:00:01", mtu: 1430 });
+    expect(ownAddresses(h)).toEqual(["cni0 fd00:10:244:1::1/64", "flannel-v6.1 fd00:10:244:1::/128"]);
+    expect(h.kernel.routes()).toEqual([tunnel6Route(2), tunnel6Route(3)]);
+    // PublicIP 0.0.0.0 on every IPv6-only lease is not "this node's own public IP".
+    expect(h.loop.peerStates.get(peer46(2, { v4: false }).key)).toEqual({
+      state: "programmed",
+      reason: "vxlan via flannel-v6.1 to 2001:db8:18::2",
+    });
+    expect([...new Set(h.forwarding)]).toEqual([6]);
+  });
+
+  it("host-gw: the IPv6 route via PublicIPv6 on-link; link-local networks are not on-link networks", async () => {
+    const h = await startDual({
+      backend: "host-gw",
+      peers: [
+        peer46(2, { type: "host-gw" }),
+        peer46(3, { type: "host-gw", v4: false, publicIPv6: "fe80::3" }),
+        peer46(4, { type: "host-gw", v4: false, publicIPv6: "2001:db8:19::4" }),
+      ],
+    });
+    expect(h.kernel.routes()).toEqual([
+      ownedRoute({ family: 4, dst: "10.244.2.0/24", gateway: "198.18.0.2", dev: "eth0", onlink: false }),
+      ownedRoute({
+        family: 6,
+        dst: "fd00:10:244:2::/64",
+        gateway: "2001:db8:18::2",
+        dev: "eth0",
+        onlink: false,
+      }),
+    ]);
+    expect(h.loop.peerStates.get(peer46(3, { v4: false }).key)).toMatchObject({
+      state: "unreachable",
+      reason: expect.stringContaining("peer fe80::3 is not on-link on eth0 (2001:db8:18::/64)") as unknown,
+    });
+    expect(h.loop.peerStates.get(peer46(4, { v4: false }).key)).toMatchObject({ state: "unreachable" });
+    expect(h.kernel.links.has("flannel-v6.1")).toBe(false);
+  });
+
+  it.each<[string, { publicIP?: string; publicIPv6?: string }]>([
+    ["its PublicIP", { publicIP: "198.18.0.1" }],
+    ["its PublicIPv6", { publicIPv6: "2001:db8:18::1" }],
+  ])("never programs a peer advertising this node's own public address: %s", async (_name, spec) => {
+    const stale = peer46(2, spec);
+    const h = await startDual({ peers: [stale, peer46(3)] });
+    expect(h.kernel.routes()).toEqual(expect.arrayContaining([tunnelRoute(3), tunnel6Route(3)]));
+    expect(h.kernel.routes()).toHaveLength(2);
+    const status = h.loop.peerStates.get(stale.key);
+    expect(status?.state).toBe("unreachable");
+    const address = spec.publicIP ?? spec.publicIPv6 ?? "";
+    expect(status?.reason).toBe(
+      `peer 10.244.2.0/24+fd00:10:244:2::/64 advertises this node's own public IP ${address} ` +
+        "(a stale lease of this node?); not programmed",
+    );
+  });
+
+  it("a peer with this node's PublicIPv6 on an IPv4-only node is an ordinary IPv4 peer", async () => {
+    const h = await startDual({
+      families: { ipv4: true, ipv6: false },
+      peers: [peer46(2, { publicIPv6: "2001:db8:18::1" })],
+    });
+    expect(h.kernel.routes()).toEqual([tunnelRoute(2)]);
+    expect(h.loop.peerStates.get(peer46(2).key)).toEqual({
+      state: "programmed",
+      reason: "vxlan via flannel.1 to 198.18.0.2",
+    });
+    expect(h.kernel.links.has("flannel-v6.1")).toBe(false);
+  });
+
+  it("says once per family when forwarding cannot be turned on, and programs the rest", async () => {
+    const h = await startDual({ forwardingFails: 6 });
+    expect(h.loop.programmed).toBe(true);
+    await h.clock.advance(RESYNC_MS);
+    await settle();
+    const errors = h.logs.records().filter((r) => String(r.msg).startsWith("cannot enable IPv"));
+    expect(errors.map((r) => r.msg)).toEqual([
+      "cannot enable IPv6 forwarding: pods cannot reach other nodes until net.ipv6.conf.all.forwarding=1 on this host",
+    ]);
+    expect(h.forwarding.filter((f) => f === 6).length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("--ip-blackhole-route: a blackhole route for the own subnet of each family", async () => {
+    const h = await startDual({ blackholeMetric: 4242, peers: [] });
+    const blackholes = h.kernel.routes().filter((r) => r.type === "blackhole");
+    expect(blackholes.map((r) => `${r.family} ${r.dst} ${r.metric}`).sort()).toEqual([
+      "4 10.244.1.0/24 4242",
+      "6 fd00:10:244:1::/64 4242",
+    ]);
+  });
+
+  it("follows the node to a new IPv6 subnet with the same IPv4 one: bridge and device addresses move", async () => {
+    const h = await startDual();
+    h.loop.setSelf({
+      config: h.config,
+      subnet: OWN,
+      ipv6Subnet: parseCidr6("fd00:10:244:7::/64"),
+      external: EXTERNAL_DUAL,
+      backend: h.backend,
+    });
+    await settle();
+    expect(ownAddresses(h)).toEqual([
+      "cni0 10.244.1.1/24",
+      "cni0 fd00:10:244:7::1/64",
+      "flannel-v6.1 fd00:10:244:7::/128",
+      "flannel.1 10.244.1.0/32",
+    ]);
   });
 });

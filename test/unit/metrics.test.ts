@@ -7,6 +7,8 @@ import type { PlannedOp } from "../../src/dataplane/kinds/index.js";
 import { TRIGGERS, type RoundReport } from "../../src/dataplane/loop.js";
 import { ownedRoute, permanentFdb, permanentNeighbour } from "../../src/dataplane/objects.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import { parseCidr6 } from "../../src/ip/ipv6.js";
+import { subnetKey } from "../../src/lease/key.js";
 import type { OwnLease } from "../../src/lease/keeper.js";
 import type { Lease } from "../../src/lease/lease.js";
 import type { PeerView } from "../../src/lease/peer-view.js";
@@ -480,6 +482,7 @@ describe("Metrics", () => {
               "le",
               "version",
               "nodejs",
+              "family",
             ]).toContain(label);
           }
           series += 1;
@@ -715,5 +718,92 @@ describe("wireguard metrics (a backend's userspace data path)", () => {
     // The series are declared all the same (HELP and TYPE), so dashboards know them.
     expect(text).toContain("# TYPE twill_wireguard_up gauge");
     expect(text).toContain("# TYPE twill_wireguard_peer_bytes_total counter");
+  });
+});
+
+describe("Metrics with IPv6", () => {
+  /** Peer n of any family mix: `v4`/`v6` false to leave one out. */
+  function lease46(n: number, families: { v4?: boolean; v6?: boolean } = {}): Lease {
+    const h = n.toString(16);
+    const v4 = families.v4 ?? true;
+    const v6 = families.v6 ?? true;
+    const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
+    const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
+    return {
+      subnet,
+      ipv6Subnet,
+      attrs: {
+        publicIP: v4 ? parseIPv4(`198.18.0.${n}`) : 0,
+        publicIPv6: v6 ? `2001:db8:18::${h}` : null,
+        backendType: "vxlan",
+        backendData: undefined,
+        backendV6Data: undefined,
+      },
+      key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
+      etcdLeaseId: "7",
+      createRevision: n,
+      modRevision: n,
+    };
+  }
+
+  it("twill_peer_subnets counts valid peers' subnets per family; a dual-stack peer counts in both", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    const text =
+      '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}';
+    agent.update({ config: { kind: "valid", config: parseNetworkConfig(text).config, text } });
+    agent.update({
+      view: view(
+        [
+          lease46(2),
+          lease46(3),
+          lease46(4, { v6: false }),
+          lease46(5, { v4: false }),
+          lease46(6, { v4: false }),
+          lease46(7, { v4: false }),
+        ],
+        4,
+      ),
+    });
+    expect(await value(m, "twill_peer_subnets", { family: "ipv4" })).toBe(3);
+    expect(await value(m, "twill_peer_subnets", { family: "ipv6" })).toBe(5);
+    // Invalid entries are not peers.
+    expect(await value(m, "twill_invalid_entries")).toBe(4);
+    agent.update({ view: view([lease46(4, { v6: false })]) });
+    expect(await value(m, "twill_peer_subnets", { family: "ipv6" })).toBe(0);
+    expect(await value(m, "twill_peer_subnets", { family: "ipv4" })).toBe(1);
+  });
+
+  it("twill_peer_subnets counts only the families the config carries", async () => {
+    const agent = new Wired();
+    const m = agent.metrics;
+    const text = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
+    agent.update({ config: { kind: "valid", config: parseNetworkConfig(text).config, text } });
+    agent.update({ view: view([lease46(2), lease46(4, { v6: false })]) });
+    expect(await value(m, "twill_peer_subnets", { family: "ipv4" })).toBe(2);
+    expect(await value(m, "twill_peer_subnets", { family: "ipv6" })).toBe(0);
+  });
+
+  it("twill_peer_subnets is 0 for both families before the view is synced", async () => {
+    const m = new Wired().metrics;
+    expect(await value(m, "twill_peer_subnets", { family: "ipv4" })).toBe(0);
+    expect(await value(m, "twill_peer_subnets", { family: "ipv6" })).toBe(0);
+  });
+
+  it.each([
+    // IPv4 /16 in /24s: 255; IPv6 /56 in /64s: 255
+    ['"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"', 255],
+    // the IPv6 pool is the smaller one: a lease takes one subnet of each
+    ['"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/62"', 3],
+    // the IPv4 pool is the smaller one
+    ['"Network":"10.244.0.0/22","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"', 3],
+    // IPv6-only: the IPv6 pool alone
+    ['"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"', 65535],
+    ['"Network":"10.244.0.0/16"', 255],
+  ])("twill_subnet_pool_size with %s is %i", async (fields, size) => {
+    const agent = new Wired();
+    const text = `{${fields},"Backend":{"Type":"vxlan"}}`;
+    agent.update({ config: { kind: "valid", config: parseNetworkConfig(text).config, text } });
+    expect(await value(agent.metrics, "twill_subnet_pool_size")).toBe(size);
   });
 });

@@ -2,6 +2,8 @@
 import { describe, expect, it } from "vitest";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import { parseCidr6 } from "../../src/ip/ipv6.js";
+import { subnetKey } from "../../src/lease/key.js";
 import type { Lease } from "../../src/lease/lease.js";
 import {
   buildStatus,
@@ -129,8 +131,10 @@ describe("buildStatus", () => {
     expect(s.generatedAt).toBe("2026-11-22T12:00:00.000Z");
     expect(s.lease).toEqual({
       subnet: "10.244.1.0/24",
+      ipv6Subnet: null,
       key: key(1),
       publicIP: "198.18.0.1",
+      publicIPv6: null,
       backend: "vxlan",
       reserved: false,
       expiresAt: "2026-11-23T11:15:00.000Z",
@@ -140,6 +144,7 @@ describe("buildStatus", () => {
     expect(s.config).toEqual({
       state: "valid",
       network: "10.244.0.0/16",
+      ipv6Network: null,
       backend: "vxlan",
       backendOptions: { VNI: 1, Port: 8472, MTU: null, GBP: false, Learning: false, DirectRouting: false },
       message: null,
@@ -187,6 +192,7 @@ describe("buildStatus", () => {
     expect(s.config).toEqual({
       state: "missing",
       network: null,
+      ipv6Network: null,
       backend: null,
       backendOptions: null,
       message: "no network config at /coreos.com/network/config",
@@ -558,5 +564,210 @@ describe("a wireguard node's device in status and readiness", () => {
       userspace: device(false),
     });
     expect(s.notReady).toEqual(["data plane not programmed yet"]);
+  });
+});
+
+// ---- IPv6: dual-stack and IPv6-only nodes -----------------------------------------------------------
+
+const dualConfigText =
+  '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}';
+const v6ConfigText =
+  '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}';
+
+/** Peer n of any family mix: `v4`/`v6` false to leave one out. */
+function lease46(n: number, families: { v4?: boolean; v6?: boolean } = {}): Lease {
+  const h = n.toString(16);
+  const v4 = families.v4 ?? true;
+  const v6 = families.v6 ?? true;
+  const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
+  const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
+  return {
+    subnet,
+    ipv6Subnet,
+    attrs: {
+      publicIP: v4 ? parseIPv4(`198.18.0.${n}`) : 0,
+      publicIPv6: v6 ? `2001:db8:18::${h}` : null,
+      backendType: "vxlan",
+      backendData: undefined,
+      backendV6Data: undefined,
+    },
+    key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
+    etcdLeaseId: "7",
+    createRevision: n,
+    modRevision: n,
+  };
+}
+
+/** readyAgent as a dual-stack (or IPv6-only) node with peers of every family mix. */
+function agent46(ipv4 = true): AgentState {
+  const ready = readyAgent();
+  const text = ipv4 ? dualConfigText : v6ConfigText;
+  const config = parseNetworkConfig(text).config;
+  const own = lease46(1, { v4: ipv4 });
+  const peers = ipv4
+    ? [lease46(0x20, { v4: false }), lease46(3), lease46(4, { v6: false }), lease46(0x10, { v4: false })]
+    : [lease46(0x20, { v4: false }), lease46(3), lease46(0x10, { v4: false })];
+  const external = ready.external;
+  if (external === undefined || ready.ownLease === undefined) throw new Error("fixture");
+  return {
+    ...ready,
+    config: { kind: "valid", config, text },
+    external: {
+      ...external,
+      ...(ipv4 ? {} : { ifaceIp: 0, publicIp: 0 }),
+      ifaceIpv6: "2001:db8:18::1",
+      publicIpv6: "2001:db8:18::1",
+    },
+    ownLease: {
+      ...ready.ownLease,
+      subnet: own.subnet,
+      ipv6Subnet: own.ipv6Subnet,
+      key: own.key,
+      attrs: own.attrs,
+    },
+    view: { peers: new Map(peers.map((l) => [l.key, l])), invalid: new Map() },
+    dataplane: {
+      ...ready.dataplane,
+      peerStates: new Map([
+        [
+          lease46(3).key,
+          {
+            state: "programmed",
+            reason: "IPv4: vxlan via flannel.1 to 198.18.0.3; IPv6: vxlan via flannel-v6.1 to 2001:db8:18::3",
+          },
+        ],
+        [
+          lease46(0x10, { v4: false }).key,
+          { state: "programmed", reason: "vxlan via flannel-v6.1 to 2001:db8:18::10" },
+        ],
+      ]),
+    },
+  };
+}
+
+describe("status with IPv6", () => {
+  it("a dual-stack node: both networks, both subnets of its lease, PublicIPv6 of the node and every peer", () => {
+    const s = status(agent46());
+    expect(s.config).toMatchObject({
+      state: "valid",
+      network: "10.244.0.0/16",
+      ipv6Network: "fd00:10:244::/56",
+    });
+    expect(s.node).toEqual({ interface: "eth0", publicIP: "198.18.0.1", publicIPv6: "2001:db8:18::1" });
+    expect(s.lease).toMatchObject({
+      subnet: "10.244.1.0/24+fd00:10:244:1::/64",
+      ipv6Subnet: "fd00:10:244:1::/64",
+      key: "/coreos.com/network/subnets/10.244.1.0-24&fd00:10:244:1::-64",
+      publicIP: "198.18.0.1",
+      publicIPv6: "2001:db8:18::1",
+    });
+    const peer = s.peers.find((p) => p.key === lease46(3).key);
+    expect(peer).toEqual({
+      key: "/coreos.com/network/subnets/10.244.3.0-24&fd00:10:244:3::-64",
+      subnet: "10.244.3.0/24+fd00:10:244:3::/64",
+      publicIP: "198.18.0.3",
+      ipv6Subnet: "fd00:10:244:3::/64",
+      publicIPv6: "2001:db8:18::3",
+      backend: "vxlan",
+      state: "programmed",
+      reason: "IPv4: vxlan via flannel.1 to 198.18.0.3; IPv6: vxlan via flannel-v6.1 to 2001:db8:18::3",
+    });
+    // An IPv6-only peer has no PublicIP to show (its lease carries 0.0.0.0); an IPv4-only one no IPv6.
+    expect(s.peers.find((p) => p.key === lease46(0x10, { v4: false }).key)).toMatchObject({
+      subnet: "fd00:10:244:10::/64",
+      publicIP: null,
+      ipv6Subnet: "fd00:10:244:10::/64",
+      publicIPv6: "2001:db8:18::10",
+    });
+    expect(s.peers.find((p) => p.key === lease46(4, { v6: false }).key)).toMatchObject({
+      subnet: "10.244.4.0/24",
+      publicIP: "198.18.0.4",
+      ipv6Subnet: null,
+      publicIPv6: null,
+    });
+    expect(JSON.parse(JSON.stringify(s))).toEqual(s);
+  });
+
+  it("BUG: sorts IPv6-only peers by their IPv6 subnet, as it sorts IPv4 ones (and `twill leases` does)", () => {
+    const s = status(agent46());
+    expect(s.peers.map((p) => p.subnet)).toEqual([
+      "fd00:10:244:10::/64",
+      "fd00:10:244:20::/64",
+      "10.244.3.0/24+fd00:10:244:3::/64",
+      "10.244.4.0/24",
+    ]);
+  });
+
+  it("an IPv6-only node: no IPv4 network, no node PublicIP; its lease named by its IPv6 subnet", () => {
+    const s = status(agent46(false));
+    expect(s.config).toMatchObject({ network: null, ipv6Network: "fd00:10:244::/56" });
+    expect(s.node).toEqual({ interface: "eth0", publicIP: null, publicIPv6: "2001:db8:18::1" });
+    expect(s.lease).toMatchObject({
+      subnet: "fd00:10:244:1::/64",
+      ipv6Subnet: "fd00:10:244:1::/64",
+      key: "/coreos.com/network/subnets/0.0.0.0-0&fd00:10:244:1::-64",
+      publicIPv6: "2001:db8:18::1",
+    });
+  });
+
+  it("BUG: an IPv6-only node's lease shows no PublicIP 0.0.0.0, as its peers and its node line do not", () => {
+    const s = status(agent46(false));
+    expect(s.lease?.publicIP ?? null).toBeNull();
+    const text = renderStatus(s);
+    expect(text).toContain("lease:          fd00:10:244:1::/64 public IP 2001:db8:18::1, expires");
+  });
+
+  it("renders both families: networks, lease, interface and each peer's public addresses", () => {
+    const text = renderStatus(status(agent46()));
+    expect(text).toContain("config:         network 10.244.0.0/16 and fd00:10:244::/56, backend vxlan\n");
+    expect(text).toContain(
+      "lease:          10.244.1.0/24+fd00:10:244:1::/64 public IP 198.18.0.1 and 2001:db8:18::1, expires",
+    );
+    expect(text).toContain("interface:      eth0 (public IP 198.18.0.1 and 2001:db8:18::1)\n");
+    const rows = text.split("\n").filter((line) => line.startsWith("  ") && !line.startsWith("  SUBNET"));
+    const row = (subnet: string): string[] =>
+      (rows.find((line) => line.trim().startsWith(subnet)) ?? "").trim().split(/\s{2,}/);
+    expect(row("10.244.3.0/24+fd00:10:244:3::/64").slice(0, 4)).toEqual([
+      "10.244.3.0/24+fd00:10:244:3::/64",
+      "198.18.0.3,2001:db8:18::3",
+      "vxlan",
+      "programmed",
+    ]);
+    expect(row("fd00:10:244:10::/64").slice(0, 4)).toEqual([
+      "fd00:10:244:10::/64",
+      "2001:db8:18::10",
+      "vxlan",
+      "programmed",
+    ]);
+    expect(row("10.244.4.0/24").slice(0, 4)).toEqual(["10.244.4.0/24", "198.18.0.4", "vxlan", "pending"]);
+  });
+
+  it("renders an IPv6-only node's network and interface without IPv4", () => {
+    const text = renderStatus(status(agent46(false)));
+    expect(text).toContain("config:         network fd00:10:244::/56, backend vxlan\n");
+    expect(text).toContain("interface:      eth0 (public IP 2001:db8:18::1)\n");
+  });
+
+  it("an invalid dual-stack or IPv6-only entry is named by its key's subnets", () => {
+    const agent = agent46();
+    const bad = "/coreos.com/network/subnets/0.0.0.0-0&fd00:10:244:9::-64";
+    const s = status({
+      ...agent,
+      view: {
+        peers: agent.view?.peers ?? new Map(),
+        invalid: new Map([
+          [
+            bad,
+            { key: bad, reason: "PublicIPv6 is missing, but the lease has an IPv6 subnet", modRevision: 3 },
+          ],
+        ]),
+      },
+    });
+    expect(s.peers.at(-1)).toMatchObject({
+      key: bad,
+      subnet: "fd00:10:244:9::/64",
+      state: "invalid",
+      reason: "PublicIPv6 is missing, but the lease has an IPv6 subnet",
+    });
   });
 });
