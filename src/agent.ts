@@ -25,7 +25,7 @@ import { openNetlinkChannel } from "./dataplane/netlink-channel.js";
 import { localRunner, type CommandRunner } from "./exec/command.js";
 import { formatCidr, formatIPv4 } from "./ip/ipv4.js";
 import { ConfigWatch } from "./lease/config-watch.js";
-import { leaseName } from "./lease/key.js";
+import { hasIPv4, leaseName } from "./lease/key.js";
 import type { AcquireResult, OwnLease } from "./lease/keeper.js";
 import type { LeaseAttrs } from "./lease/lease.js";
 import { LeaseLifecycle } from "./lease/lifecycle.js";
@@ -648,8 +648,9 @@ export class Agent {
       for (const event of events) {
         this.log.info(
           {
-            peer: formatCidr(event.lease.subnet),
-            publicIP: formatIPv4(event.lease.attrs.publicIP),
+            peer: leaseName(event.lease),
+            ...(hasIPv4(event.lease.subnet) ? { publicIP: formatIPv4(event.lease.attrs.publicIP) } : {}),
+            ...(event.lease.attrs.publicIPv6 === null ? {} : { publicIPv6: event.lease.attrs.publicIPv6 }),
             backend: event.lease.attrs.backendType,
           },
           `peer ${event.type}`,

@@ -637,8 +637,21 @@ export class LivePeerView {
 
   /** A new own subnet or config. */
   setContext(ctx: ViewContext): ViewUpdate {
+    const before = familiesOf(this.ctx.config);
+    const after = familiesOf(ctx.config);
+    const previous = new Map(this.peers);
     this.ctx = ctx;
-    return this.recomputeAll();
+    const update = this.recomputeAll();
+    if (before.ipv4 === after.ipv4 && before.ipv6 === after.ipv6) return update;
+    // Other families: every peer's data was parsed anew for them (a dual-stack peer's BackendV6Data
+    // now counts), though its lease is the same. Each peer still there is a change.
+    const reported = new Set(update.events.map((event) => event.lease.key));
+    const events = [...update.events];
+    for (const [key, lease] of this.peers) {
+      const old = previous.get(key);
+      if (old !== undefined && !reported.has(key)) events.push({ type: "changed", lease, previous: old });
+    }
+    return { ...update, events: events.sort(byLeaseKey) };
   }
 
   /** One watch batch, oldest change first. */

@@ -118,6 +118,8 @@ function sameContext(a: ViewContext, b: ViewContext): boolean {
     a.ownKey === b.ownKey &&
     a.ownSubnet?.ip === b.ownSubnet?.ip &&
     a.ownSubnet?.prefixLen === b.ownSubnet?.prefixLen &&
+    a.ownIpv6Subnet?.ip === b.ownIpv6Subnet?.ip &&
+    a.ownIpv6Subnet?.prefixLen === b.ownIpv6Subnet?.prefixLen &&
     a.parsePeerData === b.parsePeerData &&
     a.identityOf === b.identityOf &&
     a.ownIdentity === b.ownIdentity &&

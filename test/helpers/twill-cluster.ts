@@ -75,6 +75,11 @@ export interface TwillClusterOptions {
    * Without it the cluster is IPv4-only, as it always was.
    */
   readonly ipv6?: "dual-stack" | "ipv6-only";
+  /**
+   * Fields merged over the network config the cluster starts with (e.g. { EnableIPv6: false } to start
+   * a dual-stack underlay with an IPv4-only config and turn IPv6 on later with `twill config set`).
+   */
+  readonly configOverride?: Record<string, unknown>;
 }
 
 /** The IPv6 pod network of IPv6 clusters. */
@@ -264,6 +269,7 @@ export async function startTwillCluster(options: TwillClusterOptions): Promise<T
       ...(options.backend === "none"
         ? {}
         : { Backend: { Type: options.backend, ...options.backendOptions } }),
+      ...options.configOverride,
     });
     const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${etcd.endpoint}`], {
       netns: first.ns,

@@ -560,3 +560,56 @@ describe("bad IPv6 network configs", () => {
     expect(env).toMatch(/^FLANNEL_IPV6_SUBNET=fd00:10:244:[0-9a-f]{1,2}::1\/64$/m);
   });
 });
+
+describe("turning IPv6 on in a running IPv4 cluster (vxlan)", () => {
+  let cluster: TwillCluster;
+  let before: string[] = [];
+
+  beforeAll(async () => {
+    // A dual-stack underlay, an IPv4-only config: what an operator has before enabling IPv6.
+    cluster = await started({
+      backend: "vxlan",
+      hosts: 2,
+      ipv6: "dual-stack",
+      configOverride: { EnableIPv6: false },
+    });
+    before = cluster.nodes.map((n) => n.agent.subnetEnv() ?? "");
+  }, 120_000);
+  afterAll(destroyAll, 60_000);
+
+  it("every node takes an IPv6 subnet beside the IPv4 one it keeps, and new pods reach each other over both", async () => {
+    for (const env of before) expect(env).not.toMatch(/FLANNEL_IPV6_SUBNET/);
+    const first = nodeOf(cluster, 1).host;
+    const config = JSON.stringify({
+      Network: "10.244.0.0/16",
+      EnableIPv6: true,
+      IPv6Network: IPV6_POD_NETWORK,
+      Backend: { Type: "vxlan" },
+    });
+    const set = await runTwill(["config", "set", "-", `--etcd-endpoints=${cluster.etcd.endpoint}`], {
+      netns: first.ns,
+      input: config,
+    });
+    expect(set.code).toBe(0);
+    for (const [i, node] of cluster.nodes.entries()) {
+      await waitFor(`${node.host.ns}: FLANNEL_IPV6_SUBNET in subnet.env`, () =>
+        /^FLANNEL_IPV6_SUBNET=/m.test(node.agent.subnetEnv() ?? ""),
+      );
+      // The IPv4 subnet stays: pods keep their addresses.
+      expect(subnetLine(node.agent.subnetEnv()).network).toBe(subnetLine(before[i]).network);
+    }
+    // One key per node, the dual-stack one: the IPv4-only keys are gone.
+    const keys = cluster.etcd
+      .ctl(["get", "--prefix", `${cluster.prefix}/subnets/`, "--keys-only"])
+      .split("\n")
+      .filter((line) => line !== "");
+    expect(keys).toHaveLength(2);
+    for (const key of keys) expect(key).toMatch(/-24&fd00:10:244:[0-9a-f]+::-64$/);
+    for (let i = 1; i <= 2; i++) {
+      await cluster.addPod(i, "a", 2);
+      await cluster.addPod(i, "b", 3);
+    }
+    await cluster.waitForMesh();
+    expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+  });
+});

@@ -615,8 +615,13 @@ describe("LivePeerView with IPv6", () => {
       for (let step = 0; step < 60; step++) {
         const roll = random();
         let update;
+        let familiesChanged = false;
         if (roll < 0.04) {
+          const before = ctx;
           ctx = pick(contexts);
+          familiesChanged =
+            before.config.enableIPv4 !== ctx.config.enableIPv4 ||
+            (before.config.ipv6 === undefined) !== (ctx.config.ipv6 === undefined);
           update = live.setContext(ctx);
         } else if (roll < 0.07) {
           for (const key of [...entries.keys()]) if (random() < 0.2) entries.delete(key);
@@ -640,7 +645,19 @@ describe("LivePeerView with IPv6", () => {
         }
         const next = computeView(entries.values(), ctx, referenceCache);
         const where = `seed ${seed}, step ${step}`;
-        expect(update.events, where).toEqual(diffViews(reference, next));
+        // A context with other families also reports every remaining peer as changed: its data was
+        // parsed anew for them.
+        const expected = diffViews(reference, next);
+        if (familiesChanged) {
+          const reported = new Set(expected.map((event) => event.lease.key));
+          for (const [key, lease] of next.peers) {
+            const previous = reference.peers.get(key);
+            if (previous !== undefined && !reported.has(key))
+              expected.push({ type: "changed", lease, previous });
+          }
+          expected.sort((a, b) => (a.lease.key < b.lease.key ? -1 : a.lease.key > b.lease.key ? 1 : 0));
+        }
+        expect(update.events, where).toEqual(expected);
         const expectedInvalid: InvalidEntry[] = [...next.invalid.values()].filter(
           (e) => reference.invalid.get(e.key)?.modRevision !== e.modRevision,
         );
@@ -695,3 +712,30 @@ function seeded(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+describe("LivePeerView: a context with other families", () => {
+  it("turning IPv6 on reports every remaining peer as changed: its BackendV6Data now counts", () => {
+    const live = new LivePeerView(V4_CTX);
+    const a = dualPeer(5);
+    const b = v4Peer(6);
+    live.replaceAll([a, b]);
+    const before = live.view.peers.get(a.key)?.peerData;
+    expect(before).toBeInstanceOf(VxlanPeerData);
+    expect((before as VxlanPeerData).v6).toBeUndefined();
+    const update = live.setContext(DUAL_CTX);
+    expect(update.events.map((e) => `${e.type} ${e.lease.key}`)).toEqual([
+      `changed ${a.key}`,
+      `changed ${b.key}`,
+    ]);
+    const after = live.view.peers.get(a.key)?.peerData;
+    expect((after as VxlanPeerData).v6?.vtepMac).toMatch(/^02:00:00:00:00:[0-9a-f]{2}$/);
+  });
+
+  it("a context with the same families reports no change for unchanged peers", () => {
+    const live = new LivePeerView(DUAL_CTX);
+    live.replaceAll([dualPeer(5)]);
+    expect(live.setContext({ ...DUAL_CTX, ownKey: K("10.244.9.0-24&fd00:10:244:9::-64") }).events).toEqual(
+      [],
+    );
+  });
+});
