@@ -94,6 +94,11 @@ export interface BackendConfig {
    * encapsulation; `ipv6`: IPv6 is on, so the larger IPv6 outer header counts too.
    */
   mtu(external: ExternalInterface, ipv6?: boolean): number;
+  /**
+   * Checks the options against the network's families (EnableIPv4, EnableIPv6) as the config is
+   * parsed; throws a JsonFieldError naming the field (wireguard: Mode "ipv6" without EnableIPv6).
+   */
+  checkFamilies?(families: { readonly ipv4: boolean; readonly ipv6: boolean }): void;
   /** Loads or creates what this node publishes and programs with (e.g. the VTEP MAC). */
   prepare(context: PrepareContext): Promise<NodeBackend>;
 }
@@ -200,9 +205,17 @@ export interface WireGuardStatus extends DataPathStatus {
   readonly peerDetails: readonly WireGuardPeerStatus[];
   /** Peers restored or corrected after someone changed them by hand. */
   readonly repairs: number;
+  /**
+   * Each device's own status, when the backend runs two (Mode separate with both families:
+   * flannel-wg and flannel-wg-v6); the fields above then sum (peers, restarts, repairs) or join (what)
+   * theirs and name the first device. Absent with one device.
+   */
+  readonly devices?: readonly WireGuardStatus[];
 }
 
 export interface WireGuardPeerStatus {
+  /** The device it is a peer on, when the status covers two devices (see WireGuardStatus.devices). */
+  readonly device?: string;
   /** The peer's subnet (CIDR), or "" for a device peer twill does not know (about to be removed). */
   readonly subnet: string;
   readonly publicKey: string;

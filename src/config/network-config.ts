@@ -182,6 +182,7 @@ function parseConfig(text: string): { config: NetworkConfig; warnings: string[] 
       `EnableIPv6: backend ${backend.type} carries IPv4 only (as in flannel); use ${supported}, or set EnableIPv6 to false`,
     );
   }
+  backend.checkFamilies?.({ ipv4: enableIPv4, ipv6: ipv6 !== undefined });
   return { config: { enableIPv4, ipv6, ...ipv4, backend }, warnings };
 }
 

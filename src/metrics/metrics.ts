@@ -518,47 +518,51 @@ export class Metrics {
       (s) => USERSPACE_DROPS.map((reason) => [{ reason }, s.drops[reason]] as const),
     );
     const wireguard = seriesOf((s): s is WireGuardStatus => s.kind === "wireguard");
+    // One series per device: flannel-wg, and flannel-wg-v6 beside it in Mode separate with IPv6.
+    const devicesOf = (s: WireGuardStatus): readonly WireGuardStatus[] => s.devices ?? [s];
     wireguard(
       Gauge,
       "twill_wireguard_up",
       "1 while the WireGuard device is served and configured (wireguard-go running, or the kernel's device), 0 when not (see twill status); wireguard nodes only",
       ["device", "implementation"],
-      (s) => [[{ device: s.device, implementation: s.implementation }, s.running ? 1 : 0]],
+      (s) =>
+        devicesOf(s).map((d) => [{ device: d.device, implementation: d.implementation }, d.running ? 1 : 0]),
     );
     wireguard(
       Gauge,
       "twill_wireguard_peers",
       "WireGuard peers on the device: what twill set there, checked by a read every 0.5 s; wireguard nodes only",
       "device",
-      (s) => [[{ device: s.device }, s.peers]],
+      (s) => devicesOf(s).map((d) => [{ device: d.device }, d.peers]),
     );
     wireguard(
       Counter,
       "twill_wireguard_restarts_total",
       "Times wireguard-go exited and was started again",
       "device",
-      (s) => [[{ device: s.device }, s.restarts]],
+      (s) => devicesOf(s).map((d) => [{ device: d.device }, d.restarts]),
     );
     wireguard(
       Counter,
       "twill_wireguard_repairs_total",
       "Times the WireGuard device was found changed by someone else (a peer removed or altered, the key or port changed) and restored",
       "device",
-      (s) => [[{ device: s.device }, s.repairs]],
+      (s) => devicesOf(s).map((d) => [{ device: d.device }, d.repairs]),
     );
-    const peerLabels = (p: WireGuardPeerStatus): Partial<Record<string, string>> => ({
+    const peerLabels = (s: WireGuardStatus, p: WireGuardPeerStatus): Partial<Record<string, string>> => ({
+      device: p.device ?? s.device,
       subnet: p.subnet,
       public_key: p.publicKey,
     });
     wireguard(
       Gauge,
       "twill_wireguard_peer_handshake_age_seconds",
-      "Seconds since the latest handshake with each peer (+Inf: none yet); WireGuard shakes hands at least every 2 minutes while traffic flows",
-      ["subnet", "public_key"],
+      "Seconds since the latest handshake with each peer on each device (+Inf: none yet); WireGuard shakes hands at least every 2 minutes while traffic flows",
+      ["device", "subnet", "public_key"],
       (s) => {
         const now = Date.now();
         return s.peerDetails.map((p) => [
-          peerLabels(p),
+          peerLabels(s, p),
           p.lastHandshakeMs === 0 ? Number.POSITIVE_INFINITY : Math.max(0, (now - p.lastHandshakeMs) / 1000),
         ]);
       },
@@ -566,12 +570,12 @@ export class Metrics {
     wireguard(
       Counter,
       "twill_wireguard_peer_bytes_total",
-      "Bytes received from (rx) and sent to (tx) each peer through WireGuard, as the device counts them (encrypted, with WireGuard's headers)",
-      ["subnet", "public_key", "direction"],
+      "Bytes received from (rx) and sent to (tx) each peer on each device through WireGuard, as the device counts them (encrypted, with WireGuard's headers)",
+      ["device", "subnet", "public_key", "direction"],
       (s) =>
         s.peerDetails.flatMap((p) => [
-          [{ ...peerLabels(p), direction: "rx" }, p.rxBytes] as const,
-          [{ ...peerLabels(p), direction: "tx" }, p.txBytes] as const,
+          [{ ...peerLabels(s, p), direction: "rx" }, p.rxBytes] as const,
+          [{ ...peerLabels(s, p), direction: "tx" }, p.txBytes] as const,
         ]),
     );
   }

@@ -138,7 +138,21 @@ export interface WireGuardJson extends DataPathJson {
   readonly pid: number | null;
   /** Peers restored after someone changed the device. */
   readonly repairs: number;
+  /** Each device's own figures, when the node has two (Mode separate with IPv6: flannel-wg-v6 too). */
+  readonly devices?: readonly {
+    readonly device: string;
+    readonly implementation: "kernel" | "userspace";
+    readonly listenPort: number;
+    readonly running: boolean;
+    readonly lastFailure: string | null;
+    readonly pid: number | null;
+    readonly peers: number;
+    readonly restarts: number;
+    readonly repairs: number;
+  }[];
   readonly peerDetails: readonly {
+    /** The device it is a peer on. */
+    readonly device: string;
     readonly subnet: string;
     readonly publicKey: string;
     readonly endpoint: string | null;
@@ -308,7 +322,23 @@ function userspaceJson(agent: AgentState): Pick<StatusJson, "userspace"> {
         listenPort: status.listenPort,
         pid: status.pid ?? null,
         repairs: status.repairs,
+        ...(status.devices === undefined
+          ? {}
+          : {
+              devices: status.devices.map((d) => ({
+                device: d.device,
+                implementation: d.implementation,
+                listenPort: d.listenPort,
+                running: d.running,
+                lastFailure: d.lastFailure ?? null,
+                pid: d.pid ?? null,
+                peers: d.peers,
+                restarts: d.restarts,
+                repairs: d.repairs,
+              })),
+            }),
         peerDetails: status.peerDetails.map((p) => ({
+          device: p.device ?? status.device,
           subnet: p.subnet,
           publicKey: p.publicKey,
           endpoint: p.endpoint ?? null,

@@ -8,6 +8,7 @@ import { recordedWireGuardGoPid, processStartTicks } from "../../src/backends/wi
 import { startProcess, waitFor, type Started } from "./processes.js";
 
 export const WIREGUARD_DEVICE = "flannel-wg";
+export const WIREGUARD_DEVICE_V6 = "flannel-wg-v6";
 
 export interface MountNamespace {
   readonly pid: number;
@@ -59,13 +60,18 @@ export async function startMountNamespace(): Promise<MountNamespace> {
   };
 }
 
-/** Ends the wireguard-go an agent's state dir names (it outlives its agent by design), by its PID. */
+/**
+ * Ends the wireguard-go processes an agent's state dir names (they outlive their agent by design), by
+ * their PIDs: flannel-wg's, and flannel-wg-v6's (Mode separate with IPv6).
+ */
 export async function stopRecordedWireGuardGo(stateDir: string): Promise<void> {
-  const pid = recordedWireGuardGoPid(stateDir, WIREGUARD_DEVICE);
-  if (pid === undefined) return;
-  const ticks = processStartTicks(pid);
-  process.kill(pid, "SIGTERM");
-  await waitFor("wireguard-go to exit", () => processStartTicks(pid) !== ticks, 5_000).catch(() => {
-    if (processStartTicks(pid) === ticks) process.kill(pid, "SIGKILL");
-  });
+  for (const device of [WIREGUARD_DEVICE, WIREGUARD_DEVICE_V6]) {
+    const pid = recordedWireGuardGoPid(stateDir, device);
+    if (pid === undefined) continue;
+    const ticks = processStartTicks(pid);
+    process.kill(pid, "SIGTERM");
+    await waitFor("wireguard-go to exit", () => processStartTicks(pid) !== ticks, 5_000).catch(() => {
+      if (processStartTicks(pid) === ticks) process.kill(pid, "SIGKILL");
+    });
+  }
 }

@@ -1,23 +1,28 @@
 // The wireguard backend with real agents in network namespaces, on wireguard-go (these machines have
 // no WireGuard kernel module): encrypted pod traffic (checked on the underlay), flannel's lease format,
 // a node set up by hand as flanneld's WireGuard backend sets one up, restarts without loss, drift,
-// key rotation, a pre-shared key and a bad key file.
+// key rotation, a pre-shared key and a bad key file; and with IPv6, dual-stack and IPv6-only clusters
+// in Mode separate (flannel-wg-v6 over the IPv6 underlay).
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StatusJson, WireGuardJson } from "../../src/metrics/status.js";
 import { TWILL_ROUTE_PROTOCOL } from "../../src/dataplane/objects.js";
-import { readLink, readRoutes } from "../helpers/ip-read.js";
+import { readAddresses, readLink, readRoutes } from "../helpers/ip-read.js";
+import { hostAddress6 } from "../helpers/netns.js";
+import { recordedWireGuardGoPid } from "../../src/backends/wireguard/wireguard-go.js";
 import { runTwill, startAgent } from "../helpers/agent.js";
 import { captureUnderlay, ipv4Packets } from "../helpers/pcap.js";
 import { waitFor } from "../helpers/processes.js";
 import { startMountNamespace, WIREGUARD_DEVICE } from "../helpers/wireguard.js";
 import {
   continuousPing,
+  IPV6_POD_NETWORK,
   nodeOf as node,
   podOf as pod,
   startTwillCluster,
+  subnet6OfNode,
   subnetOfNode as subnetOf,
   type TwillCluster,
 } from "../helpers/twill-cluster.js";
@@ -57,7 +62,13 @@ async function devicePeers(cluster: TwillCluster, i: number): Promise<Map<string
 }
 
 async function wireguardStatus(cluster: TwillCluster, i: number): Promise<WireGuardJson> {
-  const result = await runTwill(["status", "--json"], { netns: node(cluster, i).host.ns });
+  // A few tries: on a loaded machine the agent may answer late, and the command then prints nothing.
+  let result = await runTwill(["status", "--json"], { netns: node(cluster, i).host.ns });
+  for (let tries = 1; tries < 5 && (result.code !== 0 || result.stdout === ""); tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    result = await runTwill(["status", "--json"], { netns: node(cluster, i).host.ns });
+  }
+  if (result.code !== 0) throw new Error(`twill status --json on node ${i}: ${result.stderr}`);
   const status = JSON.parse(result.stdout) as StatusJson;
   if (status.userspace?.kind !== "wireguard") throw new Error(`no wireguard in status: ${result.stdout}`);
   return status.userspace;
@@ -489,3 +500,402 @@ describe("wireguard: a node that moves to another backend", () => {
     expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
   }, 120_000);
 });
+
+// --- IPv6 ---
+
+/** Why the IPv6 WireGuard tests cannot run here, or undefined: they need wireguard-go or the module, and wg. */
+function wireGuardMissing(): string | undefined {
+  const inPath = (name: string): boolean =>
+    (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin")
+      .split(":")
+      .some((dir) => dir !== "" && existsSync(join(dir, name)));
+  if (!inPath("wg")) return "no wg (wireguard-tools) in PATH";
+  if (!inPath("wireguard-go") && !existsSync("/sys/module/wireguard"))
+    return "neither wireguard-go in PATH nor the wireguard kernel module";
+  return undefined;
+}
+const missing = wireGuardMissing();
+const ifWireGuard = (name: string): string =>
+  missing === undefined ? name : `${name} (skipped: ${missing})`;
+
+/** A device's peers from `wg show DEV dump`: public key → { endpoint, allowed IPs }. */
+async function peersOn(
+  cluster: TwillCluster,
+  i: number,
+  device: string,
+): Promise<Map<string, { endpoint: string; allowedIps: string }>> {
+  const lines = (await wg(cluster, i, ["show", device, "dump"])).trim().split("\n").slice(1);
+  return new Map(
+    lines.filter(Boolean).map((line) => {
+      const [key = "", , endpoint = "", allowedIps = ""] = line.split("\t");
+      return [key, { endpoint, allowedIps }];
+    }),
+  );
+}
+
+/** Node i's lease value in etcd, found by its PublicIPv6. */
+function leaseOf(cluster: TwillCluster, i: number): string {
+  const lines = cluster.etcd
+    .ctl(["get", `${cluster.prefix}/subnets/`, "--prefix"])
+    .trim()
+    .split("\n")
+    .filter(Boolean);
+  const values = lines.filter((_, at) => at % 2 === 1);
+  const value = values.find((v) => v.includes(`"PublicIPv6":"${hostAddress6(i)}"`));
+  if (value === undefined) throw new Error(`no lease of node ${i} among ${values.join(" | ")}`);
+  return value;
+}
+
+/**
+ * Every node has the IPv6 network's route into flannel-wg-v6 (and, dual-stack, the IPv4 one into
+ * flannel-wg) and every other node as a peer on each of its devices.
+ */
+async function waitForWireGuardMesh(cluster: TwillCluster, devices: readonly string[]): Promise<void> {
+  const n = cluster.nodes.length;
+  await waitFor(
+    "every node's WireGuard routes and peers",
+    async () => {
+      for (let i = 1; i <= n; i++) {
+        const { host } = node(cluster, i);
+        const routes = [
+          ...(await readRoutes(host.runner, { table: 254, family: 4, protocol: TWILL_ROUTE_PROTOCOL })),
+          ...(await readRoutes(host.runner, { table: 254, family: 6, protocol: TWILL_ROUTE_PROTOCOL })),
+        ];
+        for (const device of devices) {
+          const network = device === "flannel-wg-v6" ? IPV6_POD_NETWORK : "10.244.0.0/16";
+          if (!routes.some((r) => r.dst === network && r.dev === device)) return false;
+          const peers = await peersOn(cluster, i, device).catch(() => new Map());
+          if (peers.size !== n - 1) return false;
+        }
+      }
+      return true;
+    },
+    60_000,
+    200,
+  );
+}
+
+interface Packet6 {
+  readonly nextHeader: number;
+  readonly src: string;
+  readonly dst: string;
+  readonly srcPort: number | undefined;
+  readonly dstPort: number | undefined;
+}
+
+/** The IPv6 packets of a pcap file written by captureUnderlay (`-i any`: Linux cooked v2, or v1). */
+function ipv6Packets(pcap: Buffer): Packet6[] {
+  const linkType = pcap.readUInt32LE(20);
+  const layout =
+    linkType === 276 ? { at: 0, header: 20 } : linkType === 113 ? { at: 14, header: 16 } : undefined;
+  if (layout === undefined) throw new Error(`pcap link type ${linkType} not handled`);
+  const text = (frame: Buffer, from: number): string => {
+    const groups: string[] = [];
+    for (let g = 0; g < 8; g++) groups.push(frame.readUInt16BE(from + 2 * g).toString(16));
+    return groups.join(":");
+  };
+  const packets: Packet6[] = [];
+  let at = 24;
+  while (at + 16 <= pcap.length) {
+    const captured = pcap.readUInt32LE(at + 8);
+    const frame = pcap.subarray(at + 16, at + 16 + captured);
+    at += 16 + captured;
+    if (frame.length < layout.header + 40 || frame.readUInt16BE(layout.at) !== 0x86dd) continue;
+    const outer = layout.header;
+    const nextHeader = frame[outer + 6] ?? 0;
+    const udp = nextHeader === 17 && frame.length >= outer + 44;
+    packets.push({
+      nextHeader,
+      src: text(frame, outer + 8),
+      dst: text(frame, outer + 24),
+      srcPort: udp ? frame.readUInt16BE(outer + 40) : undefined,
+      dstPort: udp ? frame.readUInt16BE(outer + 42) : undefined,
+    });
+  }
+  return packets;
+}
+
+describe.skipIf(missing !== undefined)(
+  ifWireGuard("wireguard, dual-stack, Mode separate: 3 hosts x 2 pods"),
+  () => {
+    let cluster: TwillCluster;
+
+    beforeAll(async () => {
+      cluster = await started({ backend: "wireguard", hosts: 3, ipv6: "dual-stack" });
+      for (let i = 1; i <= 3; i++) {
+        await cluster.addPod(i, "a", 2);
+        await cluster.addPod(i, "b", 3);
+      }
+      await waitForWireGuardMesh(cluster, [WIREGUARD_DEVICE, "flannel-wg-v6"]);
+    }, 180_000);
+
+    it("every pod pings every other pod over IPv4 and IPv6", async () => {
+      const pods = cluster.nodes.flatMap((n) => n.pods);
+      expect(pods.every((p) => p.address6 !== undefined)).toBe(true);
+      expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+    });
+
+    it("publishes flannel's lease bytes: BackendData with ListenPort, BackendV6Data with ListenPortV6, one key", async () => {
+      for (let i = 1; i <= 3; i++) {
+        const key = (await wg(cluster, i, ["show", "flannel-wg", "public-key"])).trim();
+        expect((await wg(cluster, i, ["show", "flannel-wg-v6", "public-key"])).trim()).toBe(key);
+        expect(leaseOf(cluster, i)).toBe(
+          `{"PublicIP":"198.18.0.${i}","PublicIPv6":"${hostAddress6(i)}","BackendType":"wireguard",` +
+            `"BackendData":{"PublicKey":"${key}","Port":51820},"BackendV6Data":{"PublicKey":"${key}","Port":51821}}`,
+        );
+      }
+    });
+
+    it("makes flannel-wg-v6 as flannel does: <IPv6 subnet>/128, MTU 1420, the IPv6 network routed into it", async () => {
+      const { host } = node(cluster, 1);
+      const { network } = subnet6OfNode(cluster, 1);
+      expect((await readLink(host.runner, "flannel-wg-v6"))?.mtu).toBe(1420);
+      const global = async (device: string): Promise<string[]> =>
+        (await readAddresses(host.runner, device, 6)).filter((a) => a.scope !== "link").map((a) => a.cidr);
+      expect(await global("flannel-wg-v6")).toEqual([`${network}/128`]);
+      expect(await global(WIREGUARD_DEVICE)).toEqual([]);
+      const routes = await readRoutes(host.runner, { table: 254, family: 6, protocol: TWILL_ROUTE_PROTOCOL });
+      expect(routes.map((r) => `${r.dst} ${r.dev ?? ""}`)).toEqual([`${IPV6_POD_NETWORK} flannel-wg-v6`]);
+    });
+
+    it("wg show flannel-wg-v6 lists every other node at its IPv6 endpoint, flannel-wg at its IPv4 one", async () => {
+      for (let i = 1; i <= 3; i++) {
+        const dump = (await wg(cluster, i, ["show", "flannel-wg-v6", "dump"])).trim().split("\n");
+        expect(dump[0]?.split("\t")[2]).toBe("51821");
+        const others = [1, 2, 3].filter((j) => j !== i);
+        const v6 = [...(await peersOn(cluster, i, "flannel-wg-v6")).values()];
+        expect(v6.map((p) => `${p.endpoint} ${p.allowedIps}`).sort()).toEqual(
+          others.map((j) => `[${hostAddress6(j)}]:51821 ${subnet6OfNode(cluster, j).subnet}`).sort(),
+        );
+        const v4 = [...(await peersOn(cluster, i, WIREGUARD_DEVICE)).values()];
+        expect(v4.map((p) => `${p.endpoint} ${p.allowedIps}`).sort()).toEqual(
+          others.map((j) => `198.18.0.${j}:51820 ${subnetOf(cluster, j).network}/24`).sort(),
+        );
+      }
+      const text = await runTwill(["status"], { netns: node(cluster, 1).host.ns });
+      expect(text.stdout).toMatch(
+        /wireguard-go on flannel-wg, port 51820.*wireguard-go on flannel-wg-v6, port 51821/,
+      );
+    });
+
+    it("carries IPv6 pod traffic across the underlay only as WireGuard over IPv6 to 51821", async () => {
+      const file = join(tempDir(), "underlay6.pcap");
+      const capture = await captureUnderlay(cluster.net, file, "ip6 and not tcp port 2379");
+      const from = pod(cluster, 1, "a");
+      const to = pod(cluster, 3, "b");
+      const ping = await cluster.net.ping(from.ns, to.address6 ?? "", { count: 5 });
+      expect(ping.received).toBe(5);
+      await waitFor("tcpdump has written the WireGuard datagrams", () => {
+        return ipv6Packets(readFileSync(file)).filter((p) => p.dstPort === 51821).length >= 10;
+      });
+      await capture.stop();
+      const packets = ipv6Packets(readFileSync(file));
+      const between = packets.filter(
+        (p) => p.src.startsWith("2001:db8:18:") && p.dst.startsWith("2001:db8:18:"),
+      );
+      // Between hosts: WireGuard's datagrams, and neighbour discovery (ICMPv6 135/136), nothing else.
+      expect(
+        between.filter((p) => p.nextHeader === 17 && p.dstPort !== 51821 && p.srcPort !== 51821),
+      ).toEqual([]);
+      expect(between.filter((p) => p.nextHeader !== 17 && p.nextHeader !== 58)).toEqual([]);
+      // No pod address in any header on the wire: the ICMPv6 echo travels inside the encryption.
+      expect(packets.filter((p) => p.src.startsWith("fd00:") || p.dst.startsWith("fd00:"))).toEqual([]);
+    });
+
+    it("restores a peer removed by hand from flannel-wg-v6", async () => {
+      const key2 = (await wg(cluster, 2, ["show", "flannel-wg-v6", "public-key"])).trim();
+      await wg(cluster, 1, ["set", "flannel-wg-v6", "peer", key2, "remove"]);
+      await waitFor(
+        "the removed IPv6 peer back",
+        async () =>
+          (await peersOn(cluster, 1, "flannel-wg-v6")).get(key2)?.endpoint === `[${hostAddress6(2)}]:51821`,
+        15_000,
+        20,
+      );
+      const from = pod(cluster, 1, "a");
+      expect(
+        (await cluster.net.ping(from.ns, pod(cluster, 2, "a").address6 ?? "", { count: 3 })).received,
+      ).toBe(3);
+    });
+
+    it("keeps both devices and their wireguard-go through an agent restart: no IPv6 ping lost", async () => {
+      const { host, agent } = node(cluster, 2);
+      const links = await Promise.all(
+        [WIREGUARD_DEVICE, "flannel-wg-v6"].map(async (d) => (await readLink(host.runner, d))?.index),
+      );
+      const pids = [WIREGUARD_DEVICE, "flannel-wg-v6"].map((d) => recordedWireGuardGoPid(agent.stateDir, d));
+      expect(pids.every((p) => p !== undefined)).toBe(true);
+      const from = pod(cluster, 1, "a");
+      const to = pod(cluster, 2, "b");
+      const ping = continuousPing(cluster, from.ns, to.address6 ?? "", 300, "0.01");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await agent.restart();
+      expect(await ping).toEqual({ transmitted: 300, received: 300 });
+      await waitFor(
+        "the restarted agent running its data path",
+        async () => (await wireguardStatus(cluster, 2)).running,
+      );
+      expect(
+        await Promise.all(
+          [WIREGUARD_DEVICE, "flannel-wg-v6"].map(async (d) => (await readLink(host.runner, d))?.index),
+        ),
+      ).toEqual(links);
+      expect(
+        [WIREGUARD_DEVICE, "flannel-wg-v6"].map((d) => recordedWireGuardGoPid(agent.stateDir, d)),
+      ).toEqual(pids);
+    });
+
+    it("starts flannel-wg-v6's wireguard-go again when it dies, and leaves flannel-wg's running", async () => {
+      const { agent } = node(cluster, 3);
+      const v4 = recordedWireGuardGoPid(agent.stateDir, WIREGUARD_DEVICE);
+      const v6 = recordedWireGuardGoPid(agent.stateDir, "flannel-wg-v6");
+      if (v6 === undefined || v4 === undefined) throw new Error("no wireguard-go pid files");
+      process.kill(v6, "SIGKILL");
+      await waitFor(
+        "a new wireguard-go on flannel-wg-v6 with both peers",
+        async () => {
+          const now = recordedWireGuardGoPid(agent.stateDir, "flannel-wg-v6");
+          return now !== undefined && now !== v6 && (await peersOn(cluster, 3, "flannel-wg-v6")).size === 2;
+        },
+        20_000,
+      );
+      expect(recordedWireGuardGoPid(agent.stateDir, WIREGUARD_DEVICE)).toBe(v4);
+      expect((await wireguardStatus(cluster, 3)).restarts).toBeGreaterThanOrEqual(1);
+      expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+    });
+
+    it("makes a deleted flannel-wg-v6 anew with its route and its own wireguard-go; flannel-wg's keeps running", async () => {
+      const { host, agent } = node(cluster, 2);
+      const old = await readLink(host.runner, "flannel-wg-v6");
+      const v4 = recordedWireGuardGoPid(agent.stateDir, WIREGUARD_DEVICE);
+      const v6 = recordedWireGuardGoPid(agent.stateDir, "flannel-wg-v6");
+      await cluster.net.run(host.ns, ["ip", "link", "del", "flannel-wg-v6"]);
+      await waitFor(
+        "a new flannel-wg-v6 with its route and both peers",
+        async () => {
+          const link = await readLink(host.runner, "flannel-wg-v6").catch(() => undefined);
+          const routes = await readRoutes(host.runner, {
+            table: 254,
+            family: 6,
+            protocol: TWILL_ROUTE_PROTOCOL,
+          });
+          const now = recordedWireGuardGoPid(agent.stateDir, "flannel-wg-v6");
+          return (
+            link !== undefined &&
+            link.index !== old?.index &&
+            routes.some((r) => r.dst === IPV6_POD_NETWORK && r.dev === "flannel-wg-v6") &&
+            now !== undefined &&
+            now !== v6 &&
+            (await peersOn(cluster, 2, "flannel-wg-v6").catch(() => new Map())).size === 2
+          );
+        },
+        20_000,
+      );
+      expect(recordedWireGuardGoPid(agent.stateDir, WIREGUARD_DEVICE)).toBe(v4);
+      expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+    });
+
+    it("rotates a node's key on both devices: the lease's BackendData and BackendV6Data and every peer follow", async () => {
+      const { host, agent } = node(cluster, 1);
+      const old = (await wg(cluster, 1, ["show", "flannel-wg-v6", "public-key"])).trim();
+      const rotated = await runTwill(["wireguard", "rotate-key", `--state-dir=${agent.stateDir}`], {
+        netns: host.ns,
+      });
+      expect(rotated.code, rotated.stderr).toBe(0);
+      const now = (await wireguardStatus(cluster, 1)).publicKey;
+      expect(now).not.toBe(old);
+      for (const device of [WIREGUARD_DEVICE, "flannel-wg-v6"])
+        expect((await wg(cluster, 1, ["show", device, "public-key"])).trim()).toBe(now);
+      await waitFor("the lease with the new key in both data", () => {
+        const value = leaseOf(cluster, 1);
+        return value.split(`"PublicKey":"${now}"`).length === 3;
+      });
+      for (const i of [2, 3]) {
+        for (const device of [WIREGUARD_DEVICE, "flannel-wg-v6"]) {
+          await waitFor(`node ${i} has the new key on ${device}`, async () => {
+            const peers = await peersOn(cluster, i, device);
+            return peers.has(now) && !peers.has(old);
+          });
+        }
+      }
+      expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+    });
+  },
+);
+
+describe.skipIf(missing !== undefined)(
+  ifWireGuard("wireguard, IPv6-only, Mode separate: 3 hosts x 2 pods"),
+  () => {
+    let cluster: TwillCluster;
+
+    beforeAll(async () => {
+      cluster = await started({ backend: "wireguard", hosts: 3, ipv6: "ipv6-only" });
+      for (let i = 1; i <= 3; i++) {
+        await cluster.addPod(i, "a", 2);
+        await cluster.addPod(i, "b", 3);
+      }
+      await waitForWireGuardMesh(cluster, ["flannel-wg-v6"]);
+    }, 180_000);
+
+    it("every pod pings every other pod over IPv6", async () => {
+      expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+    });
+
+    it("runs flannel-wg-v6 alone, its peers at their IPv6 endpoints, and publishes only BackendV6Data", async () => {
+      for (let i = 1; i <= 3; i++) {
+        const { host } = node(cluster, i);
+        expect(await readLink(host.runner, WIREGUARD_DEVICE)).toBeUndefined();
+        const others = [1, 2, 3].filter((j) => j !== i);
+        const peers = [...(await peersOn(cluster, i, "flannel-wg-v6")).values()];
+        expect(peers.map((p) => `${p.endpoint} ${p.allowedIps}`).sort()).toEqual(
+          others.map((j) => `[${hostAddress6(j)}]:51821 ${subnet6OfNode(cluster, j).subnet}`).sort(),
+        );
+        const key = (await wg(cluster, i, ["show", "flannel-wg-v6", "public-key"])).trim();
+        expect(leaseOf(cluster, i)).toBe(
+          `{"PublicIP":"0.0.0.0","PublicIPv6":"${hostAddress6(i)}","BackendType":"wireguard",` +
+            `"BackendV6Data":{"PublicKey":"${key}","Port":51821}}`,
+        );
+        const s = await wireguardStatus(cluster, i);
+        expect(s).toMatchObject({ device: "flannel-wg-v6", listenPort: 51821, running: true, peers: 2 });
+      }
+    });
+  },
+);
+
+describe.skipIf(missing !== undefined)(
+  ifWireGuard("wireguard, dual-stack, Mode ipv6: one device for both families over the IPv6 underlay"),
+  () => {
+    it("carries both families in flannel-wg to the peers' IPv6 endpoints, and pods reach each other", async () => {
+      const cluster = await started({
+        backend: "wireguard",
+        hosts: 2,
+        ipv6: "dual-stack",
+        backendOptions: { Mode: "ipv6" },
+      });
+      await cluster.addPod(1, "a", 2);
+      await cluster.addPod(2, "a", 2);
+      await waitForWireGuardMesh(cluster, [WIREGUARD_DEVICE]);
+      for (const i of [1, 2]) {
+        const { host } = node(cluster, i);
+        expect(await readLink(host.runner, "flannel-wg-v6")).toBeUndefined();
+        const routes = await readRoutes(host.runner, {
+          table: 254,
+          family: 6,
+          protocol: TWILL_ROUTE_PROTOCOL,
+        });
+        expect(routes.map((r) => `${r.dst} ${r.dev ?? ""}`)).toEqual([`${IPV6_POD_NETWORK} flannel-wg`]);
+        const j = 3 - i;
+        const peers = [...(await peersOn(cluster, i, WIREGUARD_DEVICE)).values()];
+        expect(peers.map((p) => `${p.endpoint} ${p.allowedIps}`)).toEqual([
+          `[${hostAddress6(j)}]:51820 ${subnetOf(cluster, j).network}/24,${subnet6OfNode(cluster, j).subnet}`,
+        ]);
+        // One device, one port: both families' data name it.
+        const key = (await wg(cluster, i, ["show", WIREGUARD_DEVICE, "public-key"])).trim();
+        expect(leaseOf(cluster, i)).toContain(
+          `"BackendData":{"PublicKey":"${key}","Port":51820},"BackendV6Data":{"PublicKey":"${key}","Port":51820}}`,
+        );
+      }
+      expect(await cluster.pingMatrixUntilGreen()).toEqual([]);
+    }, 120_000);
+  },
+);

@@ -643,10 +643,10 @@ describe("wireguard metrics (a backend's userspace data path)", () => {
       expect(await value(m, "twill_wireguard_peer_bytes_total", { ...b, direction: "rx" })).toBe(0);
       const text = await m.registry.metrics();
       expect(text).toContain(
-        `twill_wireguard_peer_handshake_age_seconds{subnet="10.244.3.0/24",public_key="${KEY_B}"} +Inf`,
+        `twill_wireguard_peer_handshake_age_seconds{device="flannel-wg",subnet="10.244.3.0/24",public_key="${KEY_B}"} +Inf`,
       );
       expect(text).toContain(
-        `twill_wireguard_peer_bytes_total{subnet="10.244.2.0/24",public_key="${KEY_A}",direction="tx"} 92`,
+        `twill_wireguard_peer_bytes_total{device="flannel-wg",subnet="10.244.2.0/24",public_key="${KEY_A}",direction="tx"} 92`,
       );
 
       running = false;
@@ -662,6 +662,65 @@ describe("wireguard metrics (a backend's userspace data path)", () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+
+  it("has a series per device when the node runs flannel-wg and flannel-wg-v6 (Mode separate, IPv6 on)", async () => {
+    const v4 = status(true);
+    const v6 = {
+      ...status(false),
+      what: `wireguard-go on flannel-wg-v6, port 51821, public key ${OWN}`,
+      device: "flannel-wg-v6",
+      listenPort: 51821,
+      peers: 1,
+      restarts: 1,
+      repairs: 2,
+      peerDetails: [
+        {
+          subnet: "fd00:10:244:2::/64",
+          publicKey: KEY_A,
+          endpoint: "[2001:db8::2]:51821",
+          lastHandshakeMs: 0,
+          rxBytes: 7,
+          txBytes: 8,
+        },
+      ],
+    };
+    const both = {
+      ...v4,
+      running: false,
+      peers: 3,
+      restarts: 4,
+      repairs: 7,
+      peerDetails: [
+        ...v4.peerDetails.map((p) => ({ ...p, device: "flannel-wg" })),
+        ...v6.peerDetails.map((p) => ({ ...p, device: "flannel-wg-v6" })),
+      ],
+      devices: [v4, v6],
+    };
+    const w = new Wired();
+    w.update({ userspace: () => both });
+    const m = w.metrics;
+    const up = (device: string) => value(m, "twill_wireguard_up", { device, implementation: "userspace" });
+    expect([await up("flannel-wg"), await up("flannel-wg-v6")]).toEqual([1, 0]);
+    expect(await value(m, "twill_wireguard_peers", { device: "flannel-wg-v6" })).toBe(1);
+    expect(await value(m, "twill_wireguard_restarts_total", { device: "flannel-wg-v6" })).toBe(1);
+    expect(await value(m, "twill_wireguard_repairs_total", { device: "flannel-wg" })).toBe(5);
+    const peer = { subnet: "fd00:10:244:2::/64", public_key: KEY_A };
+    expect(
+      await value(m, "twill_wireguard_peer_bytes_total", {
+        device: "flannel-wg-v6",
+        ...peer,
+        direction: "tx",
+      }),
+    ).toBe(8);
+    expect(
+      await value(m, "twill_wireguard_peer_bytes_total", {
+        device: "flannel-wg",
+        subnet: "10.244.2.0/24",
+        public_key: KEY_A,
+        direction: "tx",
+      }),
+    ).toBe(92);
   });
 
   it("labels the kernel's device with implementation kernel", async () => {

@@ -489,6 +489,7 @@ describe("a wireguard node's device in status and readiness", () => {
       repairs: 1,
       peerDetails: [
         {
+          device: "flannel-wg",
           subnet: "10.244.3.0/24",
           publicKey: KEY_A,
           endpoint: "198.18.0.3:51820",
@@ -497,6 +498,7 @@ describe("a wireguard node's device in status and readiness", () => {
           txBytes: 92,
         },
         {
+          device: "flannel-wg",
           subnet: "10.244.12.0/24",
           publicKey: KEY_B,
           endpoint: null,

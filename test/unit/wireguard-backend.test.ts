@@ -12,6 +12,7 @@ import { encodeKey, generatePrivateKey, publicKeyOf } from "../../src/backends/w
 import {
   chooseImplementation,
   parseWireGuardBackendData,
+  parseWireGuardPeerData,
   WIREGUARD_DEVICE,
   wireguardBackend,
   wireGuardBackendData,
@@ -21,6 +22,8 @@ import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { ownedRoute, type Link } from "../../src/dataplane/objects.js";
 import { parsePrefix } from "../../src/ip/address.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
+import { parseCidr6 } from "../../src/ip/ipv6.js";
+import type { WireGuardTunnelsStatus } from "../../src/backends/wireguard/tunnels.js";
 import { LeaseDecodeError } from "../../src/lease/attrs.js";
 import type { Lease } from "../../src/lease/lease.js";
 import { peerLease } from "../helpers/leases.js";
@@ -346,6 +349,14 @@ describe("a wireguard node prepared in a temp state dir (userspace)", () => {
         subnet: parseCidr("10.244.2.0/24"),
         endpoint: { address: parseIPv4("198.18.0.2"), port: 51830 },
         publicKey: key,
+        devices: [
+          {
+            device: "flannel-wg",
+            publicKey: key,
+            endpoint: "198.18.0.2:51830",
+            allowedIps: ["10.244.2.0/24"],
+          },
+        ],
       },
     });
   });
@@ -358,10 +369,10 @@ describe("a wireguard node prepared in a temp state dir (userspace)", () => {
     expect(node.leaseData).toMatch(/,"Port":51999\}$/);
     const key = peerKey(3);
     const program = node.peer(NODE, wgLease(3, `{"PublicKey":"${key}"${port}}`));
-    expect(program.userspaceRoute).toEqual({
-      subnet: parseCidr("10.244.3.0/24"),
-      endpoint: { address: parseIPv4("198.18.0.3"), port: 51999 },
-      publicKey: key,
+    expect(program.userspaceRoute).toMatchObject({
+      devices: [
+        { device: "flannel-wg", publicKey: key, endpoint: "198.18.0.3:51999", allowedIps: ["10.244.3.0/24"] },
+      ],
     });
     expect(program.status.reason).toBe("wireguard via flannel-wg to 198.18.0.3:51999");
   });
@@ -404,5 +415,514 @@ describe("a wireguard node prepared in a temp state dir (userspace)", () => {
     expect(program.userspaceRoute).toBeUndefined();
     expect(program.status.state).toBe("backend-mismatch");
     expect(program.status.reason).toContain(reason);
+  });
+});
+
+describe("parseWireGuardPeerData: BackendData and BackendV6Data", () => {
+  const data = (port: number, key = KEY): string => `{"PublicKey":"${key}","Port":${port}}`;
+  const other = peerKey(9);
+
+  it.each<[string, string | undefined, string | undefined, WireGuardPeerData]>([
+    ["IPv4 only", data(51820), undefined, new WireGuardPeerData(KEY, 51820)],
+    [
+      "dual-stack (Mode separate: the IPv6 device's port)",
+      data(51820),
+      data(51821),
+      new WireGuardPeerData(KEY, 51820, { publicKey: KEY, port: 51821 }),
+    ],
+    [
+      "IPv6-only: no BackendData",
+      undefined,
+      data(51821),
+      new WireGuardPeerData(KEY, 51821, { publicKey: KEY, port: 51821 }, false),
+    ],
+    [
+      "IPv6-only: BackendData null",
+      "null",
+      data(51821),
+      new WireGuardPeerData(KEY, 51821, { publicKey: KEY, port: 51821 }, false),
+    ],
+    ["BackendV6Data null", data(51820), "null", new WireGuardPeerData(KEY, 51820)],
+    [
+      "another key for IPv6",
+      data(51820),
+      data(0, other),
+      new WireGuardPeerData(KEY, 51820, { publicKey: other, port: 0 }),
+    ],
+  ])("reads %s", (_name, v4, v6, want) => {
+    const parsed = parseWireGuardPeerData(v4, v6);
+    expect(parsed).toEqual(want);
+    expect(wireguardBackend.parsePeerData(v4, v6)).toEqual(want);
+  });
+
+  it("names each family's data, and identifies an IPv6-only peer by its IPv6 key", () => {
+    const dual = parseWireGuardPeerData(data(51820), data(51821, other));
+    expect(dual.v4).toEqual({ publicKey: KEY, port: 51820 });
+    expect(dual.v6).toEqual({ publicKey: other, port: 51821 });
+    expect(wireguardBackend.identityOf?.(dual)).toBe(`WireGuard public key ${KEY}`);
+    const v6only = parseWireGuardPeerData(undefined, data(51821, other));
+    expect(v6only.v4).toBeUndefined();
+    expect(wireguardBackend.identityOf?.(v6only)).toBe(`WireGuard public key ${other}`);
+    expect(wireguardBackend.describePeerData?.(v6only)).toBe(`key ${other}`);
+  });
+
+  it.each<[string, string | undefined, string | undefined, string, string]>([
+    ["neither", undefined, undefined, "BackendData", "BackendData is missing"],
+    ["a bad BackendV6Data", data(51820), "{", "BackendV6Data", "BackendV6Data is not valid JSON"],
+    [
+      "BackendV6Data without PublicKey",
+      undefined,
+      '{"Port":51821}',
+      "BackendV6Data.PublicKey",
+      "BackendV6Data.PublicKey is missing",
+    ],
+    [
+      "BackendV6Data with a bad Port",
+      data(51820),
+      `{"PublicKey":"${KEY}","Port":70000}`,
+      "BackendV6Data.Port",
+      "BackendV6Data.Port is 70000",
+    ],
+    [
+      "a bad BackendData beside a good BackendV6Data",
+      '{"PublicKey":1}',
+      data(51821),
+      "BackendData.PublicKey",
+      "BackendData.PublicKey is not a string",
+    ],
+  ])("refuses %s, naming the field", (_name, v4, v6, field, message) => {
+    const error = thrown(() => parseWireGuardPeerData(v4, v6));
+    expect(error).toBeInstanceOf(LeaseDecodeError);
+    expect((error as LeaseDecodeError).field).toBe(field);
+    expect((error as LeaseDecodeError).message).toContain(message);
+  });
+});
+
+describe("wireguard nodes with IPv6: lease data, devices, routes and peers by Mode", () => {
+  type Families = { readonly ipv4: boolean; readonly ipv6: boolean };
+  const DUAL: Families = { ipv4: true, ipv6: true };
+  const V4: Families = { ipv4: true, ipv6: false };
+  const V6: Families = { ipv4: false, ipv6: true };
+
+  const external = (ipv4: string | undefined, ipv6: string | undefined): NodeFacts["external"] => ({
+    name: "eth0",
+    index: 2,
+    mtu: 1500,
+    ifaceIp: ipv4 === undefined ? 0 : parseIPv4(ipv4),
+    publicIp: ipv4 === undefined ? 0 : parseIPv4(ipv4),
+    ...(ipv6 === undefined ? {} : { ifaceIpv6: ipv6, publicIpv6: ipv6 }),
+  });
+  const EMPTY = parseCidr("0.0.0.0/0");
+  /** This node, 10.244.1.0/24 and fd00:10:244:1::/64, at 198.18.0.1 and 2001:db8::1 (by families). */
+  const facts = (families: Families, publicIPv4 = "198.18.0.1"): NodeFacts => ({
+    subnet: families.ipv4 ? parseCidr("10.244.1.0/24") : EMPTY,
+    network: families.ipv4 ? parseCidr("10.244.0.0/16") : EMPTY,
+    ...(families.ipv6
+      ? { ipv6Subnet: parseCidr6("fd00:10:244:1::/64"), ipv6Network: parseCidr6("fd00:10:244::/56") }
+      : {}),
+    external: external(families.ipv4 ? publicIPv4 : undefined, families.ipv6 ? "2001:db8::1" : undefined),
+    connected: [parsePrefix("198.18.0.0/24"), parsePrefix("2001:db8::/64")],
+  });
+
+  interface PeerOptions {
+    readonly families?: Families;
+    readonly v4Port?: number;
+    readonly v6Port?: number;
+    readonly v6Key?: string;
+    readonly v6Data?: boolean;
+    readonly publicIPv4?: string;
+  }
+  /** Peer n: 10.244.n.0/24 at 198.18.0.n, fd00:10:244:n::/64 at 2001:db8::n, key peerKey(n). */
+  const peer = (n: number, o: PeerOptions = {}): Lease => {
+    const families = o.families ?? DUAL;
+    const key = peerKey(n);
+    return {
+      subnet: families.ipv4 ? parseCidr(`10.244.${n}.0/24`) : EMPTY,
+      ...(families.ipv6 ? { ipv6Subnet: parseCidr6(`fd00:10:244:${n}::/64`) } : {}),
+      attrs: {
+        publicIP: families.ipv4 ? parseIPv4(o.publicIPv4 ?? `198.18.0.${n}`) : 0,
+        publicIPv6: families.ipv6 ? `2001:db8::${n}` : null,
+        backendType: "wireguard",
+        backendData: families.ipv4 ? `{"PublicKey":"${key}","Port":${o.v4Port ?? 51820}}` : undefined,
+        backendV6Data:
+          families.ipv6 && o.v6Data !== false
+            ? `{"PublicKey":"${o.v6Key ?? key}","Port":${o.v6Port ?? 51821}}`
+            : undefined,
+      },
+      key: `/coreos.com/network/subnets/10.244.${n}.0-24`,
+      etcdLeaseId: "7",
+      createRevision: n,
+      modRevision: n,
+    };
+  };
+
+  const dirs: string[] = [];
+  beforeEach(() => vi.stubEnv(KEY_FILE_VARIABLE, ""));
+  afterEach(async () => {
+    vi.unstubAllEnvs();
+    await Promise.all(dirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+  });
+
+  async function prepare(
+    backend: Record<string, unknown>,
+    families: Families,
+    dir?: string,
+  ): Promise<{ node: NodeBackend; asked: string[]; publicKey: string; dir: string }> {
+    const stateDir = dir ?? (await mkdtemp(join(tmpdir(), "twill-wg-v6-")));
+    if (dir === undefined) dirs.push(stateDir);
+    const config = parseNetworkConfig(
+      JSON.stringify({
+        ...(families.ipv4 ? { Network: "10.244.0.0/16" } : { EnableIPv4: false }),
+        ...(families.ipv6 ? { EnableIPv6: true, IPv6Network: "fd00:10:244::/56" } : {}),
+        Backend: { Type: "wireguard", ...backend },
+      }),
+    ).config;
+    const asked: string[] = [];
+    const node = await config.backend.prepare({
+      families,
+      stateDir,
+      existingLink: (name) => {
+        asked.push(name);
+        return Promise.resolve(undefined);
+      },
+      txChecksumOffload: true,
+      nodeBinding: "node-a",
+      wireguard: { implementation: "userspace", binary: "wireguard-go", keyFile: "" },
+    });
+    const privateKey = (await readFile(join(stateDir, "wireguard.key"), "utf8")).trim();
+    const publicKey = encodeKey(publicKeyOf(Buffer.from(privateKey, "base64")));
+    return { node, asked, publicKey, dir: stateDir };
+  }
+
+  it.each<[string, Record<string, unknown>, Families, number | undefined, number | undefined, string[]]>([
+    ["separate, IPv4 only", {}, V4, 51820, undefined, ["flannel-wg"]],
+    ["separate, dual-stack", {}, DUAL, 51820, 51821, ["flannel-wg", "flannel-wg-v6"]],
+    ["separate, IPv6 only", {}, V6, undefined, 51821, ["flannel-wg-v6"]],
+    [
+      "separate, other ports",
+      { ListenPort: 4000, ListenPortV6: 6000 },
+      DUAL,
+      4000,
+      6000,
+      ["flannel-wg", "flannel-wg-v6"],
+    ],
+    // One device: both families' peers reach it at its one port.
+    ["auto, dual-stack", { Mode: "auto", ListenPortV6: 6000 }, DUAL, 51820, 51820, ["flannel-wg"]],
+    ["auto, IPv4 only", { Mode: "auto" }, V4, 51820, undefined, ["flannel-wg"]],
+    ["ipv4, dual-stack", { Mode: "ipv4" }, DUAL, 51820, 51820, ["flannel-wg"]],
+    ["ipv6, dual-stack", { Mode: "ipv6" }, DUAL, 51820, 51820, ["flannel-wg"]],
+    ["ipv6, IPv6 only", { Mode: "ipv6" }, V6, undefined, 51820, ["flannel-wg"]],
+  ])(
+    "%s: publishes its key and ports, and owns its devices",
+    async (_name, backend, families, port, port6, devices) => {
+      const { node, asked, publicKey } = await prepare(backend, families);
+      const data = (p: number | undefined) =>
+        p === undefined ? undefined : `{"PublicKey":"${publicKey}","Port":${p}}`;
+      expect(node.leaseData).toBe(data(port));
+      expect(node.leaseV6Data).toBe(data(port6));
+      expect(node.identity).toBe(`WireGuard public key ${publicKey}`);
+      expect(node.ownedDevices).toEqual(devices);
+      expect(asked).toEqual(devices);
+      const status = node.userspace?.status();
+      expect(status?.device).toBe(devices[0]);
+      expect(status?.running).toBe(false);
+    },
+  );
+
+  it("gives flannel-wg <subnet>/32 and flannel-wg-v6 <IPv6 subnet>/128, each with its network's route (separate)", async () => {
+    const { node } = await prepare({}, DUAL);
+    const node1 = facts(DUAL);
+    expect(
+      node.devices(node1).map((d) => ({
+        name: d.link.name,
+        kind: d.link.kind,
+        mtu: d.mtu,
+        addresses: d.addresses,
+        scope: d.addressScope,
+      })),
+    ).toEqual([
+      {
+        name: "flannel-wg",
+        kind: "tun",
+        mtu: 1420,
+        addresses: [{ address: "10.244.1.0", prefixLength: 32 }],
+        scope: [{ family: 4, address: "10.244.0.0", length: 16 }],
+      },
+      {
+        name: "flannel-wg-v6",
+        kind: "tun",
+        mtu: 1420,
+        addresses: [{ address: "fd00:10:244:1::", prefixLength: 128 }],
+        scope: [{ family: 6, address: "fd00:10:244::", length: 56 }],
+      },
+    ]);
+    expect(node.nodeObjects?.(node1)).toEqual([
+      ownedRoute({ family: 4, dst: "10.244.0.0/16", gateway: undefined, dev: "flannel-wg", onlink: false }),
+      ownedRoute({
+        family: 6,
+        dst: "fd00:10:244::/56",
+        gateway: undefined,
+        dev: "flannel-wg-v6",
+        onlink: false,
+      }),
+    ]);
+    expect(
+      node.devices(node1)[1]?.incompatibility({
+        index: 9,
+        name: "flannel-wg-v6",
+        kind: "wireguard",
+        mtu: 1420,
+        up: true,
+        mac: undefined,
+        master: undefined,
+        vxlan: undefined,
+      }),
+    ).toBe("flannel-wg-v6 is a wireguard device, not a TUN device for wireguard-go");
+  });
+
+  it.each<[string, Record<string, unknown>, Families, string[], string[]]>([
+    [
+      "auto, dual-stack: both on flannel-wg",
+      { Mode: "auto" },
+      DUAL,
+      ["10.244.1.0/32", "fd00:10:244:1::/128"],
+      ["10.244.0.0/16 flannel-wg", "fd00:10:244::/56 flannel-wg"],
+    ],
+    ["ipv6, IPv6 only", { Mode: "ipv6" }, V6, ["fd00:10:244:1::/128"], ["fd00:10:244::/56 flannel-wg"]],
+    ["separate, IPv6 only", {}, V6, ["fd00:10:244:1::/128"], ["fd00:10:244::/56 flannel-wg-v6"]],
+  ])("%s: addresses and routes", async (_name, backend, families, addresses, routes) => {
+    const { node } = await prepare(backend, families);
+    const node1 = facts(families);
+    expect(
+      node.devices(node1).flatMap((d) => d.addresses.map((a) => `${a.address}/${a.prefixLength}`)),
+    ).toEqual(addresses);
+    expect(
+      (node.nodeObjects?.(node1) ?? []).map((o) => (o.kind === "route" ? `${o.dst} ${o.dev ?? ""}` : o.kind)),
+    ).toEqual(routes);
+  });
+
+  const row = (device: string, n: number, endpoint: string, allowedIps: string[], key = peerKey(n)) => ({
+    device,
+    publicKey: key,
+    endpoint,
+    allowedIps,
+  });
+  const v4Row = (n: number, port = 51820) =>
+    row("flannel-wg", n, `198.18.0.${n}:${port}`, [`10.244.${n}.0/24`]);
+  const v6Row = (n: number, port = 51821) =>
+    row("flannel-wg-v6", n, `[2001:db8::${n}]:${port}`, [`fd00:10:244:${n}::/64`]);
+
+  it.each<[string, Record<string, unknown>, NodeFacts, Lease, string, unknown[], string]>([
+    [
+      "separate: a dual-stack peer on both devices",
+      {},
+      facts(DUAL),
+      peer(2),
+      "programmed",
+      [v4Row(2), v6Row(2)],
+      "IPv4: wireguard via flannel-wg to 198.18.0.2:51820; IPv6: wireguard via flannel-wg-v6 to [2001:db8::2]:51821",
+    ],
+    [
+      "separate: an IPv4-only peer",
+      {},
+      facts(DUAL),
+      peer(3, { families: V4 }),
+      "programmed",
+      [v4Row(3)],
+      "wireguard via flannel-wg to 198.18.0.3:51820",
+    ],
+    [
+      "separate: an IPv6-only peer",
+      {},
+      facts(DUAL),
+      peer(4, { families: V6 }),
+      "programmed",
+      [v6Row(4)],
+      "wireguard via flannel-wg-v6 to [2001:db8::4]:51821",
+    ],
+    [
+      "separate: on an IPv6-only node",
+      {},
+      facts(V6),
+      peer(2),
+      "programmed",
+      [v6Row(2)],
+      "wireguard via flannel-wg-v6 to [2001:db8::2]:51821",
+    ],
+    [
+      "separate: on an IPv4-only node",
+      {},
+      facts(V4),
+      peer(2),
+      "programmed",
+      [v4Row(2)],
+      "wireguard via flannel-wg to 198.18.0.2:51820",
+    ],
+    [
+      "separate: the peer's own IPv6 port",
+      {},
+      facts(DUAL),
+      peer(2, { v6Port: 7000 }),
+      "programmed",
+      [v4Row(2), v6Row(2, 7000)],
+      "IPv6: wireguard via flannel-wg-v6 to [2001:db8::2]:7000",
+    ],
+    [
+      "separate: IPv6 Port 0 (older flannel): this node's ListenPortV6",
+      { ListenPortV6: 6000 },
+      facts(DUAL),
+      peer(2, { v6Port: 0 }),
+      "programmed",
+      [v4Row(2), v6Row(2, 6000)],
+      "IPv6: wireguard via flannel-wg-v6 to [2001:db8::2]:6000",
+    ],
+    [
+      "separate: another key for IPv6 goes on flannel-wg-v6",
+      {},
+      facts(DUAL),
+      peer(2, { v6Key: peerKey(9) }),
+      "programmed",
+      [v4Row(2), row("flannel-wg-v6", 2, "[2001:db8::2]:51821", ["fd00:10:244:2::/64"], peerKey(9))],
+      "IPv4: wireguard via flannel-wg",
+    ],
+    [
+      "separate: an IPv6 subnet without BackendV6Data: IPv4 only, and why",
+      {},
+      facts(DUAL),
+      peer(2, { v6Data: false }),
+      "backend-mismatch",
+      [v4Row(2)],
+      "IPv6: peer 10.244.2.0/24+fd00:10:244:2::/64 publishes no wireguard BackendV6Data",
+    ],
+    [
+      "separate: an IPv6-only peer on an IPv4-only node",
+      {},
+      facts(V4),
+      peer(4, { families: V6 }),
+      "unreachable",
+      [],
+      "peer fd00:10:244:4::/64 shares no address family with this node",
+    ],
+    [
+      "auto: both subnets to the public IPv4",
+      { Mode: "auto" },
+      facts(DUAL),
+      peer(2, { v6Port: 51820 }),
+      "programmed",
+      [row("flannel-wg", 2, "198.18.0.2:51820", ["10.244.2.0/24", "fd00:10:244:2::/64"])],
+      "wireguard via flannel-wg to 198.18.0.2:51820",
+    ],
+    [
+      "auto: private IPv4s, public IPv6s: over IPv6, at BackendV6Data's port",
+      { Mode: "auto" },
+      facts(DUAL, "10.0.0.1"),
+      peer(2, { v6Port: 51822, publicIPv4: "10.0.0.2" }),
+      "programmed",
+      [row("flannel-wg", 2, "[2001:db8::2]:51822", ["10.244.2.0/24", "fd00:10:244:2::/64"])],
+      "wireguard via flannel-wg to [2001:db8::2]:51822",
+    ],
+    [
+      "auto: an IPv6-only peer",
+      { Mode: "auto" },
+      facts(DUAL),
+      peer(4, { families: V6, v6Port: 51820 }),
+      "programmed",
+      [row("flannel-wg", 4, "[2001:db8::4]:51820", ["fd00:10:244:4::/64"])],
+      "wireguard via flannel-wg to [2001:db8::4]:51820",
+    ],
+    [
+      "auto: an IPv4-only peer",
+      { Mode: "auto" },
+      facts(DUAL),
+      peer(3, { families: V4 }),
+      "programmed",
+      [row("flannel-wg", 3, "198.18.0.3:51820", ["10.244.3.0/24"])],
+      "wireguard via flannel-wg to 198.18.0.3:51820",
+    ],
+    [
+      "ipv4: both subnets to the IPv4 PublicIP",
+      { Mode: "ipv4" },
+      facts(DUAL, "10.0.0.1"),
+      peer(2, { publicIPv4: "10.0.0.2" }),
+      "programmed",
+      [row("flannel-wg", 2, "10.0.0.2:51820", ["10.244.2.0/24", "fd00:10:244:2::/64"])],
+      "wireguard via flannel-wg to 10.0.0.2:51820",
+    ],
+    [
+      "ipv4: an IPv6-only peer cannot be reached",
+      { Mode: "ipv4" },
+      facts(DUAL),
+      peer(4, { families: V6 }),
+      "unreachable",
+      [],
+      "peer fd00:10:244:4::/64 publishes no PublicIP to reach it at over flannel-wg (Mode ipv4); not programmed",
+    ],
+    [
+      "ipv6: both subnets to the PublicIPv6",
+      { Mode: "ipv6" },
+      facts(DUAL),
+      peer(2, { v6Port: 51820 }),
+      "programmed",
+      [row("flannel-wg", 2, "[2001:db8::2]:51820", ["10.244.2.0/24", "fd00:10:244:2::/64"])],
+      "wireguard via flannel-wg to [2001:db8::2]:51820",
+    ],
+    [
+      "ipv6: on an IPv6-only node",
+      { Mode: "ipv6" },
+      facts(V6),
+      peer(2, { v6Port: 51820 }),
+      "programmed",
+      [row("flannel-wg", 2, "[2001:db8::2]:51820", ["fd00:10:244:2::/64"])],
+      "wireguard via flannel-wg to [2001:db8::2]:51820",
+    ],
+    [
+      "ipv6: an IPv4-only peer cannot be reached",
+      { Mode: "ipv6" },
+      facts(DUAL),
+      peer(3, { families: V4 }),
+      "unreachable",
+      [],
+      "peer 10.244.3.0/24 publishes no PublicIPv6 to reach it at over flannel-wg (Mode ipv6)",
+    ],
+    [
+      "auto: two keys for one tunnel",
+      { Mode: "auto" },
+      facts(DUAL),
+      peer(2, { v6Key: peerKey(9) }),
+      "backend-mismatch",
+      [],
+      "publishes two public keys",
+    ],
+  ])("%s", async (_name, backend, node1, lease, state, rows, reason) => {
+    const families: Families = { ipv4: node1.subnet.prefixLen > 0, ipv6: node1.ipv6Subnet !== undefined };
+    const { node } = await prepare(backend, families);
+    for (const parsed of [false, true]) {
+      const given = parsed
+        ? {
+            ...lease,
+            peerData: wireguardBackend.parsePeerData(lease.attrs.backendData, lease.attrs.backendV6Data),
+          }
+        : lease;
+      const program = node.peer(node1, given);
+      expect(program.objects).toEqual([]);
+      expect(program.status.state).toBe(state);
+      expect(program.status.reason).toContain(reason);
+      if (rows.length === 0) expect(program.userspaceRoute).toBeUndefined();
+      else expect(program.userspaceRoute).toMatchObject({ devices: rows });
+    }
+  });
+
+  it("serves both devices as one data path, and lets flannel-wg-v6 go when IPv6 is turned off", async () => {
+    const { node, dir } = await prepare({}, DUAL);
+    const status = node.userspace?.status() as WireGuardTunnelsStatus | undefined;
+    expect(status?.devices.map((d) => [d.device, d.listenPort])).toEqual([
+      ["flannel-wg", 51820],
+      ["flannel-wg-v6", 51821],
+    ]);
+    const again = await prepare({}, V4, dir);
+    // The same data path object (the loop keeps it), now with one device.
+    expect(again.node.userspace).toBe(node.userspace);
+    expect(again.node.userspace?.status()).toMatchObject({ device: "flannel-wg", listenPort: 51820 });
+    expect(again.node.leaseData).toBe(`{"PublicKey":"${again.publicKey}","Port":51820}`);
   });
 });

@@ -9,6 +9,13 @@ import {
   type WireGuardOptions,
 } from "../../src/backends/wireguard/config.js";
 import { wireguardBackend } from "../../src/backends/wireguard/index.js";
+import {
+  autoEndpointFamily,
+  isPrivateIPv6,
+  tunnelDevices,
+  type EndpointChoice,
+} from "../../src/backends/wireguard/modes.js";
+import type { BackendConfig } from "../../src/backends/backend.js";
 import { JsonFieldError, type JsonObject } from "../../src/config/json-fields.js";
 import { ConfigError, parseNetworkConfig } from "../../src/config/network-config.js";
 import { parseIPv4 } from "../../src/ip/ipv4.js";
@@ -80,7 +87,12 @@ describe("parseWireGuardOptions", () => {
     [{ ListenPort: 1 }, { listenPort: 1 }],
     [{ ListenPort: 65535 }, { listenPort: 65535 }],
     [{ PersistentKeepaliveInterval: 65535 }, { persistentKeepalive: 65535 }],
+    [{ Mode: "separate" }, { mode: "separate" }],
+    [{ Mode: "auto" }, { mode: "auto" }],
     [{ Mode: "ipv4" }, { mode: "ipv4" }],
+    [{ Mode: "ipv6" }, { mode: "ipv6" }],
+    [{ Mode: null }, { mode: "separate" }],
+    [{ ListenPortV6: 1 }, { listenPortV6: 1 }],
   ])("accepts %j", (raw, want) => {
     expect(parse(raw)).toEqual({ ...DEFAULTS, ...want });
   });
@@ -147,13 +159,17 @@ describe("parseWireGuardOptions", () => {
       "Backend.Mode",
       'Backend.Mode "bogus": no valid Mode; one of "separate"',
     ],
-    [
-      "Mode ipv6",
-      { Mode: "ipv6" },
-      "Backend.Mode",
-      'Backend.Mode "ipv6": tunnels over IPv6 need an IPv6 network',
-    ],
+    // Go compares the text as it is: flannel refuses these too ("no valid Mode configured").
+    ["Mode in capitals", { Mode: "IPv6" }, "Backend.Mode", 'Backend.Mode "IPv6": no valid Mode'],
+    ["Mode Separate", { Mode: "Separate" }, "Backend.Mode", 'Backend.Mode "Separate": no valid Mode'],
+    ["Mode empty", { Mode: "" }, "Backend.Mode", 'Backend.Mode "": no valid Mode'],
     ["Mode a number", { Mode: 4 }, "Backend.Mode", "Backend.Mode"],
+    [
+      "ListenPortV6 0",
+      { ListenPortV6: 0 },
+      "Backend.ListenPortV6",
+      "Backend.ListenPortV6 0: must be from 1 to 65535 (default 51821)",
+    ],
   ])("refuses %s, naming the field", (_name, raw, field, message) => {
     const error = fieldError(raw);
     expect(error.field).toBe(field);
@@ -231,5 +247,178 @@ describe("the wireguard backend in the registry and the network config", () => {
     }
     expect(caught).toBeInstanceOf(ConfigError);
     expect((caught as ConfigError).field).toBe("Backend.PSK");
+  });
+});
+
+describe("Mode: the devices of a node, by the network's families", () => {
+  const options = (mode: WireGuardOptions["mode"]) => ({ mode, listenPort: 51820, listenPortV6: 51821 });
+  const v4 = { name: "flannel-wg", listenPort: 51820, carries: [4], endpoints: 4 };
+  const v6 = { name: "flannel-wg-v6", listenPort: 51821, carries: [6], endpoints: 6 };
+  const one = (carries: number[], endpoints: number | "auto") => ({
+    name: "flannel-wg",
+    listenPort: 51820,
+    carries,
+    endpoints,
+  });
+
+  it.each<[WireGuardOptions["mode"], { ipv4: boolean; ipv6: boolean }, unknown[]]>([
+    ["separate", { ipv4: true, ipv6: false }, [v4]],
+    ["separate", { ipv4: true, ipv6: true }, [v4, v6]],
+    ["separate", { ipv4: false, ipv6: true }, [v6]],
+    ["auto", { ipv4: true, ipv6: false }, [one([4], "auto")]],
+    ["auto", { ipv4: true, ipv6: true }, [one([4, 6], "auto")]],
+    ["auto", { ipv4: false, ipv6: true }, [one([6], "auto")]],
+    ["ipv4", { ipv4: true, ipv6: false }, [one([4], 4)]],
+    ["ipv4", { ipv4: true, ipv6: true }, [one([4, 6], 4)]],
+    ["ipv6", { ipv4: true, ipv6: true }, [one([4, 6], 6)]],
+    ["ipv6", { ipv4: false, ipv6: true }, [one([6], 6)]],
+  ])("%s with %j", (mode, families, want) => {
+    expect(tunnelDevices(options(mode), families)).toEqual(want);
+  });
+
+  it.each<[WireGuardOptions["mode"], { ipv4: boolean; ipv6: boolean }, string]>([
+    ["ipv6", { ipv4: true, ipv6: false }, 'Backend.Mode "ipv6": peers are reached at their PublicIPv6'],
+    ["ipv4", { ipv4: false, ipv6: true }, 'Backend.Mode "ipv4": peers are reached at their IPv4 PublicIP'],
+  ])("refuses %s with %j, naming Backend.Mode", (mode, families, message) => {
+    let caught: unknown;
+    try {
+      tunnelDevices(options(mode), families);
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(JsonFieldError);
+    expect((caught as JsonFieldError).field).toBe("Backend.Mode");
+    expect((caught as JsonFieldError).message).toContain(message);
+  });
+
+  it("is what the config's checkFamilies and prepare refuse", async () => {
+    const backend = parseNetworkConfig(
+      '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"wireguard","Mode":"ipv6"}}',
+    ).config.backend as BackendConfig & { checkFamilies(f: { ipv4: boolean; ipv6: boolean }): void };
+    expect(() => backend.checkFamilies({ ipv4: true, ipv6: false })).toThrow(JsonFieldError);
+    expect(() => backend.checkFamilies({ ipv4: true, ipv6: true })).not.toThrow();
+    await expect(
+      backend.prepare({
+        families: { ipv4: true, ipv6: false },
+        stateDir: "/nonexistent",
+        existingLink: () => Promise.resolve(undefined),
+        txChecksumOffload: true,
+        nodeBinding: "node-a",
+      }),
+    ).rejects.toThrow('Backend.Mode "ipv6"');
+  });
+});
+
+describe("Mode auto: the underlay family of each peer, as flannel's selectMode picks it", () => {
+  const ip = parseIPv4;
+  it.each<[string, EndpointChoice, 4 | 6 | undefined]>([
+    [
+      "peer without IPv6",
+      { peerIPv4: ip("10.0.0.2"), peerIPv6: undefined, localIPv4: ip("10.0.0.1"), localIPv6: "2001:db8::1" },
+      4,
+    ],
+    [
+      "peer's IPv4 public",
+      {
+        peerIPv4: ip("198.18.0.2"),
+        peerIPv6: "2001:db8::2",
+        localIPv4: ip("198.18.0.1"),
+        localIPv6: "2001:db8::1",
+      },
+      4,
+    ],
+    [
+      "private IPv4, public IPv6 both ends",
+      {
+        peerIPv4: ip("10.0.0.2"),
+        peerIPv6: "2001:db8::2",
+        localIPv4: ip("10.0.0.1"),
+        localIPv6: "2001:db8::1",
+      },
+      6,
+    ],
+    [
+      "172.16/12 is private",
+      {
+        peerIPv4: ip("172.31.0.2"),
+        peerIPv6: "2001:db8::2",
+        localIPv4: ip("172.31.0.1"),
+        localIPv6: "2001:db8::1",
+      },
+      6,
+    ],
+    [
+      "192.168/16 is private",
+      {
+        peerIPv4: ip("192.168.1.2"),
+        peerIPv6: "2001:db8::2",
+        localIPv4: ip("192.168.1.1"),
+        localIPv6: "2001:db8::1",
+      },
+      6,
+    ],
+    [
+      "private IPv4, peer's IPv6 a ULA",
+      { peerIPv4: ip("10.0.0.2"), peerIPv6: "fd00::2", localIPv4: ip("10.0.0.1"), localIPv6: "2001:db8::1" },
+      4,
+    ],
+    [
+      "private IPv4, own IPv6 a ULA",
+      { peerIPv4: ip("10.0.0.2"), peerIPv6: "2001:db8::2", localIPv4: ip("10.0.0.1"), localIPv6: "fc00::1" },
+      4,
+    ],
+    [
+      "this node without IPv6",
+      { peerIPv4: ip("10.0.0.2"), peerIPv6: "2001:db8::2", localIPv4: ip("10.0.0.1"), localIPv6: undefined },
+      4,
+    ],
+    // flannel would aim at 0.0.0.0 here; twill reaches them over IPv6.
+    [
+      "an IPv6-only peer",
+      { peerIPv4: 0, peerIPv6: "fd00::2", localIPv4: ip("10.0.0.1"), localIPv6: "fd00::1" },
+      6,
+    ],
+    [
+      "an IPv6-only node",
+      { peerIPv4: ip("198.18.0.2"), peerIPv6: "fd00::2", localIPv4: 0, localIPv6: "fd00::1" },
+      6,
+    ],
+    [
+      "nothing in common",
+      { peerIPv4: 0, peerIPv6: "fd00::2", localIPv4: ip("10.0.0.1"), localIPv6: undefined },
+      undefined,
+    ],
+  ])("%s", (_name, choice, want) => {
+    expect(autoEndpointFamily(choice)).toBe(want);
+  });
+
+  it.each<[string, boolean]>([
+    ["fc00::1", true],
+    ["fdff:ffff::1", true],
+    ["fe80::1", false],
+    ["2001:db8::1", false],
+    ["::1", false],
+  ])("IPv6 %s private: %s", (text, want) => {
+    expect(isPrivateIPv6(text)).toBe(want);
+  });
+});
+
+describe("the wireguard backend with IPv6 in the network config", () => {
+  it.each([
+    ["dual-stack", '"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"'],
+    ["IPv6-only", '"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"'],
+  ])("accepts a %s network", (_name, fields) => {
+    const { config } = parseNetworkConfig(`{${fields},"Backend":{"Type":"wireguard"}}`);
+    expect(config.backend.type).toBe("wireguard");
+    expect(config.ipv6).toBeDefined();
+    expect(wireguardBackend.supportsIPv6).toBe(true);
+  });
+
+  it("keeps the MTU at MTU − 80 with IPv6 on (80 already counts IPv6's outer header)", () => {
+    const backend = parseNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}').config
+      .backend;
+    const external = { name: "eth0", index: 2, mtu: 1500, ifaceIp: 0, publicIp: 0 };
+    expect(backend.mtu(external, true)).toBe(1420);
+    expect(backend.mtu(external, false)).toBe(1420);
   });
 });

@@ -5,8 +5,11 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { NodeFacts, UserspaceRoute } from "../../src/backends/backend.js";
 import type { WireGuardControl } from "../../src/backends/wireguard/control.js";
 import {
+  deviceRowOf,
   wantedPeers,
   WireGuardDataPath,
+  type DevicePeerRow,
+  type WireGuardRoute,
   type WireGuardSettings,
 } from "../../src/backends/wireguard/datapath.js";
 import type {
@@ -16,6 +19,7 @@ import type {
   WantedPeer,
 } from "../../src/backends/wireguard/device-state.js";
 import { WireGuardGo } from "../../src/backends/wireguard/wireguard-go.js";
+import { WireGuardTunnels, type WireGuardTunnelsStatus } from "../../src/backends/wireguard/tunnels.js";
 import { encodeKey, generatePrivateKey, publicKeyOf } from "../../src/backends/wireguard/keys.js";
 import { parsePrefix } from "../../src/ip/address.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
@@ -49,6 +53,15 @@ const route = (n: number, over: { ip?: string; port?: number; publicKey?: string
 const rows = (...ns: number[]): Map<string, UserspaceRoute> =>
   new Map(ns.map((n) => [leaseKey(n), route(n)]));
 
+/** The rows as flannel-wg's: what wantedPeers is given. */
+const deviceRows = (table: ReadonlyMap<string, UserspaceRoute>): Map<string, DevicePeerRow> =>
+  new Map(
+    [...table].flatMap(([k, r]) => {
+      const row = deviceRowOf("flannel-wg", r);
+      return row === undefined ? [] : [[k, row] as const];
+    }),
+  );
+
 /** Peer n as twill wants it (no PSK, no keepalive). */
 function wantedOf(n: number): WantedPeer {
   return {
@@ -69,7 +82,6 @@ function settings(over: Partial<WireGuardSettings> = {}): WireGuardSettings {
     keepalive: 0,
     privateKey: OWN_PRIVATE,
     publicKey: OWN_PUBLIC,
-    keyFile: "/state/wireguard.key",
     ...over,
   };
 }
@@ -150,8 +162,11 @@ class FakeWireGuardGo extends WireGuardGo {
   failStart: Error | undefined;
   private started: number | undefined;
 
-  constructor(private readonly fake: FakeDevice) {
-    super("flannel-wg", "wireguard-go", "/nonexistent/state");
+  constructor(
+    private readonly fake: FakeDevice,
+    device = "flannel-wg",
+  ) {
+    super(device, "wireguard-go", "/nonexistent/state");
   }
 
   override get pid(): number | undefined {
@@ -191,29 +206,26 @@ interface Harness {
   readonly device: FakeDevice;
   readonly process: FakeWireGuardGo | undefined;
   readonly dataPath: WireGuardDataPath;
-  /** What the key file holds, as the data path's reader sees it. */
-  readonly keyFile: { key: string | undefined };
 }
 
 const paths: WireGuardDataPath[] = [];
+const tunnelSets: WireGuardTunnels[] = [];
 
 function harness(
   options: { kernel?: boolean; settings?: Partial<WireGuardSettings>; device?: FakeDevice } = {},
 ): Harness {
   const device = options.device ?? new FakeDevice();
   const process = options.kernel === true ? undefined : new FakeWireGuardGo(device);
-  const keyFile: { key: string | undefined } = { key: undefined };
   const dataPath = new WireGuardDataPath(
     settings({ implementation: options.kernel === true ? "kernel" : "userspace", ...options.settings }),
     {
       control: device,
       ...(process === undefined ? {} : { process }),
-      readKeyFile: () => Promise.resolve(keyFile.key),
       pollMs: POLL_MS,
     },
   );
   paths.push(dataPath);
-  return { device, process, dataPath, keyFile };
+  return { device, process, dataPath };
 }
 
 /** One poll interval passes; the poll's promises all settle (the fake device answers at once). */
@@ -225,6 +237,7 @@ beforeEach(() => {
   vi.useFakeTimers();
 });
 afterEach(async () => {
+  await Promise.all(tunnelSets.splice(0).map((t) => t.stop()));
   await Promise.all(paths.splice(0).map((p) => p.stop()));
   vi.useRealTimers();
 });
@@ -233,7 +246,7 @@ describe("wantedPeers", () => {
   const s = { publicKey: OWN_PUBLIC, psk: undefined, keepalive: 0 };
 
   it("makes one peer per row: its key, PublicIP:Port, its subnet; with the PSK and keepalive", () => {
-    const peers = wantedPeers(rows(2, 3), { publicKey: OWN_PUBLIC, psk: key(50), keepalive: 25 });
+    const peers = wantedPeers(deviceRows(rows(2, 3)), { publicKey: OWN_PUBLIC, psk: key(50), keepalive: 25 });
     expect([...peers.values()]).toEqual([
       {
         publicKey: key(2),
@@ -255,13 +268,13 @@ describe("wantedPeers", () => {
   it("skips a row with this node's own public key (a copied identity)", () => {
     const table = rows(2);
     table.set(leaseKey(3), route(3, { publicKey: OWN_PUBLIC }));
-    expect([...wantedPeers(table, s).keys()]).toEqual([key(2)]);
+    expect([...wantedPeers(deviceRows(table), s).keys()]).toEqual([key(2)]);
   });
 
-  it("skips a row without a public key", () => {
+  it("takes no row from a route without a public key", () => {
     const table = rows(2);
     table.set(leaseKey(3), { subnet: parseCidr("10.244.3.0/24"), endpoint: { address: 1, port: 1 } });
-    expect([...wantedPeers(table, s).keys()]).toEqual([key(2)]);
+    expect([...wantedPeers(deviceRows(table), s).keys()]).toEqual([key(2)]);
   });
 
   it("keeps the first lease by key order when two share a public key, whatever order they came in", () => {
@@ -271,14 +284,14 @@ describe("wantedPeers", () => {
       [leaseKey(3), route(3, { publicKey: shared })],
       [leaseKey(12), route(12, { publicKey: shared })],
     ]);
-    const peers = wantedPeers(table, s);
+    const peers = wantedPeers(deviceRows(table), s);
     expect(peers.size).toBe(1);
     expect(peers.get(shared)).toMatchObject({
       endpoint: "198.18.0.12:51820",
       allowedIps: ["10.244.12.0/24"],
     });
     const reversed = new Map([...table].reverse());
-    expect(wantedPeers(reversed, s)).toEqual(peers);
+    expect(wantedPeers(deviceRows(reversed), s)).toEqual(peers);
   });
 });
 
@@ -404,11 +417,11 @@ describe("WireGuardDataPath", () => {
 
     h.process?.die();
     await poll();
-    expect(reasons).toEqual([`wireguard-go (pid ${pid ?? "?"}) exited`]);
+    expect(reasons).toEqual([`wireguard-go (pid ${pid ?? "?"}) on flannel-wg exited`]);
     expect(h.dataPath.status()).toMatchObject({
       running: false,
       restarts: 1,
-      lastFailure: `wireguard-go (pid ${pid ?? "?"}) exited`,
+      lastFailure: `wireguard-go (pid ${pid ?? "?"}) on flannel-wg exited`,
     });
     // Told once, not at every poll while it is down.
     await poll(3);
@@ -443,62 +456,27 @@ describe("WireGuardDataPath", () => {
     });
   });
 
-  it("takes up a new key in the key file: on the device first, then tells the agent, once", async () => {
-    const h = harness();
-    h.dataPath.update(rows(2));
-    /** The device's private key each time the agent was told. */
-    const told: (string | undefined)[] = [];
-    h.dataPath.configure(settings(), () => told.push(h.device.privateKey));
-    await h.dataPath.ensureRunning(NODE, false);
-
-    h.keyFile.key = OWN_PRIVATE; // the key it has: nothing to say
-    await poll(2);
-    expect(told).toEqual([]);
-
-    const rotated = encodeKey(generatePrivateKey((n) => Buffer.alloc(n, 102)));
-    const rotatedPublic = encodeKey(publicKeyOf(Buffer.from(rotated, "base64")));
-    h.keyFile.key = rotated;
-    await poll();
-    // The key went on the device before the agent re-publishes the lease with the new public key.
-    expect(told).toEqual([rotated]);
-    expect(h.device.privateKey).toBe(rotated);
-    expect(h.dataPath.status().publicKey).toBe(rotatedPublic);
-    // The peers stay, and it is not someone else's change.
-    expect(h.device.summary()).toEqual([line(2)]);
-    expect(h.dataPath.status().repairs).toBe(0);
-    await poll(3);
-    expect(told).toHaveLength(1);
-
-    // The agent prepared the backend again with the new key: nothing more to do or say.
-    const changes = h.device.changes.length;
-    h.dataPath.configure(settings({ privateKey: rotated, publicKey: rotatedPublic }), () =>
-      told.push(h.device.privateKey),
-    );
-    await h.dataPath.ensureRunning(NODE, false);
-    await poll(3);
-    expect(told).toHaveLength(1);
-    expect(h.device.changes.length).toBe(changes);
-  });
-
-  it("keeps the old key, says why and tells the agent nothing while the new key cannot be set", async () => {
+  it("sets a new key at once, as a change of its own, or keeps the old one and says why", async () => {
     const h = harness({ kernel: true });
-    let told = 0;
-    h.dataPath.configure(settings(), () => told++);
+    h.dataPath.update(rows(2));
     await h.dataPath.ensureRunning(NODE, false);
+    await h.dataPath.setKey(key(102), key(103));
+    expect(h.device.privateKey).toBe(key(102));
+    expect(h.dataPath.privateKey).toBe(key(102));
+    expect(h.dataPath.status()).toMatchObject({ publicKey: key(103), repairs: 0 });
+    expect(h.device.summary()).toEqual([line(2)]);
+
     h.device.failSet = new Error("EPERM");
-    h.keyFile.key = key(102);
-    await poll();
-    // The lease must not carry a key the device does not have.
-    expect(told).toBe(0);
-    expect(h.device.privateKey).toBe(OWN_PRIVATE);
-    expect(h.dataPath.status().lastFailure).toBe("cannot set the new key on flannel-wg: EPERM");
-    expect(h.dataPath.status().publicKey).not.toBe(encodeKey(publicKeyOf(Buffer.from(key(102), "base64"))));
-    // Set at the next poll once the device takes it; then the agent re-publishes.
+    await expect(h.dataPath.setKey(key(104), key(105))).rejects.toThrow("EPERM");
+    expect(h.dataPath.privateKey).toBe(key(102));
+    expect(h.dataPath.status()).toMatchObject({
+      publicKey: key(103),
+      lastFailure: "cannot set the new key on flannel-wg: EPERM",
+    });
     h.device.failSet = undefined;
     await poll();
     expect(h.device.privateKey).toBe(key(102));
-    expect(told).toBe(1);
-    expect(h.dataPath.status().lastFailure).toBeUndefined();
+    expect(h.dataPath.status()).toMatchObject({ lastFailure: undefined, repairs: 0 });
   });
 
   it("stops polling at stop()", async () => {
@@ -602,5 +580,299 @@ describe("WireGuardDataPath", () => {
     h.device.failSet = undefined;
     await poll();
     expect(h.dataPath.status()).toMatchObject({ lastFailure: undefined, peers: 1, repairs: 1 });
+  });
+});
+
+/** Peer n of a dual-stack cluster in Mode separate: a row on each device. */
+const dualRoute = (n: number, over: { publicKey?: string } = {}): WireGuardRoute => ({
+  subnet: parseCidr(`10.244.${n}.0/24`),
+  endpoint: { address: parseIPv4(`198.18.0.${n}`), port: 51820 },
+  publicKey: over.publicKey ?? key(n),
+  devices: [
+    {
+      device: "flannel-wg",
+      publicKey: over.publicKey ?? key(n),
+      endpoint: `198.18.0.${n}:51820`,
+      allowedIps: [`10.244.${n}.0/24`],
+    },
+    {
+      device: "flannel-wg-v6",
+      publicKey: over.publicKey ?? key(n),
+      endpoint: `[2001:db8::${n}]:51821`,
+      allowedIps: [`fd00:10:244:${n}::/64`],
+    },
+  ],
+});
+
+const dualRows = (...ns: number[]): Map<string, UserspaceRoute> =>
+  new Map(ns.map((n) => [leaseKey(n), dualRoute(n)]));
+
+const line6 = (n: number): string => `${key(n)} [2001:db8::${n}]:51821 fd00:10:244:${n}::/64`;
+
+describe("WireGuardDataPath with the wireguard backend's rows", () => {
+  it("takes only the rows of its own device", async () => {
+    const v4 = harness({ kernel: true });
+    const v6 = harness({ kernel: true, settings: { device: "flannel-wg-v6", listenPort: 51821 } });
+    for (const h of [v4, v6]) {
+      h.dataPath.update(dualRows(2, 3));
+      await h.dataPath.ensureRunning(NODE, false);
+    }
+    expect(v4.device.summary()).toEqual([line(2), line(3)]);
+    expect(v6.device.summary()).toEqual([line6(2), line6(3)]);
+    expect(v6.device.listenPort).toBe(51821);
+    expect(v6.dataPath.status().peerDetails.map((p) => [p.subnet, p.endpoint])).toEqual([
+      ["fd00:10:244:2::/64", "[2001:db8::2]:51821"],
+      ["fd00:10:244:3::/64", "[2001:db8::3]:51821"],
+    ]);
+  });
+
+  it("carries both subnets of a peer on one device (Mode auto, ipv4, ipv6), and drops a peer that has no row there", async () => {
+    const h = harness({ kernel: true });
+    const single: WireGuardRoute = {
+      ...route(2),
+      devices: [
+        {
+          device: "flannel-wg",
+          publicKey: key(2),
+          endpoint: "[2001:db8::2]:51820",
+          allowedIps: ["10.244.2.0/24", "fd00:10:244:2::/64"],
+        },
+      ],
+    };
+    h.dataPath.update(new Map([[leaseKey(2), single]]));
+    h.dataPath.update(new Map([[leaseKey(3), { ...route(3), devices: [] }]]));
+    await h.dataPath.ensureRunning(NODE, false);
+    expect(h.device.summary()).toEqual([`${key(2)} [2001:db8::2]:51820 10.244.2.0/24,fd00:10:244:2::/64`]);
+    expect(h.dataPath.status().peerDetails[0]?.subnet).toBe("10.244.2.0/24,fd00:10:244:2::/64");
+  });
+});
+
+interface TunnelsHarness {
+  readonly v4: Harness & { readonly process: FakeWireGuardGo };
+  readonly v6: Harness & { readonly process: FakeWireGuardGo };
+  readonly tunnels: WireGuardTunnels;
+  readonly keyFile: { key: string | undefined };
+  /** Each device's ifindex as the tunnels read it. */
+  readonly indexes: Map<string, number>;
+  /** Times the agent was told of a new key, with both devices' keys then. */
+  readonly told: [string | undefined, string | undefined][];
+}
+
+/** flannel-wg and flannel-wg-v6, both served by (fake) wireguard-go, as one data path. */
+function tunnelsHarness(): TunnelsHarness {
+  const make = (device: string, listenPort: number): Harness & { readonly process: FakeWireGuardGo } => {
+    const fake = new FakeDevice();
+    const process = new FakeWireGuardGo(fake, device);
+    const dataPath = new WireGuardDataPath(settings({ device, listenPort }), {
+      control: fake,
+      process,
+      pollMs: POLL_MS,
+    });
+    paths.push(dataPath);
+    return { device: fake, process, dataPath };
+  };
+  const v4 = make("flannel-wg", 51820);
+  const v6 = make("flannel-wg-v6", 51821);
+  const keyFile: { key: string | undefined } = { key: undefined };
+  const indexes = new Map([
+    ["flannel-wg", 10],
+    ["flannel-wg-v6", 11],
+  ]);
+  const tunnels = new WireGuardTunnels({
+    readKeyFile: () => Promise.resolve(keyFile.key),
+    deviceIndex: (device) => Promise.resolve(indexes.get(device)),
+    pollMs: POLL_MS,
+  });
+  tunnelSets.push(tunnels);
+  expect(tunnels.setDevices([v4.dataPath, v6.dataPath])).toEqual([]);
+  const told: [string | undefined, string | undefined][] = [];
+  tunnels.configure("/state/wireguard.key", () => told.push([v4.device.privateKey, v6.device.privateKey]));
+  return { v4, v6, tunnels, keyFile, indexes, told };
+}
+
+describe("WireGuardTunnels (a node's devices as one data path)", () => {
+  it("gives each device its rows and shows both in one status, each device's inside", async () => {
+    const t = tunnelsHarness();
+    t.tunnels.update(dualRows(2, 3));
+    expect(await t.tunnels.ensureRunning(NODE, false)).toBe(true);
+    expect(t.v4.device.summary()).toEqual([line(2), line(3)]);
+    expect(t.v6.device.summary()).toEqual([line6(2), line6(3)]);
+    expect([t.v4.device.listenPort, t.v6.device.listenPort]).toEqual([51820, 51821]);
+    t.tunnels.replaceAll(dualRows(3));
+    expect(await t.tunnels.ensureRunning(NODE, false)).toBe(false);
+    expect(t.v6.device.summary()).toEqual([line6(3)]);
+
+    const status = t.tunnels.status() as WireGuardTunnelsStatus;
+    expect(status).toMatchObject({
+      kind: "wireguard",
+      device: "flannel-wg",
+      what:
+        `wireguard-go on flannel-wg, port 51820, public key ${OWN_PUBLIC}; ` +
+        `wireguard-go on flannel-wg-v6, port 51821, public key ${OWN_PUBLIC}`,
+      running: true,
+      peers: 2,
+      restarts: 0,
+      repairs: 0,
+      publicKey: OWN_PUBLIC,
+    });
+    expect(status.devices.map((d) => [d.device, d.listenPort, d.peers, d.pid])).toEqual([
+      ["flannel-wg", 51820, 1, t.v4.process.pid],
+      ["flannel-wg-v6", 51821, 1, t.v6.process.pid],
+    ]);
+    expect(status.peerDetails.map((p) => [p.device, p.subnet, p.endpoint])).toEqual([
+      ["flannel-wg", "10.244.3.0/24", "198.18.0.3:51820"],
+      ["flannel-wg-v6", "fd00:10:244:3::/64", "[2001:db8::3]:51821"],
+    ]);
+  });
+
+  it("is one device's status when it serves one (IPv4 only, IPv6 only, one tunnel)", async () => {
+    const t = tunnelsHarness();
+    t.tunnels.setDevices([t.v6.dataPath]);
+    t.tunnels.update(dualRows(2));
+    await t.tunnels.ensureRunning(NODE, false);
+    expect(t.tunnels.status()).toEqual(t.v6.dataPath.status());
+    expect(t.v4.device.summary()).toEqual([]);
+  });
+
+  it("counts repairs and restarts of either device", async () => {
+    const t = tunnelsHarness();
+    t.tunnels.update(dualRows(2));
+    await t.tunnels.ensureRunning(NODE, false);
+    t.v6.device.peers.delete(key(2));
+    await poll();
+    expect(t.v6.device.summary()).toEqual([line6(2)]);
+    expect(t.tunnels.status()).toMatchObject({ repairs: 1, restarts: 0 });
+  });
+
+  it("tells the loop when either wireguard-go exits, naming its device, and starts only that one again", async () => {
+    const t = tunnelsHarness();
+    const reasons: string[] = [];
+    t.tunnels.onStopped((reason) => reasons.push(reason));
+    t.tunnels.update(dualRows(2));
+    await t.tunnels.ensureRunning(NODE, false);
+    const pid = t.v6.process.pid;
+    t.v6.process.die();
+    await poll();
+    expect(reasons).toEqual([`wireguard-go (pid ${pid ?? "?"}) on flannel-wg-v6 exited`]);
+    expect(t.tunnels.status()).toMatchObject({ running: false, restarts: 1 });
+    expect(await t.tunnels.ensureRunning(NODE, false)).toBe(true);
+    expect(t.v4.process.ensures).toBe(2);
+    expect(t.v4.process.terminations).toBe(0);
+    expect(t.v6.device.summary()).toEqual([line6(2)]);
+    expect(t.tunnels.status()).toMatchObject({ running: true, restarts: 1 });
+  });
+
+  it("starts again only the wireguard-go of the device that was made anew", async () => {
+    const t = tunnelsHarness();
+    t.tunnels.update(dualRows(2));
+    await t.tunnels.ensureRunning(NODE, false);
+    t.indexes.set("flannel-wg-v6", 12); // deleted and made anew by the loop
+    expect(await t.tunnels.ensureRunning(NODE, true)).toBe(true);
+    expect(t.v4.process.terminations).toBe(0);
+    expect(t.v6.process.terminations).toBe(1);
+    expect(t.v6.device.summary()).toEqual([line6(2)]);
+    // A device whose index cannot be read counts as made anew.
+    t.indexes.delete("flannel-wg");
+    await t.tunnels.ensureRunning(NODE, true);
+    expect(t.v4.process.terminations).toBe(1);
+    expect(t.v6.process.terminations).toBe(1);
+  });
+
+  it("keeps serving one device when the other cannot start, and says why", async () => {
+    const t = tunnelsHarness();
+    t.v6.process.failStart = new Error("wireguard-go -f flannel-wg-v6 did not start");
+    t.tunnels.update(dualRows(2));
+    await expect(t.tunnels.ensureRunning(NODE, false)).rejects.toThrow("flannel-wg-v6 did not start");
+    expect(t.v4.device.summary()).toEqual([line(2)]);
+    expect(t.tunnels.status()).toMatchObject({
+      running: false,
+      lastFailure: "wireguard-go -f flannel-wg-v6 did not start",
+    });
+    t.v6.process.failStart = undefined;
+    await t.tunnels.ensureRunning(NODE, false);
+    expect(t.v6.device.summary()).toEqual([line6(2)]);
+    expect(t.tunnels.status()).toMatchObject({ running: true, lastFailure: undefined });
+  });
+
+  it("sets a rotated key on every device before telling the agent, once", async () => {
+    const t = tunnelsHarness();
+    t.tunnels.update(dualRows(2));
+    await t.tunnels.ensureRunning(NODE, false);
+    t.keyFile.key = OWN_PRIVATE; // the key it has: nothing to say
+    await poll(2);
+    expect(t.told).toEqual([]);
+
+    const rotated = encodeKey(generatePrivateKey((n) => Buffer.alloc(n, 102)));
+    const rotatedPublic = encodeKey(publicKeyOf(Buffer.from(rotated, "base64")));
+    t.keyFile.key = rotated;
+    await poll();
+    // Both devices had the new key when the agent was told (it then re-publishes the lease).
+    expect(t.told).toEqual([[rotated, rotated]]);
+    expect(t.tunnels.status().publicKey).toBe(rotatedPublic);
+    expect((t.tunnels.status() as WireGuardTunnelsStatus).devices.map((d) => d.publicKey)).toEqual([
+      rotatedPublic,
+      rotatedPublic,
+    ]);
+    // The peers stay, and it is not someone else's change.
+    expect(t.v4.device.summary()).toEqual([line(2)]);
+    expect(t.v6.device.summary()).toEqual([line6(2)]);
+    expect(t.tunnels.status().repairs).toBe(0);
+    await poll(3);
+    expect(t.told).toHaveLength(1);
+
+    // Prepared again with the new key: nothing more to do or say.
+    const changes = [t.v4.device.changes.length, t.v6.device.changes.length];
+    t.v4.dataPath.configure(settings({ privateKey: rotated, publicKey: rotatedPublic }));
+    t.v6.dataPath.configure(
+      settings({ device: "flannel-wg-v6", listenPort: 51821, privateKey: rotated, publicKey: rotatedPublic }),
+    );
+    await t.tunnels.ensureRunning(NODE, false);
+    await poll(3);
+    expect(t.told).toHaveLength(1);
+    expect([t.v4.device.changes.length, t.v6.device.changes.length]).toEqual(changes);
+  });
+
+  it("keeps the old key on every device while one does not take the new one, and tells nothing", async () => {
+    const t = tunnelsHarness();
+    await t.tunnels.ensureRunning(NODE, false);
+    t.v6.device.failSet = new Error("EPERM");
+    t.keyFile.key = key(102);
+    await poll();
+    // The lease must not carry a key a device does not have; flannel-wg got its old key back.
+    expect(t.told).toEqual([]);
+    expect([t.v4.device.privateKey, t.v6.device.privateKey]).toEqual([OWN_PRIVATE, OWN_PRIVATE]);
+    expect(t.tunnels.status()).toMatchObject({
+      publicKey: OWN_PUBLIC,
+      lastFailure: "cannot set the new key on flannel-wg-v6: EPERM",
+      repairs: 0,
+    });
+    t.v6.device.failSet = undefined;
+    await poll();
+    expect([t.v4.device.privateKey, t.v6.device.privateKey]).toEqual([key(102), key(102)]);
+    expect(t.told).toEqual([[key(102), key(102)]]);
+    await poll();
+    expect(t.tunnels.status()).toMatchObject({ lastFailure: undefined, repairs: 0 });
+  });
+
+  it("hands back the devices it no longer serves, and ends every wireguard-go at retire()", async () => {
+    const t = tunnelsHarness();
+    let retired = 0;
+    const tunnels = new WireGuardTunnels({
+      readKeyFile: () => Promise.resolve(undefined),
+      deviceIndex: () => Promise.resolve(1),
+      pollMs: POLL_MS,
+      onRetired: () => retired++,
+    });
+    tunnelSets.push(tunnels);
+    tunnels.setDevices([t.v4.dataPath, t.v6.dataPath]);
+    await tunnels.ensureRunning(NODE, false);
+    expect(tunnels.setDevices([t.v4.dataPath])).toEqual([t.v6.dataPath]);
+    await tunnels.retire();
+    expect(t.v4.process.terminations).toBe(1);
+    expect(t.v6.process.terminations).toBe(0); // the caller retires what it handed back
+    expect(retired).toBe(1);
+    expect(vi.getTimerCount()).toBeGreaterThan(0); // flannel-wg-v6's own poll still runs
+    await t.v6.dataPath.retire();
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

@@ -13,7 +13,7 @@ const MODES: readonly WireGuardMode[] = ["separate", "auto", "ipv4", "ipv6"];
 
 export interface WireGuardOptions {
   readonly listenPort: number;
-  /** flannel's port of the IPv6 device (separate mode); kept for when twill has IPv6. */
+  /** The port of flannel-wg-v6, the IPv6 device of Mode separate. */
   readonly listenPortV6: number;
   /** Base MTU before the 80-byte WireGuard overhead; undefined = the external interface's MTU. */
   readonly mtu: number | undefined;
@@ -21,6 +21,11 @@ export interface WireGuardOptions {
   readonly psk: string | undefined;
   /** Seconds; 0 = off. */
   readonly persistentKeepalive: number;
+  /**
+   * How the families are carried: "separate", a device per family (flannel-wg over the IPv4
+   * underlay, flannel-wg-v6 over the IPv6 one); "auto", "ipv4", "ipv6": one device, flannel-wg, for
+   * both, its peers reached over the IPv4 or IPv6 underlay (auto: chosen per peer).
+   */
   readonly mode: WireGuardMode;
 }
 
@@ -92,13 +97,6 @@ export function parseWireGuardOptions(raw: JsonObject, warnings: string[]): Wire
     throw new JsonFieldError(
       "Backend.Mode",
       `Backend.Mode "${modeText}": no valid Mode; one of ${MODES.map((m) => `"${m}"`).join(", ")} (default "separate")`,
-    );
-  }
-  if (mode === "ipv6") {
-    throw new JsonFieldError(
-      "Backend.Mode",
-      `Backend.Mode "ipv6": tunnels over IPv6 need an IPv6 network (EnableIPv6), which twill does not have yet; ` +
-        `use "separate" (the default), "auto" or "ipv4"`,
     );
   }
   return {

@@ -1,8 +1,8 @@
-// The WireGuard device's configuration, kept as twill wants it: the node's key and port, and a peer per
-// node lease (public key, endpoint, the peer's subnet as allowed IPs, pre-shared key, keepalive). The
-// data-plane loop feeds it every peer change; a poll every POLL_MS reads the device again, restores
-// what someone changed by hand, keeps the figures for metrics and status, notices a rotated key file,
-// and (userspace) starts wireguard-go again when it exited.
+// One WireGuard device's configuration, kept as twill wants it: the node's key and port, and a peer per
+// node lease (public key, endpoint, the peer's subnets as allowed IPs, pre-shared key, keepalive). The
+// data-plane loop feeds it every peer change (through WireGuardTunnels, which serves a node's one or
+// two devices); a poll every POLL_MS reads the device again, restores what someone changed by hand,
+// keeps the figures for metrics and status, and (userspace) starts wireguard-go again when it exited.
 import type { Logger } from "pino";
 import type {
   NodeFacts,
@@ -21,7 +21,6 @@ import {
   type WantedDevice,
   type WantedPeer,
 } from "./device-state.js";
-import { encodeKey, publicKeyOf } from "./keys.js";
 import type { WireGuardGo } from "./wireguard-go.js";
 
 export interface WireGuardSettings {
@@ -32,8 +31,6 @@ export interface WireGuardSettings {
   readonly keepalive: number;
   readonly privateKey: string;
   readonly publicKey: string;
-  /** The key file, read each poll: a new key there (twill wireguard rotate-key) is taken up. */
-  readonly keyFile: string;
 }
 
 export interface WireGuardDeps {
@@ -41,8 +38,6 @@ export interface WireGuardDeps {
   /** wireguard-go, when the implementation is userspace. */
   readonly process?: WireGuardGo;
   readonly log?: Logger;
-  /** Reads the key file: the key in it now, or undefined. */
-  readonly readKeyFile: (path: string) => Promise<string | undefined>;
   readonly pollMs?: number;
   /** Called when the node leaves the backend: whoever keeps this data path lets go of it. */
   readonly onRetired?: () => void;
@@ -55,14 +50,50 @@ const POLL_BUDGET = 100;
 /** However large the device, drift is found within this. */
 const MAX_POLL_MS = 5_000;
 
-function sameRow(a: UserspaceRoute | undefined, b: UserspaceRoute | undefined): boolean {
+/** One peer on one device, as the backend wants it. */
+export interface DevicePeerRow {
+  readonly device: string;
+  readonly publicKey: string;
+  /** "198.18.0.2:51820", "[2001:db8::2]:51821" */
+  readonly endpoint: string;
+  /** The peer's subnets this device carries (CIDR text). */
+  readonly allowedIps: readonly string[];
+}
+
+/**
+ * A peer's UserspaceRoute as the wireguard backend makes it: besides the IPv4 fields every
+ * UserspaceRoute has (0.0.0.0/0 on an IPv6-only peer), its row on each of this node's devices.
+ */
+export interface WireGuardRoute extends UserspaceRoute {
+  readonly devices: readonly DevicePeerRow[];
+}
+
+export function isWireGuardRoute(route: UserspaceRoute): route is WireGuardRoute {
+  return "devices" in route && Array.isArray(route.devices);
+}
+
+/**
+ * A peer's row on `device`: the wireguard backend's own, or, for a plain IPv4 UserspaceRoute, its
+ * subnet at its address and port; undefined when the peer has none there (no key, another device).
+ */
+export function deviceRowOf(device: string, route: UserspaceRoute): DevicePeerRow | undefined {
+  if (isWireGuardRoute(route)) return route.devices.find((row) => row.device === device);
+  if (route.publicKey === undefined) return undefined;
+  return {
+    device,
+    publicKey: route.publicKey,
+    endpoint: `${formatIPv4(route.endpoint.address)}:${route.endpoint.port}`,
+    allowedIps: [formatCidr(route.subnet)],
+  };
+}
+
+function sameRow(a: DevicePeerRow | undefined, b: DevicePeerRow | undefined): boolean {
   if (a === undefined || b === undefined) return a === b;
   return (
     a.publicKey === b.publicKey &&
-    a.endpoint.address === b.endpoint.address &&
-    a.endpoint.port === b.endpoint.port &&
-    a.subnet.ip === b.subnet.ip &&
-    a.subnet.prefixLen === b.subnet.prefixLen
+    a.endpoint === b.endpoint &&
+    a.allowedIps.length === b.allowedIps.length &&
+    a.allowedIps.every((ip, i) => ip === b.allowedIps[i])
   );
 }
 
@@ -75,21 +106,21 @@ async function readDevice(control: WireGuardControl): Promise<DeviceReading> {
 
 /** Peers as WireGuard gets them: by public key, each key once (the first lease by key order wins). */
 export function wantedPeers(
-  rows: ReadonlyMap<string, UserspaceRoute>,
+  rows: ReadonlyMap<string, DevicePeerRow>,
   settings: Pick<WireGuardSettings, "publicKey" | "psk" | "keepalive">,
 ): Map<string, WantedPeer> {
   const peers = new Map<string, WantedPeer>();
   for (const key of [...rows.keys()].sort()) {
     const row = rows.get(key);
-    const publicKey = row?.publicKey;
-    if (row === undefined || publicKey === undefined) continue;
+    if (row === undefined) continue;
+    const publicKey = row.publicKey;
     // Our own key on a peer's lease is a copied identity, which the peer view sets aside; two leases
     // with one key cannot both be WireGuard peers, so the first by key order is, deterministically.
     if (publicKey === settings.publicKey || peers.has(publicKey)) continue;
     peers.set(publicKey, {
       publicKey,
-      endpoint: `${formatIPv4(row.endpoint.address)}:${row.endpoint.port}`,
-      allowedIps: [formatCidr(row.subnet)],
+      endpoint: row.endpoint,
+      allowedIps: [...row.allowedIps],
       presharedKey: settings.psk,
       keepalive: settings.keepalive,
     });
@@ -110,7 +141,8 @@ function describeChange(change: DeviceChange): string {
 }
 
 export class WireGuardDataPath implements UserspaceDataPath {
-  private readonly rows = new Map<string, UserspaceRoute>();
+  /** This device's rows, by lease key. */
+  private readonly rows = new Map<string, DevicePeerRow>();
   /** Peers whose endpoint changed in their lease: set again even if WireGuard learned another. */
   private readonly endpointsToSet = new Set<string>();
   /** The loop's; set again when it takes this data path up again (a backend switched back). */
@@ -137,7 +169,6 @@ export class WireGuardDataPath implements UserspaceDataPath {
   private readCosts: number[] = [];
   /** The wireguard-go whose exit was counted. */
   private exitCounted: number | undefined;
-  private keyChangedListener: (() => void) | undefined;
   private readonly pollMs: number;
 
   constructor(
@@ -148,15 +179,48 @@ export class WireGuardDataPath implements UserspaceDataPath {
   }
 
   /** New settings from a new preparation (a rotated key, another port): the next sync applies them. */
-  configure(settings: WireGuardSettings, onKeyChanged: () => void): void {
+  configure(settings: WireGuardSettings): void {
     this.settings = settings;
     this.matched = undefined;
     this.settingsVersion++;
-    this.keyChangedListener = onKeyChanged;
   }
 
   get implementation(): "kernel" | "userspace" {
     return this.settings.implementation;
+  }
+
+  get device(): string {
+    return this.settings.device;
+  }
+
+  /** The private key the device is to have. */
+  get privateKey(): string {
+    return this.settings.privateKey;
+  }
+
+  /** The public key of privateKey, as published. */
+  get publicKey(): string {
+    return this.settings.publicKey;
+  }
+
+  /**
+   * Sets a new key pair on the device now; throws, keeping the old one, when the device does not take
+   * it (a rotated key: see WireGuardTunnels).
+   */
+  async setKey(privateKey: string, publicKey: string): Promise<void> {
+    const previous = this.settings;
+    this.settings = { ...previous, privateKey, publicKey };
+    this.matched = undefined;
+    this.settingsVersion++;
+    try {
+      await this.sync();
+    } catch (error) {
+      // Not on the device (or only in part): what it should have is the old key, until told again.
+      if (this.settings.privateKey === privateKey) this.settings = previous;
+      this.settingsVersion++;
+      this.lastFailure = `cannot set the new key on ${previous.device}: ${(error as Error).message}`;
+      throw error;
+    }
   }
 
   async ensureRunning(_node: NodeFacts, deviceRemade: boolean): Promise<boolean> {
@@ -179,8 +243,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
           how === "adopted" ? "adopted the running wireguard-go" : "started wireguard-go",
         );
         // A new wireguard-go knows no peer yet; an adopted one keeps the endpoints it learned.
-        if (how === "started")
-          for (const row of this.rows.values()) if (row.publicKey) this.endpointsToSet.add(row.publicKey);
+        if (how === "started") for (const row of this.rows.values()) this.endpointsToSet.add(row.publicKey);
       }
     }
     if (!this.everSynced && !started && !deviceRemade) {
@@ -206,20 +269,15 @@ export class WireGuardDataPath implements UserspaceDataPath {
   }
 
   update(changes: ReadonlyMap<string, UserspaceRoute | undefined>): void {
-    for (const [key, row] of changes) {
+    for (const [key, route] of changes) {
       const before = this.rows.get(key);
+      const row = route === undefined ? undefined : deviceRowOf(this.settings.device, route);
       // Only a real change makes the next sync's work expected (a resync hands over every row again).
       if (!sameRow(before, row)) this.rowsVersion++;
       if (row === undefined) this.rows.delete(key);
       else {
         this.rows.set(key, row);
-        if (
-          row.publicKey !== undefined &&
-          (before === undefined ||
-            before.endpoint.address !== row.endpoint.address ||
-            before.endpoint.port !== row.endpoint.port ||
-            before.publicKey !== row.publicKey)
-        )
+        if (before === undefined || before.endpoint !== row.endpoint || before.publicKey !== row.publicKey)
           this.endpointsToSet.add(row.publicKey);
       }
     }
@@ -251,8 +309,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
   status(): WireGuardStatus {
     const s = this.settings;
     const subnets = new Map<string, string>();
-    for (const row of this.rows.values())
-      if (row.publicKey) subnets.set(row.publicKey, formatCidr(row.subnet));
+    for (const row of this.rows.values()) subnets.set(row.publicKey, row.allowedIps.join(","));
     // The peers as twill knows them (rounds change them without reading the device back); their
     // handshakes and counters from the last reading, parsed here, at scrape, not at every poll.
     const read = this.last?.state();
@@ -397,7 +454,7 @@ export class WireGuardDataPath implements UserspaceDataPath {
     if (process !== undefined && !process.alive()) {
       this.active = false;
       this.countExit(process.pid);
-      const reason = `wireguard-go (pid ${process.pid ?? "?"}) exited`;
+      const reason = `wireguard-go (pid ${process.pid ?? "?"}) on ${this.settings.device} exited`;
       this.lastFailure = reason;
       this.stoppedListener?.(reason);
       return;
@@ -408,36 +465,5 @@ export class WireGuardDataPath implements UserspaceDataPath {
     } catch (error) {
       this.lastFailure = `cannot read or set ${this.settings.device}: ${(error as Error).message}`;
     }
-    await this.checkKeyFile();
-  }
-
-  /**
-   * A new key in the key file (twill wireguard rotate-key) goes on the device first, then into the
-   * lease: a peer that learns the new key from the lease then finds it in use already, and its first
-   * handshake succeeds. (The other order lets a fast peer's handshake meet the old key and be dropped,
-   * and WireGuard tries again only after 5 s.)
-   */
-  private async checkKeyFile(): Promise<void> {
-    const inFile = await this.deps.readKeyFile(this.settings.keyFile);
-    if (!this.active || inFile === undefined || inFile === this.settings.privateKey) return;
-    this.deps.log?.info(
-      { keyFile: this.settings.keyFile },
-      "a new WireGuard private key in the key file: setting it on the device and re-publishing",
-    );
-    const previous = this.settings;
-    const publicKey = encodeKey(publicKeyOf(Buffer.from(inFile, "base64")));
-    this.settings = { ...previous, privateKey: inFile, publicKey };
-    this.matched = undefined;
-    this.settingsVersion++;
-    try {
-      await this.sync();
-    } catch (error) {
-      // Not on the device: the lease keeps the key in use, and the next poll tries again.
-      if (this.settings.privateKey === inFile) this.settings = previous;
-      this.settingsVersion++;
-      this.lastFailure = `cannot set the new key on ${previous.device}: ${(error as Error).message}`;
-      return;
-    }
-    this.keyChangedListener?.();
   }
 }
