@@ -287,6 +287,8 @@ export class Agent {
       {
         chosen: (info, watch) =>
           store.updateMasq(() => ({ iptables: { command: info.command, reason: info.reason }, watch })),
+        chosen6: (info) =>
+          store.updateMasq(() => ({ ip6tables: { command: info.command, reason: info.reason } })),
         checked: ({ missing, error, first }) => {
           const restored = error === undefined && !first ? missing.length : 0;
           store.updateMasq((m) => ({

@@ -60,6 +60,8 @@ export interface MasqState {
   readonly installed: boolean;
   /** The iptables command the rules go through and why, once chosen. */
   readonly iptables: { readonly command: string; readonly reason: string } | undefined;
+  /** The ip6tables command the IPv6 rules go through and why, once chosen (IPv6 on). */
+  readonly ip6tables?: { readonly command: string; readonly reason: string } | undefined;
   /** How removed rules are noticed: "nftables notifications", "legacy table counters" or "timer". */
   readonly watch: string | undefined;
   readonly restored: number;

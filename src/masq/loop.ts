@@ -119,6 +119,8 @@ export type RuleWatchFactory = (info: IptablesInfo, onChange: () => void) => Rul
 export interface MasqEvents {
   /** The iptables backend was chosen (once). */
   chosen?(info: IptablesInfo, watch: string | undefined): void;
+  /** The ip6tables command for the IPv6 rules was chosen (once, when IPv6 rules are first wanted). */
+  chosen6?(info: IptablesInfo): void;
   /** A check ran: rules it restored (after the first install), or the error. */
   checked?(result: {
     readonly missing: readonly string[];
@@ -166,6 +168,7 @@ export class MasqLoop {
       info6 = await this.manager.info6();
       if (!this.loggedInfo6) {
         this.loggedInfo6 = true;
+        this.events.chosen6?.(info6);
         this.log.info(
           { command: info6.command, reason: info6.reason, version: info6.version, backend: info6.backend },
           "ip6tables chosen for the IPv6 rules",

@@ -101,6 +101,8 @@ export interface StatusJson {
     readonly errors: number;
     /** The iptables command the rules go through and why; null until chosen or without rules. */
     readonly iptables: { readonly command: string; readonly reason: string } | null;
+    /** The same for the IPv6 rules; null without IPv6. */
+    readonly ip6tables?: { readonly command: string; readonly reason: string } | null;
     /** How a removed rule is noticed ("nftables notifications", "legacy table counters", "timer"). */
     readonly watch?: string | null;
   };
@@ -298,6 +300,7 @@ export function buildStatus(input: StatusInput): StatusJson {
       restored: agent.masq.restored,
       errors: agent.masq.errors,
       iptables: agent.masq.iptables ? { ...agent.masq.iptables } : null,
+      ip6tables: agent.masq.ip6tables ? { ...agent.masq.ip6tables } : null,
       watch: agent.masq.watch ?? null,
     },
     ...userspaceJson(agent),
@@ -519,6 +522,9 @@ export function renderStatus(status: StatusJson): string {
   if (status.masq.iptables) {
     const watch = status.masq.watch ? `; removals noticed by ${status.masq.watch}` : "";
     field("iptables", `${status.masq.iptables.command} (${status.masq.iptables.reason})${watch}`);
+  }
+  if (status.masq.ip6tables) {
+    field("ip6tables", `${status.masq.ip6tables.command} (${status.masq.ip6tables.reason})`);
   }
   if (status.masq.restored > 0 || status.masq.errors > 0) {
     field("masquerade", `${status.masq.restored} rules restored, ${plural(status.masq.errors, "error")}`);

@@ -512,6 +512,7 @@ describe("MasqLoop with IPv6 targets (fake iptables, fake notices)", () => {
     const checks: { missing: readonly string[]; error: Error | undefined; first: boolean }[] = [];
     let onChange: (() => void) | undefined;
     let installed = 0;
+    const chosen6: string[] = [];
     const loop = new MasqLoop(
       new MasqManager(fake),
       {
@@ -522,7 +523,11 @@ describe("MasqLoop with IPv6 targets (fake iptables, fake notices)", () => {
         safetyResyncMs: 300_000,
       },
       logs.log,
-      { checked: (c) => checks.push(c), installed: () => installed++ },
+      {
+        checked: (c) => checks.push(c),
+        installed: () => installed++,
+        chosen6: (info) => chosen6.push(info.command),
+      },
       (_info, callback) => {
         onChange = callback;
         return { kind: "fake notices", close: () => undefined };
@@ -542,6 +547,7 @@ describe("MasqLoop with IPv6 targets (fake iptables, fake notices)", () => {
       clock,
       logs,
       checks,
+      chosen6,
       installed: () => installed,
       notice: () => onChange?.(),
       set: (t: MasqTarget) => loop.set(t),
@@ -570,6 +576,7 @@ describe("MasqLoop with IPv6 targets (fake iptables, fake notices)", () => {
       expect(h.logs.withMsg("ip6tables chosen for the IPv6 rules")[0]).toMatchObject({
         command: "ip6tables",
       });
+      expect(h.chosen6).toEqual(["ip6tables"]);
 
       fake.tables.delete("6 nat");
       h.notice();

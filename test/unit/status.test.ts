@@ -172,10 +172,21 @@ describe("buildStatus", () => {
         command: "iptables-nft",
         reason: "kubelet's KUBE-IPTABLES-HINT chain is in the nft tables",
       },
+      ip6tables: null,
       watch: "nftables notifications",
     });
     // Plain JSON: survives a round trip unchanged.
     expect(JSON.parse(JSON.stringify(s))).toEqual(s);
+  });
+
+  it("names the ip6tables command of the IPv6 rules once chosen", () => {
+    const agent = readyAgent();
+    const s = status({
+      ...agent,
+      masq: { ...agent.masq, ip6tables: { command: "ip6tables-nft", reason: "the IPv4 rules' backend" } },
+    });
+    expect(s.masq.ip6tables).toEqual({ command: "ip6tables-nft", reason: "the IPv4 rules' backend" });
+    expect(renderStatus(s)).toContain("ip6tables:      ip6tables-nft (the IPv4 rules' backend)\n");
   });
 
   it("shows a reservation without an expiry, and a missing config with its key", () => {
@@ -221,7 +232,7 @@ describe("buildStatus", () => {
     expect(s.lease).toBeNull();
     expect(s.peers).toEqual([]);
     expect(s.lastRound).toBeNull();
-    expect(s.masq).toEqual({ restored: 0, errors: 0, iptables: null, watch: null });
+    expect(s.masq).toEqual({ restored: 0, errors: 0, iptables: null, ip6tables: null, watch: null });
   });
 });
 

@@ -88,6 +88,12 @@ export function parseVxlanPeerData(text: string | undefined, v6Text: string | un
   if ((text === undefined || text === "null") && v6 !== undefined) {
     return new VxlanPeerData(v6.vni, v6.vtepMac, v6, false);
   }
+  if (text === undefined && v6Text === undefined) {
+    throw new LeaseDecodeError(
+      "BackendData",
+      "BackendData is missing (vxlan needs VtepMAC; an IPv6-only peer publishes it as BackendV6Data)",
+    );
+  }
   const v4 = parseVtep(text, "BackendData");
   return new VxlanPeerData(v4.vni, v4.vtepMac, v6);
 }
