@@ -16,12 +16,11 @@ import { permanentFdb, permanentNeighbour, ownedRoute, type Route } from "../../
 import type { Family } from "../../src/ip/address.js";
 import { formatCidr, formatIPv4, parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { parseCidr6 } from "../../src/ip/ipv6.js";
-import { subnetKey } from "../../src/lease/key.js";
 import type { Lease } from "../../src/lease/lease.js";
 import type { ExternalInterface } from "../../src/node/external-interface.js";
 import { FakeClock, settle } from "../helpers/fake-clock.js";
 import { FakeKernel } from "../helpers/fake-kernel.js";
-import { leaseKey, peerLease, vtepMac } from "../helpers/leases.js";
+import { familyLease, leaseKey, peerLease, vtepMac, type FamilySpec } from "../helpers/leases.js";
 import { captureLogs, type CapturedLogs } from "../helpers/logs.js";
 
 const EXTERNAL: ExternalInterface = {
@@ -753,32 +752,7 @@ const OWN6 = parseCidr6("fd00:10:244:1::/64");
 const NO_IPV4 = parseCidr("0.0.0.0/0");
 
 /** Peer n of any family mix (`v4`/`v6` false to leave one out), vxlan with both VTEPs unless host-gw. */
-function peer46(
-  n: number,
-  options: { v4?: boolean; v6?: boolean; type?: string; publicIP?: string; publicIPv6?: string } = {},
-): Lease {
-  const h = n.toString(16);
-  const v4 = options.v4 ?? true;
-  const v6 = options.v6 ?? true;
-  const type = options.type ?? "vxlan";
-  const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
-  const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
-  return {
-    subnet,
-    ipv6Subnet,
-    attrs: {
-      publicIP: v4 ? parseIPv4(options.publicIP ?? `198.18.0.${n}`) : 0,
-      publicIPv6: v6 ? (options.publicIPv6 ?? `2001:db8:18::${h}`) : null,
-      backendType: type,
-      backendData: type === "vxlan" && v4 ? `{"VNI":1,"VtepMAC":"${vtepMac(n)}"}` : undefined,
-      backendV6Data: type === "vxlan" && v6 ? `{"VNI":1,"VtepMAC":"${vtepMac(0x80 + n)}"}` : undefined,
-    },
-    key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
-    etcdLeaseId: "7",
-    createRevision: n,
-    modRevision: n,
-  };
-}
+const peer46 = (n: number, options: FamilySpec = {}): Lease => familyLease(n, options);
 
 interface DualHarness extends Harness {
   readonly forwarding: Family[];

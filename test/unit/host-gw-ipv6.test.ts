@@ -5,13 +5,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { familyLease, type FamilySpec } from "../helpers/leases.js";
 import type { NodeBackend, NodeFacts, PeerState } from "../../src/backends/backend.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { ownedRoute, type KernelObject } from "../../src/dataplane/objects.js";
 import { parsePrefix } from "../../src/ip/address.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { parseCidr6 } from "../../src/ip/ipv6.js";
-import { subnetKey } from "../../src/lease/key.js";
 import type { Lease } from "../../src/lease/lease.js";
 
 const EXTERNAL = {
@@ -68,37 +68,7 @@ async function hostGw(families: { ipv4: boolean; ipv6: boolean }): Promise<NodeB
 }
 
 /** Peer n: `v4` false for IPv6-only; `publicIPv6` null for none. */
-function peer(
-  n: number,
-  options: {
-    v4?: boolean;
-    v6?: boolean;
-    publicIP?: string;
-    publicIPv6?: string | null;
-    type?: string;
-  } = {},
-): Lease {
-  const h = n.toString(16);
-  const v4 = options.v4 ?? true;
-  const v6 = options.v6 ?? true;
-  const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
-  const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
-  return {
-    subnet,
-    ipv6Subnet,
-    attrs: {
-      publicIP: v4 ? parseIPv4(options.publicIP ?? `198.18.0.${n}`) : 0,
-      publicIPv6: v6 ? (options.publicIPv6 === undefined ? `2001:db8:18::${h}` : options.publicIPv6) : null,
-      backendType: options.type ?? "host-gw",
-      backendData: undefined,
-      backendV6Data: undefined,
-    },
-    key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
-    etcdLeaseId: "7",
-    createRevision: n,
-    modRevision: n,
-  };
-}
+const peer = (n: number, options: FamilySpec = {}): Lease => familyLease(n, { type: "host-gw", ...options });
 
 const route4 = (n: number, gateway = `198.18.0.${n}`): KernelObject =>
   ownedRoute({ family: 4, dst: `10.244.${n}.0/24`, gateway, dev: "eth0", onlink: false });

@@ -1,14 +1,13 @@
 // Prometheus metrics: counters fed by the loops' events, gauges read from the agent's state at scrape
 // (so they never disagree with /readyz and /status), and no label that grows with the cluster.
 import { describe, expect, it, vi } from "vitest";
+import { familyLease } from "../helpers/leases.js";
 import type { PeerStatus } from "../../src/backends/backend.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import type { PlannedOp } from "../../src/dataplane/kinds/index.js";
 import { TRIGGERS, type RoundReport } from "../../src/dataplane/loop.js";
 import { ownedRoute, permanentFdb, permanentNeighbour } from "../../src/dataplane/objects.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
-import { parseCidr6 } from "../../src/ip/ipv6.js";
-import { subnetKey } from "../../src/lease/key.js";
 import type { OwnLease } from "../../src/lease/keeper.js";
 import type { Lease } from "../../src/lease/lease.js";
 import type { PeerView } from "../../src/lease/peer-view.js";
@@ -782,28 +781,8 @@ describe("wireguard metrics (a backend's userspace data path)", () => {
 
 describe("Metrics with IPv6", () => {
   /** Peer n of any family mix: `v4`/`v6` false to leave one out. */
-  function lease46(n: number, families: { v4?: boolean; v6?: boolean } = {}): Lease {
-    const h = n.toString(16);
-    const v4 = families.v4 ?? true;
-    const v6 = families.v6 ?? true;
-    const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
-    const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
-    return {
-      subnet,
-      ipv6Subnet,
-      attrs: {
-        publicIP: v4 ? parseIPv4(`198.18.0.${n}`) : 0,
-        publicIPv6: v6 ? `2001:db8:18::${h}` : null,
-        backendType: "vxlan",
-        backendData: undefined,
-        backendV6Data: undefined,
-      },
-      key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
-      etcdLeaseId: "7",
-      createRevision: n,
-      modRevision: n,
-    };
-  }
+  const lease46 = (n: number, families: { v4?: boolean; v6?: boolean } = {}): Lease =>
+    familyLease(n, { ...families, data: undefined, v6Data: undefined });
 
   it("twill_peer_subnets counts valid peers' subnets per family; a dual-stack peer counts in both", async () => {
     const agent = new Wired();

@@ -1,9 +1,8 @@
 // The /status document and `twill status`'s rendering of it, built from the agent's state.
 import { describe, expect, it } from "vitest";
+import { familyLease } from "../helpers/leases.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
-import { parseCidr6 } from "../../src/ip/ipv6.js";
-import { subnetKey } from "../../src/lease/key.js";
 import type { Lease } from "../../src/lease/lease.js";
 import {
   buildStatus,
@@ -588,28 +587,8 @@ const v6ConfigText =
   '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}';
 
 /** Peer n of any family mix: `v4`/`v6` false to leave one out. */
-function lease46(n: number, families: { v4?: boolean; v6?: boolean } = {}): Lease {
-  const h = n.toString(16);
-  const v4 = families.v4 ?? true;
-  const v6 = families.v6 ?? true;
-  const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
-  const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
-  return {
-    subnet,
-    ipv6Subnet,
-    attrs: {
-      publicIP: v4 ? parseIPv4(`198.18.0.${n}`) : 0,
-      publicIPv6: v6 ? `2001:db8:18::${h}` : null,
-      backendType: "vxlan",
-      backendData: undefined,
-      backendV6Data: undefined,
-    },
-    key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
-    etcdLeaseId: "7",
-    createRevision: n,
-    modRevision: n,
-  };
-}
+const lease46 = (n: number, families: { v4?: boolean; v6?: boolean } = {}): Lease =>
+  familyLease(n, { ...families, data: undefined, v6Data: undefined });
 
 /** readyAgent as a dual-stack (or IPv6-only) node with peers of every family mix. */
 function agent46(ipv4 = true): AgentState {

@@ -6,6 +6,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { familyLease, type FamilySpec } from "../helpers/leases.js";
 import type { NodeBackend, NodeFacts, PeerState } from "../../src/backends/backend.js";
 import { backendForLease, identityByBackend, parsePeerDataByBackend } from "../../src/backends/registry.js";
 import {
@@ -27,7 +28,6 @@ import { parsePrefix } from "../../src/ip/address.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { parseCidr6 } from "../../src/ip/ipv6.js";
 import { encodeLeaseAttrs, LeaseDecodeError } from "../../src/lease/attrs.js";
-import { subnetKey } from "../../src/lease/key.js";
 import { computeView } from "../../src/lease/peer-view.js";
 import type { Lease } from "../../src/lease/lease.js";
 
@@ -105,36 +105,14 @@ const mac6 = (n: number): string => `0a:00:00:00:06:${n.toString(16).padStart(2,
 const vtep = (vni: number, mac: string): string => `{"VNI":${vni},"VtepMAC":"${mac}"}`;
 
 /** Peer n; `data`/`v6Data` undefined to omit them; `v4`/`v6` false for a single-family lease. */
-function peer(
-  n: number,
-  options: {
-    v4?: boolean;
-    v6?: boolean;
-    publicIPv6?: string;
-    data?: string | undefined;
-    v6Data?: string | undefined;
-  } = {},
-): Lease {
-  const h = n.toString(16);
+function peer(n: number, options: FamilySpec = {}): Lease {
   const v4 = options.v4 ?? true;
   const v6 = options.v6 ?? true;
-  const subnet = parseCidr(v4 ? `10.244.${n}.0/24` : "0.0.0.0/0");
-  const ipv6Subnet = v6 ? parseCidr6(`fd00:10:244:${h}::/64`) : undefined;
-  return {
-    subnet,
-    ipv6Subnet,
-    attrs: {
-      publicIP: v4 ? parseIPv4(`198.18.0.${n}`) : 0,
-      publicIPv6: v6 ? (options.publicIPv6 ?? `2001:db8:18::${h}`) : null,
-      backendType: "vxlan",
-      backendData: "data" in options ? options.data : v4 ? vtep(1, mac4(n)) : undefined,
-      backendV6Data: "v6Data" in options ? options.v6Data : v6 ? vtep(1, mac6(n)) : undefined,
-    },
-    key: subnetKey("/coreos.com/network", subnet, ipv6Subnet),
-    etcdLeaseId: "7",
-    createRevision: n,
-    modRevision: n,
-  };
+  return familyLease(n, {
+    ...options,
+    data: "data" in options ? options.data : v4 ? vtep(1, mac4(n)) : undefined,
+    v6Data: "v6Data" in options ? options.v6Data : v6 ? vtep(1, mac6(n)) : undefined,
+  });
 }
 
 /** Peer n's IPv4 triple on flannel.1: FDB (MAC → PublicIP), neighbour, onlink route. */
