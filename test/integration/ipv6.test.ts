@@ -190,6 +190,42 @@ describe.each(BACKENDS)("%s dual-stack: 3 hosts x 2 pods", (backend) => {
     }
   });
 
+  it("twill leases and twill status show both families", async () => {
+    const host = nodeOf(cluster, 1).host;
+    const listed = await runTwill(["leases", "--json", `--etcd-endpoints=${cluster.etcd.endpoint}`], {
+      netns: host.ns,
+    });
+    expect(listed.code).toBe(0);
+    const json = JSON.parse(listed.stdout) as {
+      network: string;
+      ipv6Network: string;
+      leases: { subnet: string; ipv6Subnet: string; publicIPv6: string; backendV6Data: unknown }[];
+    };
+    expect(json.network).toBe("10.244.0.0/16");
+    expect(json.ipv6Network).toBe(IPV6_POD_NETWORK);
+    for (let i = 1; i <= 3; i++) {
+      const v4 = subnetOfNode(cluster, i);
+      const v6 = subnet6OfNode(cluster, i);
+      const lease = json.leases.find((l) => l.subnet === `${v4.network}/24`);
+      expect(lease?.ipv6Subnet).toBe(`${v6.network}/64`);
+      expect(lease?.publicIPv6).toBe(nodeOf(cluster, i).host.address6);
+      if (backend === "vxlan") expect(lease?.backendV6Data).toMatchObject({ VNI: 1 });
+      else expect(lease?.backendV6Data).toBeNull();
+    }
+    const table = await runTwill(["leases", `--etcd-endpoints=${cluster.etcd.endpoint}`], { netns: host.ns });
+    expect(table.stdout).toMatch(/^SUBNET +PUBLIC IP +IPV6 SUBNET +PUBLIC IPV6 +BACKEND/m);
+    const status = await runTwill(["status", "--json"], { netns: host.ns });
+    const own = JSON.parse(status.stdout) as {
+      node: { publicIPv6: string };
+      lease: { ipv6Subnet: string };
+      peers: { ipv6Subnet: string; state: string }[];
+    };
+    expect(own.node.publicIPv6).toBe(host.address6);
+    expect(own.lease.ipv6Subnet).toBe(`${subnet6OfNode(cluster, 1).network}/64`);
+    expect(own.peers.map((p) => p.state)).toEqual(["programmed", "programmed"]);
+    expect(own.peers.every((p) => p.ipv6Subnet.startsWith("fd00:10:244:"))).toBe(true);
+  });
+
   it("turns on IPv6 forwarding in the host (only its own namespace)", async () => {
     for (let i = 1; i <= 3; i++) {
       const ns = nodeOf(cluster, i).host.ns;
