@@ -1,47 +1,14 @@
 // What a peer shares with this node per address family (sharedFamilies), and one verdict from the
 // programs of each family (combineFamilies): the seam every IPv6-capable backend programs through.
 import { describe, expect, it } from "vitest";
+import { DUAL_NODE, V4_NODE, V6_NODE } from "../helpers/node-facts.js";
 import type { NodeFacts, PeerProgram, PeerState } from "../../src/backends/backend.js";
 import { combineFamilies, sharedFamilies, type PeerFamily } from "../../src/backends/families.js";
 import { ownedRoute } from "../../src/dataplane/objects.js";
-import { parsePrefix, type Family } from "../../src/ip/address.js";
+import type { Family } from "../../src/ip/address.js";
 import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
 import { parseCidr6 } from "../../src/ip/ipv6.js";
 import type { Lease } from "../../src/lease/lease.js";
-
-const EXTERNAL = {
-  name: "eth0",
-  index: 2,
-  mtu: 1500,
-  ifaceIp: parseIPv4("198.18.0.1"),
-  publicIp: parseIPv4("198.18.0.1"),
-  ifaceIpv6: "2001:db8:18::1",
-  publicIpv6: "2001:db8:18::1",
-};
-const CONNECTED = [parsePrefix("198.18.0.0/24"), parsePrefix("2001:db8:18::/64")];
-
-const DUAL_NODE: NodeFacts = {
-  subnet: parseCidr("10.244.1.0/24"),
-  network: parseCidr("10.244.0.0/16"),
-  ipv6Subnet: parseCidr6("fd00:10:244:1::/64"),
-  ipv6Network: parseCidr6("fd00:10:244::/56"),
-  external: EXTERNAL,
-  connected: CONNECTED,
-};
-const V4_NODE: NodeFacts = {
-  subnet: parseCidr("10.244.1.0/24"),
-  network: parseCidr("10.244.0.0/16"),
-  external: { ...EXTERNAL, ifaceIpv6: undefined, publicIpv6: undefined },
-  connected: [parsePrefix("198.18.0.0/24")],
-};
-const V6_NODE: NodeFacts = {
-  subnet: parseCidr("0.0.0.0/0"),
-  network: parseCidr("0.0.0.0/0"),
-  ipv6Subnet: parseCidr6("fd00:10:244:1::/64"),
-  ipv6Network: parseCidr6("fd00:10:244::/56"),
-  external: { ...EXTERNAL, ifaceIp: 0, publicIp: 0 },
-  connected: [parsePrefix("2001:db8:18::/64")],
-};
 
 /** A lease of any family mix; `v4` null: IPv6-only (0.0.0.0/0, PublicIP 0.0.0.0). */
 function lease(v4: string | null, v6: string | null, publicIPv6: string | null = "2001:db8:18::5"): Lease {

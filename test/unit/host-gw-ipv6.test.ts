@@ -5,47 +5,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { DUAL_NODE, V4_NODE, V6_NODE, EXTERNAL_DUAL as EXTERNAL } from "../helpers/node-facts.js";
 import { familyLease, type FamilySpec } from "../helpers/leases.js";
 import type { NodeBackend, NodeFacts, PeerState } from "../../src/backends/backend.js";
 import { parseNetworkConfig } from "../../src/config/network-config.js";
 import { ownedRoute, type KernelObject } from "../../src/dataplane/objects.js";
 import { parsePrefix } from "../../src/ip/address.js";
-import { parseCidr, parseIPv4 } from "../../src/ip/ipv4.js";
-import { parseCidr6 } from "../../src/ip/ipv6.js";
 import type { Lease } from "../../src/lease/lease.js";
-
-const EXTERNAL = {
-  name: "eth0",
-  index: 2,
-  mtu: 1500,
-  ifaceIp: parseIPv4("198.18.0.1"),
-  publicIp: parseIPv4("198.18.0.1"),
-  ifaceIpv6: "2001:db8:18::1",
-  publicIpv6: "2001:db8:18::1",
-};
-
-const DUAL_NODE: NodeFacts = {
-  subnet: parseCidr("10.244.1.0/24"),
-  network: parseCidr("10.244.0.0/16"),
-  ipv6Subnet: parseCidr6("fd00:10:244:1::/64"),
-  ipv6Network: parseCidr6("fd00:10:244::/56"),
-  external: EXTERNAL,
-  connected: [parsePrefix("198.18.0.0/24"), parsePrefix("2001:db8:18::/64")],
-};
-const V4_NODE: NodeFacts = {
-  subnet: parseCidr("10.244.1.0/24"),
-  network: parseCidr("10.244.0.0/16"),
-  external: { ...EXTERNAL, ifaceIpv6: undefined, publicIpv6: undefined },
-  connected: [parsePrefix("198.18.0.0/24")],
-};
-const V6_NODE: NodeFacts = {
-  subnet: parseCidr("0.0.0.0/0"),
-  network: parseCidr("0.0.0.0/0"),
-  ipv6Subnet: parseCidr6("fd00:10:244:1::/64"),
-  ipv6Network: parseCidr6("fd00:10:244::/56"),
-  external: { ...EXTERNAL, ifaceIp: 0, publicIp: 0 },
-  connected: [parsePrefix("2001:db8:18::/64")],
-};
 
 const dirs: string[] = [];
 afterEach(async () => {
