@@ -1,12 +1,11 @@
 // What a peer shares with this node, per address family: a dual-stack node programs each family a
 // peer has on its own, as flannel does (a dual-stack peer is an IPv4 peer to an IPv4-only node), and
 // reports one verdict for the peer.
-import { formatIPv4 } from "../ip/ipv4.js";
+import type { Family } from "../ip/address.js";
+import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { formatCidr6, formatIPv6 } from "../ip/ipv6.js";
-import { formatCidr } from "../ip/ipv4.js";
 import { hasIPv4 } from "../lease/key.js";
 import type { Lease } from "../lease/lease.js";
-import type { Family } from "../ip/address.js";
 import type { NodeFacts, PeerProgram } from "./backend.js";
 
 /** One family of a peer, as a backend programs it. */

@@ -21,7 +21,7 @@ import {
 } from "../config/flags.js";
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from "../config/network-config.js";
 import { leasesForAllocation } from "../lease/keeper.js";
-import { hasIPv4 } from "../lease/key.js";
+import { compareBySubnets, hasIPv4 } from "../lease/key.js";
 import { formatCidr6 } from "../ip/ipv6.js";
 import type { Lease } from "../lease/lease.js";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
@@ -292,9 +292,8 @@ async function leasesCommand(argv: readonly string[], env: Env): Promise<number>
             parsePeerData: parsePeerDataByBackend,
             identityOf: identityByBackend,
           });
-    const v6Of = (lease: Lease): bigint => lease.ipv6Subnet?.ip ?? 0n;
     const leases = (view ? [...view.peers.values()] : leasesForAllocation(snapshot.entries)).sort(
-      (a, b) => a.subnet.ip - b.subnet.ip || (v6Of(a) < v6Of(b) ? -1 : v6Of(a) > v6Of(b) ? 1 : 0),
+      compareBySubnets,
     );
     const ttls = await timesToLive(registry, leases);
     if (json) {

@@ -109,3 +109,15 @@ export function leaseName(subnets: LeaseSubnets): string {
   const v4 = `${formatIPv4(subnets.subnet.ip)}/${subnets.subnet.prefixLen}`;
   return v6 === undefined ? v4 : `${v4}+${v6}`;
 }
+
+/**
+ * Leases in subnet order: by IPv4 subnet, then by IPv6 subnet (IPv6-only leases all hold 0.0.0.0/0),
+ * for listings (`twill leases`, `twill status`).
+ */
+export function compareBySubnets(a: LeaseSubnets, b: LeaseSubnets): number {
+  const a6 = a.ipv6Subnet?.ip ?? 0n;
+  const b6 = b.ipv6Subnet?.ip ?? 0n;
+  return (
+    a.subnet.ip - b.subnet.ip || a.subnet.prefixLen - b.subnet.prefixLen || (a6 < b6 ? -1 : a6 > b6 ? 1 : 0)
+  );
+}

@@ -5,7 +5,7 @@ import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { formatCidr, formatIPv4 } from "../ip/ipv4.js";
 import { formatCidr6 } from "../ip/ipv6.js";
-import { hasIPv4, leaseName, tryParseSubnetKey } from "../lease/key.js";
+import { compareBySubnets, hasIPv4, leaseName, tryParseSubnetKey } from "../lease/key.js";
 import { notReadyReasons, type AgentState, type DriftKind, type KernelKind } from "../state.js";
 import { errorMessage } from "../util/log.js";
 import type { EndpointSource } from "./server.js";
@@ -183,13 +183,7 @@ export function buildStatus(input: StatusInput): StatusJson {
   const notReady = notReadyReasons(agent);
   const peers: PeerJson[] = [];
   if (agent.view) {
-    const v6Of = (lease: { ipv6Subnet?: { ip: bigint } | undefined }): bigint => lease.ipv6Subnet?.ip ?? 0n;
-    const leases = [...agent.view.peers.values()].sort(
-      (a, b) =>
-        a.subnet.ip - b.subnet.ip ||
-        a.subnet.prefixLen - b.subnet.prefixLen ||
-        (v6Of(a) < v6Of(b) ? -1 : v6Of(a) > v6Of(b) ? 1 : 0),
-    );
+    const leases = [...agent.view.peers.values()].sort(compareBySubnets);
     for (const lease of leases) {
       const status = dataplane.peerStates.get(lease.key);
       const v4 = hasIPv4(lease.subnet);
